@@ -35,6 +35,7 @@ type Command struct {
 	Usage   string   // synopsis, e.g. "ssi cluster [-V] [--json]"
 	Help    string   // longer text, must contain at least one example
 	Hidden  bool     // internal helpers (re-exec targets) are not listed
+	Link    bool     // Name itself is an OpenSSI name installed as a symlink
 	Run     func(env *Env, args []string) error
 }
 

@@ -1,0 +1,576 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/term"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/node"
+	"github.com/ssi-cluster/ssi/internal/nodeaddr"
+	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/state"
+)
+
+func dataDirFlag(fs *flag.FlagSet) *string {
+	def := os.Getenv("SSI_DATA_DIR")
+	if def == "" {
+		def = node.DefaultDataDir
+	}
+	return fs.String("data-dir", def, "the node's data directory (or set SSI_DATA_DIR)")
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "init",
+		Summary: "create a new cluster with this machine as node 1",
+		Usage:   "ssi init --cluster-name NAME --hwaddr MAC --ipaddr IP [--nodename N] [--data-dir DIR] [--voters 3] [--max-nodes 1024] [--port 7470]",
+		Help: `Creates the cluster CA, node 1's certificate, the replicated state store and
+node 1 in the node table. Then run the node with 'ssi daemon'. Refuses to
+touch a data directory that already holds a node.
+
+Example:
+  ssi init --cluster-name ssi1 --hwaddr 0a:00:00:00:11:d1 --ipaddr 192.168.64.141
+  ssi daemon`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		name := fs.String("cluster-name", "", "the cluster's name (required)")
+		hw := fs.String("hwaddr", "", "this node's MAC address (required)")
+		ip := fs.String("ipaddr", "", "this node's cluster IP address (required)")
+		nodename := fs.String("nodename", "", "this node's name (default <prefix>1)")
+		dir := dataDirFlag(fs)
+		voters := fs.Int("voters", state.DefaultVoters, "how many nodes vote in Raft (odd, at most 7); the first nodes to join become voters")
+		maxNodes := fs.Int("max-nodes", state.DefaultMaxNodes, "highest node number the cluster accepts")
+		port := fs.Int("port", state.DefaultPort, "TLS port every node listens on")
+		hbi := fs.Duration("heartbeat-interval", state.DefaultHeartbeatInterval, "how often nodes heartbeat to the leader")
+		fto := fs.Duration("failure-timeout", state.DefaultFailureTimeout, "silence after which a node is declared DOWN (raise it for large clusters)")
+		prefix := fs.String("name-prefix", "", "prefix of default node names (default: the cluster name without trailing digits)")
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if *name == "" || *hw == "" || *ip == "" {
+			return Usagef("--cluster-name, --hwaddr and --ipaddr are required")
+		}
+		if _, err := nodeaddr.ParseMAC(*hw); err != nil {
+			return Usagef("--hwaddr: %v", err)
+		}
+		if _, err := nodeaddr.ParseIP(*ip); err != nil {
+			return Usagef("--ipaddr: %v", err)
+		}
+		cfg := state.Config{Voters: *voters, MaxNodes: *maxNodes, Port: *port, HeartbeatInterval: *hbi, FailureTimeout: *fto, NamePrefix: *prefix}
+		if err := cfg.Validate(); err != nil {
+			return Usagef("%v", err)
+		}
+		m, err := node.Init(node.InitOptions{DataDir: node.DataDir(*dir), ClusterName: *name, HWAddr: *hw, IPAddr: *ip, NodeName: *nodename, Config: cfg})
+		if err != nil {
+			var se *state.Error
+			if errors.As(err, &se) && se.Code == state.CodeInvalid {
+				return Usagef("%v", err)
+			}
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "created cluster %s: node 1 (%s, %s, %s) in %s\nstart it with: ssi daemon --data-dir %s\n", m.ClusterName, m.Name, m.IPAddr, m.HWAddr, *dir, *dir)
+		return nil
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "daemon",
+		Summary: "run this node (the ssi daemon)",
+		Usage:   "ssi daemon [--data-dir DIR] [--socket PATH] [--listen ADDR] [--pid-file PATH] [--log-level info]",
+		Help: `Runs the node whose data directory was made by 'ssi init' or 'ssi join'
+until it is shut down (clusternode_shutdown, ssi shutdown --cluster) or
+receives SIGTERM/SIGINT. A systemd unit is in dist/ssi.service.
+
+Example:
+  ssi daemon --data-dir /var/lib/ssi`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		dir := dataDirFlag(fs)
+		socket := socketFlag(fs)
+		listen := fs.String("listen", "", "TLS listen address (default: the node's IP and the cluster port)")
+		pidFile := fs.String("pid-file", "", "write the daemon's PID here")
+		level := fs.String("log-level", "info", "debug, info, warn or error")
+		raftHB := fs.Duration("raft-heartbeat-timeout", node.DefaultRaftHeartbeatTimeout, "Raft follower heartbeat timeout (raise for large or slow clusters)")
+		raftEl := fs.Duration("raft-election-timeout", node.DefaultRaftElectionTimeout, "Raft election timeout")
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		var lv slog.Level
+		if err := lv.UnmarshalText([]byte(*level)); err != nil {
+			return Usagef("--log-level: %v", err)
+		}
+		log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lv}))
+		slog.SetDefault(log)
+		ctx, stop := signal.NotifyContext(env.Ctx, syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log,
+			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl}})
+		if errors.Is(err, node.ErrNotInitialized) {
+			return &ExitError{Code: ExitFailure, Err: err}
+		}
+		return err
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "join",
+		Summary: "join this machine to a cluster with a token from ssi-addnode",
+		Usage:   "ssi join --server IP[:PORT] --token TOKEN [--hwaddr MAC] [--data-dir DIR]",
+		Help: `Contacts any member, proves the right to join with the token, checks the
+cluster's CA against the token's fingerprint, and receives this node's
+number, name and certificate (its key is generated here and never sent).
+The cluster recognises the machine by its MAC, which defaults to the MAC of
+the interface of the default route. Then start the node with 'ssi daemon'.
+
+Example:
+  ssi join --server 192.168.64.141 --token SSI1-...
+  ssi daemon`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		server := fs.String("server", "", "IP[:PORT] of any cluster member (required)")
+		token := fs.String("token", "", "the join token printed by ssi-addnode (required; or SSI_TOKEN)")
+		hw := fs.String("hwaddr", "", "this machine's MAC address (default: the default route's interface)")
+		dir := dataDirFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if *token == "" {
+			*token = os.Getenv("SSI_TOKEN")
+		}
+		if *server == "" || *token == "" {
+			return Usagef("--server and --token are required")
+		}
+		if _, err := pki.ParseToken(*token); err != nil {
+			return Usagef("--token: %v", err)
+		}
+		mac := *hw
+		if mac == "" {
+			var err error
+			if mac, err = primaryMAC(); err != nil {
+				return Usagef("--hwaddr not given and %v", err)
+			}
+		}
+		if _, err := nodeaddr.ParseMAC(mac); err != nil {
+			return Usagef("--hwaddr: %v", err)
+		}
+		ctx, cancel := context.WithTimeout(env.Ctx, 60*time.Second)
+		defer cancel()
+		m, err := node.Join(ctx, node.JoinOptions{DataDir: node.DataDir(*dir), Server: *server, Token: *token, HWAddr: mac})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "joined cluster %s as node %d (%s, %s)\nstart it with: ssi daemon --data-dir %s\n", m.ClusterName, m.Num, m.Name, m.IPAddr, *dir)
+		return nil
+	}
+	Register(cmd)
+}
+
+// primaryMAC is the MAC of the interface that carries the default route.
+func primaryMAC() (string, error) {
+	b, err := os.ReadFile("/proc/net/route")
+	if err != nil {
+		return "", fmt.Errorf("cannot read the routing table: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) > 2 && f[1] == "00000000" {
+			ifc, err := net.InterfaceByName(f[0])
+			if err == nil && len(ifc.HardwareAddr) == 6 {
+				return ifc.HardwareAddr.String(), nil
+			}
+		}
+	}
+	return "", errors.New("this machine has no default route with a MAC address; pass --hwaddr")
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "addnode",
+		Aliases: []string{"ssi-addnode"},
+		Summary: "register a node (or many) by MAC and IP; prints its number and join token",
+		Usage:   "ssi-addnode --hwaddr=MAC --ipaddr=IP [--nodename NAME] [--nodenum N] [--xennode] | ssi-addnode --from FILE",
+		Help: `Registers a node in the node table on any member and prints its number and
+a join token for 'ssi join'. When --nodename is missing and stdin is a
+terminal, asks for the name (default <prefix><num>). --from FILE registers
+many nodes in one replicated change, all or none: one "MAC IP [NAME]" per
+line, # starts a comment.
+
+Examples:
+  ssi-addnode --xennode --hwaddr=0A:00:00:00:11:D2 --ipaddr=192.168.64.142
+  ssi-addnode --from nodes.txt`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		hw := fs.String("hwaddr", "", "the node's MAC address")
+		ip := fs.String("ipaddr", "", "the node's IP address")
+		name := fs.String("nodename", "", "the node's name (default <prefix><num>)")
+		num := fs.Uint("nodenum", 0, "the node's number (default: the next free one)")
+		xen := fs.Bool("xennode", false, "the node is a Xen guest")
+		from := fs.String("from", "", "register every node listed in FILE (MAC IP [NAME] per line)")
+		ttl := fs.Duration("token-ttl", node.DefaultTokenTTL, "how long the join tokens stay valid")
+		asJSON := fs.Bool("json", false, "print JSON")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() > 0 {
+			return Usagef("unexpected argument %q", fs.Arg(0))
+		}
+		var specs []*ssiv1.NodeSpec
+		switch {
+		case *from != "" && (*hw != "" || *ip != ""):
+			return Usagef("use either --from or --hwaddr/--ipaddr")
+		case *from != "":
+			var err error
+			if specs, err = readNodeFile(*from, *xen); err != nil {
+				return err
+			}
+		default:
+			if *hw == "" || *ip == "" {
+				return Usagef("--hwaddr and --ipaddr are required")
+			}
+			mac, err := nodeaddr.ParseMAC(*hw)
+			if err != nil {
+				return Usagef("--hwaddr: %v", err)
+			}
+			addr, err := nodeaddr.ParseIP(*ip)
+			if err != nil {
+				return Usagef("--ipaddr: %v", err)
+			}
+			if *name != "" {
+				if err := state.ValidNodeName(*name); err != nil {
+					return Usagef("--nodename: %v", err)
+				}
+			}
+			specs = []*ssiv1.NodeSpec{{Hwaddr: mac, Ipaddr: addr.String(), Name: *name, Num: uint32(*num), Xen: *xen}}
+			if *name == "" {
+				if f, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+					n, err := promptName(env, *socket, uint32(*num))
+					if err != nil {
+						return err
+					}
+					specs[0].Name = n
+				}
+			}
+		}
+		resp, err := control(*socket).AddNodes(env.Ctx, connect.NewRequest(&ssiv1.AddNodesRequest{Nodes: specs, TokenTtlSeconds: int64(ttl.Seconds())}))
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			type added struct {
+				Num    uint32 `json:"num"`
+				Name   string `json:"name"`
+				HWAddr string `json:"hwaddr"`
+				IPAddr string `json:"ipaddr"`
+				Token  string `json:"token"`
+			}
+			var out []added
+			for _, a := range resp.Msg.Nodes {
+				out = append(out, added{a.Node.Num, a.Node.Name, a.Node.Hwaddr, a.Node.Ipaddr, a.Token})
+			}
+			return writeJSON(env.Stdout, out)
+		}
+		for _, a := range resp.Msg.Nodes {
+			fmt.Fprintf(env.Stdout, "node %d %s %s %s token %s\n", a.Node.Num, a.Node.Name, a.Node.Hwaddr, a.Node.Ipaddr, a.Token)
+		}
+		if len(resp.Msg.Nodes) == 1 {
+			fmt.Fprintf(env.Stderr, "on the new machine run: ssi join --server <any member's IP> --token %s\n", resp.Msg.Nodes[0].Token)
+		}
+		return nil
+	}
+	Register(cmd)
+}
+
+func promptName(env *Env, socket string, num uint32) (string, error) {
+	st, err := status(env, socket, false)
+	if err != nil {
+		return "", err
+	}
+	if num == 0 {
+		for _, n := range st.Nodes {
+			if n.Num >= num {
+				num = n.Num + 1
+			}
+		}
+	}
+	def := fmt.Sprintf("%s%d", state.DefaultNamePrefix(st.ClusterName), num)
+	fmt.Fprintf(env.Stdout, "Enter a name for node %d [%s]: ", num, def)
+	line, err := bufio.NewReader(env.Stdin).ReadString('\n')
+	if err != nil && line == "" {
+		return def, nil
+	}
+	line = strings.TrimSpace(line)
+	if line == "" {
+		return def, nil
+	}
+	if err := state.ValidNodeName(line); err != nil {
+		return "", Usagef("%v", err)
+	}
+	return line, nil
+}
+
+func readNodeFile(path string, xen bool) ([]*ssiv1.NodeSpec, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, Usagef("--from: %v", err)
+	}
+	defer f.Close()
+	var out []*ssiv1.NodeSpec
+	sc := bufio.NewScanner(f)
+	for line := 1; sc.Scan(); line++ {
+		text, _, _ := strings.Cut(sc.Text(), "#")
+		fields := strings.Fields(text)
+		if len(fields) == 0 {
+			continue
+		}
+		if len(fields) < 2 || len(fields) > 3 {
+			return nil, Usagef("%s:%d: expected \"MAC IP [NAME]\"", path, line)
+		}
+		mac, err := nodeaddr.ParseMAC(fields[0])
+		if err != nil {
+			return nil, Usagef("%s:%d: %v", path, line, err)
+		}
+		ip, err := nodeaddr.ParseIP(fields[1])
+		if err != nil {
+			return nil, Usagef("%s:%d: %v", path, line, err)
+		}
+		s := &ssiv1.NodeSpec{Hwaddr: mac, Ipaddr: ip.String(), Xen: xen}
+		if len(fields) == 3 {
+			if err := state.ValidNodeName(fields[2]); err != nil {
+				return nil, Usagef("%s:%d: %v", path, line, err)
+			}
+			s.Name = fields[2]
+		}
+		out = append(out, s)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(out) == 0 {
+		return nil, Usagef("%s lists no nodes", path)
+	}
+	return out, nil
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "token",
+		Summary: "issue a new join token for a registered node",
+		Usage:   "ssi token N [--token-ttl 24h] [--socket PATH]",
+		Help:    "Replaces node N's join token (for example when it expired, or the node lost its data).\n\nExample:\n  ssi token 4",
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		ttl := fs.Duration("token-ttl", node.DefaultTokenTTL, "how long the token stays valid")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("expected a node number")
+		}
+		num, err := parseNodeNum(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		resp, err := control(*socket).IssueToken(env.Ctx, connect.NewRequest(&ssiv1.TokenRequest{Num: num, TokenTtlSeconds: int64(ttl.Seconds())}))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(env.Stdout, resp.Msg.Token)
+		return nil
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "rmnode",
+		Summary: "remove a node that is DOWN or NEVERUP from the node table",
+		Usage:   "ssi rmnode N [--socket PATH]",
+		Help:    "Its number is not reused unless given explicitly with ssi-addnode --nodenum.\n\nExample:\n  ssi rmnode 5",
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("expected a node number")
+		}
+		num, err := parseNodeNum(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		_, err = control(*socket).RemoveNode(env.Ctx, connect.NewRequest(&ssiv1.RemoveNodeRequest{Num: num}))
+		return err
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "clusternode_shutdown",
+		Link:    true,
+		Summary: "take one node out of the cluster gracefully (default: this node)",
+		Usage:   "clusternode_shutdown [N] [--socket PATH]",
+		Help: `The node goes GOINGDOWN, hands over leadership if it leads, is recorded
+DOWN, and its daemon exits; the rest of the cluster keeps running.
+
+Example:
+  clusternode_shutdown 3`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		var num uint32
+		if fs.NArg() > 1 {
+			return Usagef("expected at most one node number")
+		}
+		if fs.NArg() == 1 {
+			var err error
+			if num, err = parseNodeNum(fs.Arg(0)); err != nil {
+				return err
+			}
+		}
+		resp, err := control(*socket).Shutdown(env.Ctx, connect.NewRequest(&ssiv1.ShutdownRequest{Num: num}))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "node %s is down\n", joinNums(resp.Msg.Stopped))
+		return nil
+	}
+	Register(cmd)
+}
+
+func joinNums(ns []uint32) string {
+	s := make([]string, len(ns))
+	for i, n := range ns {
+		s[i] = strconv.Itoa(int(n))
+	}
+	return strings.Join(s, " ")
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "shutdown",
+		Summary: "stop the whole cluster (every node)",
+		Usage:   "ssi shutdown --cluster [--yes] [--socket PATH]",
+		Help: `As in OpenSSI, where a plain shutdown stopped the whole cluster: every node
+is recorded DOWN in one agreed change and every daemon exits. Asks for
+confirmation unless --yes. To stop one node use clusternode_shutdown.
+
+Example:
+  ssi shutdown --cluster --yes`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		all := fs.Bool("cluster", false, "stop every node (required)")
+		yes := fs.Bool("yes", false, "do not ask for confirmation")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if !*all {
+			return Usagef("--cluster is required (to stop one node use clusternode_shutdown)")
+		}
+		if !*yes {
+			st, err := status(env, *socket, false)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(env.Stdout, "Stop all %d nodes of cluster %s? [y/N] ", len(st.Nodes), st.ClusterName)
+			line, _ := bufio.NewReader(env.Stdin).ReadString('\n')
+			if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
+				return &ExitError{Code: ExitFailure, Err: errors.New("not confirmed; nothing was stopped")}
+			}
+		}
+		resp, err := control(*socket).Shutdown(env.Ctx, connect.NewRequest(&ssiv1.ShutdownRequest{Cluster: true}))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "stopped nodes %s\n", joinNums(resp.Msg.Stopped))
+		return nil
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "install-links",
+		Summary: "create the OpenSSI command names as symlinks to ssi",
+		Usage:   "ssi install-links DIR",
+		Help:    "Example:\n  sudo ssi install-links /usr/local/bin",
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("expected a directory")
+		}
+		dir := fs.Arg(0)
+		self, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("find the ssi binary: %w", err)
+		}
+		if abs, err := filepath.Abs(dir); err == nil && filepath.Dir(self) == abs {
+			self = filepath.Base(self) // same directory: keep the link relative
+		}
+		for _, name := range LinkNames() {
+			p := filepath.Join(dir, name)
+			if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink == 0 {
+				return fmt.Errorf("%s exists and is not a symlink; not replacing it", p)
+			}
+			_ = os.Remove(p)
+			if err := os.Symlink(self, p); err != nil {
+				return fmt.Errorf("create %s: %w", p, err)
+			}
+		}
+		fmt.Fprintf(env.Stdout, "linked %s in %s\n", strings.Join(LinkNames(), " "), dir)
+		return nil
+	}
+	Register(cmd)
+}
+
+// LinkNames are the OpenSSI command names ssi answers to through symlinks.
+func LinkNames() []string {
+	var out []string
+	for name, c := range commands {
+		if name != c.Name || c.Link {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}

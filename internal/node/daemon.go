@@ -1,0 +1,354 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/clms"
+	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/transport"
+)
+
+// Options run a daemon.
+type Options struct {
+	DataDir DataDir
+	Socket  string // control socket path
+	Listen  string // override of the TLS listen address (default: the node's ip:port)
+	PIDFile string // written at start, removed at exit ("" for none)
+	Raft    RaftTiming
+	Log     *slog.Logger
+}
+
+// Daemon is one running node.
+type Daemon struct {
+	opts   Options
+	meta   Meta
+	id     *pki.Identity
+	log    *slog.Logger
+	bootID string
+
+	fsm    *state.FSM
+	raft   *raft.Raft
+	stores *stores
+	mux    *transport.Mux
+	det    *clms.Detector
+
+	peerHTTP *http.Client
+	peersMu  sync.Mutex
+	peers    map[string]ssiv1connect.PeerClient
+
+	quiesced atomic.Bool   // heartbeats stopped: the node is leaving
+	exitOnce sync.Once
+	exit     chan struct{} // closed to stop the daemon
+}
+
+// Run starts the node and blocks until ctx ends or the node is shut down.
+func Run(ctx context.Context, o Options) error {
+	d, err := newDaemon(o)
+	if err != nil {
+		return err
+	}
+	return d.run(ctx)
+}
+
+func newDaemon(o Options) (*Daemon, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	meta, err := o.DataDir.LoadMeta()
+	if err != nil {
+		return nil, err
+	}
+	id, err := o.DataDir.tls().LoadIdentity()
+	if err != nil {
+		return nil, fmt.Errorf("node %d: %w", meta.Num, err)
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	d := &Daemon{
+		opts: o, meta: meta, id: id, bootID: hex.EncodeToString(b),
+		log:   o.Log.With("node", meta.Num),
+		det:   clms.NewDetector(state.DefaultFailureTimeout),
+		peers: map[string]ssiv1connect.PeerClient{},
+		exit:  make(chan struct{}),
+	}
+	d.peerHTTP = transport.NewPeerClient(id.ClientTLS([]string{transport.ProtoHTTP}))
+	return d, nil
+}
+
+func (d *Daemon) run(ctx context.Context) (err error) {
+	listen := d.opts.Listen
+	if listen == "" {
+		listen = d.meta.Addr()
+	}
+	if d.mux, err = transport.Listen(listen, d.id, d.log); err != nil {
+		return fmt.Errorf("node %d: %w", d.meta.Num, err)
+	}
+	defer d.mux.Close()
+	ctl, err := transport.ListenUnix(d.opts.Socket, transport.AdminGID())
+	if err != nil {
+		return fmt.Errorf("node %d: control socket: %w", d.meta.Num, err)
+	}
+	defer os.Remove(d.opts.Socket)
+
+	if d.stores, err = openStores(d.opts.DataDir); err != nil {
+		ctl.Close()
+		return fmt.Errorf("node %d: %w", d.meta.Num, err)
+	}
+	defer d.stores.Close()
+	d.fsm = state.NewFSM(d.log)
+	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: d.mux.RaftLayer(d.id), MaxPool: 3, Timeout: 5 * time.Second,
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Error, Output: os.Stderr}),
+	})
+	d.raft, err = raft.NewRaft(raftConfig(d.meta.Num, d.opts.Raft), d.fsm, d.stores.logs, d.stores.stable, d.stores.snaps, trans)
+	if err != nil {
+		ctl.Close()
+		return fmt.Errorf("node %d: start Raft: %w", d.meta.Num, err)
+	}
+
+	peerMux := http.NewServeMux()
+	peerMux.Handle(ssiv1connect.NewPeerHandler(&peerService{d: d}))
+	peerSrv := &http.Server{
+		Handler:           transport.RequireNodeCert(peerMux, ssiv1connect.PeerJoinProcedure),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slogErrorLog(d.log),
+	}
+	ctlMux := http.NewServeMux()
+	ctlMux.Handle(ssiv1connect.NewControlHandler(&controlService{d: d}))
+	ctlSrv := transport.NewUnixServer(ctlMux)
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); _ = peerSrv.Serve(d.mux.HTTPListener()) }()
+	go func() { defer wg.Done(); _ = ctlSrv.Serve(ctl) }()
+	if d.opts.PIDFile != "" {
+		if err := os.WriteFile(d.opts.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			d.log.Warn("cannot write PID file", "path", d.opts.PIDFile, "err", err)
+		}
+		defer os.Remove(d.opts.PIDFile)
+	}
+
+	loops, stopLoops := context.WithCancel(context.Background())
+	var lwg sync.WaitGroup
+	lwg.Add(3)
+	go func() { defer lwg.Done(); d.heartbeatLoop(loops) }()
+	go func() { defer lwg.Done(); d.leaderLoop(loops) }()
+	go func() { defer lwg.Done(); d.membershipLoop(loops) }()
+	d.log.Info("node started", "cluster", d.meta.ClusterName, "name", d.meta.Name, "listen", listen, "socket", d.opts.Socket, "boot", d.bootID)
+
+	select {
+	case <-ctx.Done():
+		d.log.Info("stopping on signal")
+	case <-d.exit:
+		d.log.Info("stopping: node shut down")
+	}
+	stopLoops()
+	lwg.Wait()
+	// Let in-flight requests (such as the shutdown that stopped us) finish.
+	sctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	_ = ctlSrv.Shutdown(sctx)
+	if err := d.raft.Shutdown().Error(); err != nil {
+		d.log.Warn("Raft shutdown", "err", err)
+	}
+	_ = peerSrv.Shutdown(sctx)
+	d.mux.Close()
+	wg.Wait()
+	if tr, ok := d.peerHTTP.Transport.(*http.Transport); ok {
+		tr.CloseIdleConnections()
+	}
+	d.log.Info("node stopped")
+	return nil
+}
+
+// requestExit stops the daemon after in-flight requests complete.
+func (d *Daemon) requestExit() { d.exitOnce.Do(func() { close(d.exit) }) }
+
+func (d *Daemon) config() state.Config {
+	c := d.fsm.Config()
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = state.DefaultHeartbeatInterval
+		c.FailureTimeout = state.DefaultFailureTimeout
+	}
+	return c
+}
+
+// leaderNum is the number of the current Raft leader, 0 if none is known.
+func (d *Daemon) leaderNum() uint32 {
+	_, id := d.raft.LeaderWithID()
+	n, _ := strconv.ParseUint(string(id), 10, 32)
+	return uint32(n)
+}
+
+func (d *Daemon) isLeader() bool { return d.raft.State() == raft.Leader }
+
+// heartbeatLoop reports this node to the leader every heartbeat interval.
+func (d *Daemon) heartbeatLoop(ctx context.Context) {
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cfg := d.config()
+		t.Reset(cfg.HeartbeatInterval)
+		if d.quiesced.Load() {
+			continue
+		}
+		hb := clms.Heartbeat{Num: d.meta.Num, BootID: d.bootID, Applied: d.raft.AppliedIndex(), Load: d.load()}
+		if d.isLeader() {
+			d.det.Observe(hb, time.Now())
+			continue
+		}
+		hctx, cancel := context.WithTimeout(ctx, 2*cfg.HeartbeatInterval)
+		if err := d.sendHeartbeat(hctx, hb); err != nil {
+			d.log.Debug("heartbeat not delivered", "err", err)
+		}
+		cancel()
+	}
+}
+
+// leaderLoop runs on every node but acts only on the leader: it turns
+// heartbeats into agreed transitions and, on first leadership of a new
+// cluster, applies the bootstrap command.
+func (d *Daemon) leaderLoop(ctx context.Context) {
+	var wasLeader bool
+	var lastLeader uint32
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !d.isLeader() {
+			wasLeader = false
+			if n := d.leaderNum(); n != 0 {
+				lastLeader = n
+			}
+			continue
+		}
+		now := time.Now()
+		cfg := d.config()
+		d.det.SetTimeout(cfg.FailureTimeout)
+		if !wasLeader {
+			wasLeader = true
+			prev := lastLeader
+			if prev == d.meta.Num {
+				prev = 0
+			}
+			d.det.Reset(now, prev)
+			d.log.Info("became leader", "previous", prev)
+			if err := d.bootstrapIfNeeded(ctx); err != nil {
+				d.log.Error("bootstrap failed", "err", err)
+			}
+			continue
+		}
+		if d.quiesced.Load() {
+			continue
+		}
+		for _, cmd := range d.det.Decide(d.fsm.Cluster(), now) {
+			res, _, err := d.applyLocal(state.CmdSetState, cmd)
+			if err == nil {
+				err = res.Error()
+			}
+			if err != nil {
+				if !errors.Is(err, state.ErrConflict) {
+					d.log.Warn("membership transition not applied", "target", cmd.Num, "to", cmd.To, "err", err)
+				}
+				continue
+			}
+			d.log.Info("membership transition", "target", cmd.Num, "to", cmd.To, "reason", cmd.Reason)
+		}
+	}
+}
+
+func (d *Daemon) bootstrapIfNeeded(ctx context.Context) error {
+	if d.meta.Bootstrap == nil || d.fsm.ClusterName() != "" {
+		return nil
+	}
+	res, _, err := d.applyLocal(state.CmdBootstrap, d.meta.Bootstrap)
+	if err == nil {
+		err = res.Error()
+	}
+	if err != nil && !errors.Is(err, state.ErrExists) {
+		return err
+	}
+	d.meta.Bootstrap = nil
+	return d.opts.DataDir.SaveMeta(d.meta)
+}
+
+// membershipLoop keeps Raft's configuration in line with the node table:
+// live nodes that heartbeat are added as voters or non-voters as the table
+// designates, removed nodes are removed.
+func (d *Daemon) membershipLoop(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !d.isLeader() || d.quiesced.Load() {
+			continue
+		}
+		fut := d.raft.GetConfiguration()
+		if fut.Error() != nil {
+			continue
+		}
+		have := map[raft.ServerID]raft.Server{}
+		for _, s := range fut.Configuration().Servers {
+			have[s.ID] = s
+		}
+		c := d.fsm.Cluster()
+		now := time.Now()
+		for _, n := range c.SortedNodes() {
+			sid := serverID(n.Num)
+			s, in := have[sid]
+			addr := raft.ServerAddress(joinHostPort(n.IPAddr, c.Config.Port))
+			switch {
+			case !n.State.Live() || !d.det.Alive(n.Num, now):
+			case !in && n.Voter, in && n.Voter && s.Suffrage != raft.Voter:
+				d.changeConfig("add voter", n.Num, d.raft.AddVoter(sid, addr, 0, 5*time.Second))
+			case !in:
+				d.changeConfig("add non-voter", n.Num, d.raft.AddNonvoter(sid, addr, 0, 5*time.Second))
+			}
+		}
+		for sid := range have {
+			num, _ := strconv.ParseUint(string(sid), 10, 32)
+			if _, ok := c.Nodes[uint32(num)]; !ok && c.Name != "" {
+				d.changeConfig("remove server", uint32(num), d.raft.RemoveServer(sid, 0, 5*time.Second))
+			}
+		}
+	}
+}
+
+func (d *Daemon) changeConfig(what string, num uint32, f raft.IndexFuture) {
+	if err := f.Error(); err != nil {
+		d.log.Warn("Raft configuration change failed", "change", what, "target", num, "err", err)
+		return
+	}
+	d.log.Info("Raft configuration changed", "change", what, "target", num)
+}
+
+func (d *Daemon) load() float64 { return 0 }

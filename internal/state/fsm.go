@@ -1,0 +1,473 @@
+package state
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ssi-cluster/ssi/internal/nodeaddr"
+)
+
+// FSM is the Raft state machine holding the Cluster. Reads return copies
+// and may run concurrently with Apply.
+type FSM struct {
+	mu      sync.RWMutex
+	c       *Cluster
+	applied uint64
+	changed chan struct{}
+	log     *slog.Logger
+}
+
+// NewFSM returns an empty state machine.
+func NewFSM(log *slog.Logger) *FSM {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &FSM{c: emptyCluster(), changed: make(chan struct{}), log: log}
+}
+
+func emptyCluster() *Cluster {
+	return &Cluster{Nodes: map[uint32]*Node{}, NextNum: 1}
+}
+
+// Cluster returns a copy of the current state.
+func (f *FSM) Cluster() *Cluster {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.c.Clone()
+}
+
+// AppliedIndex is the log index of the last applied entry.
+func (f *FSM) AppliedIndex() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.applied
+}
+
+// Changed returns a channel that is closed by the next applied change.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// Apply implements raft.FSM.
+func (f *FSM) Apply(l *raft.Log) any {
+	if l.Type != raft.LogCommand {
+		return Result{}
+	}
+	return f.ApplyEntry(l.Index, l.Data)
+}
+
+// ApplyEntry applies one encoded command at the given log index.
+func (f *FSM) ApplyEntry(index uint64, data []byte) Result {
+	f.mu.Lock()
+	defer func() {
+		if index > f.applied {
+			f.applied = index
+		}
+		close(f.changed)
+		f.changed = make(chan struct{})
+		f.mu.Unlock()
+	}()
+	if len(data) == 0 {
+		return Result{Err: Errorf(CodeInvalid, "empty command")}
+	}
+	t, body := CommandType(data[0]), data[1:]
+	// Work on a copy so that a refused command changes nothing.
+	next := f.c.Clone()
+	val, err := apply(next, t, body, index)
+	if err != nil {
+		if e, ok := err.(*Error); ok {
+			return Result{Err: e}
+		}
+		if err == errIgnored {
+			f.log.Warn("skipping unknown ignorable command type", "type", int(t), "index", index)
+			return Result{}
+		}
+		f.log.Error("refusing command", "type", int(t), "index", index, "err", err)
+		return Result{Err: Errorf(CodeInvalid, "%v", err)}
+	}
+	f.c = next
+	var raw json.RawMessage
+	if val != nil {
+		raw, _ = json.Marshal(val)
+	}
+	return Result{Value: raw}
+}
+
+var errIgnored = fmt.Errorf("ignored")
+
+func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
+	decode := func(v any) error {
+		if err := json.Unmarshal(body, v); err != nil {
+			return Errorf(CodeInvalid, "malformed command %d: %v", t, err)
+		}
+		return nil
+	}
+	switch t {
+	case CmdBootstrap:
+		var cmd Bootstrap
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applyBootstrap(c, cmd, index)
+	case CmdAddNodes:
+		var cmd AddNodes
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return applyAddNodes(c, cmd)
+	case CmdSetState:
+		var cmd SetState
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applySetState(c, cmd, index)
+	case CmdSetToken:
+		var cmd SetToken
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		n, ok := c.Nodes[cmd.Num]
+		if !ok {
+			return nil, Errorf(CodeNotFound, "node %d is not in the node table", cmd.Num)
+		}
+		n.TokenHash, n.TokenExpires = cmd.Hash, cmd.Expires
+		return nil, nil
+	case CmdJoin:
+		var cmd Join
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return applyJoin(c, cmd, index)
+	case CmdRemoveNode:
+		var cmd RemoveNode
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		n, ok := c.Nodes[cmd.Num]
+		if !ok {
+			return nil, Errorf(CodeNotFound, "node %d is not in the node table", cmd.Num)
+		}
+		if n.State != NeverUp && n.State != Down {
+			return nil, Errorf(CodeConflict, "node %d is %s; shut it down first (clusternode_shutdown %d)", cmd.Num, n.State, cmd.Num)
+		}
+		if n.InitNode && len(c.Nodes) > 1 {
+			return nil, Errorf(CodeConflict, "node %d created the cluster and is its init node; it cannot be removed while other nodes exist", cmd.Num)
+		}
+		delete(c.Nodes, cmd.Num)
+		return nil, nil
+	case CmdClusterShutdown:
+		var cmd ClusterShutdown
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		for _, num := range sortedNums(c) {
+			if n := c.Nodes[num]; n.State != NeverUp && n.State != Down {
+				transition(c, n, Down, cmd.Reason, cmd.Time, index)
+			}
+		}
+		return nil, nil
+	default:
+		if t&IgnoreUnknown != 0 {
+			return nil, errIgnored
+		}
+		return nil, fmt.Errorf("unknown command type %d: this node runs an older ssi than the one that wrote the log; upgrade it", t)
+	}
+}
+
+func applyBootstrap(c *Cluster, cmd Bootstrap, index uint64) error {
+	if c.Name != "" {
+		return Errorf(CodeExists, "the cluster %q already exists", c.Name)
+	}
+	if err := ValidClusterName(cmd.Name); err != nil {
+		return err
+	}
+	if err := cmd.Config.Validate(); err != nil {
+		return err
+	}
+	c.Name, c.CAFingerprint, c.Config = cmd.Name, cmd.CAFingerprint, cmd.Config
+	if c.Config.NamePrefix == "" {
+		c.Config.NamePrefix = DefaultNamePrefix(cmd.Name)
+	}
+	spec := cmd.Node
+	spec.Num = 1
+	if _, err := applyAddNodes(c, AddNodes{Nodes: []NodeSpec{spec}, Time: cmd.Time}); err != nil {
+		return err
+	}
+	n := c.Nodes[1]
+	n.InitNode, n.Voter = true, true
+	transition(c, n, ComingUp, "cluster created", cmd.Time, index)
+	return nil
+}
+
+func applyAddNodes(c *Cluster, cmd AddNodes) ([]*Node, error) {
+	if c.Name == "" && !(len(cmd.Nodes) == 1 && cmd.Nodes[0].Num == 1) {
+		return nil, Errorf(CodeConflict, "the cluster has not been created yet")
+	}
+	if len(cmd.Nodes) == 0 {
+		return nil, Errorf(CodeInvalid, "no nodes to add")
+	}
+	byMAC, byIP, byName := map[string]uint32{}, map[string]uint32{}, map[string]uint32{}
+	for _, n := range c.Nodes {
+		byMAC[n.HWAddr], byIP[n.IPAddr], byName[strings.ToLower(n.Name)] = n.Num, n.Num, n.Num
+	}
+	next := c.NextNum
+	var added []*Node
+	for i, s := range cmd.Nodes {
+		where := ""
+		if len(cmd.Nodes) > 1 {
+			where = fmt.Sprintf(" (entry %d)", i+1)
+		}
+		mac, err := nodeaddr.ParseMAC(s.HWAddr)
+		if err != nil {
+			return nil, Errorf(CodeInvalid, "%v%s", err, where)
+		}
+		ip, err := nodeaddr.ParseIP(s.IPAddr)
+		if err != nil {
+			return nil, Errorf(CodeInvalid, "%v%s", err, where)
+		}
+		num := s.Num
+		if num == 0 {
+			for c.Nodes[next] != nil || numTaken(added, next) {
+				next++
+			}
+			num = next
+			next++
+		} else if c.Nodes[num] != nil || numTaken(added, num) {
+			return nil, Errorf(CodeExists, "node number %d is already in use%s", num, where)
+		}
+		if int(num) > c.Config.MaxNodes && c.Name != "" {
+			return nil, Errorf(CodeFull, "the cluster is full: node number %d is above the maximum of %d nodes%s", num, c.Config.MaxNodes, where)
+		}
+		name := s.Name
+		if name == "" {
+			name = fmt.Sprintf("%s%d", c.Config.NamePrefix, num)
+		}
+		if err := ValidNodeName(name); err != nil {
+			return nil, Errorf(CodeInvalid, "%v%s", err, where)
+		}
+		if other, dup := byMAC[mac]; dup {
+			return nil, Errorf(CodeExists, "MAC address %s is already registered as node %d%s", mac, other, where)
+		}
+		if other, dup := byIP[ip.String()]; dup {
+			return nil, Errorf(CodeExists, "IP address %s is already registered as node %d%s", ip, other, where)
+		}
+		if other, dup := byName[strings.ToLower(name)]; dup {
+			return nil, Errorf(CodeExists, "node name %q is already used by node %d%s", name, other, where)
+		}
+		byMAC[mac], byIP[ip.String()], byName[strings.ToLower(name)] = num, num, num
+		added = append(added, &Node{
+			Num: num, Name: name, HWAddr: mac, IPAddr: ip.String(), State: NeverUp,
+			StateSince: cmd.Time, Xen: s.Xen, TokenHash: s.TokenHash, TokenExpires: s.TokenExpires,
+		})
+	}
+	for _, n := range added {
+		c.Nodes[n.Num] = n
+		if n.Num >= c.NextNum {
+			c.NextNum = n.Num + 1
+		}
+	}
+	out := make([]*Node, len(added))
+	for i, n := range added {
+		cp := *n
+		cp.TokenHash = ""
+		out[i] = &cp
+	}
+	return out, nil
+}
+
+func numTaken(ns []*Node, num uint32) bool {
+	for _, n := range ns {
+		if n.Num == num {
+			return true
+		}
+	}
+	return false
+}
+
+func applySetState(c *Cluster, cmd SetState, index uint64) error {
+	n, ok := c.Nodes[cmd.Num]
+	if !ok {
+		return Errorf(CodeNotFound, "node %d is not in the node table", cmd.Num)
+	}
+	if !ValidState(cmd.To) {
+		return Errorf(CodeInvalid, "unknown state %q", cmd.To)
+	}
+	if len(cmd.From) > 0 {
+		allowed := false
+		for _, s := range cmd.From {
+			allowed = allowed || s == n.State
+		}
+		if !allowed {
+			return Errorf(CodeConflict, "node %d is %s, not %v", cmd.Num, n.State, cmd.From)
+		}
+	}
+	if cmd.BootID != "" {
+		n.BootID = cmd.BootID
+	}
+	if n.State != cmd.To {
+		transition(c, n, cmd.To, cmd.Reason, cmd.Time, index)
+	}
+	return nil
+}
+
+func applyJoin(c *Cluster, cmd Join, index uint64) (*JoinResult, error) {
+	mac, err := nodeaddr.ParseMAC(cmd.HWAddr)
+	if err != nil {
+		return nil, Errorf(CodeInvalid, "%v", err)
+	}
+	n := c.NodeByMAC(mac)
+	if n == nil {
+		return nil, Errorf(CodeNotFound, "no node with MAC %s is registered; register it first with ssi-addnode --hwaddr=%s --ipaddr=...", mac, mac)
+	}
+	if n.TokenHash == "" || n.TokenHash != cmd.TokenHash {
+		return nil, Errorf(CodeDenied, "the join token is not valid for node %d (%s); issue a new one with 'ssi token %d'", n.Num, mac, n.Num)
+	}
+	if !cmd.Time.Before(n.TokenExpires) {
+		return nil, Errorf(CodeDenied, "the join token of node %d expired at %s; issue a new one with 'ssi token %d'", n.Num, n.TokenExpires.UTC().Format(time.RFC3339), n.Num)
+	}
+	if n.State.Live() {
+		return nil, Errorf(CodeConflict, "node %d is %s; a running node cannot join again", n.Num, n.State)
+	}
+	if !n.Voter {
+		voters := 0
+		for _, o := range c.Nodes {
+			if o.Voter {
+				voters++
+			}
+		}
+		n.Voter = voters < c.Config.Voters
+	}
+	n.TokenHash, n.TokenExpires = "", time.Time{}
+	transition(c, n, ComingUp, "joined", cmd.Time, index)
+	return &JoinResult{Num: n.Num, Voter: n.Voter}, nil
+}
+
+func transition(c *Cluster, n *Node, to NodeState, reason string, at time.Time, index uint64) {
+	c.Events = append(c.Events, Event{Time: at, Num: n.Num, From: n.State, To: to, Reason: reason, Index: index})
+	if len(c.Events) > MaxEvents {
+		c.Events = append([]Event(nil), c.Events[len(c.Events)-MaxEvents:]...)
+	}
+	n.State, n.StateSince, n.StateIndex = to, at, index
+}
+
+func sortedNums(c *Cluster) []uint32 {
+	nums := make([]uint32, 0, len(c.Nodes))
+	for k := range c.Nodes {
+		nums = append(nums, k)
+	}
+	sort.Slice(nums, func(i, j int) bool { return nums[i] < nums[j] })
+	return nums
+}
+
+// SortedNodes returns the nodes ordered by number.
+func (c *Cluster) SortedNodes() []*Node {
+	out := make([]*Node, 0, len(c.Nodes))
+	for _, k := range sortedNums(c) {
+		out = append(out, c.Nodes[k])
+	}
+	return out
+}
+
+var (
+	nodeNameRE    = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+	clusterNameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$`)
+)
+
+// ValidNodeName checks a node name (a host name label).
+func ValidNodeName(s string) error {
+	if !nodeNameRE.MatchString(s) {
+		return Errorf(CodeInvalid, "node name %q is not a valid host name (letters, digits and '-', at most 63, not starting or ending with '-')", s)
+	}
+	return nil
+}
+
+// ValidClusterName checks a cluster name.
+func ValidClusterName(s string) error {
+	if !clusterNameRE.MatchString(s) {
+		return Errorf(CodeInvalid, "cluster name %q is not valid (letters, digits, '.', '_' and '-', at most 63)", s)
+	}
+	return nil
+}
+
+// DefaultNamePrefix derives node-name prefixes from the cluster name: the
+// name without trailing digits ("ssi1" gives ssi1's nodes ssi2, ssi3, ...).
+func DefaultNamePrefix(cluster string) string {
+	p := strings.TrimRight(cluster, "0123456789")
+	p = strings.Map(func(r rune) rune {
+		if r == '_' || r == '.' {
+			return '-'
+		}
+		return r
+	}, p)
+	p = strings.TrimRight(p, "-")
+	if p == "" || ValidNodeName(p+"1") != nil {
+		return "node"
+	}
+	return p
+}
+
+// Snapshot implements raft.FSM.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	b, err := json.Marshal(f.c)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot cluster state: %w", err)
+	}
+	return snapshot(b), nil
+}
+
+// Restore implements raft.FSM.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	c := emptyCluster()
+	if err := json.NewDecoder(rc).Decode(c); err != nil {
+		return fmt.Errorf("restore cluster state from snapshot: %w", err)
+	}
+	if c.Nodes == nil {
+		c.Nodes = map[uint32]*Node{}
+	}
+	f.mu.Lock()
+	f.c = c
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	return nil
+}
+
+type snapshot []byte
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s snapshot) Release() {}
+
+// Config returns the cluster configuration (zero before bootstrap).
+func (f *FSM) Config() Config {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.c.Config
+}
+
+// ClusterName returns the cluster's name ("" before bootstrap).
+func (f *FSM) ClusterName() string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.c.Name
+}
