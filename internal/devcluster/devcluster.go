@@ -126,11 +126,25 @@ func Up(ctx context.Context, o Options) error {
 	} else {
 		fmt.Fprintf(o.Progress, "restarting the cluster in %s\n", o.Dir)
 	}
-	if err := start(o, net, 1); err != nil {
+	// Start node 1 and every node that already exists (a restart: they
+	// need each other for a quorum), then wait for them.
+	existing := []uint32{1}
+	for _, k := range Nodes(o.Dir) {
+		if k > 1 && k <= o.Nodes && node.DataDir(NodeDir(o.Dir, k)).Exists() {
+			existing = append(existing, uint32(k))
+		}
+	}
+	for _, k := range existing {
+		if err := start(o, net, int(k)); err != nil {
+			return err
+		}
+	}
+	if err := waitUp(ctx, o.Dir, 1, existing); err != nil {
 		return err
 	}
-	if err := waitUp(ctx, o.Dir, 1, []uint32{1}); err != nil {
-		return err
+	started := map[int]bool{}
+	for _, k := range existing {
+		started[int(k)] = true
 	}
 	// Register the nodes that do not exist yet, in one replicated change.
 	var specs []*ssiv1.NodeSpec
@@ -167,7 +181,9 @@ func Up(ctx context.Context, o Options) error {
 					return
 				}
 			}
-			errs[k] = start(o, net, k)
+			if !started[k] {
+				errs[k] = start(o, net, k)
+			}
 		}()
 	}
 	wg.Wait()

@@ -52,7 +52,7 @@ type Daemon struct {
 	peersMu  sync.Mutex
 	peers    map[string]ssiv1connect.PeerClient
 
-	quiesced atomic.Bool   // heartbeats stopped: the node is leaving
+	quiesced atomic.Bool // heartbeats stopped: the node is leaving
 	exitOnce sync.Once
 	exit     chan struct{} // closed to stop the daemon
 }

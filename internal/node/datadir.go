@@ -44,9 +44,9 @@ func (m Meta) Addr() string { return joinHostPort(m.IPAddr, m.Port) }
 // DataDir is a node's data directory.
 type DataDir string
 
-func (d DataDir) metaPath() string  { return filepath.Join(string(d), "node.json") }
-func (d DataDir) raftDir() string   { return filepath.Join(string(d), "raft") }
-func (d DataDir) tls() pki.Files    { return pki.Files{Dir: filepath.Join(string(d), "tls")} }
+func (d DataDir) metaPath() string   { return filepath.Join(string(d), "node.json") }
+func (d DataDir) raftDir() string    { return filepath.Join(string(d), "raft") }
+func (d DataDir) tls() pki.Files     { return pki.Files{Dir: filepath.Join(string(d), "tls")} }
 func (d DataDir) bootIDPath() string { return filepath.Join(string(d), "boot-count") }
 
 // Exists reports whether the directory already holds a node.
