@@ -9,11 +9,14 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
@@ -92,6 +95,14 @@ func newDaemon(o Options) (*Daemon, error) {
 }
 
 func (d *Daemon) run(ctx context.Context) (err error) {
+	if dir := os.Getenv("SSI_CPUPROFILE_DIR"); dir != "" {
+		// Profiling aid for performance work: a CPU profile per node.
+		if f, err := os.Create(filepath.Join(dir, fmt.Sprintf("cpu-node%d.pprof", d.meta.Num))); err == nil {
+			if pprof.StartCPUProfile(f) == nil {
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
+		}
+	}
 	listen := d.opts.Listen
 	if listen == "" {
 		listen = d.meta.Addr()
@@ -123,14 +134,14 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	}
 
 	peerMux := http.NewServeMux()
-	peerMux.Handle(ssiv1connect.NewPeerHandler(&peerService{d: d}))
+	peerMux.Handle(ssiv1connect.NewPeerHandler(&peerService{d: d}, connect.WithCompressMinBytes(4096)))
 	peerSrv := &http.Server{
 		Handler:           transport.RequireNodeCert(peerMux, ssiv1connect.PeerJoinProcedure),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slogErrorLog(d.log),
 	}
 	ctlMux := http.NewServeMux()
-	ctlMux.Handle(ssiv1connect.NewControlHandler(&controlService{d: d}))
+	ctlMux.Handle(ssiv1connect.NewControlHandler(&controlService{d: d}, connect.WithCompressMinBytes(4096)))
 	ctlSrv := transport.NewUnixServer(ctlMux)
 
 	var wg sync.WaitGroup
@@ -146,10 +157,9 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 
 	loops, stopLoops := context.WithCancel(context.Background())
 	var lwg sync.WaitGroup
-	lwg.Add(3)
+	lwg.Add(2)
 	go func() { defer lwg.Done(); d.heartbeatLoop(loops) }()
-	go func() { defer lwg.Done(); d.leaderLoop(loops) }()
-	go func() { defer lwg.Done(); d.membershipLoop(loops) }()
+	go func() { defer lwg.Done(); d.leadership(loops) }()
 	d.log.Info("node started", "cluster", d.meta.ClusterName, "name", d.meta.Name, "listen", listen, "socket", d.opts.Socket, "boot", d.bootID)
 
 	select {
@@ -226,12 +236,65 @@ func (d *Daemon) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// leaderLoop runs on every node but acts only on the leader: it turns
-// heartbeats into agreed transitions and, on first leadership of a new
-// cluster, applies the bootstrap command.
-func (d *Daemon) leaderLoop(ctx context.Context) {
-	var wasLeader bool
-	var lastLeader uint32
+// leadership starts the leader's duties when this node gains Raft
+// leadership and stops them when it loses it; followers run no timers for it.
+func (d *Daemon) leadership(ctx context.Context) {
+	obs := make(chan raft.Observation, 16)
+	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	d.raft.RegisterObserver(observer)
+	defer d.raft.DeregisterObserver(observer)
+	var prevLeader uint32 // the last other node seen leading
+	var stop context.CancelFunc
+	var wg sync.WaitGroup
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+		wg.Wait()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case o := <-obs:
+			lo := o.Data.(raft.LeaderObservation)
+			if n, err := strconv.ParseUint(string(lo.LeaderID), 10, 32); err == nil && uint32(n) != d.meta.Num {
+				prevLeader = uint32(n)
+			}
+		case leader := <-d.raft.LeaderCh():
+			if leader && stop == nil {
+				stop = d.startLeading(ctx, &wg, prevLeader)
+			} else if !leader && stop != nil {
+				stop()
+				wg.Wait()
+				stop = nil
+				d.log.Info("lost leadership")
+			}
+		}
+	}
+}
+
+// startLeading runs the leader's loops until the returned function is called.
+func (d *Daemon) startLeading(ctx context.Context, wg *sync.WaitGroup, prev uint32) context.CancelFunc {
+	lctx, stop := context.WithCancel(ctx)
+	wg.Add(2)
+	go func() { defer wg.Done(); d.lead(lctx, prev) }()
+	go func() { defer wg.Done(); d.membershipLoop(lctx) }()
+	return stop
+}
+
+// lead turns heartbeats into agreed transitions while this node leads, and
+// on first leadership of a new cluster applies the bootstrap command.
+func (d *Daemon) lead(ctx context.Context, prev uint32) {
+	d.det.SetTimeout(d.config().FailureTimeout)
+	d.det.Reset(time.Now(), prev)
+	d.log.Info("became leader", "previous", prev)
+	if err := d.bootstrapIfNeeded(ctx); err != nil {
+		d.log.Error("bootstrap failed", "err", err)
+	}
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
@@ -240,33 +303,11 @@ func (d *Daemon) leaderLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if !d.isLeader() {
-			wasLeader = false
-			if n := d.leaderNum(); n != 0 {
-				lastLeader = n
-			}
+		if d.quiesced.Load() || !d.isLeader() {
 			continue
 		}
-		now := time.Now()
-		cfg := d.config()
-		d.det.SetTimeout(cfg.FailureTimeout)
-		if !wasLeader {
-			wasLeader = true
-			prev := lastLeader
-			if prev == d.meta.Num {
-				prev = 0
-			}
-			d.det.Reset(now, prev)
-			d.log.Info("became leader", "previous", prev)
-			if err := d.bootstrapIfNeeded(ctx); err != nil {
-				d.log.Error("bootstrap failed", "err", err)
-			}
-			continue
-		}
-		if d.quiesced.Load() {
-			continue
-		}
-		for _, cmd := range d.det.Decide(d.fsm.Cluster(), now) {
+		d.det.SetTimeout(d.config().FailureTimeout)
+		for _, cmd := range d.det.Decide(d.fsm.Cluster(), time.Now()) {
 			res, _, err := d.applyLocal(state.CmdSetState, cmd)
 			if err == nil {
 				err = res.Error()
