@@ -8,8 +8,14 @@ import (
 	"os"
 
 	"github.com/ssi-cluster/ssi/internal/cli"
+	"github.com/ssi-cluster/ssi/internal/nsinit"
 )
 
 func main() {
+	// The job init (ssi __init) must own signals and children from the first
+	// instruction: dispatch it before the CLI installs any handler.
+	if len(os.Args) > 1 && os.Args[1] == nsinit.Command {
+		os.Exit(nsinit.Main(os.Args[2:]))
+	}
 	os.Exit(cli.Main(os.Args))
 }

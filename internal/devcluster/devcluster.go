@@ -135,7 +135,7 @@ func Up(ctx context.Context, o Options) error {
 		}
 	}
 	for _, k := range existing {
-		if err := start(o, net, int(k)); err != nil {
+		if err := start(o, net, int(k), nil); err != nil {
 			return err
 		}
 	}
@@ -175,14 +175,12 @@ func Up(ctx context.Context, o Options) error {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
+			var joinArgs []string
 			if tok, ok := tokens[k]; ok {
-				if _, err := node.Join(ctx, node.JoinOptions{DataDir: node.DataDir(NodeDir(o.Dir, k)), Server: server, Token: tok, HWAddr: macs[k]}); err != nil {
-					errs[k] = fmt.Errorf("node %d: join: %w", k, err)
-					return
-				}
+				joinArgs = []string{"join", "--data-dir", NodeDir(o.Dir, k), "--server", server, "--token", tok, "--hwaddr", macs[k]}
 			}
 			if !started[k] {
-				errs[k] = start(o, net, k)
+				errs[k] = start(o, net, k, joinArgs)
 			}
 		}()
 	}
@@ -206,7 +204,9 @@ func portOf(c state.Config) int {
 }
 
 // start runs node k's daemon in the background, detached from this process.
-func start(o Options, net *isolation, k int) error {
+// joinArgs, when not nil, are the arguments of an `ssi join` that must run
+// first (from inside the node's namespace with --isolate).
+func start(o Options, net *isolation, k int, joinArgs []string) error {
 	dir := NodeDir(o.Dir, k)
 	logf, err := os.OpenFile(filepath.Join(dir, "ssi.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -221,7 +221,12 @@ func start(o Options, net *isolation, k int) error {
 		args = append(args, "--raft-election-timeout", o.Raft.ElectionTimeout.String())
 	}
 	if net != nil {
-		return net.start(o, k, args, logf)
+		return net.start(o, k, args, logf, joinArgs)
+	}
+	if joinArgs != nil {
+		if out, err := exec.Command(o.Binary, joinArgs...).CombinedOutput(); err != nil {
+			return fmt.Errorf("node %d: %s: %w", k, strings.TrimSpace(string(out)), err)
+		}
 	}
 	cmd := exec.Command(o.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
