@@ -1,0 +1,332 @@
+package rexec
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// cgroupTimeout bounds waiting for the kernel to freeze, thaw or empty a
+// cgroup. Those take milliseconds; a cgroup stuck longer than this has a
+// process in uninterruptible sleep (e.g. on a dead NFS server).
+const cgroupTimeout = 10 * time.Second
+
+// hierarchies is where the cgroup filesystems are mounted and where this
+// process sits in them, read from /proc/self/mountinfo and /proc/self/cgroup.
+type hierarchies struct {
+	v1    map[string]string // controller -> mount point
+	v1own map[string]string // controller -> own cgroup path
+	v2    string            // mount point of the unified hierarchy, or ""
+	v2own string
+}
+
+var (
+	hierOnce sync.Once
+	hier     hierarchies
+	hierErr  error
+
+	// preferV2 makes hosts that mount both (hybrid mode) use cgroup v2;
+	// the tests set it to exercise both implementations.
+	preferV2 bool
+)
+
+func cgroupHierarchies() (hierarchies, error) {
+	hierOnce.Do(func() { hier, hierErr = readHierarchies() })
+	return hier, hierErr
+}
+
+func readHierarchies() (hierarchies, error) {
+	h := hierarchies{v1: map[string]string{}, v1own: map[string]string{}}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return h, fmt.Errorf("finding cgroup mounts: %w", err)
+	}
+	for _, line := range strings.Split(string(mi), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		pf, qf := strings.Fields(pre), strings.Fields(post)
+		if !ok || len(pf) < 5 || len(qf) < 3 {
+			continue
+		}
+		mnt := unescapeMount(pf[4])
+		switch qf[0] {
+		case "cgroup2":
+			if h.v2 == "" {
+				h.v2 = mnt
+			}
+		case "cgroup":
+			for _, opt := range strings.Split(qf[2], ",") {
+				if _, seen := h.v1[opt]; !seen && (opt == "freezer" || opt == "memory") {
+					h.v1[opt] = mnt
+				}
+			}
+		}
+	}
+	own, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return h, fmt.Errorf("finding the daemon's own cgroup: %w", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(own)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		if f[0] == "0" && f[1] == "" {
+			h.v2own = f[2]
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			h.v1own[c] = f[2]
+		}
+	}
+	return h, nil
+}
+
+// unescapeMount undoes the octal escapes of /proc/self/mountinfo (\040 for
+// a space, ...).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// cgroup is one job's cgroup: a directory in each v1 hierarchy used
+// (freezer first), or one directory in the v2 hierarchy.
+type cgroup struct {
+	v2   bool
+	dirs []string
+}
+
+// newCgroup creates the cgroup parent/job-<id>.
+func newCgroup(parent, id string) (*cgroup, error) {
+	h, err := cgroupHierarchies()
+	if err != nil {
+		return nil, err
+	}
+	if parent == "" {
+		parent = DefaultCgroupParent
+	}
+	if strings.Contains("/"+parent+"/", "/../") {
+		return nil, fmt.Errorf("cgroup parent %q must not contain \"..\"", parent)
+	}
+	leaf := "job-" + id
+	cg := &cgroup{}
+	place := func(mnt, own string) string {
+		if filepath.IsAbs(parent) {
+			return filepath.Join(mnt, parent, leaf)
+		}
+		return filepath.Join(mnt, own, parent, leaf)
+	}
+	_, haveFreezer := h.v1["freezer"]
+	switch {
+	case haveFreezer && (!preferV2 || h.v2 == ""):
+		for _, c := range []string{"freezer", "memory"} {
+			if mnt, ok := h.v1[c]; ok {
+				cg.dirs = append(cg.dirs, place(mnt, h.v1own[c]))
+			}
+		}
+	case h.v2 != "":
+		cg.v2 = true
+		cg.dirs = []string{place(h.v2, h.v2own)}
+	default:
+		return nil, errors.New("no cgroup hierarchy with a freezer is mounted (need cgroup v2, or the v1 freezer controller)")
+	}
+	for i, d := range cg.dirs {
+		if err := mkdirCgroup(d); err != nil {
+			for _, made := range cg.dirs[:i] {
+				_ = os.Remove(made)
+			}
+			return nil, err
+		}
+	}
+	return cg, nil
+}
+
+func mkdirCgroup(dir string) error {
+	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+		return fmt.Errorf("creating the cgroup parent: %w", err)
+	}
+	err := os.Mkdir(dir, 0o755)
+	if errors.Is(err, fs.ErrExist) {
+		// A leftover of a daemon that died: reusable if empty.
+		if rmErr := os.Remove(dir); rmErr != nil {
+			return fmt.Errorf("cgroup %s already exists and is in use (choose another job ID): %w", dir, rmErr)
+		}
+		err = os.Mkdir(dir, 0o755)
+	}
+	if err != nil {
+		return fmt.Errorf("creating cgroup: %w", err)
+	}
+	return nil
+}
+
+func (cg *cgroup) write(dir, file, val string) error {
+	// cgroup files want one write per value; WriteFile does exactly one.
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(val), 0); err != nil {
+		return fmt.Errorf("cgroup: writing %q to %s: %w", val, filepath.Join(dir, file), err)
+	}
+	return nil
+}
+
+func (cg *cgroup) read(file string) (string, error) {
+	b, err := os.ReadFile(filepath.Join(cg.dirs[0], file))
+	if err != nil {
+		return "", fmt.Errorf("cgroup: %w", err)
+	}
+	return string(b), nil
+}
+
+// add moves pid into the cgroup (in every hierarchy).
+func (cg *cgroup) add(pid int) error {
+	for _, d := range cg.dirs {
+		if err := cg.write(d, "cgroup.procs", strconv.Itoa(pid)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// procs lists the processes in the cgroup.
+func (cg *cgroup) procs() ([]int, error) {
+	s, err := cg.read("cgroup.procs")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, f := range strings.Fields(s) {
+		if n, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	slices.Sort(pids)
+	return slices.Compact(pids), nil
+}
+
+// waitFor polls until cond holds or cgroupTimeout passes.
+func waitFor(what string, cond func() (bool, error)) error {
+	deadline := time.Now().Add(cgroupTimeout)
+	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		ok, err := cond()
+		if err != nil || ok {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("cgroup: %s did not happen within %v (a process in uninterruptible sleep?)", what, cgroupTimeout)
+		}
+		time.Sleep(delay)
+	}
+}
+
+// setFrozen freezes or thaws every process of the cgroup and waits until
+// the kernel reports it done.
+func (cg *cgroup) setFrozen(frozen bool) error {
+	if cg.v2 {
+		val, want := "0", "frozen 0"
+		if frozen {
+			val, want = "1", "frozen 1"
+		}
+		if err := cg.write(cg.dirs[0], "cgroup.freeze", val); err != nil {
+			return err
+		}
+		return waitFor("freezing", func() (bool, error) {
+			ev, err := cg.read("cgroup.events")
+			return strings.Contains(ev, want), err
+		})
+	}
+	state := "THAWED"
+	if frozen {
+		state = "FROZEN"
+	}
+	if err := cg.write(cg.dirs[0], "freezer.state", state); err != nil {
+		return err
+	}
+	return waitFor(strings.ToLower(state), func() (bool, error) {
+		s, err := cg.read("freezer.state")
+		return strings.TrimSpace(s) == state, err
+	})
+}
+
+// kill sends SIGKILL to every process in the cgroup, including ones forked
+// while it runs.
+func (cg *cgroup) kill() error {
+	if cg.v2 {
+		if err := cg.write(cg.dirs[0], "cgroup.kill", "1"); err == nil {
+			return nil
+		}
+		// cgroup.kill needs Linux 5.14; fall through to the v1 way.
+	}
+	// Frozen processes cannot fork, so one pass over the list reaches all
+	// of them; they die when thawed.
+	if err := cg.setFrozen(true); err != nil {
+		return err
+	}
+	pids, err := cg.procs()
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGKILL)
+	}
+	if terr := cg.setFrozen(false); err == nil {
+		err = terr
+	}
+	return err
+}
+
+// destroy kills what is left in the cgroup and removes it.
+func (cg *cgroup) destroy() error {
+	var errs []error
+	if pids, err := cg.procs(); err != nil || len(pids) > 0 {
+		if err := cg.kill(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, d := range cg.dirs {
+		err := waitFor("emptying "+d, func() (bool, error) {
+			err := os.Remove(d)
+			switch {
+			case err == nil, errors.Is(err, fs.ErrNotExist):
+				return true, nil
+			case errors.Is(err, syscall.EBUSY):
+				return false, nil
+			}
+			return false, err
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("removing cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readLines reads a small file into lines; used for /proc.
+func readLines(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines, sc.Err()
+}

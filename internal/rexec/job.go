@@ -1,0 +1,782 @@
+package rexec
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/nsinit"
+)
+
+// Job is a started job. Its methods are safe for concurrent use.
+//
+// The caller owns the parent's ends of the job's stdio: it reads Stdout and
+// Stderr until EOF (which comes when every process holding the other end has
+// exited), writes and closes Stdin, calls Wait, and finally Close.
+type Job struct {
+	id         string
+	cmd        *exec.Cmd
+	shim       bool // nsinit runs between the engine and the command
+	namespaced bool
+	migratable bool
+	pid        int // top process: the init, or the command
+	mainPid    int // the command (host PID); 0 if it exited before we found it
+	cg         *cgroup
+	cgMu       sync.Mutex // serializes cgroup use with its removal
+	cgGone     bool       // the cgroup has been removed
+	tty        *os.File   // pty master, if TTY
+	stdin      io.WriteCloser
+	stdout     io.Reader
+	stderr     io.Reader
+	closers    []io.Closer // parent's ends, closed by Close
+	logFile    *os.File
+	copyDone   chan struct{} // TTY output copied to the log (detached TTY jobs)
+	events     chan nsinit.Event
+
+	done    chan struct{}
+	status  Status
+	waitErr error
+
+	closeOnce sync.Once
+}
+
+var (
+	// isRoot is replaced by tests to exercise the fallback.
+	isRoot  = func() bool { return os.Geteuid() == 0 }
+	jobSeq  atomic.Uint64
+	validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+)
+
+// Start starts a job. ctx bounds only the start itself (for a job under
+// nsinit, until the init reports that the command runs); cancelling it later
+// does not affect the job: use Signal.
+//
+// A command that does not exist gives an error wrapping ErrNotFound (the
+// caller should exit 127), one that cannot be executed ErrNotExecutable
+// (126).
+func Start(ctx context.Context, spec Spec) (*Job, error) {
+	if len(spec.Argv) == 0 || spec.Argv[0] == "" {
+		return nil, fmt.Errorf("%w: no command given", ErrNotFound)
+	}
+	if spec.ID == "" {
+		spec.ID = strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(jobSeq.Add(1), 10)
+	} else if !validID.MatchString(spec.ID) {
+		return nil, fmt.Errorf("job ID %q: use at most 64 letters, digits, '.', '_' or '-'", spec.ID)
+	}
+	if spec.Dir == "" {
+		spec.Dir = "/"
+	}
+	if spec.Env == nil {
+		spec.Env = []string{"PATH=" + DefaultPath}
+	}
+	if spec.InitPath == "" {
+		spec.InitPath = "/proc/self/exe"
+	}
+	log := slog.With("job", spec.ID)
+
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("starting job: %w", err)
+	}
+	root := isRoot()
+	if err := checkCredentials(spec, root); err != nil {
+		return nil, err
+	}
+	if !root && (spec.Namespaces || spec.Cgroup) {
+		log.Warn("daemon is not root: running the job without namespaces or cgroup; it cannot migrate")
+		spec.Namespaces, spec.Cgroup = false, false
+	}
+	path, err := nsinit.LookPath(spec.Argv[0], pathOf(spec.Env), spec.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("starting job: %w", err)
+	}
+	if st, err := os.Stat(spec.Dir); err != nil {
+		return nil, fmt.Errorf("starting job: working directory: %w", err)
+	} else if !st.IsDir() {
+		return nil, fmt.Errorf("starting job: working directory %s is not a directory", spec.Dir)
+	}
+
+	j := &Job{id: spec.ID, done: make(chan struct{})}
+	if spec.Cgroup {
+		cg, err := newCgroup(spec.CgroupParent, spec.ID)
+		if err != nil {
+			log.Warn("cannot create a cgroup: running the job without one; it cannot migrate", "err", err)
+		} else {
+			j.cg = cg
+		}
+	}
+	childFiles, err := j.setupStdio(spec)
+	if err != nil {
+		j.abort()
+		return nil, err
+	}
+	j.shim = spec.Namespaces || j.cg != nil
+
+	if !j.shim {
+		err = j.startDirect(spec, path, root, childFiles)
+	} else {
+		err = j.startShim(ctx, spec, path, root, childFiles, log)
+		if spec.Namespaces && isNamespaceRefusal(err) {
+			log.Warn("the kernel refused new namespaces: running the job without them; it cannot migrate", "err", err)
+			spec.Namespaces = false
+			err = j.startShim(ctx, spec, path, root, childFiles, log)
+		}
+	}
+	for _, f := range childFiles {
+		f.Close()
+	}
+	if err != nil {
+		j.abort()
+		return nil, err
+	}
+	j.namespaced = spec.Namespaces
+	j.migratable = spec.Namespaces && j.cg != nil
+	go j.wait(log)
+	return j, nil
+}
+
+func isNamespaceRefusal(err error) bool {
+	var se *startError
+	return errors.As(err, &se) && (errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOSPC))
+}
+
+// startError marks a failure to start the init process itself.
+type startError struct{ err error }
+
+func (e *startError) Error() string { return e.err.Error() }
+func (e *startError) Unwrap() error { return e.err }
+
+func pathOf(env []string) string {
+	p := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			p = v // the last one wins, as exec.Cmd passes only that one
+		}
+	}
+	return p
+}
+
+func checkCredentials(spec Spec, root bool) error {
+	if root {
+		return nil
+	}
+	uid, gid := uint32(os.Geteuid()), uint32(os.Getegid())
+	if spec.UID != uid || spec.GID != gid {
+		return fmt.Errorf("%w: the daemon runs as uid %d gid %d and cannot start jobs as uid %d gid %d; run the daemon as root", ErrPermission, uid, gid, spec.UID, spec.GID)
+	}
+	if len(spec.Groups) > 0 {
+		own, _ := os.Getgroups()
+		for _, g := range spec.Groups {
+			if g != gid && !slices.Contains(own, int(g)) {
+				return fmt.Errorf("%w: the daemon is not in group %d and is not root", ErrPermission, g)
+			}
+		}
+	}
+	return nil
+}
+
+func (spec Spec) credential() *syscall.Credential {
+	groups := spec.Groups
+	if groups == nil {
+		groups = []uint32{} // setgroups([]): never leak the daemon's groups
+	}
+	return &syscall.Credential{Uid: spec.UID, Gid: spec.GID, Groups: groups}
+}
+
+// setupStdio creates the job's stdio and returns the child's ends (stdin,
+// stdout, stderr), which the caller closes once the job has started.
+func (j *Job) setupStdio(spec Spec) ([]*os.File, error) {
+	if spec.LogPath != "" {
+		lf, err := os.OpenFile(spec.LogPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("opening the job's log: %w", err)
+		}
+		j.logFile = lf
+	}
+	if spec.TTY {
+		master, slave, err := pty.Open()
+		if err != nil {
+			return nil, fmt.Errorf("allocating a pseudo-terminal: %w", err)
+		}
+		j.tty = master
+		j.closers = append(j.closers, master)
+		if spec.Rows > 0 || spec.Cols > 0 {
+			if err := setWinsize(master, spec.Rows, spec.Cols); err != nil {
+				slave.Close()
+				return nil, fmt.Errorf("setting the terminal size: %w", err)
+			}
+		}
+		j.stdin = &ttyInput{f: master}
+		j.stderr = strings.NewReader("")
+		if j.logFile != nil {
+			j.stdout = strings.NewReader("")
+			j.copyDone = make(chan struct{})
+			go func() {
+				defer close(j.copyDone)
+				_, _ = io.Copy(j.logFile, ttyOutput{master})
+				j.logFile.Close()
+			}()
+		} else {
+			j.stdout = ttyOutput{master}
+		}
+		return []*os.File{slave, slave, slave}, nil
+	}
+	if j.logFile != nil {
+		null, err := os.Open(os.DevNull)
+		if err != nil {
+			return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
+		}
+		j.stdin = errWriter{fmt.Errorf("%w: the job is detached and has no stdin", ErrNotSupported)}
+		j.stdout, j.stderr = strings.NewReader(""), strings.NewReader("")
+		return []*os.File{null, j.logFile, j.logFile}, nil
+	}
+	var child []*os.File
+	for i := range 3 {
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, f := range child {
+				f.Close()
+			}
+			return nil, fmt.Errorf("creating the job's pipes: %w", err)
+		}
+		if i == 0 {
+			child = append(child, r)
+			j.stdin = w
+			j.closers = append(j.closers, w)
+		} else {
+			child = append(child, w)
+			j.closers = append(j.closers, r)
+			if i == 1 {
+				j.stdout = r
+			} else {
+				j.stderr = r
+			}
+		}
+	}
+	return child, nil
+}
+
+func (j *Job) startDirect(spec Spec, path string, root bool, stdio []*os.File) error {
+	sys := &syscall.SysProcAttr{}
+	if spec.TTY {
+		sys.Setsid, sys.Setctty, sys.Ctty = true, true, 0
+	} else {
+		sys.Setpgid = true
+	}
+	if root {
+		sys.Credential = spec.credential()
+	}
+	j.cmd = &exec.Cmd{
+		Path: path, Args: spec.Argv, Env: spec.Env, Dir: spec.Dir,
+		Stdin: stdio[0], Stdout: stdio[1], Stderr: stdio[2],
+		SysProcAttr: sys,
+	}
+	if err := j.cmd.Start(); err != nil {
+		switch {
+		case errors.Is(err, syscall.EACCES) && sys.Credential != nil && !nsinit.CanEnter(spec.Dir, nsinit.Credential{UID: spec.UID, GID: spec.GID, Groups: spec.Groups}):
+			return fmt.Errorf("starting job: uid %d cannot enter the working directory %s: %w", spec.UID, spec.Dir, err)
+		case errors.Is(err, syscall.ENOENT):
+			return fmt.Errorf("starting job: %w: %w", ErrNotFound, err)
+		case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.ENOEXEC), errors.Is(err, syscall.EISDIR):
+			return fmt.Errorf("starting job: %w: %w", ErrNotExecutable, err)
+		}
+		return fmt.Errorf("starting job: %w", err)
+	}
+	j.pid, j.mainPid = j.cmd.Process.Pid, j.cmd.Process.Pid
+	return nil
+}
+
+// startShim starts the command under nsinit and waits until it runs.
+func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, stdio []*os.File, log *slog.Logger) error {
+	statusR, statusW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("starting job: creating the status pipe: %w", err)
+	}
+	gateR, gateW, err := os.Pipe()
+	if err != nil {
+		statusR.Close()
+		statusW.Close()
+		return fmt.Errorf("starting job: creating the start gate: %w", err)
+	}
+	opts := nsinit.Options{
+		Path: path, Dir: spec.Dir, StatusFD: 3, SyncFD: 4, NoCtty: !spec.TTY,
+		MountProc: spec.Namespaces,
+	}
+	if root {
+		opts.Cred = &nsinit.Credential{UID: spec.UID, GID: spec.GID, Groups: spec.Groups}
+	}
+	sys := &syscall.SysProcAttr{Setsid: true}
+	if spec.Namespaces {
+		sys.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS
+		if spec.Hostname != "" {
+			sys.Cloneflags |= syscall.CLONE_NEWUTS
+			opts.Hostname = spec.Hostname
+		}
+	}
+	j.cmd = &exec.Cmd{
+		Path: spec.InitPath,
+		Args: append([]string{"ssi", nsinit.Command}, opts.Args(spec.Argv)...),
+		Env:  spec.Env, Dir: "/",
+		Stdin: stdio[0], Stdout: stdio[1], Stderr: stdio[2],
+		ExtraFiles:  []*os.File{statusW, gateR},
+		SysProcAttr: sys,
+	}
+	err = j.cmd.Start()
+	statusW.Close()
+	gateR.Close()
+	if err != nil {
+		statusR.Close()
+		gateW.Close()
+		return &startError{fmt.Errorf("starting job: starting the init %s: %w", spec.InitPath, err)}
+	}
+	j.pid = j.cmd.Process.Pid
+
+	if j.cg != nil {
+		if err := j.cg.add(j.pid); err != nil {
+			log.Warn("cannot move the job into its cgroup: running it without one; it cannot migrate", "err", err)
+			if derr := j.cg.destroy(); derr != nil {
+				log.Warn("removing the unused cgroup", "err", derr)
+			}
+			j.cg = nil
+		}
+	}
+	j.events = make(chan nsinit.Event, 4)
+	go readEvents(statusR, j.events, log)
+	_, err = gateW.Write([]byte{1})
+	gateW.Close()
+	if err != nil {
+		// The init died before it could start the command: its exit
+		// status or report below says why.
+		log.Debug("opening the start gate", "err", err)
+	}
+
+	select {
+	case e, ok := <-j.events:
+		switch {
+		case ok && e.Kind == nsinit.Started:
+			if !spec.Namespaces {
+				j.mainPid = e.Pid
+			} else if hp, err := hostPidOf(j.pid, e.Pid); err == nil {
+				j.mainPid = hp
+			} else {
+				// Already exited (and reaped by the init), or /proc lacks
+				// the children files: SIGKILL/SIGSTOP then go to the init.
+				log.Debug("finding the job's host PID", "err", err)
+			}
+			return nil
+		case ok && e.Kind == nsinit.Failed:
+			_ = j.cmd.Wait()
+			switch e.Reason {
+			case nsinit.ReasonNotFound:
+				return fmt.Errorf("starting job: %w: %s", ErrNotFound, e.Message)
+			case nsinit.ReasonNotExecutable:
+				return fmt.Errorf("starting job: %w: %s", ErrNotExecutable, e.Message)
+			}
+			return fmt.Errorf("starting job: the init could not set it up: %s", e.Message)
+		default:
+			werr := j.cmd.Wait()
+			if werr == nil {
+				werr = errors.New("exit status 0")
+			}
+			return fmt.Errorf("starting job: the init %s ended without starting the command (is it an ssi binary that runs %q?): %w", spec.InitPath, nsinit.Command, werr)
+		}
+	case <-ctx.Done():
+		_ = j.cmd.Process.Kill()
+		_ = j.cmd.Wait()
+		return fmt.Errorf("starting job: %w", ctx.Err())
+	}
+}
+
+func readEvents(r *os.File, out chan<- nsinit.Event, log *slog.Logger) {
+	defer close(out)
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		e, err := nsinit.ParseEvent(sc.Text())
+		if err != nil {
+			log.Warn("ignoring a status report from the init", "err", err)
+			continue
+		}
+		out <- e
+	}
+}
+
+// abort releases what a failed Start had set up.
+func (j *Job) abort() {
+	if j.cg != nil {
+		if err := j.cg.destroy(); err != nil {
+			slog.Warn("removing the cgroup of a job that did not start", "job", j.id, "err", err)
+		}
+	}
+	_ = j.Close() // ends the TTY log copier, which closes the log
+	if j.copyDone != nil {
+		<-j.copyDone
+	} else if j.logFile != nil {
+		j.logFile.Close()
+	}
+}
+
+// copyGrace bounds how long Wait waits for the output of a detached TTY job
+// to reach its log after the job exited (a process the job left behind may
+// keep the terminal open forever).
+const copyGrace = 2 * time.Second
+
+// wait collects the job's exit status and cleans up.
+func (j *Job) wait(log *slog.Logger) {
+	err := j.cmd.Wait()
+	var st Status
+	var werr error
+	var ee *exec.ExitError
+	var ws syscall.WaitStatus
+	haveWS := false
+	if j.cmd.ProcessState != nil {
+		ws, haveWS = j.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	}
+	if err != nil && !errors.As(err, &ee) {
+		werr = fmt.Errorf("waiting for job %s: %w", j.id, err)
+	}
+	switch {
+	case !haveWS:
+		werr = errors.Join(werr, fmt.Errorf("waiting for job %s: no wait status", j.id))
+	case !j.shim:
+		st = statusOf(ws)
+	default:
+		final := false
+		for e := range j.events {
+			switch e.Kind {
+			case nsinit.Exited:
+				st, final = Status{Code: e.Code}, true
+			case nsinit.Killed:
+				st, final = Status{Signal: e.Signal, Core: e.Core}, true
+			}
+		}
+		if !final {
+			// The init itself died (SIGKILL, OOM killer): the command
+			// died with it, of the same signal if it was one.
+			st = statusOf(ws)
+			if !ws.Signaled() {
+				werr = errors.Join(werr, fmt.Errorf("job %s: the init exited with code %d without reporting the command's status", j.id, ws.ExitStatus()))
+			}
+		}
+	}
+	if j.cg != nil {
+		j.cgMu.Lock()
+		if err := j.cg.destroy(); err != nil {
+			log.Warn("removing the job's cgroup", "err", err)
+		}
+		j.cgGone = true
+		j.cgMu.Unlock()
+	}
+	if j.copyDone != nil {
+		select {
+		case <-j.copyDone:
+		case <-time.After(copyGrace):
+			log.Warn("the job's terminal is still open after it exited; its log may miss later output")
+		}
+	}
+	if j.logFile != nil && j.copyDone == nil {
+		j.logFile.Close()
+	}
+	j.status, j.waitErr = st, werr
+	close(j.done)
+}
+
+// ID returns the job's ID (Spec.ID, or the generated one).
+func (j *Job) ID() string { return j.id }
+
+// Pid returns the host PID of the job's top process: the init for a job
+// under nsinit, else the command itself.
+func (j *Job) Pid() int { return j.pid }
+
+// MainPid returns the host PID of the command; 0 if it exited before the
+// engine could learn it.
+func (j *Job) MainPid() int { return j.mainPid }
+
+// Migratable reports whether the job runs in its own PID namespace and
+// cgroup, which migration (checkpoint/restore) needs. False when either was
+// not requested or not available.
+func (j *Job) Migratable() bool { return j.migratable }
+
+// Namespaced reports whether the job runs in new PID+mount namespaces.
+func (j *Job) Namespaced() bool { return j.namespaced }
+
+// CgroupPaths returns the job's cgroup directories (one per v1 hierarchy,
+// or one for v2); nil without a cgroup.
+func (j *Job) CgroupPaths() []string {
+	if j.cg == nil {
+		return nil
+	}
+	return slices.Clone(j.cg.dirs)
+}
+
+// Stdin returns the writer to the job's stdin. Closing it gives the job EOF;
+// with TTY it sends the terminal's EOF character (^D), which ends input only
+// at the start of a line and only while the terminal is in canonical mode.
+func (j *Job) Stdin() io.WriteCloser { return j.stdin }
+
+// Stdout returns the job's stdout (with TTY, the terminal's whole output).
+// The engine does not buffer: the job blocks when the reader falls behind.
+func (j *Job) Stdout() io.Reader { return j.stdout }
+
+// Stderr returns the job's stderr; empty with TTY or LogPath.
+func (j *Job) Stderr() io.Reader { return j.stderr }
+
+// Resize sets the job's terminal size (the job gets SIGWINCH).
+func (j *Job) Resize(rows, cols uint16) error {
+	if j.tty == nil {
+		return fmt.Errorf("resizing job %s: %w: it has no terminal", j.id, ErrNotSupported)
+	}
+	if err := setWinsize(j.tty, rows, cols); err != nil {
+		return fmt.Errorf("resizing job %s: %w", j.id, err)
+	}
+	return nil
+}
+
+// Done is closed when the job has ended and Wait no longer blocks.
+func (j *Job) Done() <-chan struct{} { return j.done }
+
+// Wait waits for the job to end and returns its status. The error reports
+// a failure of the engine, not of the job. Wait may be called many times.
+func (j *Job) Wait() (Status, error) {
+	<-j.done
+	return j.status, j.waitErr
+}
+
+func (j *Job) finished() bool {
+	select {
+	case <-j.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Signal sends sig to the job's process group; see the package comment.
+func (j *Job) Signal(sig syscall.Signal) error {
+	if j.finished() {
+		return fmt.Errorf("signalling job %s: %w", j.id, ErrFinished)
+	}
+	var err error
+	switch {
+	case !j.shim:
+		err = syscall.Kill(-j.pid, sig)
+	case (sig == syscall.SIGKILL || sig == syscall.SIGSTOP) && j.mainPid > 0:
+		err = syscall.Kill(-j.mainPid, sig)
+	default:
+		// The init forwards it; SIGKILL to an init that is PID 1 kills
+		// the whole namespace.
+		err = syscall.Kill(j.pid, sig)
+	}
+	if errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("signalling job %s: %w", j.id, ErrFinished)
+	}
+	if err != nil {
+		return fmt.Errorf("signalling job %s with %v: %w", j.id, sig, err)
+	}
+	return nil
+}
+
+// Freeze stops every process of the job (cgroup freezer) and returns once
+// the kernel reports them frozen. The job needs a cgroup.
+func (j *Job) Freeze() error { return j.setFrozen(true) }
+
+// Thaw resumes a frozen job.
+func (j *Job) Thaw() error { return j.setFrozen(false) }
+
+func (j *Job) setFrozen(frozen bool) error {
+	what := map[bool]string{true: "freezing", false: "thawing"}[frozen]
+	if j.cg == nil {
+		return fmt.Errorf("%s job %s: %w: it has no cgroup (Spec.Cgroup, as root)", what, j.id, ErrNotSupported)
+	}
+	j.cgMu.Lock()
+	defer j.cgMu.Unlock()
+	if j.cgGone {
+		return fmt.Errorf("%s job %s: %w", what, j.id, ErrFinished)
+	}
+	if err := j.cg.setFrozen(frozen); err != nil {
+		return fmt.Errorf("%s job %s: %w", what, j.id, err)
+	}
+	return nil
+}
+
+// Pids returns the host PIDs of the job's processes, sorted: the command and
+// everything it forked, without the init. With a cgroup they come from the
+// cgroup; otherwise from walking /proc (the descendants of the top process
+// and the members of the job's process group). Nil once the job has ended.
+func (j *Job) Pids() []int {
+	if j.finished() {
+		return nil
+	}
+	if j.cg != nil {
+		j.cgMu.Lock()
+		pids, err := j.cg.procs()
+		gone := j.cgGone
+		j.cgMu.Unlock()
+		if gone {
+			return nil
+		}
+		if err == nil {
+			return slices.DeleteFunc(pids, func(p int) bool { return p == j.pid })
+		}
+	}
+	t := readProcTable()
+	if j.shim {
+		return t.descendants(j.pid, 0)
+	}
+	pids := t.descendants(j.pid, j.pid)
+	if _, alive := t[j.pid]; alive {
+		pids = append(pids, j.pid)
+		slices.Sort(pids)
+	}
+	return pids
+}
+
+// Usage is the resource use of a job's processes, for ps.
+type Usage struct {
+	Procs      int           // number of processes
+	CPUPercent float64       // CPU time over the job's lifetime, percent of one CPU
+	CPUTime    time.Duration // user + system time of the live processes
+	RSS        uint64        // sum of resident set sizes, bytes
+	Start      time.Time     // start of the command
+	State      string        // state letter of the command (R, S, D, T, Z, ...)
+}
+
+// Usage reads the resource use of the job's live processes from /proc.
+// CPU time of processes that already exited is not included.
+func (j *Job) Usage() (Usage, error) {
+	pids := j.Pids()
+	if pids == nil && j.finished() {
+		return Usage{}, fmt.Errorf("reading the usage of job %s: %w", j.id, ErrFinished)
+	}
+	var u Usage
+	main := false
+	for _, pid := range pids {
+		p, err := ReadProc(pid)
+		if err != nil {
+			continue // exited meanwhile
+		}
+		u.Procs++
+		u.CPUTime += p.CPUTime
+		u.RSS += p.RSS
+		// State and start are the command's, else the oldest process's.
+		switch {
+		case pid == j.mainPid:
+			u.State, u.Start, main = p.State, p.Start, true
+		case !main && (u.Start.IsZero() || p.Start.Before(u.Start)):
+			u.State, u.Start = p.State, p.Start
+		}
+	}
+	if u.Procs == 0 {
+		return u, fmt.Errorf("reading the usage of job %s: none of its processes could be read", j.id)
+	}
+	if life := time.Since(u.Start); life > 0 {
+		u.CPUPercent = 100 * u.CPUTime.Seconds() / life.Seconds()
+	}
+	return u, nil
+}
+
+// Close releases the parent's ends of the job's stdio (and its terminal).
+// It does not stop the job; a job still writing then gets EPIPE/SIGPIPE.
+func (j *Job) Close() error {
+	var errs []error
+	j.closeOnce.Do(func() {
+		for _, c := range j.closers {
+			if err := c.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+				errs = append(errs, err)
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// ttyOutput reads a pty master; the EIO that Linux returns once every
+// process has closed the terminal is the end of the output.
+type ttyOutput struct{ f *os.File }
+
+func (t ttyOutput) Read(p []byte) (int, error) {
+	n, err := t.f.Read(p)
+	if errors.Is(err, syscall.EIO) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// ttyInput writes to a pty master; Close sends the EOF character.
+type ttyInput struct {
+	f      *os.File
+	mu     sync.Mutex
+	closed bool
+}
+
+func (t *ttyInput) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if closed {
+		return 0, os.ErrClosed
+	}
+	return t.f.Write(p)
+}
+
+func (t *ttyInput) Close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil
+	}
+	t.closed = true
+	eof := byte(4) // ^D
+	_ = control(t.f, func(fd int) error {
+		tio, err := unix.IoctlGetTermios(fd, unix.TCGETS)
+		if err == nil && tio.Cc[unix.VEOF] != 0 {
+			eof = tio.Cc[unix.VEOF]
+		}
+		return err
+	})
+	_, err := t.f.Write([]byte{eof})
+	if errors.Is(err, syscall.EIO) || errors.Is(err, os.ErrClosed) {
+		err = nil // nobody is reading any more
+	}
+	return err
+}
+
+// control runs fn on f's descriptor without taking it out of the runtime's
+// poller (os.File.Fd would make it blocking, and a blocked Read could then
+// never be interrupted by Close).
+func control(f *os.File, fn func(fd int) error) error {
+	sc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := sc.Control(func(fd uintptr) { ferr = fn(int(fd)) }); err != nil {
+		return err
+	}
+	return ferr
+}
+
+func setWinsize(f *os.File, rows, cols uint16) error {
+	return control(f, func(fd int) error {
+		return unix.IoctlSetWinsize(fd, unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	})
+}
+
+type errWriter struct{ err error }
+
+func (w errWriter) Write([]byte) (int, error) { return 0, w.err }
+func (w errWriter) Close() error              { return nil }

@@ -1,0 +1,222 @@
+package rexec
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/nsinit"
+)
+
+// The test binary is also the init the engine re-executes (InitPath
+// defaults to /proc/self/exe), exactly as the ssi binary will be.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == nsinit.Command {
+		os.Exit(nsinit.Main(os.Args[2:]))
+	}
+	code := m.Run()
+	if err := checkNoZombies(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		code = 1
+	}
+	if err := removeTestCgroupParents(); err != nil {
+		fmt.Fprintln(os.Stderr, "FAIL:", err)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// testTimeout bounds every job a test starts. It only fires when something
+// hangs, so it is generous.
+const testTimeout = 60 * time.Second
+
+// testEnv is the jobs' environment. GORACE keeps a -race build of the init
+// from sleeping a second before it exits.
+var testEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "GORACE=atexit_sleep_ms=0"}
+
+// testCgroupParent is relative: the test jobs' cgroups go below the test's
+// own cgroup in each hierarchy, and TestMain removes it at the end.
+var testCgroupParent = "ssi-test-" + strconv.Itoa(os.Getpid())
+
+func needRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: namespaces, cgroups and credential switching")
+	}
+}
+
+// mode is a way of running a job.
+type mode struct {
+	name   string
+	ns, cg bool
+}
+
+var modes = []mode{{"plain", false, false}, {"ns", true, false}, {"cgroup", false, true}, {"ns+cgroup", true, true}}
+
+func (m mode) spec(t testing.TB, argv ...string) Spec {
+	if m.ns || m.cg {
+		needRoot(t)
+	}
+	return Spec{
+		Argv: argv, Env: testEnv, Namespaces: m.ns, Cgroup: m.cg, CgroupParent: testCgroupParent,
+		UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), // the only choice without root
+	}
+}
+
+func start(t testing.TB, spec Spec) *Job {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	j, err := Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start(%q): %v", spec.Argv, err)
+	}
+	// Watchdog: a job that hangs is killed and its stdio closed, so that
+	// no read or wait in the test can block forever.
+	watchdog := time.AfterFunc(testTimeout, func() {
+		t.Errorf("job %s still running after %v: killing it", j.ID(), testTimeout)
+		_ = j.Signal(syscall.SIGKILL)
+		_ = j.Close()
+	})
+	t.Cleanup(func() {
+		watchdog.Stop()
+		if !j.finished() {
+			_ = j.Signal(syscall.SIGKILL)
+			<-j.Done()
+		}
+		_ = j.Close()
+	})
+	if spec.Cgroup && isRoot() {
+		if len(j.CgroupPaths()) == 0 {
+			t.Errorf("job has no cgroup")
+		}
+		if got, want := j.Migratable(), spec.Namespaces; got != want {
+			t.Errorf("Migratable() = %v, want %v", got, want)
+		}
+	}
+	return j
+}
+
+// wait waits for the job, bounded, and checks it left no cgroup behind.
+func wait(t testing.TB, j *Job) Status {
+	t.Helper()
+	select {
+	case <-j.Done():
+	case <-time.After(testTimeout):
+		_ = j.Signal(syscall.SIGKILL)
+		t.Fatalf("job %s did not end within %v", j.ID(), testTimeout)
+	}
+	st, err := j.Wait()
+	if err != nil {
+		t.Errorf("Wait: %v", err)
+	}
+	for _, d := range j.CgroupPaths() {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("cgroup %s still exists after the job ended", d)
+		}
+	}
+	return st
+}
+
+// collect reads a job's stdout and stderr in the background.
+type collected struct {
+	wg       sync.WaitGroup
+	out, err bytes.Buffer
+}
+
+func collect(j *Job) *collected {
+	c := &collected{}
+	c.wg.Add(2)
+	go func() { defer c.wg.Done(); _, _ = io.Copy(&c.out, j.Stdout()) }()
+	go func() { defer c.wg.Done(); _, _ = io.Copy(&c.err, j.Stderr()) }()
+	return c
+}
+
+func (c *collected) done(t testing.TB) {
+	t.Helper()
+	ch := make(chan struct{})
+	go func() { c.wg.Wait(); close(ch) }()
+	select {
+	case <-ch:
+	case <-time.After(testTimeout):
+		t.Fatal("the job's output did not reach EOF")
+	}
+}
+
+// run runs a job to completion with stdin closed.
+func run(t testing.TB, spec Spec) (Status, string, string) {
+	t.Helper()
+	j := start(t, spec)
+	c := collect(j)
+	if !spec.TTY {
+		j.Stdin().Close()
+	}
+	st := wait(t, j)
+	c.done(t)
+	return st, c.out.String(), c.err.String()
+}
+
+// eventually polls cond until it holds or the test timeout passes.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func checkNoZombies() error {
+	self := os.Getpid()
+	for pid, v := range readProcTable() {
+		if v[0] != self {
+			continue
+		}
+		if p, err := ReadProc(pid); err == nil && p.State == "Z" {
+			return fmt.Errorf("process %d (%s) is an unreaped child of the test", pid, p.Comm)
+		}
+	}
+	return nil
+}
+
+func removeTestCgroupParents() error {
+	h, err := cgroupHierarchies()
+	if err != nil {
+		return nil
+	}
+	var dirs []string
+	for c, mnt := range h.v1 {
+		dirs = append(dirs, filepath.Join(mnt, h.v1own[c], testCgroupParent))
+	}
+	if h.v2 != "" {
+		dirs = append(dirs, filepath.Join(h.v2, h.v2own, testCgroupParent))
+	}
+	var problems []string
+	for _, d := range dirs {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() {
+				problems = append(problems, filepath.Join(d, e.Name()))
+			}
+		}
+		_ = syscall.Rmdir(d)
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("leftover job cgroups: %s", strings.Join(problems, ", "))
+	}
+	return nil
+}
