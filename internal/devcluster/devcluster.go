@@ -208,6 +208,9 @@ func portOf(c state.Config) int {
 // first (from inside the node's namespace with --isolate).
 func start(o Options, net *isolation, k int, joinArgs []string) error {
 	dir := NodeDir(o.Dir, k)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("node %d: %w", k, err)
+	}
 	logf, err := os.OpenFile(filepath.Join(dir, "ssi.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("node %d: open log: %w", k, err)

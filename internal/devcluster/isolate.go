@@ -139,9 +139,9 @@ func (i *isolation) start(o Options, k int, args []string, logf *os.File, joinAr
 	if netnsExists(ns) {
 		_ = ipCmd("netns", "del", ns)
 	}
+	_ = ipCmd("-n", br, "link", "del", veth) // a leftover from an earlier run, if any
 	for _, a := range [][]string{
 		{"netns", "attach", ns, strconv.Itoa(pid)},
-		{"-n", br, "link", "del", veth}, // a leftover from an earlier run; errors ignored below
 		{"link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns},
 		{"link", "set", veth, "netns", br},
 		{"-n", br, "link", "set", veth, "master", "br0", "up"},
@@ -149,7 +149,7 @@ func (i *isolation) start(o Options, k int, args []string, logf *os.File, joinAr
 		{"-n", ns, "addr", "add", netip.PrefixFrom(i.addr(k), i.Subnet.Bits()).String(), "dev", "eth0"},
 		{"-n", ns, "link", "set", "eth0", "up"},
 	} {
-		if err := ipCmd(a...); err != nil && a[2] != "del" {
+		if err := ipCmd(a...); err != nil {
 			return fail(err)
 		}
 	}

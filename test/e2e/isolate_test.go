@@ -1,0 +1,72 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// With --isolate every node runs as PID 1's child in its own UTS, PID,
+// mount and network namespace, with its own hostname and address on a
+// private bridge; the cluster works across that network, a killed node is
+// detected, and ssi down removes every namespace.
+func TestIsolatedCluster(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("--isolate needs root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("--isolate needs iproute2")
+	}
+	c := StartCluster(t, 3, "--isolate")
+	ns, raw := c.Nodes(1)
+	for k := uint32(1); k <= 3; k++ {
+		if ns[k].State != "UP" || !strings.HasPrefix(ns[k].IPAddr, "10.") {
+			t.Fatalf("isolated cluster table: %s", raw)
+		}
+	}
+	for k := 1; k <= 3; k++ {
+		pid := c.PID(k)
+		out, err := exec.Command("nsenter", "-t", fmt.Sprint(pid), "-u", "hostname").Output()
+		if err != nil || strings.TrimSpace(string(out)) != fmt.Sprintf("demo%d", k) {
+			t.Errorf("node %d hostname %q (%v)", k, out, err)
+		}
+		// The node's init is PID 1 of its own PID namespace.
+		st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if !strings.Contains(string(st), fmt.Sprintf("NSpid:\t%d\t1\n", pid)) {
+			t.Errorf("node %d's init is not PID 1 of a namespace of its own:\n%s", k, st)
+		}
+		self, _ := os.Readlink("/proc/self/ns/net")
+		theirs, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+		if self == theirs || theirs == "" {
+			t.Errorf("node %d shares the test's network namespace", k)
+		}
+	}
+	c.Kill(2)
+	c.WaitState([]int{1, 3}, 2, "DOWN", 10*time.Second)
+
+	prefix := isolatePrefix(t, c.Dir)
+	if r := run(t, nil, "", "ssi", "down", "--dir", c.Dir); r.Code != 0 {
+		t.Fatalf("down: %v", r)
+	}
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(out), prefix) {
+		t.Errorf("namespaces left behind:\n%s", out)
+	}
+}
+
+func isolatePrefix(t *testing.T, dir string) string {
+	b, err := os.ReadFile(dir + "/isolate.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i := strings.Index(s, `"prefix":"`)
+	if i < 0 {
+		t.Fatalf("isolate.json: %s", s)
+	}
+	rest := s[i+len(`"prefix":"`):]
+	return rest[:strings.IndexByte(rest, '"')]
+}
