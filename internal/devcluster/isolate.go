@@ -31,8 +31,8 @@ type isolation struct {
 
 func isolationFile(dir string) string { return filepath.Join(dir, "isolate.json") }
 
-func (i *isolation) bridgeNS() string     { return i.Prefix + "-br" }
-func (i *isolation) nodeNS(k int) string  { return i.Prefix + "-n" + strconv.Itoa(k) }
+func (i *isolation) bridgeNS() string      { return i.Prefix + "-br" }
+func (i *isolation) nodeNS(k int) string   { return i.Prefix + "-n" + strconv.Itoa(k) }
 func (i *isolation) hostVeth(k int) string { return i.Prefix + "v" + strconv.Itoa(k) }
 
 // addr is node k's address on the private network.
