@@ -212,16 +212,25 @@ func init() {
 		Name:    "addnode",
 		Aliases: []string{"ssi-addnode"},
 		Summary: "register a node (or many) by MAC and IP; prints its number and join token",
-		Usage:   "ssi-addnode --hwaddr=MAC --ipaddr=IP [--nodename NAME] [--nodenum N] [--xennode] | ssi-addnode --from FILE",
+		Usage:   "ssi-addnode --hwaddr=MAC --ipaddr=IP [--nodename NAME] [--nodenum N] [--xennode] | ssi-addnode --from FILE | ssi-addnode --count K --hwaddr-base MAC --ipaddr-base IP [--xennode [--images DIR] [--swap-size 64M]]",
 		Help: `Registers a node in the node table on any member and prints its number and
 a join token for 'ssi join'. When --nodename is missing and stdin is a
 terminal, asks for the name (default <prefix><num>). --from FILE registers
 many nodes in one replicated change, all or none: one "MAC IP [NAME]" per
 line, # starts a comment.
 
+--count K registers K nodes with sequential MACs and IPs from --hwaddr-base
+and --ipaddr-base (the how-to's D2, D3, ...), numbered from the next free
+number and named <prefix><num>; any clash with the node table refuses the
+whole batch. With --xennode it then creates each node's swap image and
+guest configuration under --images (as ssi images swap and ssi xen-config
+--write do; --with-token puts each node's token on its kernel command
+line). If that fails, the nodes are removed again: all or nothing.
+
 Examples:
   ssi-addnode --xennode --hwaddr=0A:00:00:00:11:D2 --ipaddr=192.168.64.142
-  ssi-addnode --from nodes.txt`,
+  ssi-addnode --from nodes.txt
+  ssi-addnode --count 3 --hwaddr-base 0a:00:00:00:11:d2 --ipaddr-base 192.168.64.142 --xennode --swap-size 64M`,
 	}
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
@@ -234,11 +243,42 @@ Examples:
 		ttl := fs.Duration("token-ttl", node.DefaultTokenTTL, "how long the join tokens stay valid")
 		asJSON := fs.Bool("json", false, "print JSON")
 		socket := socketFlag(fs)
+		count := fs.Int("count", 0, "register this many nodes with sequential MACs and IPs (with --hwaddr-base, --ipaddr-base)")
+		hwBase := fs.String("hwaddr-base", "", "with --count: the first node's MAC address")
+		ipBase := fs.String("ipaddr-base", "", "with --count: the first node's IP address")
+		swapSize := fs.String("swap-size", "64M", "with --count --xennode: size of each node's swap image")
+		force := fs.Bool("force", false, "with --count --xennode: replace existing swap images and configurations")
+		withToken := fs.Bool("with-token", false, "with --count --xennode: put each node's join token on its kernel command line (files readable by their owner only)")
+		guest := addGuestFlags(fs)
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
 		}
 		if fs.NArg() > 0 {
 			return Usagef("unexpected argument %q", fs.Arg(0))
+		}
+		bulkOnly := []string{"hwaddr-base", "ipaddr-base", "swap-size", "force", "with-token", "images", "kernel", "ramdisk", "memory", "format", "bridge", "root-device", "extra"}
+		given := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+		if given["count"] {
+			for _, f := range []string{"hwaddr", "ipaddr", "nodename", "nodenum", "from"} {
+				if given[f] {
+					return Usagef("--count registers numbered, named nodes from --hwaddr-base/--ipaddr-base; it does not go with --%s", f)
+				}
+			}
+			if !*xen {
+				for _, f := range bulkOnly[2:] {
+					if given[f] {
+						return Usagef("--%s is about the nodes' swap images and configurations: it needs --xennode", f)
+					}
+				}
+			}
+			return addNodesBulk(env, bulkAdd{count: *count, hwBase: *hwBase, ipBase: *ipBase, xen: *xen, force: *force, token: *withToken,
+				swapSize: *swapSize, guest: guest, ttl: *ttl, asJSON: *asJSON, socket: *socket})
+		}
+		for _, f := range bulkOnly {
+			if given[f] {
+				return Usagef("--%s goes with --count", f)
+			}
 		}
 		var specs []*ssiv1.NodeSpec
 		switch {

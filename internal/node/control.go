@@ -271,3 +271,46 @@ func (d *Daemon) shutdownCluster(ctx context.Context) ([]uint32, error) {
 	d.requestExit()
 	return stopped, nil
 }
+
+func (s *controlService) GetDHCP(ctx context.Context, req *connect.Request[ssiv1.GetDHCPRequest]) (*connect.Response[ssiv1.GetDHCPResponse], error) {
+	d := s.d
+	c := d.fsm.Cluster()
+	cfg := c.DHCPSettings()
+	out := &ssiv1.GetDHCPResponse{Settings: dhcpSettingsToProto(cfg), LocalNum: d.meta.Num, LocalStatus: d.dhcp.Status(), ServingNum: cfg.ServerNode}
+	if cfg.ServerNode == state.DHCPServerLeader {
+		out.ServingNum = d.leaderNum()
+	}
+	for _, l := range c.SortedLeases() {
+		pl := &ssiv1.DHCPLease{Hwaddr: l.HWAddr, Ipaddr: l.IPAddr, ExpiresUnixMs: l.Expires.UnixMilli(), RecordedUnixMs: l.Recorded.UnixMilli(), ServerNum: l.ServerNum}
+		if n := c.NodeByMAC(l.HWAddr); n != nil {
+			pl.Num, pl.Name = n.Num, n.Name
+		}
+		out.Leases = append(out.Leases, pl)
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (s *controlService) SetDHCP(ctx context.Context, req *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error) {
+	d := s.d
+	if err := s.authorizeAdmin(ctx, "change the DHCP settings"); err != nil {
+		return nil, err
+	}
+	cmd := state.SetDHCP{Config: dhcpSettingsFromProto(req.Msg.Settings), Fields: req.Msg.Fields}
+	res, err := d.apply(ctx, state.CmdSetDHCP, cmd)
+	if err != nil {
+		return nil, d.toConnect(err)
+	}
+	var cfg state.DHCPConfig
+	if err := res.Decode(&cfg); err != nil {
+		return nil, d.toConnect(err)
+	}
+	return connect.NewResponse(&ssiv1.SetDHCPResponse{Settings: dhcpSettingsToProto(cfg)}), nil
+}
+
+func (s *controlService) ProvisionInfo(ctx context.Context, req *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error) {
+	c := s.d.fsm.Cluster()
+	return connect.NewResponse(&ssiv1.ProvisionInfoResponse{
+		ClusterName: c.Name, Port: uint32(c.Config.Port), NamePrefix: c.Config.NamePrefix,
+		NextNum: c.NextNum, MaxNodes: uint32(c.Config.MaxNodes),
+	}), nil
+}

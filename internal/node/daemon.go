@@ -50,6 +50,7 @@ type Daemon struct {
 	stores *stores
 	mux    *transport.Mux
 	det    *clms.Detector
+	dhcp   *dhcpService // this node's DHCP server (dhcp.go)
 
 	peerHTTP *http.Client
 	peersMu  sync.Mutex
@@ -123,6 +124,7 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	}
 	defer d.stores.Close()
 	d.fsm = state.NewFSM(d.log)
+	d.dhcp = newDHCPService(d)
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: d.mux.RaftLayer(d.id), MaxPool: 3, Timeout: 5 * time.Second,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Error, Output: os.Stderr}),
@@ -157,9 +159,10 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 
 	loops, stopLoops := context.WithCancel(context.Background())
 	var lwg sync.WaitGroup
-	lwg.Add(2)
+	lwg.Add(3)
 	go func() { defer lwg.Done(); d.heartbeatLoop(loops) }()
 	go func() { defer lwg.Done(); d.leadership(loops) }()
+	go func() { defer lwg.Done(); d.dhcp.run(loops) }()
 	d.log.Info("node started", "cluster", d.meta.ClusterName, "name", d.meta.Name, "listen", listen, "socket", d.opts.Socket, "boot", d.bootID)
 
 	select {

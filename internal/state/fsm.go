@@ -177,6 +177,18 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			}
 		}
 		return nil, nil
+	case CmdSetDHCP:
+		var cmd SetDHCP
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return applySetDHCP(c, cmd)
+	case CmdRecordLease:
+		var cmd RecordLease
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applyRecordLease(c, cmd)
 	default:
 		if t&IgnoreUnknown != 0 {
 			return nil, errIgnored

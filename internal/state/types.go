@@ -113,6 +113,12 @@ type Cluster struct {
 	Nodes         map[uint32]*Node `json:"nodes"`
 	NextNum       uint32           `json:"next_num"` // numbers are never reused silently
 	Events        []Event          `json:"events"`
+
+	// The DHCP server (internal/dhcp, run by the daemon): its settings,
+	// nil until the first 'ssi dhcp set' (see DHCPSettings), and the leases
+	// it granted, by MAC.
+	DHCP   *DHCPConfig       `json:"dhcp,omitempty"`
+	Leases map[string]*Lease `json:"leases,omitempty"`
 }
 
 // Clone returns a deep copy.
@@ -124,6 +130,8 @@ func (c *Cluster) Clone() *Cluster {
 		out.Nodes[k] = &cp
 	}
 	out.Events = append([]Event(nil), c.Events...)
+	out.DHCP = c.DHCP.clone()
+	out.Leases = cloneLeases(c.Leases)
 	return &out
 }
 

@@ -1316,6 +1316,523 @@ func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{21}
 }
 
+// The cluster's DHCP server settings (ssi dhcp set/show), replicated.
+type DHCPSettings struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Enabled          bool                   `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	Interface        string                 `protobuf:"bytes,2,opt,name=interface,proto3" json:"interface,omitempty"` // network interface on the serving node
+	Netmask          string                 `protobuf:"bytes,3,opt,name=netmask,proto3" json:"netmask,omitempty"`
+	Gateway          string                 `protobuf:"bytes,4,opt,name=gateway,proto3" json:"gateway,omitempty"` // default router handed to clients; "" for none
+	Dns              []string               `protobuf:"bytes,5,rep,name=dns,proto3" json:"dns,omitempty"`
+	LeaseTimeSeconds int64                  `protobuf:"varint,6,opt,name=lease_time_seconds,json=leaseTimeSeconds,proto3" json:"lease_time_seconds,omitempty"`
+	Domain           string                 `protobuf:"bytes,7,opt,name=domain,proto3" json:"domain,omitempty"`
+	ServerNode       uint32                 `protobuf:"varint,8,opt,name=server_node,json=serverNode,proto3" json:"server_node,omitempty"` // the node that serves; 0: whichever node leads
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DHCPSettings) Reset() {
+	*x = DHCPSettings{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DHCPSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DHCPSettings) ProtoMessage() {}
+
+func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
+func (*DHCPSettings) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DHCPSettings) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *DHCPSettings) GetInterface() string {
+	if x != nil {
+		return x.Interface
+	}
+	return ""
+}
+
+func (x *DHCPSettings) GetNetmask() string {
+	if x != nil {
+		return x.Netmask
+	}
+	return ""
+}
+
+func (x *DHCPSettings) GetGateway() string {
+	if x != nil {
+		return x.Gateway
+	}
+	return ""
+}
+
+func (x *DHCPSettings) GetDns() []string {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
+func (x *DHCPSettings) GetLeaseTimeSeconds() int64 {
+	if x != nil {
+		return x.LeaseTimeSeconds
+	}
+	return 0
+}
+
+func (x *DHCPSettings) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *DHCPSettings) GetServerNode() uint32 {
+	if x != nil {
+		return x.ServerNode
+	}
+	return 0
+}
+
+// A lease the cluster's DHCP server acknowledged (or saw released).
+type DHCPLease struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Hwaddr         string                 `protobuf:"bytes,1,opt,name=hwaddr,proto3" json:"hwaddr,omitempty"`
+	Ipaddr         string                 `protobuf:"bytes,2,opt,name=ipaddr,proto3" json:"ipaddr,omitempty"`
+	ExpiresUnixMs  int64                  `protobuf:"varint,3,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	RecordedUnixMs int64                  `protobuf:"varint,4,opt,name=recorded_unix_ms,json=recordedUnixMs,proto3" json:"recorded_unix_ms,omitempty"`
+	ServerNum      uint32                 `protobuf:"varint,5,opt,name=server_num,json=serverNum,proto3" json:"server_num,omitempty"` // the node whose server granted it
+	Num            uint32                 `protobuf:"varint,6,opt,name=num,proto3" json:"num,omitempty"`                              // the node registered with hwaddr now
+	Name           string                 `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DHCPLease) Reset() {
+	*x = DHCPLease{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DHCPLease) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DHCPLease) ProtoMessage() {}
+
+func (x *DHCPLease) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
+func (*DHCPLease) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DHCPLease) GetHwaddr() string {
+	if x != nil {
+		return x.Hwaddr
+	}
+	return ""
+}
+
+func (x *DHCPLease) GetIpaddr() string {
+	if x != nil {
+		return x.Ipaddr
+	}
+	return ""
+}
+
+func (x *DHCPLease) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+func (x *DHCPLease) GetRecordedUnixMs() int64 {
+	if x != nil {
+		return x.RecordedUnixMs
+	}
+	return 0
+}
+
+func (x *DHCPLease) GetServerNum() uint32 {
+	if x != nil {
+		return x.ServerNum
+	}
+	return 0
+}
+
+func (x *DHCPLease) GetNum() uint32 {
+	if x != nil {
+		return x.Num
+	}
+	return 0
+}
+
+func (x *DHCPLease) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type GetDHCPRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDHCPRequest) Reset() {
+	*x = GetDHCPRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDHCPRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDHCPRequest) ProtoMessage() {}
+
+func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
+func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{24}
+}
+
+type GetDHCPResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Settings      *DHCPSettings          `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	Leases        []*DHCPLease           `protobuf:"bytes,2,rep,name=leases,proto3" json:"leases,omitempty"`
+	ServingNum    uint32                 `protobuf:"varint,3,opt,name=serving_num,json=servingNum,proto3" json:"serving_num,omitempty"` // the node designated to serve now (0: none: no leader known)
+	LocalNum      uint32                 `protobuf:"varint,4,opt,name=local_num,json=localNum,proto3" json:"local_num,omitempty"`
+	LocalStatus   string                 `protobuf:"bytes,5,opt,name=local_status,json=localStatus,proto3" json:"local_status,omitempty"` // what the answering node's DHCP server is doing
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDHCPResponse) Reset() {
+	*x = GetDHCPResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDHCPResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDHCPResponse) ProtoMessage() {}
+
+func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
+func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *GetDHCPResponse) GetLeases() []*DHCPLease {
+	if x != nil {
+		return x.Leases
+	}
+	return nil
+}
+
+func (x *GetDHCPResponse) GetServingNum() uint32 {
+	if x != nil {
+		return x.ServingNum
+	}
+	return 0
+}
+
+func (x *GetDHCPResponse) GetLocalNum() uint32 {
+	if x != nil {
+		return x.LocalNum
+	}
+	return 0
+}
+
+func (x *GetDHCPResponse) GetLocalStatus() string {
+	if x != nil {
+		return x.LocalStatus
+	}
+	return ""
+}
+
+type SetDHCPRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Settings *DHCPSettings          `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	// The settings to change, by name: enabled, interface, netmask, gateway,
+	// dns, lease_time, domain, server_node. The others keep their values.
+	Fields        []string `protobuf:"bytes,2,rep,name=fields,proto3" json:"fields,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDHCPRequest) Reset() {
+	*x = SetDHCPRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDHCPRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDHCPRequest) ProtoMessage() {}
+
+func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
+func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+func (x *SetDHCPRequest) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+type SetDHCPResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Settings      *DHCPSettings          `protobuf:"bytes,1,opt,name=settings,proto3" json:"settings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetDHCPResponse) Reset() {
+	*x = SetDHCPResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetDHCPResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetDHCPResponse) ProtoMessage() {}
+
+func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
+func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
+	if x != nil {
+		return x.Settings
+	}
+	return nil
+}
+
+type ProvisionInfoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProvisionInfoRequest) Reset() {
+	*x = ProvisionInfoRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProvisionInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProvisionInfoRequest) ProtoMessage() {}
+
+func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
+func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{28}
+}
+
+// What provisioning tools need beyond the node table (Status).
+type ProvisionInfoResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ClusterName   string                 `protobuf:"bytes,1,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
+	Port          uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`                              // the TLS port every node listens on
+	NamePrefix    string                 `protobuf:"bytes,3,opt,name=name_prefix,json=namePrefix,proto3" json:"name_prefix,omitempty"` // default node names are <prefix><num>
+	NextNum       uint32                 `protobuf:"varint,4,opt,name=next_num,json=nextNum,proto3" json:"next_num,omitempty"`         // the number the next node gets by default
+	MaxNodes      uint32                 `protobuf:"varint,5,opt,name=max_nodes,json=maxNodes,proto3" json:"max_nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProvisionInfoResponse) Reset() {
+	*x = ProvisionInfoResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProvisionInfoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProvisionInfoResponse) ProtoMessage() {}
+
+func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
+func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ProvisionInfoResponse) GetClusterName() string {
+	if x != nil {
+		return x.ClusterName
+	}
+	return ""
+}
+
+func (x *ProvisionInfoResponse) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *ProvisionInfoResponse) GetNamePrefix() string {
+	if x != nil {
+		return x.NamePrefix
+	}
+	return ""
+}
+
+func (x *ProvisionInfoResponse) GetNextNum() uint32 {
+	if x != nil {
+		return x.NextNum
+	}
+	return 0
+}
+
+func (x *ProvisionInfoResponse) GetMaxNodes() uint32 {
+	if x != nil {
+		return x.MaxNodes
+	}
+	return 0
+}
+
 var File_ssi_v1_ssi_proto protoreflect.FileDescriptor
 
 const file_ssi_v1_ssi_proto_rawDesc = "" +
@@ -1409,7 +1926,47 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"-\n" +
 	"\x13PeerShutdownRequest\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x16\n" +
-	"\x14PeerShutdownResponse2\xc0\x02\n" +
+	"\x14PeerShutdownResponse\"\xf3\x01\n" +
+	"\fDHCPSettings\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1c\n" +
+	"\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n" +
+	"\anetmask\x18\x03 \x01(\tR\anetmask\x12\x18\n" +
+	"\agateway\x18\x04 \x01(\tR\agateway\x12\x10\n" +
+	"\x03dns\x18\x05 \x03(\tR\x03dns\x12,\n" +
+	"\x12lease_time_seconds\x18\x06 \x01(\x03R\x10leaseTimeSeconds\x12\x16\n" +
+	"\x06domain\x18\a \x01(\tR\x06domain\x12\x1f\n" +
+	"\vserver_node\x18\b \x01(\rR\n" +
+	"serverNode\"\xd2\x01\n" +
+	"\tDHCPLease\x12\x16\n" +
+	"\x06hwaddr\x18\x01 \x01(\tR\x06hwaddr\x12\x16\n" +
+	"\x06ipaddr\x18\x02 \x01(\tR\x06ipaddr\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x03 \x01(\x03R\rexpiresUnixMs\x12(\n" +
+	"\x10recorded_unix_ms\x18\x04 \x01(\x03R\x0erecordedUnixMs\x12\x1d\n" +
+	"\n" +
+	"server_num\x18\x05 \x01(\rR\tserverNum\x12\x10\n" +
+	"\x03num\x18\x06 \x01(\rR\x03num\x12\x12\n" +
+	"\x04name\x18\a \x01(\tR\x04name\"\x10\n" +
+	"\x0eGetDHCPRequest\"\xcf\x01\n" +
+	"\x0fGetDHCPResponse\x120\n" +
+	"\bsettings\x18\x01 \x01(\v2\x14.ssi.v1.DHCPSettingsR\bsettings\x12)\n" +
+	"\x06leases\x18\x02 \x03(\v2\x11.ssi.v1.DHCPLeaseR\x06leases\x12\x1f\n" +
+	"\vserving_num\x18\x03 \x01(\rR\n" +
+	"servingNum\x12\x1b\n" +
+	"\tlocal_num\x18\x04 \x01(\rR\blocalNum\x12!\n" +
+	"\flocal_status\x18\x05 \x01(\tR\vlocalStatus\"Z\n" +
+	"\x0eSetDHCPRequest\x120\n" +
+	"\bsettings\x18\x01 \x01(\v2\x14.ssi.v1.DHCPSettingsR\bsettings\x12\x16\n" +
+	"\x06fields\x18\x02 \x03(\tR\x06fields\"C\n" +
+	"\x0fSetDHCPResponse\x120\n" +
+	"\bsettings\x18\x01 \x01(\v2\x14.ssi.v1.DHCPSettingsR\bsettings\"\x16\n" +
+	"\x14ProvisionInfoRequest\"\xa7\x01\n" +
+	"\x15ProvisionInfoResponse\x12!\n" +
+	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x1f\n" +
+	"\vname_prefix\x18\x03 \x01(\tR\n" +
+	"namePrefix\x12\x19\n" +
+	"\bnext_num\x18\x04 \x01(\rR\anextNum\x12\x1b\n" +
+	"\tmax_nodes\x18\x05 \x01(\rR\bmaxNodes2\x86\x04\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x12=\n" +
 	"\bAddNodes\x12\x17.ssi.v1.AddNodesRequest\x1a\x18.ssi.v1.AddNodesResponse\x129\n" +
@@ -1417,7 +1974,10 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"IssueToken\x12\x14.ssi.v1.TokenRequest\x1a\x15.ssi.v1.TokenResponse\x12C\n" +
 	"\n" +
 	"RemoveNode\x12\x19.ssi.v1.RemoveNodeRequest\x1a\x1a.ssi.v1.RemoveNodeResponse\x12=\n" +
-	"\bShutdown\x12\x17.ssi.v1.ShutdownRequest\x1a\x18.ssi.v1.ShutdownResponse2\xf8\x01\n" +
+	"\bShutdown\x12\x17.ssi.v1.ShutdownRequest\x1a\x18.ssi.v1.ShutdownResponse\x12:\n" +
+	"\aGetDHCP\x12\x16.ssi.v1.GetDHCPRequest\x1a\x17.ssi.v1.GetDHCPResponse\x12:\n" +
+	"\aSetDHCP\x12\x16.ssi.v1.SetDHCPRequest\x1a\x17.ssi.v1.SetDHCPResponse\x12L\n" +
+	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse2\xf8\x01\n" +
 	"\x04Peer\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
 	"\tHeartbeat\x12\x18.ssi.v1.HeartbeatRequest\x1a\x19.ssi.v1.HeartbeatResponse\x124\n" +
@@ -1436,30 +1996,38 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_v1_ssi_proto_rawDescData
 }
 
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_ssi_v1_ssi_proto_goTypes = []any{
-	(*Node)(nil),                 // 0: ssi.v1.Node
-	(*Event)(nil),                // 1: ssi.v1.Event
-	(*StatusRequest)(nil),        // 2: ssi.v1.StatusRequest
-	(*StatusResponse)(nil),       // 3: ssi.v1.StatusResponse
-	(*NodeSpec)(nil),             // 4: ssi.v1.NodeSpec
-	(*AddNodesRequest)(nil),      // 5: ssi.v1.AddNodesRequest
-	(*AddedNode)(nil),            // 6: ssi.v1.AddedNode
-	(*AddNodesResponse)(nil),     // 7: ssi.v1.AddNodesResponse
-	(*TokenRequest)(nil),         // 8: ssi.v1.TokenRequest
-	(*TokenResponse)(nil),        // 9: ssi.v1.TokenResponse
-	(*RemoveNodeRequest)(nil),    // 10: ssi.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),   // 11: ssi.v1.RemoveNodeResponse
-	(*ShutdownRequest)(nil),      // 12: ssi.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),     // 13: ssi.v1.ShutdownResponse
-	(*JoinRequest)(nil),          // 14: ssi.v1.JoinRequest
-	(*JoinResponse)(nil),         // 15: ssi.v1.JoinResponse
-	(*HeartbeatRequest)(nil),     // 16: ssi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),    // 17: ssi.v1.HeartbeatResponse
-	(*ApplyRequest)(nil),         // 18: ssi.v1.ApplyRequest
-	(*ApplyResponse)(nil),        // 19: ssi.v1.ApplyResponse
-	(*PeerShutdownRequest)(nil),  // 20: ssi.v1.PeerShutdownRequest
-	(*PeerShutdownResponse)(nil), // 21: ssi.v1.PeerShutdownResponse
+	(*Node)(nil),                  // 0: ssi.v1.Node
+	(*Event)(nil),                 // 1: ssi.v1.Event
+	(*StatusRequest)(nil),         // 2: ssi.v1.StatusRequest
+	(*StatusResponse)(nil),        // 3: ssi.v1.StatusResponse
+	(*NodeSpec)(nil),              // 4: ssi.v1.NodeSpec
+	(*AddNodesRequest)(nil),       // 5: ssi.v1.AddNodesRequest
+	(*AddedNode)(nil),             // 6: ssi.v1.AddedNode
+	(*AddNodesResponse)(nil),      // 7: ssi.v1.AddNodesResponse
+	(*TokenRequest)(nil),          // 8: ssi.v1.TokenRequest
+	(*TokenResponse)(nil),         // 9: ssi.v1.TokenResponse
+	(*RemoveNodeRequest)(nil),     // 10: ssi.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),    // 11: ssi.v1.RemoveNodeResponse
+	(*ShutdownRequest)(nil),       // 12: ssi.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),      // 13: ssi.v1.ShutdownResponse
+	(*JoinRequest)(nil),           // 14: ssi.v1.JoinRequest
+	(*JoinResponse)(nil),          // 15: ssi.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 16: ssi.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 17: ssi.v1.HeartbeatResponse
+	(*ApplyRequest)(nil),          // 18: ssi.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 19: ssi.v1.ApplyResponse
+	(*PeerShutdownRequest)(nil),   // 20: ssi.v1.PeerShutdownRequest
+	(*PeerShutdownResponse)(nil),  // 21: ssi.v1.PeerShutdownResponse
+	(*DHCPSettings)(nil),          // 22: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 23: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 24: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 25: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 26: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 27: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 28: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 29: ssi.v1.ProvisionInfoResponse
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.StatusResponse.nodes:type_name -> ssi.v1.Node
@@ -1467,29 +2035,39 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	4,  // 2: ssi.v1.AddNodesRequest.nodes:type_name -> ssi.v1.NodeSpec
 	0,  // 3: ssi.v1.AddedNode.node:type_name -> ssi.v1.Node
 	6,  // 4: ssi.v1.AddNodesResponse.nodes:type_name -> ssi.v1.AddedNode
-	2,  // 5: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	5,  // 6: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	8,  // 7: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	10, // 8: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	12, // 9: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	14, // 10: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
-	16, // 11: ssi.v1.Peer.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	18, // 12: ssi.v1.Peer.Apply:input_type -> ssi.v1.ApplyRequest
-	20, // 13: ssi.v1.Peer.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	3,  // 14: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	7,  // 15: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	9,  // 16: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	11, // 17: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	13, // 18: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	15, // 19: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
-	17, // 20: ssi.v1.Peer.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	19, // 21: ssi.v1.Peer.Apply:output_type -> ssi.v1.ApplyResponse
-	21, // 22: ssi.v1.Peer.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	14, // [14:23] is the sub-list for method output_type
-	5,  // [5:14] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	22, // 5: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	23, // 6: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	22, // 7: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	22, // 8: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	2,  // 9: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	5,  // 10: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	8,  // 11: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	10, // 12: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	12, // 13: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	24, // 14: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	26, // 15: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	28, // 16: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	14, // 17: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
+	16, // 18: ssi.v1.Peer.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	18, // 19: ssi.v1.Peer.Apply:input_type -> ssi.v1.ApplyRequest
+	20, // 20: ssi.v1.Peer.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	3,  // 21: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	7,  // 22: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	9,  // 23: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	11, // 24: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	13, // 25: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	25, // 26: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	27, // 27: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	29, // 28: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	15, // 29: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
+	17, // 30: ssi.v1.Peer.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	19, // 31: ssi.v1.Peer.Apply:output_type -> ssi.v1.ApplyResponse
+	21, // 32: ssi.v1.Peer.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	21, // [21:33] is the sub-list for method output_type
+	9,  // [9:21] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -1503,7 +2081,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -51,6 +51,12 @@ const (
 	ControlRemoveNodeProcedure = "/ssi.v1.Control/RemoveNode"
 	// ControlShutdownProcedure is the fully-qualified name of the Control's Shutdown RPC.
 	ControlShutdownProcedure = "/ssi.v1.Control/Shutdown"
+	// ControlGetDHCPProcedure is the fully-qualified name of the Control's GetDHCP RPC.
+	ControlGetDHCPProcedure = "/ssi.v1.Control/GetDHCP"
+	// ControlSetDHCPProcedure is the fully-qualified name of the Control's SetDHCP RPC.
+	ControlSetDHCPProcedure = "/ssi.v1.Control/SetDHCP"
+	// ControlProvisionInfoProcedure is the fully-qualified name of the Control's ProvisionInfo RPC.
+	ControlProvisionInfoProcedure = "/ssi.v1.Control/ProvisionInfo"
 	// PeerJoinProcedure is the fully-qualified name of the Peer's Join RPC.
 	PeerJoinProcedure = "/ssi.v1.Peer/Join"
 	// PeerHeartbeatProcedure is the fully-qualified name of the Peer's Heartbeat RPC.
@@ -68,6 +74,9 @@ type ControlClient interface {
 	IssueToken(context.Context, *connect.Request[ssiv1.TokenRequest]) (*connect.Response[ssiv1.TokenResponse], error)
 	RemoveNode(context.Context, *connect.Request[ssiv1.RemoveNodeRequest]) (*connect.Response[ssiv1.RemoveNodeResponse], error)
 	Shutdown(context.Context, *connect.Request[ssiv1.ShutdownRequest]) (*connect.Response[ssiv1.ShutdownResponse], error)
+	GetDHCP(context.Context, *connect.Request[ssiv1.GetDHCPRequest]) (*connect.Response[ssiv1.GetDHCPResponse], error)
+	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
+	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -111,16 +120,37 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("Shutdown")),
 			connect.WithClientOptions(opts...),
 		),
+		getDHCP: connect.NewClient[ssiv1.GetDHCPRequest, ssiv1.GetDHCPResponse](
+			httpClient,
+			baseURL+ControlGetDHCPProcedure,
+			connect.WithSchema(controlMethods.ByName("GetDHCP")),
+			connect.WithClientOptions(opts...),
+		),
+		setDHCP: connect.NewClient[ssiv1.SetDHCPRequest, ssiv1.SetDHCPResponse](
+			httpClient,
+			baseURL+ControlSetDHCPProcedure,
+			connect.WithSchema(controlMethods.ByName("SetDHCP")),
+			connect.WithClientOptions(opts...),
+		),
+		provisionInfo: connect.NewClient[ssiv1.ProvisionInfoRequest, ssiv1.ProvisionInfoResponse](
+			httpClient,
+			baseURL+ControlProvisionInfoProcedure,
+			connect.WithSchema(controlMethods.ByName("ProvisionInfo")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // controlClient implements ControlClient.
 type controlClient struct {
-	status     *connect.Client[ssiv1.StatusRequest, ssiv1.StatusResponse]
-	addNodes   *connect.Client[ssiv1.AddNodesRequest, ssiv1.AddNodesResponse]
-	issueToken *connect.Client[ssiv1.TokenRequest, ssiv1.TokenResponse]
-	removeNode *connect.Client[ssiv1.RemoveNodeRequest, ssiv1.RemoveNodeResponse]
-	shutdown   *connect.Client[ssiv1.ShutdownRequest, ssiv1.ShutdownResponse]
+	status        *connect.Client[ssiv1.StatusRequest, ssiv1.StatusResponse]
+	addNodes      *connect.Client[ssiv1.AddNodesRequest, ssiv1.AddNodesResponse]
+	issueToken    *connect.Client[ssiv1.TokenRequest, ssiv1.TokenResponse]
+	removeNode    *connect.Client[ssiv1.RemoveNodeRequest, ssiv1.RemoveNodeResponse]
+	shutdown      *connect.Client[ssiv1.ShutdownRequest, ssiv1.ShutdownResponse]
+	getDHCP       *connect.Client[ssiv1.GetDHCPRequest, ssiv1.GetDHCPResponse]
+	setDHCP       *connect.Client[ssiv1.SetDHCPRequest, ssiv1.SetDHCPResponse]
+	provisionInfo *connect.Client[ssiv1.ProvisionInfoRequest, ssiv1.ProvisionInfoResponse]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -148,6 +178,21 @@ func (c *controlClient) Shutdown(ctx context.Context, req *connect.Request[ssiv1
 	return c.shutdown.CallUnary(ctx, req)
 }
 
+// GetDHCP calls ssi.v1.Control.GetDHCP.
+func (c *controlClient) GetDHCP(ctx context.Context, req *connect.Request[ssiv1.GetDHCPRequest]) (*connect.Response[ssiv1.GetDHCPResponse], error) {
+	return c.getDHCP.CallUnary(ctx, req)
+}
+
+// SetDHCP calls ssi.v1.Control.SetDHCP.
+func (c *controlClient) SetDHCP(ctx context.Context, req *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error) {
+	return c.setDHCP.CallUnary(ctx, req)
+}
+
+// ProvisionInfo calls ssi.v1.Control.ProvisionInfo.
+func (c *controlClient) ProvisionInfo(ctx context.Context, req *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error) {
+	return c.provisionInfo.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -155,6 +200,9 @@ type ControlHandler interface {
 	IssueToken(context.Context, *connect.Request[ssiv1.TokenRequest]) (*connect.Response[ssiv1.TokenResponse], error)
 	RemoveNode(context.Context, *connect.Request[ssiv1.RemoveNodeRequest]) (*connect.Response[ssiv1.RemoveNodeResponse], error)
 	Shutdown(context.Context, *connect.Request[ssiv1.ShutdownRequest]) (*connect.Response[ssiv1.ShutdownResponse], error)
+	GetDHCP(context.Context, *connect.Request[ssiv1.GetDHCPRequest]) (*connect.Response[ssiv1.GetDHCPResponse], error)
+	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
+	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -194,6 +242,24 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("Shutdown")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlGetDHCPHandler := connect.NewUnaryHandler(
+		ControlGetDHCPProcedure,
+		svc.GetDHCP,
+		connect.WithSchema(controlMethods.ByName("GetDHCP")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlSetDHCPHandler := connect.NewUnaryHandler(
+		ControlSetDHCPProcedure,
+		svc.SetDHCP,
+		connect.WithSchema(controlMethods.ByName("SetDHCP")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlProvisionInfoHandler := connect.NewUnaryHandler(
+		ControlProvisionInfoProcedure,
+		svc.ProvisionInfo,
+		connect.WithSchema(controlMethods.ByName("ProvisionInfo")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -206,6 +272,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlRemoveNodeHandler.ServeHTTP(w, r)
 		case ControlShutdownProcedure:
 			controlShutdownHandler.ServeHTTP(w, r)
+		case ControlGetDHCPProcedure:
+			controlGetDHCPHandler.ServeHTTP(w, r)
+		case ControlSetDHCPProcedure:
+			controlSetDHCPHandler.ServeHTTP(w, r)
+		case ControlProvisionInfoProcedure:
+			controlProvisionInfoHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -233,6 +305,18 @@ func (UnimplementedControlHandler) RemoveNode(context.Context, *connect.Request[
 
 func (UnimplementedControlHandler) Shutdown(context.Context, *connect.Request[ssiv1.ShutdownRequest]) (*connect.Response[ssiv1.ShutdownResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Shutdown is not implemented"))
+}
+
+func (UnimplementedControlHandler) GetDHCP(context.Context, *connect.Request[ssiv1.GetDHCPRequest]) (*connect.Response[ssiv1.GetDHCPResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.GetDHCP is not implemented"))
+}
+
+func (UnimplementedControlHandler) SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.SetDHCP is not implemented"))
+}
+
+func (UnimplementedControlHandler) ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.ProvisionInfo is not implemented"))
 }
 
 // PeerClient is a client for the ssi.v1.Peer service.
