@@ -407,4 +407,3 @@ func (d *Daemon) changeConfig(what string, num uint32, f raft.IndexFuture) {
 	}
 	d.log.Info("Raft configuration changed", "change", what, "target", num)
 }
-
