@@ -217,7 +217,10 @@ func (d *Daemon) proxyExec(ctx context.Context, spec *ssiv1.ExecSpec, st execStr
 	if err := remote.Send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Start{Start: spec}}); err != nil {
 		return st.Send(execError(255, "node %d (%s): %v", n.Num, addr, unwrapEOF(remote, err)))
 	}
-	// Watch the membership: a target that goes DOWN ends the stream.
+	// Watch the membership: a target that goes DOWN ends the stream (closing
+	// the response unblocks a Receive that a dead peer would never answer).
+	stop := context.AfterFunc(ctx, func() { _ = remote.CloseResponse() })
+	defer stop()
 	go func() {
 		for {
 			ch := d.fsm.Changed()
@@ -237,6 +240,10 @@ func (d *Daemon) proxyExec(ctx context.Context, spec *ssiv1.ExecSpec, st execStr
 			m, err := st.Receive()
 			if err != nil {
 				// The client is gone: ending our side makes the remote hang up the process.
+				// The client is gone. Closing our request side tells the
+				// node (its Receive sees EOF) to hang up the process;
+				// cancelling alone would not reach a stream in flight.
+				_ = remote.CloseRequest()
 				cancel(errors.New("client gone"))
 				return
 			}
@@ -251,7 +258,7 @@ func (d *Daemon) proxyExec(ctx context.Context, spec *ssiv1.ExecSpec, st execStr
 			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
 				return st.Send(execError(255, "%v; the process is lost", cause))
 			}
-			return st.Send(execError(255, "lost the connection to node %d (%s): %v", n.Num, addr, err))
+			return st.Send(execError(255, "%v", d.explainLoss(n, fmt.Errorf("lost the connection to node %d (%s): %w", n.Num, addr, err))))
 		}
 		if err := st.Send(m); err != nil {
 			return err
@@ -460,7 +467,38 @@ func (s *controlService) Wait(ctx context.Context, req *connect.Request[ssiv1.Wa
 	if err != nil && context.Cause(ctx) != nil && ctx.Err() != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w; process %d is lost", context.Cause(ctx), q.Cpid))
 	}
+	if err != nil && isTransport(err) {
+		return nil, connect.NewError(connect.CodeUnavailable, d.explainLoss(n, fmt.Errorf("waiting for process %d on node %d: %w", q.Cpid, n.Num, err)))
+	}
 	return resp, err
+}
+
+// isTransport reports whether err means the connection failed (rather
+// than the peer answering with an error).
+func isTransport(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable, connect.CodeUnknown, connect.CodeInternal, connect.CodeCanceled:
+		return true
+	}
+	return false
+}
+
+// explainLoss waits (at most a few failure timeouts) for the cluster to
+// decide whether a node that stopped answering is DOWN, and says so: its
+// processes are then lost. Otherwise it returns err unchanged.
+func (d *Daemon) explainLoss(n *state.Node, err error) error {
+	deadline := time.After(3*d.config().FailureTimeout + time.Second)
+	for {
+		ch := d.fsm.Changed()
+		if c := d.fsm.Cluster(); c.Nodes[n.Num] != nil && c.Nodes[n.Num].State == state.Down {
+			return fmt.Errorf("node %d (%s) went DOWN; its processes are lost", n.Num, n.Name)
+		}
+		select {
+		case <-ch:
+		case <-deadline:
+			return err
+		}
+	}
 }
 
 // cancelIfDown cancels ctx when node n leaves the cluster.
