@@ -72,7 +72,10 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	}
 	sigs := make(chan os.Signal, 8)
 	if o.tty {
-		signal.Notify(sigs, syscall.SIGWINCH)
+		// Keys (Ctrl-C, Ctrl-\) reach the remote terminal as bytes; signals
+		// sent to this process still go to the remote process group, and
+		// the deferred restore puts the local terminal back.
+		signal.Notify(sigs, syscall.SIGWINCH, syscall.SIGTERM, syscall.SIGHUP)
 	} else if !o.detach {
 		signal.Notify(sigs, forwarded...)
 	}
