@@ -212,6 +212,10 @@ func init() {
 				printHelp(env.Stdout)
 				return nil
 			}
+			if args[0] == "-h" || args[0] == "--help" {
+				printCommandHelp(env.Stdout, commands["help"], nil)
+				return nil
+			}
 			c, ok := commands[args[0]]
 			if !ok {
 				return Usagef("unknown command %q", args[0])

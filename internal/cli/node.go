@@ -112,6 +112,7 @@ Example:
 		level := fs.String("log-level", "info", "debug, info, warn or error")
 		raftHB := fs.Duration("raft-heartbeat-timeout", node.DefaultRaftHeartbeatTimeout, "Raft follower heartbeat timeout (raise for large or slow clusters)")
 		raftEl := fs.Duration("raft-election-timeout", node.DefaultRaftElectionTimeout, "Raft election timeout")
+		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
 		}
@@ -124,7 +125,7 @@ Example:
 		ctx, stop := signal.NotifyContext(env.Ctx, syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log,
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl}})
 		if errors.Is(err, node.ErrNotInitialized) {
 			return &ExitError{Code: ExitFailure, Err: err}

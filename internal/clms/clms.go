@@ -22,6 +22,11 @@ type Heartbeat struct {
 	BootID  string
 	Applied uint64  // last log index the node has applied
 	Load    float64 // the node's load figure (see internal/load)
+
+	RunQueue float64 // details of the load, for `loads`
+	CPUBusy  float64
+	NCPU     int
+	MemFree  uint64
 }
 
 // JoinGrace is how long a node that has joined may take to start its daemon
@@ -83,6 +88,20 @@ func (d *Detector) Loads(now time.Time) map[uint32]float64 {
 	for n, s := range d.last {
 		if s.hb.BootID != "" && now.Sub(s.at) <= d.timeout {
 			out[n] = s.hb.Load
+		}
+	}
+	return out
+}
+
+// Heartbeats returns the last heartbeat of every node heard from within the
+// timeout.
+func (d *Detector) Heartbeats(now time.Time) map[uint32]Heartbeat {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[uint32]Heartbeat{}
+	for n, s := range d.last {
+		if s.hb.BootID != "" && now.Sub(s.at) <= d.timeout {
+			out[n] = s.hb
 		}
 	}
 	return out

@@ -216,7 +216,8 @@ func start(o Options, net *isolation, k int, joinArgs []string) error {
 		return fmt.Errorf("node %d: open log: %w", k, err)
 	}
 	defer logf.Close()
-	args := []string{"daemon", "--data-dir", dir, "--socket", Socket(o.Dir, k), "--pid-file", PIDFile(o.Dir, k)}
+	// Nodes on one machine share its kernel: count each node's own processes.
+	args := []string{"daemon", "--data-dir", dir, "--socket", Socket(o.Dir, k), "--pid-file", PIDFile(o.Dir, k), "--load-source", "jobs"}
 	if o.Raft.HeartbeatTimeout > 0 {
 		args = append(args, "--raft-heartbeat-timeout", o.Raft.HeartbeatTimeout.String())
 	}

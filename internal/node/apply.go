@@ -106,7 +106,8 @@ func (d *Daemon) sendHeartbeat(ctx context.Context, hb clms.Heartbeat) error {
 	if addr == "" {
 		targets = d.seeds()
 	}
-	req := &ssiv1.HeartbeatRequest{Num: hb.Num, BootId: hb.BootID, AppliedIndex: hb.Applied, Load: hb.Load}
+	req := &ssiv1.HeartbeatRequest{Num: hb.Num, BootId: hb.BootID, AppliedIndex: hb.Applied, Load: hb.Load,
+		RunQueue: hb.RunQueue, CpuBusy: hb.CPUBusy, Ncpu: uint32(hb.NCPU), MemFree: hb.MemFree}
 	var err error
 	for _, t := range targets {
 		if _, err = d.peer(t).Heartbeat(ctx, connect.NewRequest(req)); err == nil {

@@ -23,6 +23,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/clms"
 	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/procs"
 	"github.com/ssi-cluster/ssi/internal/state"
 	"github.com/ssi-cluster/ssi/internal/transport"
 )
@@ -33,6 +34,7 @@ type Options struct {
 	Socket  string // control socket path
 	Listen  string // override of the TLS listen address (default: the node's ip:port)
 	PIDFile string // written at start, removed at exit ("" for none)
+	Load    string // load source: LoadMachine (default) or LoadJobs
 	Raft    RaftTiming
 	Log     *slog.Logger
 }
@@ -51,6 +53,8 @@ type Daemon struct {
 	mux    *transport.Mux
 	det    *clms.Detector
 	dhcp   *dhcpService // this node's DHCP server (dhcp.go)
+	procs  *procs.Manager
+	load   loadSource
 
 	peerHTTP *http.Client
 	peersMu  sync.Mutex
@@ -125,6 +129,15 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	defer d.stores.Close()
 	d.fsm = state.NewFSM(d.log)
 	d.dhcp = newDHCPService(d)
+	if d.procs, err = procs.NewManager(procs.Options{Node: int(d.meta.Num), DataDir: string(d.opts.DataDir), Log: d.log}); err != nil {
+		ctl.Close()
+		return fmt.Errorf("node %d: %w", d.meta.Num, err)
+	}
+	defer d.procs.Shutdown()
+	if d.load, err = newLoadSource(d.opts.Load, d); err != nil {
+		ctl.Close()
+		return fmt.Errorf("node %d: %w", d.meta.Num, err)
+	}
 	trans := raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 		Stream: d.mux.RaftLayer(d.id), MaxPool: 3, Timeout: 5 * time.Second,
 		Logger: hclog.New(&hclog.LoggerOptions{Name: "raft-net", Level: hclog.Error, Output: os.Stderr}),
@@ -159,7 +172,8 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 
 	loops, stopLoops := context.WithCancel(context.Background())
 	var lwg sync.WaitGroup
-	lwg.Add(3)
+	lwg.Add(4)
+	go func() { defer lwg.Done(); _ = d.load.Run(loops, 500*time.Millisecond) }()
 	go func() { defer lwg.Done(); d.heartbeatLoop(loops) }()
 	go func() { defer lwg.Done(); d.leadership(loops) }()
 	go func() { defer lwg.Done(); d.dhcp.run(loops) }()
@@ -226,7 +240,9 @@ func (d *Daemon) heartbeatLoop(ctx context.Context) {
 		if d.quiesced.Load() {
 			continue
 		}
-		hb := clms.Heartbeat{Num: d.meta.Num, BootID: d.bootID, Applied: d.raft.AppliedIndex(), Load: d.load()}
+		l := d.load.Current()
+		hb := clms.Heartbeat{Num: d.meta.Num, BootID: d.bootID, Applied: d.raft.AppliedIndex(),
+			Load: l.Value, RunQueue: l.RunQueue, CPUBusy: l.CPUBusy, NCPU: l.NCPU, MemFree: l.MemFree}
 		if d.isLeader() {
 			d.det.Observe(hb, time.Now())
 			continue
@@ -394,5 +410,3 @@ func (d *Daemon) changeConfig(what string, num uint32, f raft.IndexFuture) {
 	}
 	d.log.Info("Raft configuration changed", "change", what, "target", num)
 }
-
-func (d *Daemon) load() float64 { return 0 }

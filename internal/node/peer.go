@@ -109,7 +109,9 @@ func (p *peerService) Heartbeat(ctx context.Context, req *connect.Request[ssiv1.
 		fwd.Header().Set(forwardedHeader, "1")
 		return d.peer(leader).Heartbeat(ctx, fwd)
 	}
-	d.det.Observe(clms.Heartbeat{Num: req.Msg.Num, BootID: req.Msg.BootId, Applied: req.Msg.AppliedIndex, Load: req.Msg.Load}, time.Now())
+	m := req.Msg
+	d.det.Observe(clms.Heartbeat{Num: m.Num, BootID: m.BootId, Applied: m.AppliedIndex, Load: m.Load,
+		RunQueue: m.RunQueue, CPUBusy: m.CpuBusy, NCPU: int(m.Ncpu), MemFree: m.MemFree}, time.Now())
 	return connect.NewResponse(&ssiv1.HeartbeatResponse{LeaderNum: d.meta.Num}), nil
 }
 

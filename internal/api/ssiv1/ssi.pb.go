@@ -860,6 +860,1480 @@ func (x *ShutdownResponse) GetStopped() []uint32 {
 	return nil
 }
 
+// ExecSpec describes a process to start. The CLI fills argv, env, dir and
+// the terminal fields; the daemon that accepted the request sets the
+// caller's credentials (from SO_PEERCRED) before forwarding it.
+type ExecSpec struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Argv          []string               `protobuf:"bytes,1,rep,name=argv,proto3" json:"argv,omitempty"`
+	Env           []string               `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
+	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Tty           bool                   `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
+	Rows          uint32                 `protobuf:"varint,5,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,6,opt,name=cols,proto3" json:"cols,omitempty"`
+	Pin           bool                   `protobuf:"varint,7,opt,name=pin,proto3" json:"pin,omitempty"`       // never migrate
+	Detach        bool                   `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"` // run as a detached job, output to its log
+	Node          uint32                 `protobuf:"varint,9,opt,name=node,proto3" json:"node,omitempty"`     // where to run; 0: the least-loaded UP node
+	Uid           uint32                 `protobuf:"varint,10,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,11,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups        []uint32               `protobuf:"varint,12,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	HasCreds      bool                   `protobuf:"varint,13,opt,name=has_creds,json=hasCreds,proto3" json:"has_creds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecSpec) Reset() {
+	*x = ExecSpec{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecSpec) ProtoMessage() {}
+
+func (x *ExecSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecSpec.ProtoReflect.Descriptor instead.
+func (*ExecSpec) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ExecSpec) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *ExecSpec) GetEnv() []string {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ExecSpec) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *ExecSpec) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ExecSpec) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *ExecSpec) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+func (x *ExecSpec) GetPin() bool {
+	if x != nil {
+		return x.Pin
+	}
+	return false
+}
+
+func (x *ExecSpec) GetDetach() bool {
+	if x != nil {
+		return x.Detach
+	}
+	return false
+}
+
+func (x *ExecSpec) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *ExecSpec) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ExecSpec) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *ExecSpec) GetGroups() []uint32 {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+func (x *ExecSpec) GetHasCreds() bool {
+	if x != nil {
+		return x.HasCreds
+	}
+	return false
+}
+
+type Resize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,2,opt,name=cols,proto3" json:"cols,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Resize) Reset() {
+	*x = Resize{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Resize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Resize) ProtoMessage() {}
+
+func (x *Resize) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Resize.ProtoReflect.Descriptor instead.
+func (*Resize) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *Resize) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *Resize) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+// ExecInput is what flows towards the process: first a start, then any
+// number of stdin chunks, signals and resizes, then stdin_eof.
+type ExecInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ExecInput_Start
+	//	*ExecInput_Stdin
+	//	*ExecInput_StdinEof
+	//	*ExecInput_Signal
+	//	*ExecInput_Resize
+	Msg           isExecInput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecInput) Reset() {
+	*x = ExecInput{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecInput) ProtoMessage() {}
+
+func (x *ExecInput) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
+func (*ExecInput) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ExecInput) GetMsg() isExecInput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ExecInput) GetStart() *ExecSpec {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ExecInput) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *ExecInput) GetStdinEof() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_StdinEof); ok {
+			return x.StdinEof
+		}
+	}
+	return false
+}
+
+func (x *ExecInput) GetSignal() int32 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Signal); ok {
+			return x.Signal
+		}
+	}
+	return 0
+}
+
+func (x *ExecInput) GetResize() *Resize {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+type isExecInput_Msg interface {
+	isExecInput_Msg()
+}
+
+type ExecInput_Start struct {
+	Start *ExecSpec `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ExecInput_Stdin struct {
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type ExecInput_StdinEof struct {
+	StdinEof bool `protobuf:"varint,3,opt,name=stdin_eof,json=stdinEof,proto3,oneof"`
+}
+
+type ExecInput_Signal struct {
+	Signal int32 `protobuf:"varint,4,opt,name=signal,proto3,oneof"`
+}
+
+type ExecInput_Resize struct {
+	Resize *Resize `protobuf:"bytes,5,opt,name=resize,proto3,oneof"`
+}
+
+func (*ExecInput_Start) isExecInput_Msg() {}
+
+func (*ExecInput_Stdin) isExecInput_Msg() {}
+
+func (*ExecInput_StdinEof) isExecInput_Msg() {}
+
+func (*ExecInput_Signal) isExecInput_Msg() {}
+
+func (*ExecInput_Resize) isExecInput_Msg() {}
+
+type ExecStarted struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`
+	Pid           int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	NodeName      string                 `protobuf:"bytes,4,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	Migratable    bool                   `protobuf:"varint,5,opt,name=migratable,proto3" json:"migratable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStarted) Reset() {
+	*x = ExecStarted{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStarted) ProtoMessage() {}
+
+func (x *ExecStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
+func (*ExecStarted) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ExecStarted) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *ExecStarted) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *ExecStarted) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ExecStarted) GetNodeName() string {
+	if x != nil {
+		return x.NodeName
+	}
+	return ""
+}
+
+func (x *ExecStarted) GetMigratable() bool {
+	if x != nil {
+		return x.Migratable
+	}
+	return false
+}
+
+type ExecExit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Code          int32                  `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`     // exit code, or 128+signal
+	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"` // the signal that killed it, 0 if it exited
+	Core          bool                   `protobuf:"varint,3,opt,name=core,proto3" json:"core,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecExit) Reset() {
+	*x = ExecExit{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecExit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecExit) ProtoMessage() {}
+
+func (x *ExecExit) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
+func (*ExecExit) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ExecExit) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ExecExit) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *ExecExit) GetCore() bool {
+	if x != nil {
+		return x.Core
+	}
+	return false
+}
+
+// ExecError ends a stream that failed on the ssi side: exit_code is 127 for
+// a command that does not exist, 126 for one that cannot be executed, 255
+// for anything else; message names the node.
+type ExecError struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ExitCode      int32                  `protobuf:"varint,1,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Message       string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecError) Reset() {
+	*x = ExecError{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecError) ProtoMessage() {}
+
+func (x *ExecError) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecError.ProtoReflect.Descriptor instead.
+func (*ExecError) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ExecError) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+func (x *ExecError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// ExecOutput is what flows back: started, output chunks, and exactly one of
+// exit or error last.
+type ExecOutput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ExecOutput_Started
+	//	*ExecOutput_Stdout
+	//	*ExecOutput_Stderr
+	//	*ExecOutput_Exit
+	//	*ExecOutput_Error
+	Msg           isExecOutput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecOutput) Reset() {
+	*x = ExecOutput{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecOutput) ProtoMessage() {}
+
+func (x *ExecOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
+func (*ExecOutput) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ExecOutput) GetMsg() isExecOutput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ExecOutput) GetStarted() *ExecStarted {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *ExecOutput) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *ExecOutput) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *ExecOutput) GetExit() *ExecExit {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_Exit); ok {
+			return x.Exit
+		}
+	}
+	return nil
+}
+
+func (x *ExecOutput) GetError() *ExecError {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isExecOutput_Msg interface {
+	isExecOutput_Msg()
+}
+
+type ExecOutput_Started struct {
+	Started *ExecStarted `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type ExecOutput_Stdout struct {
+	Stdout []byte `protobuf:"bytes,2,opt,name=stdout,proto3,oneof"`
+}
+
+type ExecOutput_Stderr struct {
+	Stderr []byte `protobuf:"bytes,3,opt,name=stderr,proto3,oneof"`
+}
+
+type ExecOutput_Exit struct {
+	Exit *ExecExit `protobuf:"bytes,4,opt,name=exit,proto3,oneof"`
+}
+
+type ExecOutput_Error struct {
+	Error *ExecError `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
+}
+
+func (*ExecOutput_Started) isExecOutput_Msg() {}
+
+func (*ExecOutput_Stdout) isExecOutput_Msg() {}
+
+func (*ExecOutput_Stderr) isExecOutput_Msg() {}
+
+func (*ExecOutput_Exit) isExecOutput_Msg() {}
+
+func (*ExecOutput_Error) isExecOutput_Msg() {}
+
+type Proc struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`
+	Pid           int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	Job           int64                  `protobuf:"varint,4,opt,name=job,proto3" json:"job,omitempty"`
+	Uid           uint32                 `protobuf:"varint,5,opt,name=uid,proto3" json:"uid,omitempty"`
+	User          string                 `protobuf:"bytes,6,opt,name=user,proto3" json:"user,omitempty"`
+	State         string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"`
+	Cpu           float64                `protobuf:"fixed64,8,opt,name=cpu,proto3" json:"cpu,omitempty"`
+	Rss           uint64                 `protobuf:"varint,9,opt,name=rss,proto3" json:"rss,omitempty"`
+	StartUnixMs   int64                  `protobuf:"varint,10,opt,name=start_unix_ms,json=startUnixMs,proto3" json:"start_unix_ms,omitempty"`
+	CpuTimeMs     int64                  `protobuf:"varint,11,opt,name=cpu_time_ms,json=cpuTimeMs,proto3" json:"cpu_time_ms,omitempty"`
+	Cmd           string                 `protobuf:"bytes,12,opt,name=cmd,proto3" json:"cmd,omitempty"`
+	Migratable    bool                   `protobuf:"varint,13,opt,name=migratable,proto3" json:"migratable,omitempty"`
+	Pinned        bool                   `protobuf:"varint,14,opt,name=pinned,proto3" json:"pinned,omitempty"`
+	Detached      bool                   `protobuf:"varint,15,opt,name=detached,proto3" json:"detached,omitempty"`
+	Exited        bool                   `protobuf:"varint,16,opt,name=exited,proto3" json:"exited,omitempty"` // a detached job that ended and was not waited for
+	ExitCode      int32                  `protobuf:"varint,17,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Proc) Reset() {
+	*x = Proc{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Proc) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Proc) ProtoMessage() {}
+
+func (x *Proc) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Proc.ProtoReflect.Descriptor instead.
+func (*Proc) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Proc) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *Proc) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *Proc) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *Proc) GetJob() int64 {
+	if x != nil {
+		return x.Job
+	}
+	return 0
+}
+
+func (x *Proc) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *Proc) GetUser() string {
+	if x != nil {
+		return x.User
+	}
+	return ""
+}
+
+func (x *Proc) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Proc) GetCpu() float64 {
+	if x != nil {
+		return x.Cpu
+	}
+	return 0
+}
+
+func (x *Proc) GetRss() uint64 {
+	if x != nil {
+		return x.Rss
+	}
+	return 0
+}
+
+func (x *Proc) GetStartUnixMs() int64 {
+	if x != nil {
+		return x.StartUnixMs
+	}
+	return 0
+}
+
+func (x *Proc) GetCpuTimeMs() int64 {
+	if x != nil {
+		return x.CpuTimeMs
+	}
+	return 0
+}
+
+func (x *Proc) GetCmd() string {
+	if x != nil {
+		return x.Cmd
+	}
+	return ""
+}
+
+func (x *Proc) GetMigratable() bool {
+	if x != nil {
+		return x.Migratable
+	}
+	return false
+}
+
+func (x *Proc) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
+	}
+	return false
+}
+
+func (x *Proc) GetDetached() bool {
+	if x != nil {
+		return x.Detached
+	}
+	return false
+}
+
+func (x *Proc) GetExited() bool {
+	if x != nil {
+		return x.Exited
+	}
+	return false
+}
+
+func (x *Proc) GetExitCode() int32 {
+	if x != nil {
+		return x.ExitCode
+	}
+	return 0
+}
+
+type ProcsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	All           bool                   `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`   // every user's processes, not just the caller's
+	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"` // only this node (0: every node)
+	Cpid          int64                  `protobuf:"varint,3,opt,name=cpid,proto3" json:"cpid,omitempty"` // only this job
+	Uid           uint32                 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`   // set by the daemon for forwarding
+	HasUid        bool                   `protobuf:"varint,5,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcsRequest) Reset() {
+	*x = ProcsRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcsRequest) ProtoMessage() {}
+
+func (x *ProcsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcsRequest.ProtoReflect.Descriptor instead.
+func (*ProcsRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ProcsRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *ProcsRequest) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *ProcsRequest) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *ProcsRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ProcsRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type ProcsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Procs         []*Proc                `protobuf:"bytes,1,rep,name=procs,proto3" json:"procs,omitempty"`
+	Unreachable   []string               `protobuf:"bytes,2,rep,name=unreachable,proto3" json:"unreachable,omitempty"` // "node N: why"
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProcsResponse) Reset() {
+	*x = ProcsResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProcsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProcsResponse) ProtoMessage() {}
+
+func (x *ProcsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProcsResponse.ProtoReflect.Descriptor instead.
+func (*ProcsResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ProcsResponse) GetProcs() []*Proc {
+	if x != nil {
+		return x.Procs
+	}
+	return nil
+}
+
+func (x *ProcsResponse) GetUnreachable() []string {
+	if x != nil {
+		return x.Unreachable
+	}
+	return nil
+}
+
+type SignalRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Signal        int32                  `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"` // set by the daemon for forwarding
+	HasUid        bool                   `protobuf:"varint,4,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalRequest) Reset() {
+	*x = SignalRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalRequest) ProtoMessage() {}
+
+func (x *SignalRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
+func (*SignalRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SignalRequest) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *SignalRequest) GetSignal() int32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *SignalRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *SignalRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type SignalResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignalResponse) Reset() {
+	*x = SignalResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignalResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignalResponse) ProtoMessage() {}
+
+func (x *SignalResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
+func (*SignalResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SignalResponse) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+type WaitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Uid           uint32                 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	HasUid        bool                   `protobuf:"varint,3,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitRequest) Reset() {
+	*x = WaitRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitRequest) ProtoMessage() {}
+
+func (x *WaitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
+func (*WaitRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *WaitRequest) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *WaitRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *WaitRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type WaitResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Exit          *ExecExit              `protobuf:"bytes,1,opt,name=exit,proto3" json:"exit,omitempty"`
+	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WaitResponse) Reset() {
+	*x = WaitResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WaitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WaitResponse) ProtoMessage() {}
+
+func (x *WaitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
+func (*WaitResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *WaitResponse) GetExit() *ExecExit {
+	if x != nil {
+		return x.Exit
+	}
+	return nil
+}
+
+func (x *WaitResponse) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+type LogsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Follow        bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	HasUid        bool                   `protobuf:"varint,4,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRequest) Reset() {
+	*x = LogsRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRequest) ProtoMessage() {}
+
+func (x *LogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
+func (*LogsRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *LogsRequest) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *LogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *LogsRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *LogsRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type LogsChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsChunk) Reset() {
+	*x = LogsChunk{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsChunk) ProtoMessage() {}
+
+func (x *LogsChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsChunk.ProtoReflect.Descriptor instead.
+func (*LogsChunk) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *LogsChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+type NodeLoad struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Num           uint32                 `protobuf:"varint,1,opt,name=num,proto3" json:"num,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Load          float64                `protobuf:"fixed64,3,opt,name=load,proto3" json:"load,omitempty"`
+	RunQueue      float64                `protobuf:"fixed64,4,opt,name=run_queue,json=runQueue,proto3" json:"run_queue,omitempty"`
+	CpuBusy       float64                `protobuf:"fixed64,5,opt,name=cpu_busy,json=cpuBusy,proto3" json:"cpu_busy,omitempty"`
+	Ncpu          uint32                 `protobuf:"varint,6,opt,name=ncpu,proto3" json:"ncpu,omitempty"`
+	MemFree       uint64                 `protobuf:"varint,7,opt,name=mem_free,json=memFree,proto3" json:"mem_free,omitempty"`
+	State         string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeLoad) Reset() {
+	*x = NodeLoad{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeLoad) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeLoad) ProtoMessage() {}
+
+func (x *NodeLoad) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
+func (*NodeLoad) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *NodeLoad) GetNum() uint32 {
+	if x != nil {
+		return x.Num
+	}
+	return 0
+}
+
+func (x *NodeLoad) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NodeLoad) GetLoad() float64 {
+	if x != nil {
+		return x.Load
+	}
+	return 0
+}
+
+func (x *NodeLoad) GetRunQueue() float64 {
+	if x != nil {
+		return x.RunQueue
+	}
+	return 0
+}
+
+func (x *NodeLoad) GetCpuBusy() float64 {
+	if x != nil {
+		return x.CpuBusy
+	}
+	return 0
+}
+
+func (x *NodeLoad) GetNcpu() uint32 {
+	if x != nil {
+		return x.Ncpu
+	}
+	return 0
+}
+
+func (x *NodeLoad) GetMemFree() uint64 {
+	if x != nil {
+		return x.MemFree
+	}
+	return 0
+}
+
+func (x *NodeLoad) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+type LoadsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadsRequest) Reset() {
+	*x = LoadsRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadsRequest) ProtoMessage() {}
+
+func (x *LoadsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadsRequest.ProtoReflect.Descriptor instead.
+func (*LoadsRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{31}
+}
+
+type LoadsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Loads         []*NodeLoad            `protobuf:"bytes,1,rep,name=loads,proto3" json:"loads,omitempty"`
+	Fastest       uint32                 `protobuf:"varint,2,opt,name=fastest,proto3" json:"fastest,omitempty"` // the least-loaded UP node
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadsResponse) Reset() {
+	*x = LoadsResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadsResponse) ProtoMessage() {}
+
+func (x *LoadsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadsResponse.ProtoReflect.Descriptor instead.
+func (*LoadsResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *LoadsResponse) GetLoads() []*NodeLoad {
+	if x != nil {
+		return x.Loads
+	}
+	return nil
+}
+
+func (x *LoadsResponse) GetFastest() uint32 {
+	if x != nil {
+		return x.Fastest
+	}
+	return 0
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TokenSecret   string                 `protobuf:"bytes,1,opt,name=token_secret,json=tokenSecret,proto3" json:"token_secret,omitempty"`
@@ -871,7 +2345,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[14]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +2357,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[14]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +2370,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{14}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JoinRequest) GetTokenSecret() string {
@@ -937,7 +2411,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[15]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +2423,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[15]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +2436,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{15}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *JoinResponse) GetNum() uint32 {
@@ -1033,14 +2507,18 @@ type HeartbeatRequest struct {
 	Num           uint32                 `protobuf:"varint,1,opt,name=num,proto3" json:"num,omitempty"`
 	BootId        string                 `protobuf:"bytes,2,opt,name=boot_id,json=bootId,proto3" json:"boot_id,omitempty"`
 	AppliedIndex  uint64                 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	Load          float64                `protobuf:"fixed64,4,opt,name=load,proto3" json:"load,omitempty"`
+	Load          float64                `protobuf:"fixed64,4,opt,name=load,proto3" json:"load,omitempty"`                         // the node's load figure (internal/load)
+	RunQueue      float64                `protobuf:"fixed64,5,opt,name=run_queue,json=runQueue,proto3" json:"run_queue,omitempty"` // averaged runnable tasks
+	CpuBusy       float64                `protobuf:"fixed64,6,opt,name=cpu_busy,json=cpuBusy,proto3" json:"cpu_busy,omitempty"`    // averaged busy fraction of all CPUs, 0..1
+	Ncpu          uint32                 `protobuf:"varint,7,opt,name=ncpu,proto3" json:"ncpu,omitempty"`
+	MemFree       uint64                 `protobuf:"varint,8,opt,name=mem_free,json=memFree,proto3" json:"mem_free,omitempty"` // bytes
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[16]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +2530,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[16]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +2543,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{16}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *HeartbeatRequest) GetNum() uint32 {
@@ -1096,6 +2574,34 @@ func (x *HeartbeatRequest) GetLoad() float64 {
 	return 0
 }
 
+func (x *HeartbeatRequest) GetRunQueue() float64 {
+	if x != nil {
+		return x.RunQueue
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetCpuBusy() float64 {
+	if x != nil {
+		return x.CpuBusy
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetNcpu() uint32 {
+	if x != nil {
+		return x.Ncpu
+	}
+	return 0
+}
+
+func (x *HeartbeatRequest) GetMemFree() uint64 {
+	if x != nil {
+		return x.MemFree
+	}
+	return 0
+}
+
 type HeartbeatResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LeaderNum     uint32                 `protobuf:"varint,1,opt,name=leader_num,json=leaderNum,proto3" json:"leader_num,omitempty"`
@@ -1105,7 +2611,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[17]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +2623,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[17]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +2636,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{17}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *HeartbeatResponse) GetLeaderNum() uint32 {
@@ -1149,7 +2655,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[18]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +2667,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[18]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +2680,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{18}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1194,7 +2700,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[19]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +2712,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[19]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +2725,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{19}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ApplyResponse) GetResult() []byte {
@@ -1245,7 +2751,7 @@ type PeerShutdownRequest struct {
 
 func (x *PeerShutdownRequest) Reset() {
 	*x = PeerShutdownRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[20]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +2763,7 @@ func (x *PeerShutdownRequest) String() string {
 func (*PeerShutdownRequest) ProtoMessage() {}
 
 func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[20]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +2776,7 @@ func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownRequest.ProtoReflect.Descriptor instead.
 func (*PeerShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{20}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *PeerShutdownRequest) GetReason() string {
@@ -1288,7 +2794,7 @@ type PeerShutdownResponse struct {
 
 func (x *PeerShutdownResponse) Reset() {
 	*x = PeerShutdownResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1300,7 +2806,7 @@ func (x *PeerShutdownResponse) String() string {
 func (*PeerShutdownResponse) ProtoMessage() {}
 
 func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1313,7 +2819,7 @@ func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownResponse.ProtoReflect.Descriptor instead.
 func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{21}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
 }
 
 // The cluster's DHCP server settings (ssi dhcp set/show), replicated.
@@ -1333,7 +2839,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1345,7 +2851,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1358,7 +2864,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{22}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -1433,7 +2939,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +2951,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +2964,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{23}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -1518,7 +3024,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +3036,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +3049,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{24}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
 }
 
 type GetDHCPResponse struct {
@@ -1559,7 +3065,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +3077,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +3090,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{25}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -1634,7 +3140,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +3152,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +3165,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{26}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -1685,7 +3191,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1697,7 +3203,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1710,7 +3216,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{27}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -1728,7 +3234,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +3246,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +3259,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{28}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -1770,7 +3276,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1782,7 +3288,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1795,7 +3301,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{29}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -1895,7 +3401,119 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x03num\x18\x01 \x01(\rR\x03num\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\bR\acluster\",\n" +
 	"\x10ShutdownResponse\x12\x18\n" +
-	"\astopped\x18\x01 \x03(\rR\astopped\"a\n" +
+	"\astopped\x18\x01 \x03(\rR\astopped\"\x93\x02\n" +
+	"\bExecSpec\x12\x12\n" +
+	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x10\n" +
+	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
+	"\x03dir\x18\x03 \x01(\tR\x03dir\x12\x10\n" +
+	"\x03tty\x18\x04 \x01(\bR\x03tty\x12\x12\n" +
+	"\x04rows\x18\x05 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x06 \x01(\rR\x04cols\x12\x10\n" +
+	"\x03pin\x18\a \x01(\bR\x03pin\x12\x16\n" +
+	"\x06detach\x18\b \x01(\bR\x06detach\x12\x12\n" +
+	"\x04node\x18\t \x01(\rR\x04node\x12\x10\n" +
+	"\x03uid\x18\n" +
+	" \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\v \x01(\rR\x03gid\x12\x16\n" +
+	"\x06groups\x18\f \x03(\rR\x06groups\x12\x1b\n" +
+	"\thas_creds\x18\r \x01(\bR\bhasCreds\"0\n" +
+	"\x06Resize\x12\x12\n" +
+	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xb7\x01\n" +
+	"\tExecInput\x12(\n" +
+	"\x05start\x18\x01 \x01(\v2\x10.ssi.v1.ExecSpecH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
+	"\tstdin_eof\x18\x03 \x01(\bH\x00R\bstdinEof\x12\x18\n" +
+	"\x06signal\x18\x04 \x01(\x05H\x00R\x06signal\x12(\n" +
+	"\x06resize\x18\x05 \x01(\v2\x0e.ssi.v1.ResizeH\x00R\x06resizeB\x05\n" +
+	"\x03msg\"\x84\x01\n" +
+	"\vExecStarted\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\rR\x04node\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x1b\n" +
+	"\tnode_name\x18\x04 \x01(\tR\bnodeName\x12\x1e\n" +
+	"\n" +
+	"migratable\x18\x05 \x01(\bR\n" +
+	"migratable\"J\n" +
+	"\bExecExit\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x12\n" +
+	"\x04core\x18\x03 \x01(\bR\x04core\"B\n" +
+	"\tExecError\x12\x1b\n" +
+	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xcb\x01\n" +
+	"\n" +
+	"ExecOutput\x12/\n" +
+	"\astarted\x18\x01 \x01(\v2\x13.ssi.v1.ExecStartedH\x00R\astarted\x12\x18\n" +
+	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12&\n" +
+	"\x04exit\x18\x04 \x01(\v2\x10.ssi.v1.ExecExitH\x00R\x04exit\x12)\n" +
+	"\x05error\x18\x05 \x01(\v2\x11.ssi.v1.ExecErrorH\x00R\x05errorB\x05\n" +
+	"\x03msg\"\x91\x03\n" +
+	"\x04Proc\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\rR\x04node\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\x05R\x03pid\x12\x10\n" +
+	"\x03job\x18\x04 \x01(\x03R\x03job\x12\x10\n" +
+	"\x03uid\x18\x05 \x01(\rR\x03uid\x12\x12\n" +
+	"\x04user\x18\x06 \x01(\tR\x04user\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x12\x10\n" +
+	"\x03cpu\x18\b \x01(\x01R\x03cpu\x12\x10\n" +
+	"\x03rss\x18\t \x01(\x04R\x03rss\x12\"\n" +
+	"\rstart_unix_ms\x18\n" +
+	" \x01(\x03R\vstartUnixMs\x12\x1e\n" +
+	"\vcpu_time_ms\x18\v \x01(\x03R\tcpuTimeMs\x12\x10\n" +
+	"\x03cmd\x18\f \x01(\tR\x03cmd\x12\x1e\n" +
+	"\n" +
+	"migratable\x18\r \x01(\bR\n" +
+	"migratable\x12\x16\n" +
+	"\x06pinned\x18\x0e \x01(\bR\x06pinned\x12\x1a\n" +
+	"\bdetached\x18\x0f \x01(\bR\bdetached\x12\x16\n" +
+	"\x06exited\x18\x10 \x01(\bR\x06exited\x12\x1b\n" +
+	"\texit_code\x18\x11 \x01(\x05R\bexitCode\"s\n" +
+	"\fProcsRequest\x12\x10\n" +
+	"\x03all\x18\x01 \x01(\bR\x03all\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\rR\x04node\x12\x12\n" +
+	"\x04cpid\x18\x03 \x01(\x03R\x04cpid\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x05 \x01(\bR\x06hasUid\"U\n" +
+	"\rProcsResponse\x12\"\n" +
+	"\x05procs\x18\x01 \x03(\v2\f.ssi.v1.ProcR\x05procs\x12 \n" +
+	"\vunreachable\x18\x02 \x03(\tR\vunreachable\"f\n" +
+	"\rSignalRequest\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x04 \x01(\bR\x06hasUid\"$\n" +
+	"\x0eSignalResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\rR\x04node\"L\n" +
+	"\vWaitRequest\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x03 \x01(\bR\x06hasUid\"H\n" +
+	"\fWaitResponse\x12$\n" +
+	"\x04exit\x18\x01 \x01(\v2\x10.ssi.v1.ExecExitR\x04exit\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\rR\x04node\"d\n" +
+	"\vLogsRequest\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x04 \x01(\bR\x06hasUid\"\x1f\n" +
+	"\tLogsChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xc1\x01\n" +
+	"\bNodeLoad\x12\x10\n" +
+	"\x03num\x18\x01 \x01(\rR\x03num\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04load\x18\x03 \x01(\x01R\x04load\x12\x1b\n" +
+	"\trun_queue\x18\x04 \x01(\x01R\brunQueue\x12\x19\n" +
+	"\bcpu_busy\x18\x05 \x01(\x01R\acpuBusy\x12\x12\n" +
+	"\x04ncpu\x18\x06 \x01(\rR\x04ncpu\x12\x19\n" +
+	"\bmem_free\x18\a \x01(\x04R\amemFree\x12\x14\n" +
+	"\x05state\x18\b \x01(\tR\x05state\"\x0e\n" +
+	"\fLoadsRequest\"Q\n" +
+	"\rLoadsResponse\x12&\n" +
+	"\x05loads\x18\x01 \x03(\v2\x10.ssi.v1.NodeLoadR\x05loads\x12\x18\n" +
+	"\afastest\x18\x02 \x01(\rR\afastest\"a\n" +
 	"\vJoinRequest\x12!\n" +
 	"\ftoken_secret\x18\x01 \x01(\tR\vtokenSecret\x12\x16\n" +
 	"\x06hwaddr\x18\x02 \x01(\tR\x06hwaddr\x12\x17\n" +
@@ -1910,12 +3528,16 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
 	"ca_key_der\x18\a \x01(\fR\bcaKeyDer\x12\x12\n" +
 	"\x04port\x18\b \x01(\rR\x04port\x12\x14\n" +
-	"\x05peers\x18\t \x03(\tR\x05peers\"v\n" +
+	"\x05peers\x18\t \x03(\tR\x05peers\"\xdd\x01\n" +
 	"\x10HeartbeatRequest\x12\x10\n" +
 	"\x03num\x18\x01 \x01(\rR\x03num\x12\x17\n" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x12#\n" +
 	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\x12\x12\n" +
-	"\x04load\x18\x04 \x01(\x01R\x04load\"2\n" +
+	"\x04load\x18\x04 \x01(\x01R\x04load\x12\x1b\n" +
+	"\trun_queue\x18\x05 \x01(\x01R\brunQueue\x12\x19\n" +
+	"\bcpu_busy\x18\x06 \x01(\x01R\acpuBusy\x12\x12\n" +
+	"\x04ncpu\x18\a \x01(\rR\x04ncpu\x12\x19\n" +
+	"\bmem_free\x18\b \x01(\x04R\amemFree\"2\n" +
 	"\x11HeartbeatResponse\x12\x1d\n" +
 	"\n" +
 	"leader_num\x18\x01 \x01(\rR\tleaderNum\"(\n" +
@@ -1966,9 +3588,15 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\vname_prefix\x18\x03 \x01(\tR\n" +
 	"namePrefix\x12\x19\n" +
 	"\bnext_num\x18\x04 \x01(\rR\anextNum\x12\x1b\n" +
-	"\tmax_nodes\x18\x05 \x01(\rR\bmaxNodes2\x86\x04\n" +
+	"\tmax_nodes\x18\x05 \x01(\rR\bmaxNodes2\xc3\x06\n" +
 	"\aControl\x127\n" +
-	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x12=\n" +
+	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
+	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
+	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
+	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
+	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x01\x124\n" +
+	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponse\x12=\n" +
 	"\bAddNodes\x12\x17.ssi.v1.AddNodesRequest\x1a\x18.ssi.v1.AddNodesResponse\x129\n" +
 	"\n" +
 	"IssueToken\x12\x14.ssi.v1.TokenRequest\x1a\x15.ssi.v1.TokenResponse\x12C\n" +
@@ -1977,9 +3605,15 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\bShutdown\x12\x17.ssi.v1.ShutdownRequest\x1a\x18.ssi.v1.ShutdownResponse\x12:\n" +
 	"\aGetDHCP\x12\x16.ssi.v1.GetDHCPRequest\x1a\x17.ssi.v1.GetDHCPResponse\x12:\n" +
 	"\aSetDHCP\x12\x16.ssi.v1.SetDHCPRequest\x1a\x17.ssi.v1.SetDHCPResponse\x12L\n" +
-	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse2\xf8\x01\n" +
+	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse2\xb5\x04\n" +
 	"\x04Peer\x121\n" +
-	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
+	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x121\n" +
+	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
+	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
+	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
+	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x01\x124\n" +
+	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponse\x12@\n" +
 	"\tHeartbeat\x12\x18.ssi.v1.HeartbeatRequest\x1a\x19.ssi.v1.HeartbeatResponse\x124\n" +
 	"\x05Apply\x12\x14.ssi.v1.ApplyRequest\x1a\x15.ssi.v1.ApplyResponse\x12E\n" +
 	"\bShutdown\x12\x1b.ssi.v1.PeerShutdownRequest\x1a\x1c.ssi.v1.PeerShutdownResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
@@ -1996,7 +3630,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_v1_ssi_proto_rawDescData
 }
 
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*Node)(nil),                  // 0: ssi.v1.Node
 	(*Event)(nil),                 // 1: ssi.v1.Event
@@ -2012,22 +3646,41 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*RemoveNodeResponse)(nil),    // 11: ssi.v1.RemoveNodeResponse
 	(*ShutdownRequest)(nil),       // 12: ssi.v1.ShutdownRequest
 	(*ShutdownResponse)(nil),      // 13: ssi.v1.ShutdownResponse
-	(*JoinRequest)(nil),           // 14: ssi.v1.JoinRequest
-	(*JoinResponse)(nil),          // 15: ssi.v1.JoinResponse
-	(*HeartbeatRequest)(nil),      // 16: ssi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 17: ssi.v1.HeartbeatResponse
-	(*ApplyRequest)(nil),          // 18: ssi.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 19: ssi.v1.ApplyResponse
-	(*PeerShutdownRequest)(nil),   // 20: ssi.v1.PeerShutdownRequest
-	(*PeerShutdownResponse)(nil),  // 21: ssi.v1.PeerShutdownResponse
-	(*DHCPSettings)(nil),          // 22: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 23: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 24: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 25: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 26: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 27: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 28: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 29: ssi.v1.ProvisionInfoResponse
+	(*ExecSpec)(nil),              // 14: ssi.v1.ExecSpec
+	(*Resize)(nil),                // 15: ssi.v1.Resize
+	(*ExecInput)(nil),             // 16: ssi.v1.ExecInput
+	(*ExecStarted)(nil),           // 17: ssi.v1.ExecStarted
+	(*ExecExit)(nil),              // 18: ssi.v1.ExecExit
+	(*ExecError)(nil),             // 19: ssi.v1.ExecError
+	(*ExecOutput)(nil),            // 20: ssi.v1.ExecOutput
+	(*Proc)(nil),                  // 21: ssi.v1.Proc
+	(*ProcsRequest)(nil),          // 22: ssi.v1.ProcsRequest
+	(*ProcsResponse)(nil),         // 23: ssi.v1.ProcsResponse
+	(*SignalRequest)(nil),         // 24: ssi.v1.SignalRequest
+	(*SignalResponse)(nil),        // 25: ssi.v1.SignalResponse
+	(*WaitRequest)(nil),           // 26: ssi.v1.WaitRequest
+	(*WaitResponse)(nil),          // 27: ssi.v1.WaitResponse
+	(*LogsRequest)(nil),           // 28: ssi.v1.LogsRequest
+	(*LogsChunk)(nil),             // 29: ssi.v1.LogsChunk
+	(*NodeLoad)(nil),              // 30: ssi.v1.NodeLoad
+	(*LoadsRequest)(nil),          // 31: ssi.v1.LoadsRequest
+	(*LoadsResponse)(nil),         // 32: ssi.v1.LoadsResponse
+	(*JoinRequest)(nil),           // 33: ssi.v1.JoinRequest
+	(*JoinResponse)(nil),          // 34: ssi.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 35: ssi.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 36: ssi.v1.HeartbeatResponse
+	(*ApplyRequest)(nil),          // 37: ssi.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 38: ssi.v1.ApplyResponse
+	(*PeerShutdownRequest)(nil),   // 39: ssi.v1.PeerShutdownRequest
+	(*PeerShutdownResponse)(nil),  // 40: ssi.v1.PeerShutdownResponse
+	(*DHCPSettings)(nil),          // 41: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 42: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 43: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 44: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 45: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 46: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 47: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 48: ssi.v1.ProvisionInfoResponse
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.StatusResponse.nodes:type_name -> ssi.v1.Node
@@ -2035,39 +3688,71 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	4,  // 2: ssi.v1.AddNodesRequest.nodes:type_name -> ssi.v1.NodeSpec
 	0,  // 3: ssi.v1.AddedNode.node:type_name -> ssi.v1.Node
 	6,  // 4: ssi.v1.AddNodesResponse.nodes:type_name -> ssi.v1.AddedNode
-	22, // 5: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	23, // 6: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	22, // 7: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	22, // 8: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	2,  // 9: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	5,  // 10: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	8,  // 11: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	10, // 12: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	12, // 13: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	24, // 14: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	26, // 15: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	28, // 16: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	14, // 17: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
-	16, // 18: ssi.v1.Peer.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	18, // 19: ssi.v1.Peer.Apply:input_type -> ssi.v1.ApplyRequest
-	20, // 20: ssi.v1.Peer.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	3,  // 21: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	7,  // 22: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	9,  // 23: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	11, // 24: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	13, // 25: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	25, // 26: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	27, // 27: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	29, // 28: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	15, // 29: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
-	17, // 30: ssi.v1.Peer.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	19, // 31: ssi.v1.Peer.Apply:output_type -> ssi.v1.ApplyResponse
-	21, // 32: ssi.v1.Peer.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	21, // [21:33] is the sub-list for method output_type
-	9,  // [9:21] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	14, // 5: ssi.v1.ExecInput.start:type_name -> ssi.v1.ExecSpec
+	15, // 6: ssi.v1.ExecInput.resize:type_name -> ssi.v1.Resize
+	17, // 7: ssi.v1.ExecOutput.started:type_name -> ssi.v1.ExecStarted
+	18, // 8: ssi.v1.ExecOutput.exit:type_name -> ssi.v1.ExecExit
+	19, // 9: ssi.v1.ExecOutput.error:type_name -> ssi.v1.ExecError
+	21, // 10: ssi.v1.ProcsResponse.procs:type_name -> ssi.v1.Proc
+	18, // 11: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
+	30, // 12: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
+	41, // 13: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	42, // 14: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	41, // 15: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	41, // 16: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	2,  // 17: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	16, // 18: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	22, // 19: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	24, // 20: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	26, // 21: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	28, // 22: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	31, // 23: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 24: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	8,  // 25: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	10, // 26: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	12, // 27: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	43, // 28: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	45, // 29: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	47, // 30: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	33, // 31: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
+	16, // 32: ssi.v1.Peer.Exec:input_type -> ssi.v1.ExecInput
+	22, // 33: ssi.v1.Peer.Procs:input_type -> ssi.v1.ProcsRequest
+	24, // 34: ssi.v1.Peer.Signal:input_type -> ssi.v1.SignalRequest
+	26, // 35: ssi.v1.Peer.Wait:input_type -> ssi.v1.WaitRequest
+	28, // 36: ssi.v1.Peer.Logs:input_type -> ssi.v1.LogsRequest
+	31, // 37: ssi.v1.Peer.Loads:input_type -> ssi.v1.LoadsRequest
+	35, // 38: ssi.v1.Peer.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	37, // 39: ssi.v1.Peer.Apply:input_type -> ssi.v1.ApplyRequest
+	39, // 40: ssi.v1.Peer.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	3,  // 41: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	20, // 42: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	23, // 43: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	25, // 44: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	27, // 45: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	29, // 46: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	32, // 47: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	7,  // 48: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	9,  // 49: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	11, // 50: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	13, // 51: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	44, // 52: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	46, // 53: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	48, // 54: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	34, // 55: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
+	20, // 56: ssi.v1.Peer.Exec:output_type -> ssi.v1.ExecOutput
+	23, // 57: ssi.v1.Peer.Procs:output_type -> ssi.v1.ProcsResponse
+	25, // 58: ssi.v1.Peer.Signal:output_type -> ssi.v1.SignalResponse
+	27, // 59: ssi.v1.Peer.Wait:output_type -> ssi.v1.WaitResponse
+	29, // 60: ssi.v1.Peer.Logs:output_type -> ssi.v1.LogsChunk
+	32, // 61: ssi.v1.Peer.Loads:output_type -> ssi.v1.LoadsResponse
+	36, // 62: ssi.v1.Peer.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	38, // 63: ssi.v1.Peer.Apply:output_type -> ssi.v1.ApplyResponse
+	40, // 64: ssi.v1.Peer.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	41, // [41:65] is the sub-list for method output_type
+	17, // [17:41] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -2075,13 +3760,27 @@ func file_ssi_v1_ssi_proto_init() {
 	if File_ssi_v1_ssi_proto != nil {
 		return
 	}
+	file_ssi_v1_ssi_proto_msgTypes[16].OneofWrappers = []any{
+		(*ExecInput_Start)(nil),
+		(*ExecInput_Stdin)(nil),
+		(*ExecInput_StdinEof)(nil),
+		(*ExecInput_Signal)(nil),
+		(*ExecInput_Resize)(nil),
+	}
+	file_ssi_v1_ssi_proto_msgTypes[20].OneofWrappers = []any{
+		(*ExecOutput_Started)(nil),
+		(*ExecOutput_Stdout)(nil),
+		(*ExecOutput_Stderr)(nil),
+		(*ExecOutput_Exit)(nil),
+		(*ExecOutput_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   49,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -43,6 +43,18 @@ const (
 const (
 	// ControlStatusProcedure is the fully-qualified name of the Control's Status RPC.
 	ControlStatusProcedure = "/ssi.v1.Control/Status"
+	// ControlExecProcedure is the fully-qualified name of the Control's Exec RPC.
+	ControlExecProcedure = "/ssi.v1.Control/Exec"
+	// ControlProcsProcedure is the fully-qualified name of the Control's Procs RPC.
+	ControlProcsProcedure = "/ssi.v1.Control/Procs"
+	// ControlSignalProcedure is the fully-qualified name of the Control's Signal RPC.
+	ControlSignalProcedure = "/ssi.v1.Control/Signal"
+	// ControlWaitProcedure is the fully-qualified name of the Control's Wait RPC.
+	ControlWaitProcedure = "/ssi.v1.Control/Wait"
+	// ControlLogsProcedure is the fully-qualified name of the Control's Logs RPC.
+	ControlLogsProcedure = "/ssi.v1.Control/Logs"
+	// ControlLoadsProcedure is the fully-qualified name of the Control's Loads RPC.
+	ControlLoadsProcedure = "/ssi.v1.Control/Loads"
 	// ControlAddNodesProcedure is the fully-qualified name of the Control's AddNodes RPC.
 	ControlAddNodesProcedure = "/ssi.v1.Control/AddNodes"
 	// ControlIssueTokenProcedure is the fully-qualified name of the Control's IssueToken RPC.
@@ -59,6 +71,18 @@ const (
 	ControlProvisionInfoProcedure = "/ssi.v1.Control/ProvisionInfo"
 	// PeerJoinProcedure is the fully-qualified name of the Peer's Join RPC.
 	PeerJoinProcedure = "/ssi.v1.Peer/Join"
+	// PeerExecProcedure is the fully-qualified name of the Peer's Exec RPC.
+	PeerExecProcedure = "/ssi.v1.Peer/Exec"
+	// PeerProcsProcedure is the fully-qualified name of the Peer's Procs RPC.
+	PeerProcsProcedure = "/ssi.v1.Peer/Procs"
+	// PeerSignalProcedure is the fully-qualified name of the Peer's Signal RPC.
+	PeerSignalProcedure = "/ssi.v1.Peer/Signal"
+	// PeerWaitProcedure is the fully-qualified name of the Peer's Wait RPC.
+	PeerWaitProcedure = "/ssi.v1.Peer/Wait"
+	// PeerLogsProcedure is the fully-qualified name of the Peer's Logs RPC.
+	PeerLogsProcedure = "/ssi.v1.Peer/Logs"
+	// PeerLoadsProcedure is the fully-qualified name of the Peer's Loads RPC.
+	PeerLoadsProcedure = "/ssi.v1.Peer/Loads"
 	// PeerHeartbeatProcedure is the fully-qualified name of the Peer's Heartbeat RPC.
 	PeerHeartbeatProcedure = "/ssi.v1.Peer/Heartbeat"
 	// PeerApplyProcedure is the fully-qualified name of the Peer's Apply RPC.
@@ -70,6 +94,12 @@ const (
 // ControlClient is a client for the ssi.v1.Control service.
 type ControlClient interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
+	Exec(context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput]
+	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
+	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
+	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
+	Logs(context.Context, *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error)
+	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
 	AddNodes(context.Context, *connect.Request[ssiv1.AddNodesRequest]) (*connect.Response[ssiv1.AddNodesResponse], error)
 	IssueToken(context.Context, *connect.Request[ssiv1.TokenRequest]) (*connect.Response[ssiv1.TokenResponse], error)
 	RemoveNode(context.Context, *connect.Request[ssiv1.RemoveNodeRequest]) (*connect.Response[ssiv1.RemoveNodeResponse], error)
@@ -94,6 +124,42 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			httpClient,
 			baseURL+ControlStatusProcedure,
 			connect.WithSchema(controlMethods.ByName("Status")),
+			connect.WithClientOptions(opts...),
+		),
+		exec: connect.NewClient[ssiv1.ExecInput, ssiv1.ExecOutput](
+			httpClient,
+			baseURL+ControlExecProcedure,
+			connect.WithSchema(controlMethods.ByName("Exec")),
+			connect.WithClientOptions(opts...),
+		),
+		procs: connect.NewClient[ssiv1.ProcsRequest, ssiv1.ProcsResponse](
+			httpClient,
+			baseURL+ControlProcsProcedure,
+			connect.WithSchema(controlMethods.ByName("Procs")),
+			connect.WithClientOptions(opts...),
+		),
+		signal: connect.NewClient[ssiv1.SignalRequest, ssiv1.SignalResponse](
+			httpClient,
+			baseURL+ControlSignalProcedure,
+			connect.WithSchema(controlMethods.ByName("Signal")),
+			connect.WithClientOptions(opts...),
+		),
+		wait: connect.NewClient[ssiv1.WaitRequest, ssiv1.WaitResponse](
+			httpClient,
+			baseURL+ControlWaitProcedure,
+			connect.WithSchema(controlMethods.ByName("Wait")),
+			connect.WithClientOptions(opts...),
+		),
+		logs: connect.NewClient[ssiv1.LogsRequest, ssiv1.LogsChunk](
+			httpClient,
+			baseURL+ControlLogsProcedure,
+			connect.WithSchema(controlMethods.ByName("Logs")),
+			connect.WithClientOptions(opts...),
+		),
+		loads: connect.NewClient[ssiv1.LoadsRequest, ssiv1.LoadsResponse](
+			httpClient,
+			baseURL+ControlLoadsProcedure,
+			connect.WithSchema(controlMethods.ByName("Loads")),
 			connect.WithClientOptions(opts...),
 		),
 		addNodes: connect.NewClient[ssiv1.AddNodesRequest, ssiv1.AddNodesResponse](
@@ -144,6 +210,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 // controlClient implements ControlClient.
 type controlClient struct {
 	status        *connect.Client[ssiv1.StatusRequest, ssiv1.StatusResponse]
+	exec          *connect.Client[ssiv1.ExecInput, ssiv1.ExecOutput]
+	procs         *connect.Client[ssiv1.ProcsRequest, ssiv1.ProcsResponse]
+	signal        *connect.Client[ssiv1.SignalRequest, ssiv1.SignalResponse]
+	wait          *connect.Client[ssiv1.WaitRequest, ssiv1.WaitResponse]
+	logs          *connect.Client[ssiv1.LogsRequest, ssiv1.LogsChunk]
+	loads         *connect.Client[ssiv1.LoadsRequest, ssiv1.LoadsResponse]
 	addNodes      *connect.Client[ssiv1.AddNodesRequest, ssiv1.AddNodesResponse]
 	issueToken    *connect.Client[ssiv1.TokenRequest, ssiv1.TokenResponse]
 	removeNode    *connect.Client[ssiv1.RemoveNodeRequest, ssiv1.RemoveNodeResponse]
@@ -156,6 +228,36 @@ type controlClient struct {
 // Status calls ssi.v1.Control.Status.
 func (c *controlClient) Status(ctx context.Context, req *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error) {
 	return c.status.CallUnary(ctx, req)
+}
+
+// Exec calls ssi.v1.Control.Exec.
+func (c *controlClient) Exec(ctx context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput] {
+	return c.exec.CallBidiStream(ctx)
+}
+
+// Procs calls ssi.v1.Control.Procs.
+func (c *controlClient) Procs(ctx context.Context, req *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
+	return c.procs.CallUnary(ctx, req)
+}
+
+// Signal calls ssi.v1.Control.Signal.
+func (c *controlClient) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+	return c.signal.CallUnary(ctx, req)
+}
+
+// Wait calls ssi.v1.Control.Wait.
+func (c *controlClient) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
+	return c.wait.CallUnary(ctx, req)
+}
+
+// Logs calls ssi.v1.Control.Logs.
+func (c *controlClient) Logs(ctx context.Context, req *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error) {
+	return c.logs.CallServerStream(ctx, req)
+}
+
+// Loads calls ssi.v1.Control.Loads.
+func (c *controlClient) Loads(ctx context.Context, req *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
+	return c.loads.CallUnary(ctx, req)
 }
 
 // AddNodes calls ssi.v1.Control.AddNodes.
@@ -196,6 +298,12 @@ func (c *controlClient) ProvisionInfo(ctx context.Context, req *connect.Request[
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
+	Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error
+	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
+	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
+	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
+	Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error
+	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
 	AddNodes(context.Context, *connect.Request[ssiv1.AddNodesRequest]) (*connect.Response[ssiv1.AddNodesResponse], error)
 	IssueToken(context.Context, *connect.Request[ssiv1.TokenRequest]) (*connect.Response[ssiv1.TokenResponse], error)
 	RemoveNode(context.Context, *connect.Request[ssiv1.RemoveNodeRequest]) (*connect.Response[ssiv1.RemoveNodeResponse], error)
@@ -216,6 +324,42 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		ControlStatusProcedure,
 		svc.Status,
 		connect.WithSchema(controlMethods.ByName("Status")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlExecHandler := connect.NewBidiStreamHandler(
+		ControlExecProcedure,
+		svc.Exec,
+		connect.WithSchema(controlMethods.ByName("Exec")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlProcsHandler := connect.NewUnaryHandler(
+		ControlProcsProcedure,
+		svc.Procs,
+		connect.WithSchema(controlMethods.ByName("Procs")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlSignalHandler := connect.NewUnaryHandler(
+		ControlSignalProcedure,
+		svc.Signal,
+		connect.WithSchema(controlMethods.ByName("Signal")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlWaitHandler := connect.NewUnaryHandler(
+		ControlWaitProcedure,
+		svc.Wait,
+		connect.WithSchema(controlMethods.ByName("Wait")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlLogsHandler := connect.NewServerStreamHandler(
+		ControlLogsProcedure,
+		svc.Logs,
+		connect.WithSchema(controlMethods.ByName("Logs")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlLoadsHandler := connect.NewUnaryHandler(
+		ControlLoadsProcedure,
+		svc.Loads,
+		connect.WithSchema(controlMethods.ByName("Loads")),
 		connect.WithHandlerOptions(opts...),
 	)
 	controlAddNodesHandler := connect.NewUnaryHandler(
@@ -264,6 +408,18 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		switch r.URL.Path {
 		case ControlStatusProcedure:
 			controlStatusHandler.ServeHTTP(w, r)
+		case ControlExecProcedure:
+			controlExecHandler.ServeHTTP(w, r)
+		case ControlProcsProcedure:
+			controlProcsHandler.ServeHTTP(w, r)
+		case ControlSignalProcedure:
+			controlSignalHandler.ServeHTTP(w, r)
+		case ControlWaitProcedure:
+			controlWaitHandler.ServeHTTP(w, r)
+		case ControlLogsProcedure:
+			controlLogsHandler.ServeHTTP(w, r)
+		case ControlLoadsProcedure:
+			controlLoadsHandler.ServeHTTP(w, r)
 		case ControlAddNodesProcedure:
 			controlAddNodesHandler.ServeHTTP(w, r)
 		case ControlIssueTokenProcedure:
@@ -289,6 +445,30 @@ type UnimplementedControlHandler struct{}
 
 func (UnimplementedControlHandler) Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Status is not implemented"))
+}
+
+func (UnimplementedControlHandler) Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Exec is not implemented"))
+}
+
+func (UnimplementedControlHandler) Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Procs is not implemented"))
+}
+
+func (UnimplementedControlHandler) Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Signal is not implemented"))
+}
+
+func (UnimplementedControlHandler) Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Wait is not implemented"))
+}
+
+func (UnimplementedControlHandler) Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Logs is not implemented"))
+}
+
+func (UnimplementedControlHandler) Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Loads is not implemented"))
 }
 
 func (UnimplementedControlHandler) AddNodes(context.Context, *connect.Request[ssiv1.AddNodesRequest]) (*connect.Response[ssiv1.AddNodesResponse], error) {
@@ -322,6 +502,12 @@ func (UnimplementedControlHandler) ProvisionInfo(context.Context, *connect.Reque
 // PeerClient is a client for the ssi.v1.Peer service.
 type PeerClient interface {
 	Join(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error)
+	Exec(context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput]
+	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
+	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
+	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
+	Logs(context.Context, *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error)
+	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
 	Heartbeat(context.Context, *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error)
 	Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error)
 	Shutdown(context.Context, *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error)
@@ -342,6 +528,42 @@ func NewPeerClient(httpClient connect.HTTPClient, baseURL string, opts ...connec
 			httpClient,
 			baseURL+PeerJoinProcedure,
 			connect.WithSchema(peerMethods.ByName("Join")),
+			connect.WithClientOptions(opts...),
+		),
+		exec: connect.NewClient[ssiv1.ExecInput, ssiv1.ExecOutput](
+			httpClient,
+			baseURL+PeerExecProcedure,
+			connect.WithSchema(peerMethods.ByName("Exec")),
+			connect.WithClientOptions(opts...),
+		),
+		procs: connect.NewClient[ssiv1.ProcsRequest, ssiv1.ProcsResponse](
+			httpClient,
+			baseURL+PeerProcsProcedure,
+			connect.WithSchema(peerMethods.ByName("Procs")),
+			connect.WithClientOptions(opts...),
+		),
+		signal: connect.NewClient[ssiv1.SignalRequest, ssiv1.SignalResponse](
+			httpClient,
+			baseURL+PeerSignalProcedure,
+			connect.WithSchema(peerMethods.ByName("Signal")),
+			connect.WithClientOptions(opts...),
+		),
+		wait: connect.NewClient[ssiv1.WaitRequest, ssiv1.WaitResponse](
+			httpClient,
+			baseURL+PeerWaitProcedure,
+			connect.WithSchema(peerMethods.ByName("Wait")),
+			connect.WithClientOptions(opts...),
+		),
+		logs: connect.NewClient[ssiv1.LogsRequest, ssiv1.LogsChunk](
+			httpClient,
+			baseURL+PeerLogsProcedure,
+			connect.WithSchema(peerMethods.ByName("Logs")),
+			connect.WithClientOptions(opts...),
+		),
+		loads: connect.NewClient[ssiv1.LoadsRequest, ssiv1.LoadsResponse](
+			httpClient,
+			baseURL+PeerLoadsProcedure,
+			connect.WithSchema(peerMethods.ByName("Loads")),
 			connect.WithClientOptions(opts...),
 		),
 		heartbeat: connect.NewClient[ssiv1.HeartbeatRequest, ssiv1.HeartbeatResponse](
@@ -368,6 +590,12 @@ func NewPeerClient(httpClient connect.HTTPClient, baseURL string, opts ...connec
 // peerClient implements PeerClient.
 type peerClient struct {
 	join      *connect.Client[ssiv1.JoinRequest, ssiv1.JoinResponse]
+	exec      *connect.Client[ssiv1.ExecInput, ssiv1.ExecOutput]
+	procs     *connect.Client[ssiv1.ProcsRequest, ssiv1.ProcsResponse]
+	signal    *connect.Client[ssiv1.SignalRequest, ssiv1.SignalResponse]
+	wait      *connect.Client[ssiv1.WaitRequest, ssiv1.WaitResponse]
+	logs      *connect.Client[ssiv1.LogsRequest, ssiv1.LogsChunk]
+	loads     *connect.Client[ssiv1.LoadsRequest, ssiv1.LoadsResponse]
 	heartbeat *connect.Client[ssiv1.HeartbeatRequest, ssiv1.HeartbeatResponse]
 	apply     *connect.Client[ssiv1.ApplyRequest, ssiv1.ApplyResponse]
 	shutdown  *connect.Client[ssiv1.PeerShutdownRequest, ssiv1.PeerShutdownResponse]
@@ -376,6 +604,36 @@ type peerClient struct {
 // Join calls ssi.v1.Peer.Join.
 func (c *peerClient) Join(ctx context.Context, req *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
 	return c.join.CallUnary(ctx, req)
+}
+
+// Exec calls ssi.v1.Peer.Exec.
+func (c *peerClient) Exec(ctx context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput] {
+	return c.exec.CallBidiStream(ctx)
+}
+
+// Procs calls ssi.v1.Peer.Procs.
+func (c *peerClient) Procs(ctx context.Context, req *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
+	return c.procs.CallUnary(ctx, req)
+}
+
+// Signal calls ssi.v1.Peer.Signal.
+func (c *peerClient) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+	return c.signal.CallUnary(ctx, req)
+}
+
+// Wait calls ssi.v1.Peer.Wait.
+func (c *peerClient) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
+	return c.wait.CallUnary(ctx, req)
+}
+
+// Logs calls ssi.v1.Peer.Logs.
+func (c *peerClient) Logs(ctx context.Context, req *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error) {
+	return c.logs.CallServerStream(ctx, req)
+}
+
+// Loads calls ssi.v1.Peer.Loads.
+func (c *peerClient) Loads(ctx context.Context, req *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
+	return c.loads.CallUnary(ctx, req)
 }
 
 // Heartbeat calls ssi.v1.Peer.Heartbeat.
@@ -396,6 +654,12 @@ func (c *peerClient) Shutdown(ctx context.Context, req *connect.Request[ssiv1.Pe
 // PeerHandler is an implementation of the ssi.v1.Peer service.
 type PeerHandler interface {
 	Join(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error)
+	Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error
+	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
+	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
+	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
+	Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error
+	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
 	Heartbeat(context.Context, *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error)
 	Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error)
 	Shutdown(context.Context, *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error)
@@ -412,6 +676,42 @@ func NewPeerHandler(svc PeerHandler, opts ...connect.HandlerOption) (string, htt
 		PeerJoinProcedure,
 		svc.Join,
 		connect.WithSchema(peerMethods.ByName("Join")),
+		connect.WithHandlerOptions(opts...),
+	)
+	peerExecHandler := connect.NewBidiStreamHandler(
+		PeerExecProcedure,
+		svc.Exec,
+		connect.WithSchema(peerMethods.ByName("Exec")),
+		connect.WithHandlerOptions(opts...),
+	)
+	peerProcsHandler := connect.NewUnaryHandler(
+		PeerProcsProcedure,
+		svc.Procs,
+		connect.WithSchema(peerMethods.ByName("Procs")),
+		connect.WithHandlerOptions(opts...),
+	)
+	peerSignalHandler := connect.NewUnaryHandler(
+		PeerSignalProcedure,
+		svc.Signal,
+		connect.WithSchema(peerMethods.ByName("Signal")),
+		connect.WithHandlerOptions(opts...),
+	)
+	peerWaitHandler := connect.NewUnaryHandler(
+		PeerWaitProcedure,
+		svc.Wait,
+		connect.WithSchema(peerMethods.ByName("Wait")),
+		connect.WithHandlerOptions(opts...),
+	)
+	peerLogsHandler := connect.NewServerStreamHandler(
+		PeerLogsProcedure,
+		svc.Logs,
+		connect.WithSchema(peerMethods.ByName("Logs")),
+		connect.WithHandlerOptions(opts...),
+	)
+	peerLoadsHandler := connect.NewUnaryHandler(
+		PeerLoadsProcedure,
+		svc.Loads,
+		connect.WithSchema(peerMethods.ByName("Loads")),
 		connect.WithHandlerOptions(opts...),
 	)
 	peerHeartbeatHandler := connect.NewUnaryHandler(
@@ -436,6 +736,18 @@ func NewPeerHandler(svc PeerHandler, opts ...connect.HandlerOption) (string, htt
 		switch r.URL.Path {
 		case PeerJoinProcedure:
 			peerJoinHandler.ServeHTTP(w, r)
+		case PeerExecProcedure:
+			peerExecHandler.ServeHTTP(w, r)
+		case PeerProcsProcedure:
+			peerProcsHandler.ServeHTTP(w, r)
+		case PeerSignalProcedure:
+			peerSignalHandler.ServeHTTP(w, r)
+		case PeerWaitProcedure:
+			peerWaitHandler.ServeHTTP(w, r)
+		case PeerLogsProcedure:
+			peerLogsHandler.ServeHTTP(w, r)
+		case PeerLoadsProcedure:
+			peerLoadsHandler.ServeHTTP(w, r)
 		case PeerHeartbeatProcedure:
 			peerHeartbeatHandler.ServeHTTP(w, r)
 		case PeerApplyProcedure:
@@ -453,6 +765,30 @@ type UnimplementedPeerHandler struct{}
 
 func (UnimplementedPeerHandler) Join(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Join is not implemented"))
+}
+
+func (UnimplementedPeerHandler) Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Exec is not implemented"))
+}
+
+func (UnimplementedPeerHandler) Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Procs is not implemented"))
+}
+
+func (UnimplementedPeerHandler) Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Signal is not implemented"))
+}
+
+func (UnimplementedPeerHandler) Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Wait is not implemented"))
+}
+
+func (UnimplementedPeerHandler) Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Logs is not implemented"))
+}
+
+func (UnimplementedPeerHandler) Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Loads is not implemented"))
 }
 
 func (UnimplementedPeerHandler) Heartbeat(context.Context, *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error) {

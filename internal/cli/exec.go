@@ -1,0 +1,756 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/term"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/vproc"
+)
+
+// forwarded are the signals the CLI passes on to a remote process (without -t).
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1, syscall.SIGUSR2}
+
+type execOpts struct {
+	node   uint32 // 0: least loaded
+	tty    bool
+	pin    bool
+	detach bool
+	argv   []string
+}
+
+// runRemote runs one command through the local daemon and returns its exit
+// code: the process's own, 128+signal, 127 for a missing command, 255 when
+// ssi failed.
+func runRemote(env *Env, socket string, o execOpts) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream := control(socket).Exec(ctx)
+	var sendMu sync.Mutex
+	send := func(m *ssiv1.ExecInput) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
+	dir, _ := os.Getwd()
+	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node}
+	stdinFile, _ := env.Stdin.(*os.File)
+	var restore func()
+	if o.tty {
+		if stdinFile == nil || !term.IsTerminal(int(stdinFile.Fd())) {
+			return Usagef("-t needs a terminal on standard input")
+		}
+		if w, h, err := term.GetSize(int(stdinFile.Fd())); err == nil {
+			spec.Cols, spec.Rows = uint32(w), uint32(h)
+		}
+		st, err := term.MakeRaw(int(stdinFile.Fd()))
+		if err != nil {
+			return fmt.Errorf("put the terminal in raw mode: %w", err)
+		}
+		restore = func() { _ = term.Restore(int(stdinFile.Fd()), st) }
+		defer restore()
+	}
+	if err := send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Start{Start: spec}}); err != nil {
+		return &RemoteError{Err: fmt.Errorf("talk to the ssi daemon at %s: %w", socket, receiveErr(stream, err))}
+	}
+	sigs := make(chan os.Signal, 8)
+	if o.tty {
+		// Keys (Ctrl-C, Ctrl-\) reach the remote terminal as bytes; signals
+		// sent to this process still go to the remote process group, and
+		// the deferred restore puts the local terminal back.
+		signal.Notify(sigs, syscall.SIGWINCH, syscall.SIGTERM, syscall.SIGHUP)
+	} else if !o.detach {
+		signal.Notify(sigs, forwarded...)
+	}
+	defer signal.Stop(sigs)
+	go func() {
+		for s := range sigs {
+			if s == syscall.SIGWINCH {
+				if w, h, err := term.GetSize(int(stdinFile.Fd())); err == nil {
+					_ = send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Resize{Resize: &ssiv1.Resize{Rows: uint32(h), Cols: uint32(w)}}})
+				}
+				continue
+			}
+			_ = send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(s.(syscall.Signal))}})
+		}
+	}()
+	if !o.detach {
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := env.Stdin.Read(buf)
+				if n > 0 {
+					if send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Stdin{Stdin: append([]byte(nil), buf[:n]...)}}) != nil {
+						return
+					}
+				}
+				if err != nil {
+					_ = send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_StdinEof{StdinEof: true}})
+					return
+				}
+			}
+		}()
+	}
+	for {
+		m, err := stream.Receive()
+		if err != nil {
+			return &RemoteError{Err: fmt.Errorf("lost the connection to the ssi daemon at %s: %w", socket, err)}
+		}
+		switch v := m.Msg.(type) {
+		case *ssiv1.ExecOutput_Started:
+			if o.detach {
+				fmt.Fprintln(env.Stdout, v.Started.Cpid)
+				return nil
+			}
+		case *ssiv1.ExecOutput_Stdout:
+			if _, err := env.Stdout.Write(v.Stdout); err != nil {
+				return &RemoteError{Err: fmt.Errorf("write output: %w", err)}
+			}
+		case *ssiv1.ExecOutput_Stderr:
+			env.Stderr.Write(v.Stderr)
+		case *ssiv1.ExecOutput_Exit:
+			stream.CloseRequest()
+			if v.Exit.Code == 0 {
+				return nil
+			}
+			return &ExitError{Code: int(v.Exit.Code)}
+		case *ssiv1.ExecOutput_Error:
+			stream.CloseRequest()
+			if restore != nil {
+				restore()
+			}
+			return &ExitError{Code: int(v.Error.ExitCode), Err: errors.New(v.Error.Message)}
+		}
+	}
+}
+
+func receiveErr(s *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput], err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := s.Receive(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "onnode",
+		Link:    true,
+		Summary: "run a command on node N, streaming its input and output",
+		Usage:   "onnode [-t] [-p] N [--] CMD [ARGS...]",
+		Help: `Runs CMD on node N as the calling user, in the current directory, with the
+current environment (minus variables that name local resources, see
+docs/PROCESSES.md). stdin, stdout and stderr are streamed both ways;
+signals (INT, TERM, HUP, QUIT, USR1, USR2) are forwarded; the exit status is
+the command's own (128+N when killed by signal N), 127 when it does not
+exist and 255 when ssi failed (node unknown or DOWN, connection lost).
+-t allocates a terminal on the node (interactive programs); -p pins the
+process to its node (it will never be migrated).
+
+Examples:
+  onnode 2 hostname
+  tar cf - dir | onnode 3 tar xf - -C /tmp
+  onnode -t 2 top`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		tty := fs.Bool("t", false, "allocate a terminal on the node")
+		pin := fs.Bool("p", false, "pin the process to its node")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() < 2 {
+			return Usagef("expected a node number and a command")
+		}
+		num, err := parseNodeNum(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		argv := fs.Args()[1:]
+		if argv[0] == "--" {
+			argv = argv[1:]
+		}
+		if len(argv) == 0 {
+			return Usagef("expected a command")
+		}
+		return runRemote(env, *socket, execOpts{node: num, tty: *tty, pin: *pin, argv: argv})
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "run",
+		Summary: "run a command on the least-loaded node (detached with -d)",
+		Usage:   "ssi run [-d] [-t] [-p] [--] CMD [ARGS...]",
+		Help: `Like onnode, on the node fastnode names. With -d the command runs as a
+detached job: ssi prints its cluster PID and returns; the output goes to a
+log that 'ssi logs CPID [-f]' shows, and 'ssi wait CPID' returns its status.
+
+Examples:
+  ssi run make -j4
+  cpid=$(ssi run -d ./simulate --steps 1000); ssi logs -f $cpid; ssi wait $cpid`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		detach := fs.Bool("d", false, "detach: print the cluster PID and return")
+		tty := fs.Bool("t", false, "allocate a terminal on the node")
+		pin := fs.Bool("p", false, "pin the process to its node")
+		node := fs.Uint("n", 0, "run on this node instead of the least-loaded one")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		argv := fs.Args()
+		if len(argv) > 0 && argv[0] == "--" {
+			argv = argv[1:]
+		}
+		if len(argv) == 0 {
+			return Usagef("expected a command")
+		}
+		if *detach && *tty {
+			return Usagef("-d and -t do not go together")
+		}
+		return runRemote(env, *socket, execOpts{node: uint32(*node), tty: *tty, pin: *pin, detach: *detach, argv: argv})
+	}
+	Register(cmd)
+}
+
+func loadsResp(env *Env, socket string) (*ssiv1.LoadsResponse, error) {
+	resp, err := control(socket).Loads(env.Ctx, connect.NewRequest(&ssiv1.LoadsRequest{}))
+	if err != nil {
+		return nil, err
+	}
+	return resp.Msg, nil
+}
+
+func init() {
+	fast := &Command{
+		Name:    "fastnode",
+		Link:    true,
+		Summary: "print the least-loaded UP node",
+		Usage:   "fastnode [--socket PATH]",
+		Help:    "Example:\n  onnode $(fastnode) make -j4",
+	}
+	fast.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, fast)
+		socket := socketFlag(fs)
+		if err := Parse(env, fast, fs, args); err != nil {
+			return err
+		}
+		l, err := loadsResp(env, *socket)
+		if err != nil {
+			return err
+		}
+		if l.Fastest == 0 {
+			return errors.New("no node is UP")
+		}
+		fmt.Fprintln(env.Stdout, l.Fastest)
+		return nil
+	}
+	Register(fast)
+
+	loads := &Command{
+		Name:    "loads",
+		Link:    true,
+		Summary: "print every node's load",
+		Usage:   "loads [-n N] [--json] [--socket PATH]",
+		Help: `LOAD is max(CPU busy fraction, run queue / CPUs), averaged over ~10s, in the
+spirit of MOSIX's load: 1.0 means the node's CPUs are fully used. On a local
+cluster (ssi up) each node counts only the processes it runs.
+
+Example:
+  loads`,
+	}
+	loads.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, loads)
+		n := fs.Uint("n", 0, "only this node")
+		asJSON := fs.Bool("json", false, "print JSON")
+		socket := socketFlag(fs)
+		if err := Parse(env, loads, fs, args); err != nil {
+			return err
+		}
+		l, err := loadsResp(env, *socket)
+		if err != nil {
+			return err
+		}
+		rows := l.Loads
+		if *n != 0 {
+			rows = nil
+			for _, r := range l.Loads {
+				if r.Num == uint32(*n) {
+					rows = append(rows, r)
+				}
+			}
+			if rows == nil {
+				return fmt.Errorf("node %d is not in the node table", *n)
+			}
+		}
+		if *asJSON {
+			type row struct {
+				Num      uint32  `json:"num"`
+				Name     string  `json:"name"`
+				State    string  `json:"state"`
+				Load     float64 `json:"load"`
+				RunQueue float64 `json:"run_queue"`
+				CPUBusy  float64 `json:"cpu_busy"`
+				NCPU     uint32  `json:"ncpu"`
+				MemFree  uint64  `json:"mem_free"`
+			}
+			out := []row{}
+			for _, r := range rows {
+				out = append(out, row{r.Num, r.Name, r.State, r.Load, r.RunQueue, r.CpuBusy, r.Ncpu, r.MemFree})
+			}
+			return writeJSON(env.Stdout, out)
+		}
+		tw := tabwriter.NewWriter(env.Stdout, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NODE\tNAME\tSTATE\tLOAD\tRUNQ\tCPU%\tNCPU\tMEMFREE")
+		for _, r := range rows {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%.2f\t%.2f\t%.0f\t%d\t%dM\n", r.Num, r.Name, r.State, r.Load, r.RunQueue, 100*r.CpuBusy, r.Ncpu, r.MemFree>>20)
+		}
+		return tw.Flush()
+	}
+	Register(loads)
+}
+
+// lineWriter prefixes every complete line with a node label.
+type lineWriter struct {
+	mu     *sync.Mutex
+	w      io.Writer
+	prefix string
+	buf    []byte
+}
+
+func (l *lineWriter) Write(b []byte) (int, error) {
+	l.buf = append(l.buf, b...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			return len(b), nil
+		}
+		l.mu.Lock()
+		fmt.Fprintf(l.w, "%s%s\n", l.prefix, l.buf[:i])
+		l.mu.Unlock()
+		l.buf = l.buf[i+1:]
+	}
+}
+
+func (l *lineWriter) flush() {
+	if len(l.buf) > 0 {
+		l.mu.Lock()
+		fmt.Fprintf(l.w, "%s%s\n", l.prefix, l.buf)
+		l.mu.Unlock()
+		l.buf = nil
+	}
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "onall",
+		Link:    true,
+		Summary: "run a command on every UP node in parallel",
+		Usage:   "onall [-b] [-f FANOUT] [--] CMD [ARGS...]",
+		Help: `Runs CMD on every UP node at once (at most FANOUT at a time, default 64),
+prefixing each output line with the node number, like pdsh. -b gathers the
+output and prints each distinct output once with the nodes that produced
+it, like clush -b. The exit status is the largest of the nodes' statuses.
+
+Examples:
+  onall hostname
+  onall -b uname -r`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		gather := fs.Bool("b", false, "gather identical outputs")
+		fanout := fs.Int("f", 64, "how many nodes to run on at once")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		argv := fs.Args()
+		if len(argv) > 0 && argv[0] == "--" {
+			argv = argv[1:]
+		}
+		if len(argv) == 0 {
+			return Usagef("expected a command")
+		}
+		if *fanout < 1 {
+			return Usagef("-f must be at least 1")
+		}
+		st, err := status(env, *socket, false)
+		if err != nil {
+			return err
+		}
+		var nodes []uint32
+		for _, n := range st.Nodes {
+			if n.State == string(state.Up) {
+				nodes = append(nodes, n.Num)
+			}
+		}
+		var outMu sync.Mutex
+		codes := make([]int, len(nodes))
+		outs := make([]*bytes.Buffer, len(nodes))
+		sem := make(chan struct{}, *fanout)
+		var wg sync.WaitGroup
+		for i, num := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				var so, se io.Writer
+				var lw1, lw2 *lineWriter
+				if *gather {
+					outs[i] = &bytes.Buffer{}
+					so, se = outs[i], outs[i]
+				} else {
+					p := fmt.Sprintf("%d: ", num)
+					lw1 = &lineWriter{mu: &outMu, w: env.Stdout, prefix: p}
+					lw2 = &lineWriter{mu: &outMu, w: env.Stderr, prefix: p}
+					so, se = lw1, lw2
+				}
+				sub := &Env{Ctx: env.Ctx, Stdin: strings.NewReader(""), Stdout: so, Stderr: se}
+				err := runRemote(sub, *socket, execOpts{node: num, argv: argv})
+				if lw1 != nil {
+					lw1.flush()
+					lw2.flush()
+				}
+				codes[i] = exitCodeOf(err)
+				if err != nil {
+					var ee *ExitError
+					if !errors.As(err, &ee) || ee.Err != nil {
+						outMu.Lock()
+						fmt.Fprintf(env.Stderr, "%d: ssi: %v\n", num, err)
+						outMu.Unlock()
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if *gather {
+			groups := map[string][]uint32{}
+			var order []string
+			for i, num := range nodes {
+				k := outs[i].String()
+				if _, ok := groups[k]; !ok {
+					order = append(order, k)
+				}
+				groups[k] = append(groups[k], num)
+			}
+			sort.SliceStable(order, func(a, b int) bool { return groups[order[a]][0] < groups[order[b]][0] })
+			for _, k := range order {
+				fmt.Fprintf(env.Stdout, "---------------\nnodes %s (%d)\n---------------\n%s", joinNums(groups[k]), len(groups[k]), k)
+			}
+		}
+		worst := 0
+		for _, c := range codes {
+			worst = max(worst, c)
+		}
+		if worst != 0 {
+			return &ExitError{Code: worst}
+		}
+		return nil
+	}
+	Register(cmd)
+}
+
+func exitCodeOf(err error) int {
+	if err == nil {
+		return 0
+	}
+	var ee *ExitError
+	if errors.As(err, &ee) {
+		return ee.Code
+	}
+	var re *RemoteError
+	if errors.As(err, &re) {
+		return ExitRemote
+	}
+	code, _ := classify(err)
+	return code
+}
+
+func parseCPIDArg(s string) (int64, error) {
+	c, err := vproc.ParseCPID(s)
+	if err != nil {
+		return 0, Usagef("%v", err)
+	}
+	return int64(c), nil
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "ps",
+		Summary: "list the processes started through ssi on every node",
+		Usage:   "ssi ps [-e] [-n N] [--json] [--socket PATH]",
+		Help: `Columns: CPID (cluster PID), NODE, PID (on that node), USER, STAT, %CPU,
+RSS (KiB), START, TIME, CMD; a job's forked processes follow it with the
+same CPID and "\_" before their command. Without -e only your processes.
+
+Example:
+  ssi ps -e`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		all := fs.Bool("e", false, "every user's processes")
+		node := fs.Uint("n", 0, "only processes on node N")
+		wide := fs.Bool("w", false, "wide: add PPID, JOB and MIG columns")
+		asJSON := fs.Bool("json", false, "print JSON")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		resp, err := control(*socket).Procs(env.Ctx, connect.NewRequest(&ssiv1.ProcsRequest{All: *all, Node: uint32(*node)}))
+		if err != nil {
+			return err
+		}
+		for _, u := range resp.Msg.Unreachable {
+			fmt.Fprintf(env.Stderr, "ssi ps: not listed: %s\n", u)
+		}
+		ps := resp.Msg.Procs
+		sort.SliceStable(ps, func(a, b int) bool { return ps[a].Cpid < ps[b].Cpid })
+		if *asJSON {
+			type row struct {
+				CPID    int64     `json:"cpid"`
+				Node    uint32    `json:"node"`
+				PID     int32     `json:"pid"`
+				UID     uint32    `json:"uid"`
+				User    string    `json:"user"`
+				State   string    `json:"state"`
+				CPU     float64   `json:"cpu"`
+				RSS     uint64    `json:"rss"`
+				Start   time.Time `json:"start"`
+				TimeMs  int64     `json:"time_ms"`
+				Cmd     string    `json:"cmd"`
+				Detach  bool      `json:"detached"`
+				Migrate bool      `json:"migratable"`
+			}
+			out := []row{}
+			for _, p := range ps {
+				out = append(out, row{p.Cpid, p.Node, p.Pid, p.Uid, p.User, p.State, p.Cpu, p.Rss, time.UnixMilli(p.StartUnixMs), p.CpuTimeMs, p.Cmd, p.Detached, p.Migratable})
+			}
+			return writeJSON(env.Stdout, out)
+		}
+		var rows []vproc.Proc
+		for _, p := range ps {
+			rows = append(rows, vproc.Proc{CPID: vproc.CPID(p.Cpid), Node: int(p.Node), PID: int(p.Pid), Job: vproc.CPID(p.Job),
+				UID: p.Uid, User: p.User, State: p.State, CPU: p.Cpu, RSS: p.Rss, Start: time.UnixMilli(p.StartUnixMs),
+				Time: time.Duration(p.CpuTimeMs) * time.Millisecond, Cmd: p.Cmd, Migratable: p.Migratable, Pinned: p.Pinned})
+		}
+		return vproc.Format(env.Stdout, rows, vproc.FormatOptions{Now: time.Now(), Wide: *wide})
+	}
+	Register(cmd)
+}
+
+var signalNames = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT, "KILL": syscall.SIGKILL,
+	"USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2, "TERM": syscall.SIGTERM, "CONT": syscall.SIGCONT,
+	"STOP": syscall.SIGSTOP, "TSTP": syscall.SIGTSTP, "ALRM": syscall.SIGALRM, "WINCH": syscall.SIGWINCH,
+}
+
+func parseSignal(s string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 || n > 64 {
+			return 0, Usagef("signal %d is out of range", n)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.TrimPrefix(strings.ToUpper(s), "SIG")
+	if sig, ok := signalNames[name]; ok {
+		return sig, nil
+	}
+	return 0, Usagef("unknown signal %q (e.g. TERM, KILL, INT, HUP, 9)", s)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "kill",
+		Summary: "signal processes by cluster PID, wherever they run",
+		Usage:   "ssi kill [-s SIG | -SIG] CPID...",
+		Help: `Sends SIG (default TERM) to each job's whole process group on its node.
+You may signal only your own processes (root may signal any).
+
+Examples:
+  ssi kill 3000042
+  ssi kill -9 3000042 2000007`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		sig := syscall.SIGTERM
+		if len(args) > 0 && strings.HasPrefix(args[0], "-") && args[0] != "-s" && args[0] != "--" && args[0] != "-h" && args[0] != "--help" && !strings.HasPrefix(args[0], "--socket") {
+			s, err := parseSignal(args[0][1:])
+			if err != nil {
+				return err
+			}
+			sig, args = s, args[1:]
+		}
+		fs := NewFlags(env, cmd)
+		name := fs.String("s", "", "signal name or number")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if *name != "" {
+			s, err := parseSignal(*name)
+			if err != nil {
+				return err
+			}
+			sig = s
+		}
+		if fs.NArg() == 0 {
+			return Usagef("expected at least one cluster PID")
+		}
+		var cpids []int64
+		for _, a := range fs.Args() {
+			c, err := parseCPIDArg(a)
+			if err != nil {
+				return err
+			}
+			cpids = append(cpids, c)
+		}
+		var failed error
+		for _, c := range cpids {
+			if _, err := control(*socket).Signal(env.Ctx, connect.NewRequest(&ssiv1.SignalRequest{Cpid: c, Signal: int32(sig)})); err != nil {
+				fmt.Fprintf(env.Stderr, "ssi kill: %d: %s\n", c, messageOf(err))
+				failed = &ExitError{Code: exitCodeOf(err)}
+			}
+		}
+		return failed
+	}
+	Register(cmd)
+}
+
+func messageOf(err error) string {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce.Message()
+	}
+	return err.Error()
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "where_pid",
+		Link:    true,
+		Summary: "print the node a process runs on",
+		Usage:   "where_pid CPID [--socket PATH]",
+		Help:    "Example:\n  where_pid 3000042",
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("expected one cluster PID")
+		}
+		c, err := parseCPIDArg(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		resp, err := control(*socket).Procs(env.Ctx, connect.NewRequest(&ssiv1.ProcsRequest{Cpid: c, All: true}))
+		if err != nil {
+			return err
+		}
+		for _, p := range resp.Msg.Procs {
+			if p.Cpid == c {
+				fmt.Fprintln(env.Stdout, p.Node)
+				return nil
+			}
+		}
+		if len(resp.Msg.Unreachable) > 0 {
+			return &RemoteError{Err: fmt.Errorf("process %d: %s", c, resp.Msg.Unreachable[0])}
+		}
+		return fmt.Errorf("no process %d in the cluster (node %d has no such job)", c, vproc.CPID(c).Node())
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "wait",
+		Summary: "wait for a detached job and return its exit status",
+		Usage:   "ssi wait CPID [--socket PATH]",
+		Help:    "Example:\n  cpid=$(ssi run -d sleep 5); ssi wait $cpid; echo $?",
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("expected one cluster PID")
+		}
+		c, err := parseCPIDArg(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		resp, err := control(*socket).Wait(env.Ctx, connect.NewRequest(&ssiv1.WaitRequest{Cpid: c}))
+		if err != nil {
+			return err
+		}
+		if code := resp.Msg.Exit.Code; code != 0 {
+			return &ExitError{Code: int(code)}
+		}
+		return nil
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "logs",
+		Summary: "print a detached job's output (-f: follow until it ends)",
+		Usage:   "ssi logs [-f] CPID [--socket PATH]",
+		Help:    "Example:\n  ssi logs -f 3000042",
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		follow := fs.Bool("f", false, "follow the output until the job ends")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("expected one cluster PID")
+		}
+		c, err := parseCPIDArg(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		st, err := control(*socket).Logs(env.Ctx, connect.NewRequest(&ssiv1.LogsRequest{Cpid: c, Follow: *follow}))
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for st.Receive() {
+			if _, err := env.Stdout.Write(st.Msg().Data); err != nil {
+				return err
+			}
+		}
+		return st.Err()
+	}
+	Register(cmd)
+}
+
+var _ = flag.ErrHelp

@@ -1,0 +1,432 @@
+// Package procs owns this node's share of the single process space: the
+// jobs it runs, named by cluster PIDs it allocates (internal/vproc), their
+// lifecycle, who may see, signal and wait for them, and the exit status of
+// detached jobs until someone waits. Processes are started and observed
+// through internal/rexec. It knows nothing about RPC or other nodes.
+package procs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/user"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/rexec"
+	"github.com/ssi-cluster/ssi/internal/vproc"
+)
+
+// Errors for callers to map to exit codes.
+var (
+	ErrNoSuchProcess = errors.New("no such process")
+	ErrNotOwner      = errors.New("operation not permitted")
+	ErrNotDetached   = errors.New("not a detached job")
+)
+
+// seqReserve is how many CPIDs are reserved per write of the sequence file.
+const seqReserve = 1000
+
+// maxExited is how many exited, unwaited detached jobs are remembered.
+const maxExited = 1000
+
+// DenyEnv lists environment variables never passed to a process started
+// elsewhere: they name local resources (agents, displays, sockets) or
+// inject code into the process (the dynamic loader's variables).
+var DenyEnv = []string{
+	"LD_*", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "SSH_CONNECTION", "SSH_CLIENT", "SSH_TTY",
+	"DBUS_SESSION_BUS_ADDRESS", "XDG_RUNTIME_DIR", "XDG_SESSION_ID", "DISPLAY", "XAUTHORITY",
+	"WAYLAND_DISPLAY", "TMUX", "TMUX_PANE", "STY", "WINDOWID", "SSI_SOCKET", "GPG_AGENT_INFO",
+}
+
+// FilterEnv removes DenyEnv from env.
+func FilterEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		denied := false
+		for _, d := range DenyEnv {
+			if p, ok := strings.CutSuffix(d, "*"); ok && strings.HasPrefix(k, p) || k == d {
+				denied = true
+				break
+			}
+		}
+		if !denied && k != "" {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// Caller is who asks.
+type Caller struct {
+	UID, GID uint32
+	Groups   []uint32
+}
+
+// May reports whether the caller may act on a process owned by uid.
+func (c Caller) May(uid uint32) bool { return c.UID == 0 || c.UID == uid }
+
+// Options configure a Manager.
+type Options struct {
+	Node     int
+	DataDir  string // the sequence file and detached jobs' logs live here
+	InitPath string // binary that runs nsinit (default /proc/self/exe)
+	Log      *slog.Logger
+}
+
+// Manager is the node's process table.
+type Manager struct {
+	opts  Options
+	alloc *vproc.Allocator
+	root  bool
+
+	mu       sync.Mutex
+	reserved uint64
+	jobs     map[vproc.CPID]*Job
+	exited   []vproc.CPID // detached jobs that ended, oldest first
+}
+
+// Job is one process tree started through ssi.
+type Job struct {
+	CPID     vproc.CPID
+	UID      uint32
+	Argv     []string
+	Detached bool
+	Pinned   bool
+	Started  time.Time
+	LogPath  string
+
+	job    *rexec.Job
+	done   chan struct{}
+	status rexec.Status
+	err    error
+}
+
+// NewManager loads the CPID sequence and returns the table.
+func NewManager(o Options) (*Manager, error) {
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	m := &Manager{opts: o, jobs: map[vproc.CPID]*Job{}, root: os.Geteuid() == 0}
+	last := uint64(0)
+	if b, err := os.ReadFile(m.seqPath()); err == nil {
+		last, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if last > vproc.MaxSeq {
+			last = 0
+		}
+	}
+	alloc, err := vproc.NewAllocator(o.Node, last)
+	if err != nil {
+		return nil, err
+	}
+	m.alloc, m.reserved = alloc, last
+	if err := os.MkdirAll(m.logDir(), 0o700); err != nil {
+		return nil, fmt.Errorf("create job log directory: %w", err)
+	}
+	return m, nil
+}
+
+func (m *Manager) seqPath() string { return filepath.Join(m.opts.DataDir, "cpid-seq") }
+func (m *Manager) logDir() string  { return filepath.Join(m.opts.DataDir, "jobs") }
+
+// Namespaced reports whether jobs get their own PID namespace and cgroup
+// (and so can be migrated later): only when the daemon runs as root.
+func (m *Manager) Namespaced() bool { return m.root }
+
+// next allocates a CPID, persisting the reservation ahead of use.
+func (m *Manager) next() (vproc.CPID, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, err := m.alloc.Next(func(c vproc.CPID) bool { _, used := m.jobs[c]; return used })
+	if err != nil {
+		return 0, err
+	}
+	_, seq := vproc.Split(c)
+	if seq > m.reserved || seq+seqReserve < m.reserved {
+		m.reserved = min(seq+seqReserve, vproc.MaxSeq)
+		if err := os.WriteFile(m.seqPath(), []byte(strconv.FormatUint(m.reserved, 10)+"\n"), 0o600); err != nil {
+			return 0, fmt.Errorf("persist the cluster PID sequence: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// StartRequest is a process to start on this node.
+type StartRequest struct {
+	Argv       []string
+	Env        []string // filtered with FilterEnv
+	Dir        string
+	Caller     Caller
+	TTY        bool
+	Rows, Cols uint16
+	Detach     bool
+	Pin        bool
+	Hostname   string
+}
+
+// Start runs a job. The caller of an attached job must read its output,
+// then call Finish; a detached job's output goes to its log.
+func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
+	if len(r.Argv) == 0 {
+		return nil, errors.New("no command given")
+	}
+	cpid, err := m.next()
+	if err != nil {
+		return nil, err
+	}
+	spec := rexec.Spec{
+		ID:   cpid.String(),
+		Argv: r.Argv, Env: FilterEnv(r.Env), Dir: r.Dir,
+		UID: r.Caller.UID, GID: r.Caller.GID, Groups: r.Caller.Groups,
+		TTY: r.TTY, Rows: r.Rows, Cols: r.Cols,
+		Namespaces: m.root, Cgroup: m.root, InitPath: m.opts.InitPath,
+	}
+	j := &Job{CPID: cpid, UID: r.Caller.UID, Argv: r.Argv, Detached: r.Detach, Pinned: r.Pin, done: make(chan struct{})}
+	if r.Detach {
+		j.LogPath = filepath.Join(m.logDir(), cpid.String()+".log")
+		f, err := os.OpenFile(j.LogPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("create the job's log: %w", err)
+		}
+		f.Close()
+		spec.LogPath = j.LogPath
+		spec.TTY = false
+	}
+	rj, err := rexec.Start(ctx, spec)
+	if err != nil {
+		if j.LogPath != "" {
+			os.Remove(j.LogPath)
+		}
+		return nil, err
+	}
+	j.job, j.Started = rj, time.Now()
+	m.mu.Lock()
+	m.jobs[cpid] = j
+	m.mu.Unlock()
+	go func() {
+		j.status, j.err = rj.Wait()
+		close(j.done)
+		if j.Detached {
+			rj.Close()
+			m.mu.Lock()
+			m.exited = append(m.exited, cpid)
+			for len(m.exited) > maxExited {
+				delete(m.jobs, m.exited[0])
+				m.exited = m.exited[1:]
+			}
+			m.mu.Unlock()
+		}
+	}()
+	return j, nil
+}
+
+// Process gives the streams of an attached job.
+func (j *Job) Process() *rexec.Job { return j.job }
+
+// Done is closed when the job's top process has ended.
+func (j *Job) Done() <-chan struct{} { return j.done }
+
+// Status is the job's exit status; valid after Done.
+func (j *Job) Status() (rexec.Status, error) { return j.status, j.err }
+
+// Finish removes an attached job from the table after its stream ended.
+func (m *Manager) Finish(j *Job) {
+	<-j.done
+	j.job.Close()
+	m.mu.Lock()
+	delete(m.jobs, j.CPID)
+	m.mu.Unlock()
+}
+
+func (m *Manager) get(cpid vproc.CPID) (*Job, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	j, ok := m.jobs[cpid]
+	if !ok {
+		return nil, fmt.Errorf("%w: %d", ErrNoSuchProcess, cpid)
+	}
+	return j, nil
+}
+
+// Signal sends sig to a job's whole process group.
+func (m *Manager) Signal(cpid vproc.CPID, sig syscall.Signal, c Caller) error {
+	j, err := m.get(cpid)
+	if err != nil {
+		return err
+	}
+	if !c.May(j.UID) {
+		return fmt.Errorf("%w: process %d belongs to uid %d", ErrNotOwner, cpid, j.UID)
+	}
+	select {
+	case <-j.done:
+		return fmt.Errorf("%w: %d has already exited", ErrNoSuchProcess, cpid)
+	default:
+	}
+	return j.job.Signal(sig)
+}
+
+// Wait blocks until a detached job ends and returns its status; the job is
+// then forgotten.
+func (m *Manager) Wait(ctx context.Context, cpid vproc.CPID, c Caller) (rexec.Status, error) {
+	j, err := m.get(cpid)
+	if err != nil {
+		return rexec.Status{}, err
+	}
+	if !c.May(j.UID) {
+		return rexec.Status{}, fmt.Errorf("%w: process %d belongs to uid %d", ErrNotOwner, cpid, j.UID)
+	}
+	if !j.Detached {
+		return rexec.Status{}, fmt.Errorf("%w: %d is attached to the client that started it", ErrNotDetached, cpid)
+	}
+	select {
+	case <-ctx.Done():
+		return rexec.Status{}, ctx.Err()
+	case <-j.done:
+	}
+	m.mu.Lock()
+	delete(m.jobs, cpid)
+	for i, e := range m.exited {
+		if e == cpid {
+			m.exited = append(m.exited[:i], m.exited[i+1:]...)
+			break
+		}
+	}
+	m.mu.Unlock()
+	os.Remove(j.LogPath)
+	return j.status, j.err
+}
+
+// Logs returns a detached job's log path and its done channel.
+func (m *Manager) Logs(cpid vproc.CPID, c Caller) (string, <-chan struct{}, error) {
+	j, err := m.get(cpid)
+	if err != nil {
+		return "", nil, err
+	}
+	if !c.May(j.UID) {
+		return "", nil, fmt.Errorf("%w: process %d belongs to uid %d", ErrNotOwner, cpid, j.UID)
+	}
+	if !j.Detached {
+		return "", nil, fmt.Errorf("%w: the output of %d goes to the client that started it", ErrNotDetached, cpid)
+	}
+	return j.LogPath, j.done, nil
+}
+
+// Filter selects rows of List.
+type Filter struct {
+	UID  *uint32 // only this user's jobs
+	CPID vproc.CPID
+}
+
+// List returns one row per process of every matching job: the job's top
+// command first, then the processes it forked (same CPID, their own PIDs).
+func (m *Manager) List(f Filter) []vproc.Proc {
+	m.mu.Lock()
+	jobs := make([]*Job, 0, len(m.jobs))
+	for _, j := range m.jobs {
+		if (f.UID == nil || *f.UID == j.UID) && (f.CPID == 0 || f.CPID == j.CPID) {
+			jobs = append(jobs, j)
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(jobs, func(a, b int) bool { return jobs[a].CPID < jobs[b].CPID })
+	var out []vproc.Proc
+	for _, j := range jobs {
+		base := vproc.Proc{
+			CPID: j.CPID, Node: m.opts.Node, Job: j.CPID, UID: j.UID, User: userName(j.UID),
+			Start: j.Started, Cmd: strings.Join(j.Argv, " "), Migratable: j.job.Migratable() && !j.Pinned, Pinned: j.Pinned,
+		}
+		select {
+		case <-j.done:
+			base.State = "X"
+			base.PID = j.job.MainPid()
+			out = append(out, base)
+			continue
+		default:
+		}
+		main := j.job.MainPid()
+		base.PID = main
+		var children []vproc.Proc
+		for _, pid := range j.job.Pids() {
+			pi, err := rexec.ReadProc(pid)
+			if err != nil || pid == j.job.Pid() && pid != main {
+				continue // gone, or our init
+			}
+			row := base
+			row.PID, row.State, row.CPU, row.RSS, row.Time, row.Start = pid, pi.State, pi.CPUPercent, pi.RSS, pi.CPUTime, pi.Start
+			if pid == main {
+				base = row
+				continue
+			}
+			row.Cmd = `\_ ` + strings.Join(pi.Cmdline, " ")
+			if len(pi.Cmdline) == 0 {
+				row.Cmd = `\_ [` + pi.Comm + "]"
+			}
+			children = append(children, row)
+		}
+		out = append(out, base)
+		out = append(out, children...)
+	}
+	return out
+}
+
+// Exited reports whether a listed job has ended, and its status.
+func (m *Manager) Exited(cpid vproc.CPID) (bool, rexec.Status) {
+	j, err := m.get(cpid)
+	if err != nil {
+		return false, rexec.Status{}
+	}
+	select {
+	case <-j.done:
+		return true, j.status
+	default:
+		return false, rexec.Status{}
+	}
+}
+
+// Detached reports whether cpid is a detached job.
+func (m *Manager) Detached(cpid vproc.CPID) bool {
+	j, err := m.get(cpid)
+	return err == nil && j.Detached
+}
+
+// Shutdown kills every job (the node is leaving).
+func (m *Manager) Shutdown() {
+	m.mu.Lock()
+	jobs := make([]*Job, 0, len(m.jobs))
+	for _, j := range m.jobs {
+		jobs = append(jobs, j)
+	}
+	m.mu.Unlock()
+	for _, j := range jobs {
+		_ = j.job.Signal(syscall.SIGKILL)
+	}
+	for _, j := range jobs {
+		select {
+		case <-j.done:
+		case <-time.After(5 * time.Second):
+		}
+		j.job.Close()
+	}
+}
+
+var userCache sync.Map
+
+func userName(uid uint32) string {
+	if v, ok := userCache.Load(uid); ok {
+		return v.(string)
+	}
+	name := ""
+	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
+		name = u.Username
+	}
+	userCache.Store(uid, name)
+	return name
+}
