@@ -163,6 +163,18 @@ func Parse(env *Env, cmd *Command, fs *flag.FlagSet, args []string) error {
 	return nil
 }
 
+// parseOne parses flags and exactly one positional argument, described by
+// what in the usage error.
+func parseOne(env *Env, cmd *Command, fs *flag.FlagSet, args []string, what string) (string, error) {
+	if err := Parse(env, cmd, fs, args); err != nil {
+		return "", err
+	}
+	if fs.NArg() != 1 {
+		return "", Usagef("expected %s", what)
+	}
+	return fs.Arg(0), nil
+}
+
 func printCommandHelp(w io.Writer, cmd *Command, fs *flag.FlagSet) {
 	fmt.Fprintf(w, "usage: %s\n\n%s\n", cmd.Usage, cmd.Summary)
 	if cmd.Help != "" {

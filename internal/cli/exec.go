@@ -657,13 +657,11 @@ func init() {
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
 		socket := socketFlag(fs)
-		if err := Parse(env, cmd, fs, args); err != nil {
+		arg, err := parseOne(env, cmd, fs, args, "one cluster PID")
+		if err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
-			return Usagef("expected one cluster PID")
-		}
-		c, err := parseCPIDArg(fs.Arg(0))
+		c, err := parseCPIDArg(arg)
 		if err != nil {
 			return err
 		}
@@ -695,13 +693,11 @@ func init() {
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
 		socket := socketFlag(fs)
-		if err := Parse(env, cmd, fs, args); err != nil {
+		arg, err := parseOne(env, cmd, fs, args, "one cluster PID")
+		if err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
-			return Usagef("expected one cluster PID")
-		}
-		c, err := parseCPIDArg(fs.Arg(0))
+		c, err := parseCPIDArg(arg)
 		if err != nil {
 			return err
 		}
@@ -728,13 +724,11 @@ func init() {
 		fs := NewFlags(env, cmd)
 		follow := fs.Bool("f", false, "follow the output until the job ends")
 		socket := socketFlag(fs)
-		if err := Parse(env, cmd, fs, args); err != nil {
+		arg, err := parseOne(env, cmd, fs, args, "one cluster PID")
+		if err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
-			return Usagef("expected one cluster PID")
-		}
-		c, err := parseCPIDArg(fs.Arg(0))
+		c, err := parseCPIDArg(arg)
 		if err != nil {
 			return err
 		}

@@ -429,13 +429,11 @@ func init() {
 		fs := NewFlags(env, cmd)
 		ttl := fs.Duration("token-ttl", node.DefaultTokenTTL, "how long the token stays valid")
 		socket := socketFlag(fs)
-		if err := Parse(env, cmd, fs, args); err != nil {
+		arg, err := parseOne(env, cmd, fs, args, "a node number")
+		if err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
-			return Usagef("expected a node number")
-		}
-		num, err := parseNodeNum(fs.Arg(0))
+		num, err := parseNodeNum(arg)
 		if err != nil {
 			return err
 		}
@@ -459,13 +457,11 @@ func init() {
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
 		socket := socketFlag(fs)
-		if err := Parse(env, cmd, fs, args); err != nil {
+		arg, err := parseOne(env, cmd, fs, args, "a node number")
+		if err != nil {
 			return err
 		}
-		if fs.NArg() != 1 {
-			return Usagef("expected a node number")
-		}
-		num, err := parseNodeNum(fs.Arg(0))
+		num, err := parseNodeNum(arg)
 		if err != nil {
 			return err
 		}

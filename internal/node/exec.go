@@ -13,6 +13,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/procs"
 	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/state"
@@ -418,22 +419,36 @@ func (p *peerService) Signal(ctx context.Context, req *connect.Request[ssiv1.Sig
 	return connect.NewResponse(&ssiv1.SignalResponse{Node: d.meta.Num}), nil
 }
 
-func (s *controlService) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+// route authorizes the local caller and finds the node that runs cpid: it
+// returns the caller's uid and, unless the job is local, a client of that
+// node.
+func (s *controlService) route(ctx context.Context, cpid int64) (uint32, *state.Node, ssiv1connect.PeerClient, error) {
 	d := s.d
 	caller, err := localCaller(ctx)
 	if err != nil {
+		return 0, nil, nil, err
+	}
+	n, err := d.owner(cpid)
+	if err != nil {
+		return 0, nil, nil, d.toConnect(err)
+	}
+	if n.Num == d.meta.Num {
+		return caller.UID, n, nil, nil
+	}
+	return caller.UID, n, d.peer(joinHostPort(n.IPAddr, d.config().Port)), nil
+}
+
+func (s *controlService) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+	uid, _, remote, err := s.route(ctx, req.Msg.Cpid)
+	if err != nil {
 		return nil, err
 	}
-	n, err := d.owner(req.Msg.Cpid)
-	if err != nil {
-		return nil, d.toConnect(err)
-	}
 	q := req.Msg
-	q.Uid, q.HasUid = caller.UID, true
-	if n.Num == d.meta.Num {
-		return (&peerService{d: d}).Signal(ctx, connect.NewRequest(q))
+	q.Uid, q.HasUid = uid, true
+	if remote == nil {
+		return (&peerService{d: s.d}).Signal(ctx, connect.NewRequest(q))
 	}
-	return d.peer(joinHostPort(n.IPAddr, d.config().Port)).Signal(ctx, connect.NewRequest(q))
+	return remote.Signal(ctx, connect.NewRequest(q))
 }
 
 func (p *peerService) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
@@ -447,23 +462,19 @@ func (p *peerService) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitR
 
 func (s *controlService) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
 	d := s.d
-	caller, err := localCaller(ctx)
+	uid, n, remote, err := s.route(ctx, req.Msg.Cpid)
 	if err != nil {
 		return nil, err
 	}
-	n, err := d.owner(req.Msg.Cpid)
-	if err != nil {
-		return nil, d.toConnect(err)
-	}
 	q := req.Msg
-	q.Uid, q.HasUid = caller.UID, true
-	if n.Num == d.meta.Num {
+	q.Uid, q.HasUid = uid, true
+	if remote == nil {
 		return (&peerService{d: d}).Wait(ctx, connect.NewRequest(q))
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	go d.cancelIfDown(ctx, n, cancel)
-	resp, err := d.peer(joinHostPort(n.IPAddr, d.config().Port)).Wait(ctx, connect.NewRequest(q))
+	resp, err := remote.Wait(ctx, connect.NewRequest(q))
 	if err != nil && context.Cause(ctx) != nil && ctx.Err() != nil {
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("%w; process %d is lost", context.Cause(ctx), q.Cpid))
 	}
@@ -560,21 +571,16 @@ func (w chunkWriter) Write(b []byte) (int, error) {
 }
 
 func (s *controlService) Logs(ctx context.Context, req *connect.Request[ssiv1.LogsRequest], st *connect.ServerStream[ssiv1.LogsChunk]) error {
-	d := s.d
-	caller, err := localCaller(ctx)
+	uid, _, remote, err := s.route(ctx, req.Msg.Cpid)
 	if err != nil {
 		return err
 	}
-	n, err := d.owner(req.Msg.Cpid)
-	if err != nil {
-		return d.toConnect(err)
-	}
 	q := req.Msg
-	q.Uid, q.HasUid = caller.UID, true
-	if n.Num == d.meta.Num {
-		return (&peerService{d: d}).Logs(ctx, connect.NewRequest(q), st)
+	q.Uid, q.HasUid = uid, true
+	if remote == nil {
+		return (&peerService{d: s.d}).Logs(ctx, connect.NewRequest(q), st)
 	}
-	rs, err := d.peer(joinHostPort(n.IPAddr, d.config().Port)).Logs(ctx, connect.NewRequest(q))
+	rs, err := remote.Logs(ctx, connect.NewRequest(q))
 	if err != nil {
 		return err
 	}
