@@ -60,6 +60,7 @@ Example:
 		port := fs.Int("port", state.DefaultPort, "TLS port every node listens on")
 		hbi := fs.Duration("heartbeat-interval", state.DefaultHeartbeatInterval, "how often nodes heartbeat to the leader")
 		fto := fs.Duration("failure-timeout", state.DefaultFailureTimeout, "silence after which a node is declared DOWN (raise it for large clusters)")
+		vra := fs.Duration("voter-replace-after", state.DefaultVoterReplaceAfter, "give a voter's Raft vote to an UP member after it has been DOWN this long (0: never)")
 		prefix := fs.String("name-prefix", "", "prefix of default node names (default: the cluster name without trailing digits)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -73,7 +74,7 @@ Example:
 		if _, err := nodeaddr.ParseIP(*ip); err != nil {
 			return Usagef("--ipaddr: %v", err)
 		}
-		cfg := state.Config{Voters: *voters, MaxNodes: *maxNodes, Port: *port, HeartbeatInterval: *hbi, FailureTimeout: *fto, NamePrefix: *prefix}
+		cfg := state.Config{Voters: *voters, MaxNodes: *maxNodes, Port: *port, HeartbeatInterval: *hbi, FailureTimeout: *fto, NamePrefix: *prefix, VoterReplaceAfter: *vra}
 		if err := cfg.Validate(); err != nil {
 			return Usagef("%v", err)
 		}

@@ -43,6 +43,7 @@ Examples:
 		voters := fs.Int("voters", state.DefaultVoters, "Raft voters")
 		hbi := fs.Duration("heartbeat-interval", state.DefaultHeartbeatInterval, "node heartbeat interval")
 		fto := fs.Duration("failure-timeout", state.DefaultFailureTimeout, "silence after which a node is DOWN")
+		vra := fs.Duration("voter-replace-after", state.DefaultVoterReplaceAfter, "give a DOWN voter's vote to an UP member after this long (0: never)")
 		raftT := fs.Duration("raft-timeout", 0, "Raft heartbeat and election timeout (default 500ms; raise for many nodes)")
 		timeout := fs.Duration("timeout", 0, "how long to wait for every node to be UP (default 30s + 0.5s per node)")
 		isolate := fs.Bool("isolate", false, "give each node its own namespaces and hostname (root)")
@@ -63,7 +64,7 @@ Examples:
 		if err != nil {
 			return Usagef("--base-mac: %v", err)
 		}
-		cfg := state.Config{Voters: *voters, MaxNodes: max(state.DefaultMaxNodes, *n), Port: *port, HeartbeatInterval: *hbi, FailureTimeout: *fto}
+		cfg := state.Config{Voters: *voters, MaxNodes: max(state.DefaultMaxNodes, *n), Port: *port, HeartbeatInterval: *hbi, FailureTimeout: *fto, VoterReplaceAfter: *vra}
 		if err := cfg.Validate(); err != nil {
 			return Usagef("%v", err)
 		}

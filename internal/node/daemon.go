@@ -393,12 +393,46 @@ func (d *Daemon) membershipLoop(ctx context.Context) {
 			case !in:
 				d.changeConfig("add non-voter", n.Num, d.raft.AddNonvoter(sid, addr, 0, 5*time.Second))
 			}
+			// A voter that lost its vote (see replaceVoters) becomes a
+			// non-voter, whether or not it is running.
+			if in && !n.Voter && s.Suffrage == raft.Voter && n.Num != d.meta.Num {
+				d.changeConfig("demote voter", n.Num, d.raft.DemoteVoter(sid, 0, 5*time.Second))
+			}
 		}
+		d.replaceVoters(ctx, c, now)
 		for sid := range have {
 			num, _ := strconv.ParseUint(string(sid), 10, 32)
 			if _, ok := c.Nodes[uint32(num)]; !ok && c.Name != "" {
 				d.changeConfig("remove server", uint32(num), d.raft.RemoveServer(sid, 0, 5*time.Second))
 			}
+		}
+	}
+}
+
+// replaceVoters gives the vote of a voter that has been DOWN longer than
+// the cluster's VoterReplaceAfter to the lowest-numbered UP non-voter that
+// heartbeats, one at a time.
+func (d *Daemon) replaceVoters(ctx context.Context, c *state.Cluster, now time.Time) {
+	after := c.Config.VoterReplaceAfter
+	if after <= 0 {
+		return
+	}
+	for _, dead := range c.SortedNodes() {
+		if !dead.Voter || dead.State != state.Down || now.Sub(dead.StateSince) < after {
+			continue
+		}
+		for _, n := range c.SortedNodes() {
+			if n.Voter || n.State != state.Up || !d.det.Alive(n.Num, now) {
+				continue
+			}
+			cmd := state.ReplaceVoter{Down: dead.Num, Up: n.Num, Time: now,
+				Reason: fmt.Sprintf("takes the Raft vote of node %d, DOWN for %v", dead.Num, now.Sub(dead.StateSince).Round(time.Second))}
+			if _, err := d.apply(ctx, state.CmdReplaceVoter, cmd); err != nil {
+				d.log.Warn("voter replacement failed", "down", dead.Num, "up", n.Num, "err", err)
+			} else {
+				d.log.Info("voter replaced", "down", dead.Num, "up", n.Num)
+			}
+			return
 		}
 	}
 }

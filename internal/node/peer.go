@@ -80,10 +80,11 @@ func (p *peerService) Join(ctx context.Context, req *connect.Request[ssiv1.JoinR
 		Num: jr.Num, Name: n.Name, Ipaddr: n.IPAddr, ClusterName: c.Name, CertDer: cert,
 		CaDer: d.id.CA.Cert.Raw, Port: uint32(c.Config.Port),
 	}
-	if jr.Voter {
-		if out.CaKeyDer, err = d.id.CA.MarshalKey(); err != nil {
-			return nil, d.toConnect(err)
-		}
+	// Every member gets the CA key: any of them may become a voter (voter
+	// replacement) and then leader, and the leader signs joins. A member is
+	// fully trusted anyway (docs/SECURITY.md).
+	if out.CaKeyDer, err = d.id.CA.MarshalKey(); err != nil {
+		return nil, d.toConnect(err)
 	}
 	for _, m := range c.SortedNodes() {
 		if m.State.Live() && m.Num != n.Num {

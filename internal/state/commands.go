@@ -21,6 +21,8 @@ const (
 	CmdJoin            CommandType = 5
 	CmdRemoveNode      CommandType = 6
 	CmdClusterShutdown CommandType = 7
+	// 8 and 9: CmdSetDHCP, CmdRecordLease (dhcp.go)
+	CmdReplaceVoter CommandType = 10
 
 	IgnoreUnknown CommandType = 0x80
 )
@@ -95,6 +97,16 @@ type RemoveNode struct {
 type ClusterShutdown struct {
 	Time   time.Time `json:"time"`
 	Reason string    `json:"reason"`
+}
+
+// ReplaceVoter moves a Raft vote from a voter that has been DOWN to a
+// node that is UP, so that losing nodes one by one does not lose the
+// quorum. The leader then changes Raft's configuration to match.
+type ReplaceVoter struct {
+	Down   uint32    `json:"down"`
+	Up     uint32    `json:"up"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
 }
 
 // Encode turns a command into a log entry.

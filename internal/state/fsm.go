@@ -166,6 +166,26 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 		}
 		delete(c.Nodes, cmd.Num)
 		return nil, nil
+	case CmdReplaceVoter:
+		var cmd ReplaceVoter
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		down, up := c.Nodes[cmd.Down], c.Nodes[cmd.Up]
+		switch {
+		case down == nil || up == nil:
+			return nil, Errorf(CodeNotFound, "node %d or %d is not in the node table", cmd.Down, cmd.Up)
+		case !down.Voter || down.State != Down:
+			return nil, Errorf(CodeConflict, "node %d is not a DOWN voter", cmd.Down)
+		case up.Voter || up.State != Up:
+			return nil, Errorf(CodeConflict, "node %d is not an UP non-voter", cmd.Up)
+		}
+		down.Voter, up.Voter = false, true
+		c.Events = append(c.Events, Event{Time: cmd.Time, Num: cmd.Up, From: up.State, To: up.State, Reason: cmd.Reason, Index: index})
+		if len(c.Events) > MaxEvents {
+			c.Events = append([]Event(nil), c.Events[len(c.Events)-MaxEvents:]...)
+		}
+		return nil, nil
 	case CmdClusterShutdown:
 		var cmd ClusterShutdown
 		if err := decode(&cmd); err != nil {

@@ -314,3 +314,34 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+func TestReplaceVoter(t *testing.T) {
+	a := newApplier(t)
+	a.must(CmdAddNodes, AddNodes{Time: t0, Nodes: []NodeSpec{
+		{HWAddr: "0a:00:00:00:00:02", IPAddr: "10.0.0.2", TokenHash: "a", TokenExpires: t0.Add(time.Hour)},
+		{HWAddr: "0a:00:00:00:00:03", IPAddr: "10.0.0.3", TokenHash: "b", TokenExpires: t0.Add(time.Hour)},
+		{HWAddr: "0a:00:00:00:00:04", IPAddr: "10.0.0.4", TokenHash: "c", TokenExpires: t0.Add(time.Hour)},
+	}})
+	for _, s := range []struct{ mac, h string }{{"0a:00:00:00:00:02", "a"}, {"0a:00:00:00:00:03", "b"}, {"0a:00:00:00:00:04", "c"}} {
+		a.must(CmdJoin, Join{HWAddr: s.mac, TokenHash: s.h, Time: t0})
+	}
+	for n := uint32(1); n <= 4; n++ {
+		a.must(CmdSetState, SetState{Num: n, To: Up, Time: t0})
+	}
+	// Node 2 votes and is UP: not replaceable yet.
+	if r := a.apply(CmdReplaceVoter, ReplaceVoter{Down: 2, Up: 4, Time: t0}); !errors.Is(r.Error(), ErrConflict) {
+		t.Fatalf("replacing an UP voter: %v", r.Err)
+	}
+	a.must(CmdSetState, SetState{Num: 2, To: Down, Time: t0})
+	if r := a.apply(CmdReplaceVoter, ReplaceVoter{Down: 2, Up: 3, Time: t0}); !errors.Is(r.Error(), ErrConflict) {
+		t.Fatalf("giving the vote to a voter: %v", r.Err)
+	}
+	if r := a.apply(CmdReplaceVoter, ReplaceVoter{Down: 2, Up: 9, Time: t0}); !errors.Is(r.Error(), ErrNotFound) {
+		t.Fatalf("unknown node: %v", r.Err)
+	}
+	a.must(CmdReplaceVoter, ReplaceVoter{Down: 2, Up: 4, Time: t0, Reason: "test"})
+	c := a.f.Cluster()
+	if c.Nodes[2].Voter || !c.Nodes[4].Voter {
+		t.Errorf("after replacement: node 2 voter=%v, node 4 voter=%v", c.Nodes[2].Voter, c.Nodes[4].Voter)
+	}
+}

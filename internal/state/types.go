@@ -66,6 +66,9 @@ type Config struct {
 	Port              int           `json:"port"`      // TLS port every node listens on
 	HeartbeatInterval time.Duration `json:"heartbeat_interval"`
 	FailureTimeout    time.Duration `json:"failure_timeout"`
+	// VoterReplaceAfter is how long a Raft voter may stay DOWN before its
+	// vote goes to an UP non-voter (0: never).
+	VoterReplaceAfter time.Duration `json:"voter_replace_after,omitempty"`
 	NamePrefix        string        `json:"name_prefix"` // default node names are <prefix><num>
 }
 
@@ -77,6 +80,7 @@ const (
 	DefaultPort              = 7470
 	DefaultHeartbeatInterval = 200 * time.Millisecond
 	DefaultFailureTimeout    = 1000 * time.Millisecond
+	DefaultVoterReplaceAfter = 30 * time.Second
 	MaxEvents                = 512
 )
 
@@ -89,6 +93,8 @@ func (c Config) Validate() error {
 		return Errorf(CodeInvalid, "max nodes must be between 1 and %d, not %d", 1<<16, c.MaxNodes)
 	case c.Port < 1 || c.Port > 65535:
 		return Errorf(CodeInvalid, "port %d is out of range", c.Port)
+	case c.VoterReplaceAfter < 0:
+		return Errorf(CodeInvalid, "voter replacement delay %v is negative", c.VoterReplaceAfter)
 	case c.HeartbeatInterval <= 0 || c.FailureTimeout < 2*c.HeartbeatInterval:
 		return Errorf(CodeInvalid, "failure timeout (%v) must be at least twice the heartbeat interval (%v)", c.FailureTimeout, c.HeartbeatInterval)
 	}

@@ -2402,7 +2402,7 @@ type JoinResponse struct {
 	ClusterName   string                 `protobuf:"bytes,4,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
 	CertDer       []byte                 `protobuf:"bytes,5,opt,name=cert_der,json=certDer,proto3" json:"cert_der,omitempty"`
 	CaDer         []byte                 `protobuf:"bytes,6,opt,name=ca_der,json=caDer,proto3" json:"ca_der,omitempty"`
-	CaKeyDer      []byte                 `protobuf:"bytes,7,opt,name=ca_key_der,json=caKeyDer,proto3" json:"ca_key_der,omitempty"` // only for nodes that will be Raft voters (they may lead and sign)
+	CaKeyDer      []byte                 `protobuf:"bytes,7,opt,name=ca_key_der,json=caKeyDer,proto3" json:"ca_key_der,omitempty"` // the CA key: any member may become voter and leader, and the leader signs joins
 	Port          uint32                 `protobuf:"varint,8,opt,name=port,proto3" json:"port,omitempty"`
 	Peers         []string               `protobuf:"bytes,9,rep,name=peers,proto3" json:"peers,omitempty"` // ip:port of current members, for finding the leader
 	unknownFields protoimpl.UnknownFields
