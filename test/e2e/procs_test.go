@@ -175,7 +175,7 @@ func waitForJob(t *testing.T, c *Cluster, k int, cmd string) string {
 // onnode -t gives the remote process a terminal that follows resizes.
 func TestTerminalSession(t *testing.T) {
 	c := isolated(t)
-	cmd := c.cliCmd(1, "onnode", "-t", "2", "sh", "-c", "tty; stty size; read x; stty size; exit 7")
+	cmd := c.cliCmd(1, "onnode", "-t", "2", "sh", "-c", `tty; stty size; while read x; do [ "$x" = q ] && exit 7; stty size; done`)
 	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
 	if err != nil {
 		t.Fatal(err)
@@ -212,10 +212,34 @@ func TestTerminalSession(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The resize reaches the CLI as SIGWINCH and the remote terminal as a
-	// resize; give it a moment before reading the size again.
-	time.Sleep(500 * time.Millisecond)
-	ptmx.Write([]byte("\r"))
-	expect(func(l string) bool { return l == "40 100" }, "resized 40 100")
+	// resize message; ask for the size until the new one shows (bounded).
+	resized := false
+	for i := 0; i < 30 && !resized; i++ {
+		ptmx.Write([]byte("\r"))
+		timeout := time.After(time.Second)
+	read:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatal("session ended before the resize showed")
+				}
+				if l == "40 100" {
+					resized = true
+					break read
+				}
+				if l == "24 80" {
+					break read
+				}
+			case <-timeout:
+				break read
+			}
+		}
+	}
+	if !resized {
+		t.Fatal("the remote terminal never saw the new size 40 100")
+	}
+	ptmx.Write([]byte("q\r"))
 	err = cmd.Wait()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 7 {
 		t.Errorf("terminal session exit: %v", err)
