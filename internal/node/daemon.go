@@ -55,6 +55,7 @@ type Daemon struct {
 	dhcp   *dhcpService // this node's DHCP server (dhcp.go)
 	procs  *procs.Manager
 	load   loadSource
+	placed placements // recent `ssi run` placements (leader only)
 
 	peerHTTP *http.Client
 	peersMu  sync.Mutex
@@ -149,14 +150,15 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	}
 
 	peerMux := http.NewServeMux()
-	peerMux.Handle(ssiv1connect.NewPeerHandler(&peerService{d: d}, connect.WithCompressMinBytes(4096)))
+	peerMux.Handle(ssiv1connect.NewPeerHandler(&peerService{d: d}, noGzip))
 	peerSrv := &http.Server{
 		Handler:           transport.RequireNodeCert(peerMux, ssiv1connect.PeerJoinProcedure),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slogErrorLog(d.log),
+		HTTP2:             transport.HTTP2Config(),
 	}
 	ctlMux := http.NewServeMux()
-	ctlMux.Handle(ssiv1connect.NewControlHandler(&controlService{d: d}, connect.WithCompressMinBytes(4096)))
+	ctlMux.Handle(ssiv1connect.NewControlHandler(&controlService{d: d}, noGzip))
 	ctlSrv := transport.NewUnixServer(ctlMux)
 
 	var wg sync.WaitGroup
@@ -203,6 +205,11 @@ func (d *Daemon) run(ctx context.Context) (err error) {
 	d.log.Info("node stopped")
 	return nil
 }
+
+// noGzip turns response compression off: cluster traffic is loopback or LAN,
+// and compressing process output on every hop cost more CPU than the
+// bandwidth it saved (docs/PERFORMANCE.md).
+var noGzip = connect.WithCompression("gzip", nil, nil)
 
 // requestExit stops the daemon after in-flight requests complete.
 func (d *Daemon) requestExit() { d.exitOnce.Do(func() { close(d.exit) }) }

@@ -22,7 +22,7 @@ import (
 )
 
 // chunkSize is the largest output chunk sent in one message.
-const chunkSize = 32 << 10
+const chunkSize = 256 << 10
 
 // execStream is one side of an exec stream (a server stream from the CLI or
 // a peer, or a client stream to a peer), reduced to what the pumps need.

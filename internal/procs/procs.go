@@ -187,7 +187,10 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 		Argv: r.Argv, Env: FilterEnv(r.Env), Dir: r.Dir,
 		UID: r.Caller.UID, GID: r.Caller.GID, Groups: r.Caller.Groups,
 		TTY: r.TTY, Rows: r.Rows, Cols: r.Cols,
-		Namespaces: m.root, Cgroup: m.root, InitPath: m.opts.InitPath,
+		// A pinned job never migrates, so it needs neither the PID
+		// namespace nor the cgroup migration relies on: it starts as fast
+		// as a plain fork+exec (docs/PROCESSES.md).
+		Namespaces: m.root && !r.Pin, Cgroup: m.root && !r.Pin, InitPath: m.opts.InitPath,
 	}
 	j := &Job{CPID: cpid, UID: r.Caller.UID, Argv: r.Argv, Detached: r.Detach, Pinned: r.Pin, done: make(chan struct{})}
 	if r.Detach {

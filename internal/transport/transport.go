@@ -212,6 +212,18 @@ func peerNum(r *http.Request) (uint32, bool) {
 	return pki.NodeNum(r.TLS.VerifiedChains[0][0])
 }
 
+// HTTP/2 flow-control windows: large enough that a process's output
+// stream is not throttled by round trips on a fast link.
+const (
+	StreamWindow = 4 << 20
+	ConnWindow   = 16 << 20
+)
+
+// HTTP2Config is the server-side HTTP/2 configuration of every ssi server.
+func HTTP2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{MaxReceiveBufferPerStream: StreamWindow, MaxReceiveBufferPerConnection: ConnWindow}
+}
+
 // NewPeerClient returns an HTTP/2 client for node-to-node RPC with the
 // node's identity. Connections are pooled per address.
 func NewPeerClient(cfg *tls.Config) *http.Client {
@@ -231,5 +243,7 @@ func NewPeerClient(cfg *tls.Config) *http.Client {
 	// Notice a dead peer within a few seconds on idle connections.
 	tr.HTTP2.PingTimeout = 2 * time.Second
 	tr.HTTP2.SendPingTimeout = 5 * time.Second
+	tr.HTTP2.MaxReceiveBufferPerStream = StreamWindow
+	tr.HTTP2.MaxReceiveBufferPerConnection = ConnWindow
 	return &http.Client{Transport: tr}
 }

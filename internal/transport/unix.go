@@ -153,13 +153,14 @@ func NewUnixClient(path string) *http.Client {
 	}
 	tr.Protocols = new(http.Protocols)
 	tr.Protocols.SetUnencryptedHTTP2(true)
+	tr.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: StreamWindow, MaxReceiveBufferPerConnection: ConnWindow}
 	return &http.Client{Transport: tr}
 }
 
 // NewUnixServer returns an HTTP server for the control socket: HTTP/1.1 and
 // unencrypted HTTP/2, with caller credentials in every request context.
 func NewUnixServer(h http.Handler) *http.Server {
-	srv := &http.Server{Handler: h, ConnContext: ConnContext, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ConnContext: ConnContext, ReadHeaderTimeout: 10 * time.Second, HTTP2: HTTP2Config()}
 	srv.Protocols = new(http.Protocols)
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)

@@ -2248,6 +2248,7 @@ func (x *NodeLoad) GetState() string {
 
 type LoadsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	Place         bool                   `protobuf:"varint,1,opt,name=place,proto3" json:"place,omitempty"` // the caller is about to start a job on Fastest: count it
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2280,6 +2281,13 @@ func (x *LoadsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use LoadsRequest.ProtoReflect.Descriptor instead.
 func (*LoadsRequest) Descriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *LoadsRequest) GetPlace() bool {
+	if x != nil {
+		return x.Place
+	}
+	return false
 }
 
 type LoadsResponse struct {
@@ -3509,8 +3517,9 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\bcpu_busy\x18\x05 \x01(\x01R\acpuBusy\x12\x12\n" +
 	"\x04ncpu\x18\x06 \x01(\rR\x04ncpu\x12\x19\n" +
 	"\bmem_free\x18\a \x01(\x04R\amemFree\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\"\x0e\n" +
-	"\fLoadsRequest\"Q\n" +
+	"\x05state\x18\b \x01(\tR\x05state\"$\n" +
+	"\fLoadsRequest\x12\x14\n" +
+	"\x05place\x18\x01 \x01(\bR\x05place\"Q\n" +
 	"\rLoadsResponse\x12&\n" +
 	"\x05loads\x18\x01 \x03(\v2\x10.ssi.v1.NodeLoadR\x05loads\x12\x18\n" +
 	"\afastest\x18\x02 \x01(\rR\afastest\"a\n" +
