@@ -344,7 +344,7 @@ func BenchmarkOnnodeLatency(b *testing.B) {
 		rpc(1)
 		rpc(2)
 	}
-	var local, help, cli, cliSelf, rpc2, rpc1, sshT stats
+	var local, help, cli, cliPin, cliSelf, rpc2, rpc1, sshT stats
 	n := trials(200)
 	bg := newBudget("onnode latency")
 	for i := 0; i < n && bg.ok(i); i++ {
@@ -356,6 +356,8 @@ func BenchmarkOnnodeLatency(b *testing.B) {
 			b.Fatalf("onnode 2 true printed %q", out)
 		}
 		cli = append(cli, d)
+		d, _ = c.runCLI(b, 1, "onnode", "-p", "2", "true")
+		cliPin = append(cliPin, d)
 		d, _ = c.runCLI(b, 1, "onnode", "1", "true")
 		cliSelf = append(cliSelf, d)
 		rpc2 = append(rpc2, rpc(2))
@@ -371,6 +373,7 @@ func BenchmarkOnnodeLatency(b *testing.B) {
 	local.reportAs(b, "baseline: fork+exec /bin/true", "local")
 	help.reportAs(b, "baseline: ssi help (CLI start, no daemon)", "help")
 	cli.reportAs(b, "onnode 2 true via node 1 (CLI)", "onnode")
+	cliPin.reportAs(b, "onnode -p 2 true (pinned: no namespace)", "onnode-pinned")
 	cliSelf.reportAs(b, "onnode 1 true via node 1 (CLI, no hop)", "onnode-self")
 	rpc2.reportAs(b, "Exec RPC: true on node 2 via node 1", "rpc")
 	rpc1.reportAs(b, "Exec RPC: true on node 1 via node 1", "rpc-self")
@@ -379,9 +382,11 @@ func BenchmarkOnnodeLatency(b *testing.B) {
 	}
 	med := func(s stats) float64 { return float64(s.pct(50)) }
 	ratio(b, "ratio onnode / fork+exec (median)", "x-fork-exec", med(cli)/med(local))
+	ratio(b, "ratio onnode -p / fork+exec (median)", "pinned-x-fork-exec", med(cliPin)/med(local))
 	ratio(b, "ratio Exec RPC / fork+exec (median)", "rpc-x-fork-exec", med(rpc2)/med(local))
 	if ssh != nil {
 		ratio(b, "ratio onnode / ssh ControlMaster (median)", "x-ssh", med(cli)/med(sshT))
+		ratio(b, "ratio onnode -p / ssh ControlMaster (median)", "pinned-x-ssh", med(cliPin)/med(sshT))
 	}
 	fmt.Printf("%-44s CLI start %.2f ms + hop %.2f ms + node-local exec %.2f ms + rest %.2f ms\n", "where the onnode median goes (approx.)",
 		ms2(help.pct(50)), ms2(rpc2.pct(50)-rpc1.pct(50)), ms2(rpc1.pct(50)), ms2(cli.pct(50)-help.pct(50)-rpc2.pct(50)))

@@ -93,7 +93,7 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	}()
 	if !o.detach {
 		go func() {
-			buf := make([]byte, 32<<10)
+			buf := make([]byte, 256<<10)
 			for {
 				n, err := env.Stdin.Read(buf)
 				if n > 0 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
@@ -23,6 +24,10 @@ import (
 
 // chunkSize is the largest output chunk sent in one message.
 const chunkSize = 256 << 10
+
+// pipeSize is what the job's stdio pipes are grown to (Linux caps it at
+// /proc/sys/fs/pipe-max-size, 1 MiB by default).
+const pipeSize = 1 << 20
 
 // execStream is one side of an exec stream (a server stream from the CLI or
 // a peer, or a client stream to a peer), reduced to what the pumps need.
@@ -147,6 +152,12 @@ func (d *Daemon) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStre
 		return nil
 	}
 	defer d.procs.Finish(j)
+	// Bigger pipes mean fewer, larger reads and messages on a busy stream.
+	for _, f := range []any{rj.Stdin(), rj.Stdout(), rj.Stderr()} {
+		if pf, ok := f.(interface{ Fd() uintptr }); ok {
+			_, _ = unix.FcntlInt(pf.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		}
+	}
 
 	// Input: stdin with back-pressure (a blocking write), signals, resizes.
 	// A client that goes away hangs up the process, as ssh does.
