@@ -373,6 +373,7 @@ func init() {
 prefixing each output line with the node number, like pdsh. -b gathers the
 output and prints each distinct output once with the nodes that produced
 it, like clush -b. The exit status is the largest of the nodes' statuses.
+The processes are pinned to their nodes (see onnode -p).
 
 Examples:
   onall hostname
@@ -429,7 +430,9 @@ Examples:
 					so, se = lw1, lw2
 				}
 				sub := &Env{Ctx: env.Ctx, Stdin: strings.NewReader(""), Stdout: so, Stderr: se}
-				err := runRemote(sub, *socket, execOpts{node: num, argv: argv})
+				// A command run on every node is about that node: it is pinned
+				// (never migrated), which also spares it the namespace setup.
+				err := runRemote(sub, *socket, execOpts{node: num, argv: argv, pin: true})
 				if lw1 != nil {
 					lw1.flush()
 					lw2.flush()
