@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -750,4 +749,3 @@ func init() {
 	Register(cmd)
 }
 
-var _ = flag.ErrHelp

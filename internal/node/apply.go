@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
-	"net/http"
 	"time"
 
 	"connectrpc.com/connect"
@@ -171,4 +170,3 @@ func (d *Daemon) toConnect(err error) error {
 	return connect.NewError(connect.CodeInternal, fmt.Errorf("node %d: %w", d.meta.Num, err))
 }
 
-var _ = http.StatusOK
