@@ -748,4 +748,3 @@ func init() {
 	}
 	Register(cmd)
 }
-

@@ -169,4 +169,3 @@ func (d *Daemon) toConnect(err error) error {
 	}
 	return connect.NewError(connect.CodeInternal, fmt.Errorf("node %d: %w", d.meta.Num, err))
 }
-
