@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/ssi-cluster/ssi/internal/dhcp/udhcpctest"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -57,53 +58,13 @@ func inNetns[T any](ns string, fn func() (T, error)) (T, error) {
 	return r.v, r.err
 }
 
-// udhcpcScript records each event udhcpc reports, with the variables it
-// passes, and configures the address so that renewals can be unicast.
-const udhcpcScript = `#!/bin/sh
-{
-  echo "event=$1"
-  for v in ip subnet mask router dns domain hostname lease serverid broadcast message; do
-    eval "echo $v=\${$v}"
-  done
-  echo ---
-} >> %q
-case "$1" in
-  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
-  deconfig) ip addr flush dev "$interface" ;;
-esac
-exit 0
-`
-
-type udhcpEvent map[string]string
-
-func readEvents(t *testing.T, file string) []udhcpEvent {
+func readEvents(t *testing.T, file string) []udhcpctest.Event {
 	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil && !os.IsNotExist(err) {
+	evs, err := udhcpctest.ReadEvents(file)
+	if err != nil {
 		t.Fatal(err)
 	}
-	var out []udhcpEvent
-	cur := udhcpEvent{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if line == "---" {
-			out = append(out, cur)
-			cur = udhcpEvent{}
-			continue
-		}
-		if k, v, ok := strings.Cut(line, "="); ok {
-			cur[k] = v
-		}
-	}
-	return out
-}
-
-func lastBound(evs []udhcpEvent) udhcpEvent {
-	for i := len(evs) - 1; i >= 0; i-- {
-		if evs[i]["event"] == "bound" {
-			return evs[i]
-		}
-	}
-	return nil
+	return evs
 }
 
 // waitFor polls cond until it holds, for at most 20 seconds (a hang
@@ -209,7 +170,7 @@ func TestUdhcpcInNetns(t *testing.T) {
 	dir := t.TempDir()
 	events := filepath.Join(dir, "events")
 	script := filepath.Join(dir, "udhcpc.script")
-	if err := os.WriteFile(script, []byte(fmt.Sprintf(udhcpcScript, events)), 0o755); err != nil {
+	if err := udhcpctest.WriteScript(script, events); err != nil {
 		t.Fatal(err)
 	}
 	udhcpc := func(args ...string) *exec.Cmd {
@@ -222,8 +183,8 @@ func TestUdhcpcInNetns(t *testing.T) {
 		if err != nil {
 			t.Fatalf("udhcpc: %v\n%s", err, out)
 		}
-		got := lastBound(readEvents(t, events))
-		want := udhcpEvent{
+		got := udhcpctest.LastBound(readEvents(t, events))
+		want := udhcpctest.Event{
 			"event": "bound", "ip": "10.250.7.42", "subnet": "255.255.255.0", "mask": "24",
 			"router": "10.250.7.1", "dns": "10.250.7.1", "domain": "ssi.test", "hostname": "ssi2",
 			"lease": "120", "serverid": "10.250.7.1", "broadcast": "10.250.7.255", "message": "",
@@ -282,7 +243,7 @@ func TestUdhcpcInNetns(t *testing.T) {
 		}()
 		boundTo := func(ip string) func() bool {
 			return func() bool {
-				b := lastBound(readEvents(t, events)[before:])
+				b := udhcpctest.LastBound(readEvents(t, events)[before:])
 				return b != nil && b["ip"] == ip
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/ssi-cluster/ssi/internal/dhcp/udhcpctest"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -460,51 +461,13 @@ func newNetns(t *testing.T, ctx context.Context, serverCIDR, clientMAC string) *
 	return e
 }
 
-// udhcpcScript records each event udhcpc reports, and configures the
-// address inside the client namespace so that renewals can be unicast.
-const udhcpcScript = `#!/bin/sh
-{
-  echo "event=$1"
-  for v in ip subnet mask router dns domain hostname lease serverid message; do
-    eval "echo $v=\${$v}"
-  done
-  echo ---
-} >> %q
-case "$1" in
-  bound|renew) ip addr flush dev "$interface"; ip addr add "$ip/$mask" dev "$interface" ;;
-  deconfig) ip addr flush dev "$interface" ;;
-esac
-exit 0
-`
-
-type udhcpEvent map[string]string
-
-func readUdhcpEvents(t *testing.T, file string) []udhcpEvent {
+func readUdhcpEvents(t *testing.T, file string) []udhcpctest.Event {
 	t.Helper()
-	b, err := os.ReadFile(file)
-	if err != nil && !os.IsNotExist(err) {
+	evs, err := udhcpctest.ReadEvents(file)
+	if err != nil {
 		t.Fatal(err)
 	}
-	var out []udhcpEvent
-	cur := udhcpEvent{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if line == "---" {
-			out = append(out, cur)
-			cur = udhcpEvent{}
-		} else if k, v, ok := strings.Cut(line, "="); ok {
-			cur[k] = v
-		}
-	}
-	return out
-}
-
-func lastBoundEvent(evs []udhcpEvent) udhcpEvent {
-	for i := len(evs) - 1; i >= 0; i-- {
-		if evs[i]["event"] == "bound" {
-			return evs[i]
-		}
-	}
-	return nil
+	return evs
 }
 
 // The issue's integration test: a real ssi daemon, running in a network
@@ -580,7 +543,7 @@ func TestDHCPWithRealDaemonAndUdhcpc(t *testing.T) {
 	dir := t.TempDir()
 	events := filepath.Join(dir, "events")
 	script := filepath.Join(dir, "udhcpc.script")
-	if err := os.WriteFile(script, []byte(fmt.Sprintf(udhcpcScript, events)), 0o755); err != nil {
+	if err := udhcpctest.WriteScript(script, events); err != nil {
 		t.Fatal(err)
 	}
 	udhcpc := func(args ...string) *exec.Cmd {
@@ -593,8 +556,8 @@ func TestDHCPWithRealDaemonAndUdhcpc(t *testing.T) {
 		if err != nil {
 			t.Fatalf("udhcpc: %v\n%s", err, out)
 		}
-		got := lastBoundEvent(readUdhcpEvents(t, events))
-		want := udhcpEvent{"event": "bound", "ip": "10.250.9.42", "subnet": "255.255.255.0", "mask": "24", "router": serverIP,
+		got := udhcpctest.LastBound(readUdhcpEvents(t, events))
+		want := udhcpctest.Event{"event": "bound", "ip": "10.250.9.42", "subnet": "255.255.255.0", "mask": "24", "router": serverIP,
 			"dns": serverIP, "domain": "ssi.test", "hostname": "guest2", "lease": "120", "serverid": serverIP}
 		for k, v := range want {
 			if got[k] != v {
@@ -660,7 +623,7 @@ func TestDHCPWithRealDaemonAndUdhcpc(t *testing.T) {
 		}()
 		boundTo := func(ip string) func() string {
 			return func() string {
-				if b := lastBoundEvent(readUdhcpEvents(t, events)[before:]); b == nil || b["ip"] != ip {
+				if b := udhcpctest.LastBound(readUdhcpEvents(t, events)[before:]); b == nil || b["ip"] != ip {
 					return fmt.Sprintf("udhcpc not bound to %s yet (last bound: %v)", ip, b)
 				}
 				return ""
@@ -674,7 +637,7 @@ func TestDHCPWithRealDaemonAndUdhcpc(t *testing.T) {
 			t.Fatal(err)
 		}
 		Eventually(t, 20*time.Second, boundTo("10.250.9.77"))
-		got := lastBoundEvent(readUdhcpEvents(t, events)[before:])
+		got := udhcpctest.LastBound(readUdhcpEvents(t, events)[before:])
 		if got["hostname"] != "guest2" || got["subnet"] != "255.255.255.0" || got["router"] != serverIP {
 			t.Errorf("after re-registration udhcpc got %v", got)
 		}
