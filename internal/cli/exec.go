@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -491,6 +492,15 @@ func exitCodeOf(err error) int {
 	return code
 }
 
+// parseOneCPID parses flags and exactly one cluster PID argument.
+func parseOneCPID(env *Env, cmd *Command, fs *flag.FlagSet, args []string) (int64, error) {
+	arg, err := parseOne(env, cmd, fs, args, "one cluster PID")
+	if err != nil {
+		return 0, err
+	}
+	return parseCPIDArg(arg)
+}
+
 func parseCPIDArg(s string) (int64, error) {
 	c, err := vproc.ParseCPID(s)
 	if err != nil {
@@ -659,11 +669,7 @@ func init() {
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
 		socket := socketFlag(fs)
-		arg, err := parseOne(env, cmd, fs, args, "one cluster PID")
-		if err != nil {
-			return err
-		}
-		c, err := parseCPIDArg(arg)
+		c, err := parseOneCPID(env, cmd, fs, args)
 		if err != nil {
 			return err
 		}
@@ -695,11 +701,7 @@ func init() {
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
 		socket := socketFlag(fs)
-		arg, err := parseOne(env, cmd, fs, args, "one cluster PID")
-		if err != nil {
-			return err
-		}
-		c, err := parseCPIDArg(arg)
+		c, err := parseOneCPID(env, cmd, fs, args)
 		if err != nil {
 			return err
 		}
@@ -726,11 +728,7 @@ func init() {
 		fs := NewFlags(env, cmd)
 		follow := fs.Bool("f", false, "follow the output until the job ends")
 		socket := socketFlag(fs)
-		arg, err := parseOne(env, cmd, fs, args, "one cluster PID")
-		if err != nil {
-			return err
-		}
-		c, err := parseCPIDArg(arg)
+		c, err := parseOneCPID(env, cmd, fs, args)
 		if err != nil {
 			return err
 		}
