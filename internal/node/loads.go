@@ -17,7 +17,6 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/load"
 	"github.com/ssi-cluster/ssi/internal/procs"
-	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/state"
 )
 
@@ -81,13 +80,10 @@ func (j *jobsLoad) sample(now time.Time) {
 	var cpu time.Duration
 	running := 0
 	if j.d.procs != nil {
+		// List has read each process's /proc entry already.
 		for _, p := range j.d.procs.List(jobsFilterAll) {
-			pi, err := rexec.ReadProc(p.PID)
-			if err != nil {
-				continue
-			}
-			cpu += pi.CPUTime
-			if pi.State == "R" {
+			cpu += p.Time
+			if p.State == "R" {
 				running++
 			}
 		}
