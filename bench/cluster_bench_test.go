@@ -88,7 +88,7 @@ func (c *cluster) status(ctx context.Context, k int) (*ssiv1.StatusResponse, err
 func stateOf(st *ssiv1.StatusResponse, num uint32) string {
 	for _, n := range st.Nodes {
 		if n.Num == num {
-			return n.State
+			return n.State.Label()
 		}
 	}
 	return ""

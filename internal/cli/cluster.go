@@ -12,7 +12,6 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
-	"github.com/ssi-cluster/ssi/internal/state"
 )
 
 // NodeJSON is the --json form of a node (cluster -V --json): the same on
@@ -40,8 +39,8 @@ func status(env *Env, socket string, events bool) (*ssiv1.StatusResponse, error)
 func nodesJSON(st *ssiv1.StatusResponse) []NodeJSON {
 	out := []NodeJSON{}
 	for _, n := range st.Nodes {
-		out = append(out, NodeJSON{Num: n.Num, Name: n.Name, State: n.State, IPAddr: n.Ipaddr, HWAddr: n.Hwaddr,
-			Role: n.Role, StateSince: time.UnixMilli(n.StateSinceUnixMs).UTC(), InitNode: n.InitNode, Xen: n.Xen})
+		out = append(out, NodeJSON{Num: n.Num, Name: n.Name, State: n.State.Label(), IPAddr: n.Ipaddr, HWAddr: n.Hwaddr,
+			Role: n.Role.Label(), StateSince: time.UnixMilli(n.StateSinceUnixMs).UTC(), InitNode: n.InitNode, Xen: n.Xen})
 	}
 	return out
 }
@@ -110,7 +109,7 @@ Examples:
 		}
 		var up []string
 		for _, n := range st.Nodes {
-			if n.State == string(state.Up) {
+			if n.State == ssiv1.NodeState_NODE_STATE_UP {
 				up = append(up, strconv.Itoa(int(n.Num)))
 			}
 		}
@@ -125,7 +124,7 @@ func printNodes(w io.Writer, st *ssiv1.StatusResponse, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tNAME\tSTATE\tIPADDR\tHWADDR\tROLE\tSINCE")
 	for _, n := range st.Nodes {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Num, n.Name, n.State, n.Ipaddr, n.Hwaddr, n.Role,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Num, n.Name, n.State.Label(), n.Ipaddr, n.Hwaddr, n.Role.Label(),
 			humanDuration(now.Sub(time.UnixMilli(n.StateSinceUnixMs))))
 	}
 	return tw.Flush()
@@ -143,14 +142,14 @@ func printEvents(w io.Writer, st *ssiv1.StatusResponse, asJSON bool) error {
 		}
 		out := []ev{}
 		for _, e := range st.Events {
-			out = append(out, ev{time.UnixMilli(e.TimeUnixMs).UTC(), e.Num, e.From, e.To, e.Reason, e.Index})
+			out = append(out, ev{time.UnixMilli(e.TimeUnixMs).UTC(), e.Num, e.From.Label(), e.To.Label(), e.Reason, e.Index})
 		}
 		return writeJSON(w, out)
 	}
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TIME\tNODE\tFROM\tTO\tREASON")
 	for _, e := range st.Events {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", time.UnixMilli(e.TimeUnixMs).Format("2006-01-02T15:04:05.000"), e.Num, e.From, e.To, e.Reason)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", time.UnixMilli(e.TimeUnixMs).Format("2006-01-02T15:04:05.000"), e.Num, e.From.Label(), e.To.Label(), e.Reason)
 	}
 	return tw.Flush()
 }
@@ -194,7 +193,7 @@ func init() {
 			}
 			for _, n := range st.Nodes {
 				if n.Num == num {
-					fmt.Fprintln(env.Stdout, n.State)
+					fmt.Fprintln(env.Stdout, n.State.Label())
 					return nil
 				}
 			}

@@ -21,7 +21,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
-	"github.com/ssi-cluster/ssi/internal/state"
 	"github.com/ssi-cluster/ssi/internal/vproc"
 )
 
@@ -318,14 +317,14 @@ Example:
 			}
 			out := []row{}
 			for _, r := range rows {
-				out = append(out, row{r.Num, r.Name, r.State, r.Load, r.RunQueue, r.CpuBusy, r.Ncpu, r.MemFree})
+				out = append(out, row{r.Num, r.Name, r.State.Label(), r.Load, r.RunQueue, r.CpuBusy, r.Ncpu, r.MemFree})
 			}
 			return writeJSON(env.Stdout, out)
 		}
 		tw := tabwriter.NewWriter(env.Stdout, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "NODE\tNAME\tSTATE\tLOAD\tRUNQ\tCPU%\tNCPU\tMEMFREE")
 		for _, r := range rows {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%.2f\t%.2f\t%.0f\t%d\t%dM\n", r.Num, r.Name, r.State, r.Load, r.RunQueue, 100*r.CpuBusy, r.Ncpu, r.MemFree>>20)
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%.2f\t%.2f\t%.0f\t%d\t%dM\n", r.Num, r.Name, r.State.Label(), r.Load, r.RunQueue, 100*r.CpuBusy, r.Ncpu, r.MemFree>>20)
 		}
 		return tw.Flush()
 	}
@@ -403,7 +402,7 @@ Examples:
 		}
 		var nodes []uint32
 		for _, n := range st.Nodes {
-			if n.State == string(state.Up) {
+			if n.State == ssiv1.NodeState_NODE_STATE_UP {
 				nodes = append(nodes, n.Num)
 			}
 		}

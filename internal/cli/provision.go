@@ -127,7 +127,7 @@ func resolveNodes(st *ssiv1.StatusResponse, args []string) ([]*ssiv1.Node, error
 func joinServer(st *ssiv1.StatusResponse, port uint32) (string, error) {
 	var pick *ssiv1.Node
 	for _, n := range st.Nodes {
-		if n.State != string(state.Up) {
+		if n.State != ssiv1.NodeState_NODE_STATE_UP {
 			continue
 		}
 		if n.Num == st.LeaderNum {
@@ -569,7 +569,7 @@ Examples:
 		if *withToken {
 			opts.NodeArgs = map[int]string{}
 			for i, n := range sel {
-				if n.State != string(state.NeverUp) {
+				if n.State != ssiv1.NodeState_NODE_STATE_NEVERUP {
 					continue // it has its certificate; a token would only be a liability
 				}
 				resp, err := control(*socket).IssueToken(env.Ctx, connect.NewRequest(&ssiv1.TokenRequest{Num: n.Num, TokenTtlSeconds: int64(ttl.Seconds())}))

@@ -40,9 +40,9 @@ func TestParseInterspersed(t *testing.T) {
 
 func testStatus() *ssiv1.StatusResponse {
 	return &ssiv1.StatusResponse{ClusterName: "ssi1", LeaderNum: 2, Nodes: []*ssiv1.Node{
-		{Num: 1, Name: "ssi1", Ipaddr: "192.168.64.141", State: "UP", InitNode: true},
-		{Num: 2, Name: "ssi2", Ipaddr: "192.168.64.142", State: "UP"},
-		{Num: 3, Name: "web", Ipaddr: "192.168.64.143", State: "NEVERUP"},
+		{Num: 1, Name: "ssi1", Ipaddr: "192.168.64.141", State: ssiv1.NodeState_NODE_STATE_UP, InitNode: true},
+		{Num: 2, Name: "ssi2", Ipaddr: "192.168.64.142", State: ssiv1.NodeState_NODE_STATE_UP},
+		{Num: 3, Name: "web", Ipaddr: "192.168.64.143", State: ssiv1.NodeState_NODE_STATE_NEVERUP},
 	}}
 }
 
@@ -73,15 +73,15 @@ func TestJoinServer(t *testing.T) {
 	if s, err := joinServer(st, 7470); err != nil || s != "192.168.64.142:7470" {
 		t.Errorf("with an UP leader: %q %v", s, err)
 	}
-	st.Nodes[1].State = "DOWN" // the leader is going: any UP node
+	st.Nodes[1].State = ssiv1.NodeState_NODE_STATE_DOWN // the leader is going: any UP node
 	if s, err := joinServer(st, 7470); err != nil || s != "192.168.64.141:7470" {
 		t.Errorf("with the leader DOWN: %q %v", s, err)
 	}
-	st.Nodes[0].State = "DOWN"
+	st.Nodes[0].State = ssiv1.NodeState_NODE_STATE_DOWN
 	if _, err := joinServer(st, 7470); err == nil {
 		t.Errorf("no UP node, yet a server")
 	}
-	st.Nodes[0].State, st.Nodes[0].Ipaddr = "UP", "fd00::1"
+	st.Nodes[0].State, st.Nodes[0].Ipaddr = ssiv1.NodeState_NODE_STATE_UP, "fd00::1"
 	if s, _ := joinServer(st, 7470); s != "[fd00::1]:7470" {
 		t.Errorf("IPv6: %q", s)
 	}

@@ -252,14 +252,14 @@ func waitUp(ctx context.Context, dir string, via int, nums []uint32) error {
 	for {
 		resp, err := c.Status(ctx, connect.NewRequest(&ssiv1.StatusRequest{}))
 		if err == nil {
-			states := map[uint32]string{}
+			states := map[uint32]ssiv1.NodeState{}
 			for _, n := range resp.Msg.Nodes {
 				states[n.Num] = n.State
 			}
 			var waiting []string
 			for _, n := range nums {
-				if states[n] != string(state.Up) {
-					waiting = append(waiting, fmt.Sprintf("%d:%s", n, states[n]))
+				if states[n] != ssiv1.NodeState_NODE_STATE_UP {
+					waiting = append(waiting, fmt.Sprintf("%d:%s", n, states[n].Label()))
 				}
 			}
 			if len(waiting) == 0 {

@@ -161,7 +161,7 @@ func Join(ctx context.Context, o JoinOptions) (Meta, error) {
 	tr.Protocols = new(http.Protocols)
 	tr.Protocols.SetHTTP2(true)
 	defer tr.CloseIdleConnections()
-	client := ssiv1connect.NewPeerClient(&http.Client{Transport: tr, Timeout: 30 * time.Second}, "https://"+server)
+	client := ssiv1connect.NewMembershipClient(&http.Client{Transport: tr, Timeout: 30 * time.Second}, "https://"+server)
 	resp, err := client.Join(ctx, connect.NewRequest(&ssiv1.JoinRequest{TokenSecret: tok.Secret, Hwaddr: mac, CsrDer: csr}))
 	if err != nil {
 		return Meta{}, fmt.Errorf("join the cluster through %s: %w", server, err)

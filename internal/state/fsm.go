@@ -209,6 +209,12 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applyRecordLease(c, cmd)
+	case CmdSetLocation:
+		var cmd SetLocation
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applySetLocation(c, cmd)
 	default:
 		if t&IgnoreUnknown != 0 {
 			return nil, errIgnored

@@ -125,6 +125,10 @@ type Cluster struct {
 	// it granted, by MAC.
 	DHCP   *DHCPConfig       `json:"dhcp,omitempty"`
 	Leases map[string]*Lease `json:"leases,omitempty"`
+
+	// Locations: where each process that moved runs now, by cluster PID
+	// (location.go). A process without a record runs where it was created.
+	Locations map[int64]uint32 `json:"locations,omitempty"`
 }
 
 // Clone returns a deep copy.
@@ -138,6 +142,7 @@ func (c *Cluster) Clone() *Cluster {
 	out.Events = append([]Event(nil), c.Events...)
 	out.DHCP = c.DHCP.clone()
 	out.Leases = cloneLeases(c.Leases)
+	out.Locations = cloneLocations(c.Locations)
 	return &out
 }
 

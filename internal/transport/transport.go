@@ -205,6 +205,13 @@ func PeerNumFrom(ctx context.Context) (uint32, bool) {
 	return n, ok
 }
 
+// WithPeerNum returns ctx marked as a request from node num, as
+// RequireNodeCert does for a verified certificate. In-memory test networks
+// (internal/peer/memnet) use it; nothing on a real port does.
+func WithPeerNum(ctx context.Context, num uint32) context.Context {
+	return context.WithValue(ctx, peerKey{}, num)
+}
+
 func peerNum(r *http.Request) (uint32, bool) {
 	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
 		return 0, false

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
 )
 
@@ -165,4 +166,21 @@ func NewUnixServer(h http.Handler) *http.Server {
 	srv.Protocols.SetHTTP1(true)
 	srv.Protocols.SetUnencryptedHTTP2(true)
 	return srv
+}
+
+// AuthorizeAdmin allows root, the daemon's own user and the ssi group to
+// change the cluster; anyone else gets PermissionDenied saying what they
+// tried to do.
+func AuthorizeAdmin(ctx context.Context, what string) error {
+	c, ok := CallerFrom(ctx)
+	if !ok {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("caller unknown: the control socket gives no peer credentials"))
+	}
+	if c.UID == 0 || c.UID == uint32(os.Getuid()) {
+		return nil
+	}
+	if gid := AdminGID(); gid >= 0 && c.InGroup(uint32(gid)) {
+		return nil
+	}
+	return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("uid %d may not %s: only root and members of the %q group may change the cluster", c.UID, what, AdminGroup))
 }

@@ -8,8 +8,13 @@
 //
 // Control is served by every daemon on its local unix socket for the CLI;
 // the caller is identified by the socket's peer credentials.
-// Peer is served on the node's mutually authenticated TLS port for other
-// cluster members (and, for Join only, for a machine holding a join token).
+// Membership, Consensus, Process and Placement are served on the node's
+// mutually authenticated TLS port for other cluster members (and, for
+// Membership.Join only, for a machine holding a join token); each belongs to
+// the subsystem of the same name (docs/ARCHITECTURE.md).
+//
+// Compatibility: never renumber or retype a field; retire it with
+// `reserved` and add a new number.
 
 package ssiv1
 
@@ -28,14 +33,126 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// NodeState is a node's membership state (OpenSSI's CLMS states).
+type NodeState int32
+
+const (
+	NodeState_NODE_STATE_UNSPECIFIED NodeState = 0
+	NodeState_NODE_STATE_NEVERUP     NodeState = 1
+	NodeState_NODE_STATE_COMINGUP    NodeState = 2
+	NodeState_NODE_STATE_UP          NodeState = 3
+	NodeState_NODE_STATE_GOINGDOWN   NodeState = 4
+	NodeState_NODE_STATE_DOWN        NodeState = 5
+)
+
+// Enum value maps for NodeState.
+var (
+	NodeState_name = map[int32]string{
+		0: "NODE_STATE_UNSPECIFIED",
+		1: "NODE_STATE_NEVERUP",
+		2: "NODE_STATE_COMINGUP",
+		3: "NODE_STATE_UP",
+		4: "NODE_STATE_GOINGDOWN",
+		5: "NODE_STATE_DOWN",
+	}
+	NodeState_value = map[string]int32{
+		"NODE_STATE_UNSPECIFIED": 0,
+		"NODE_STATE_NEVERUP":     1,
+		"NODE_STATE_COMINGUP":    2,
+		"NODE_STATE_UP":          3,
+		"NODE_STATE_GOINGDOWN":   4,
+		"NODE_STATE_DOWN":        5,
+	}
+)
+
+func (x NodeState) Enum() *NodeState {
+	p := new(NodeState)
+	*p = x
+	return p
+}
+
+func (x NodeState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NodeState) Descriptor() protoreflect.EnumDescriptor {
+	return file_ssi_v1_ssi_proto_enumTypes[0].Descriptor()
+}
+
+func (NodeState) Type() protoreflect.EnumType {
+	return &file_ssi_v1_ssi_proto_enumTypes[0]
+}
+
+func (x NodeState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NodeState.Descriptor instead.
+func (NodeState) EnumDescriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{0}
+}
+
+// NodeRole is a node's part in Raft.
+type NodeRole int32
+
+const (
+	NodeRole_NODE_ROLE_UNSPECIFIED NodeRole = 0
+	NodeRole_NODE_ROLE_MEMBER      NodeRole = 1 // holds the whole state, does not vote
+	NodeRole_NODE_ROLE_VOTER       NodeRole = 2
+	NodeRole_NODE_ROLE_LEADER      NodeRole = 3
+)
+
+// Enum value maps for NodeRole.
+var (
+	NodeRole_name = map[int32]string{
+		0: "NODE_ROLE_UNSPECIFIED",
+		1: "NODE_ROLE_MEMBER",
+		2: "NODE_ROLE_VOTER",
+		3: "NODE_ROLE_LEADER",
+	}
+	NodeRole_value = map[string]int32{
+		"NODE_ROLE_UNSPECIFIED": 0,
+		"NODE_ROLE_MEMBER":      1,
+		"NODE_ROLE_VOTER":       2,
+		"NODE_ROLE_LEADER":      3,
+	}
+)
+
+func (x NodeRole) Enum() *NodeRole {
+	p := new(NodeRole)
+	*p = x
+	return p
+}
+
+func (x NodeRole) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NodeRole) Descriptor() protoreflect.EnumDescriptor {
+	return file_ssi_v1_ssi_proto_enumTypes[1].Descriptor()
+}
+
+func (NodeRole) Type() protoreflect.EnumType {
+	return &file_ssi_v1_ssi_proto_enumTypes[1]
+}
+
+func (x NodeRole) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NodeRole.Descriptor instead.
+func (NodeRole) EnumDescriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{1}
+}
+
 type Node struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Num              uint32                 `protobuf:"varint,1,opt,name=num,proto3" json:"num,omitempty"`
 	Name             string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Hwaddr           string                 `protobuf:"bytes,3,opt,name=hwaddr,proto3" json:"hwaddr,omitempty"`
 	Ipaddr           string                 `protobuf:"bytes,4,opt,name=ipaddr,proto3" json:"ipaddr,omitempty"`
-	State            string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
-	Role             string                 `protobuf:"bytes,6,opt,name=role,proto3" json:"role,omitempty"`                                                      // leader, voter or member
+	State            NodeState              `protobuf:"varint,11,opt,name=state,proto3,enum=ssi.v1.NodeState" json:"state,omitempty"`
+	Role             NodeRole               `protobuf:"varint,12,opt,name=role,proto3,enum=ssi.v1.NodeRole" json:"role,omitempty"`
 	StateSinceUnixMs int64                  `protobuf:"varint,7,opt,name=state_since_unix_ms,json=stateSinceUnixMs,proto3" json:"state_since_unix_ms,omitempty"` // when the node entered its state (leader's clock)
 	Xen              bool                   `protobuf:"varint,8,opt,name=xen,proto3" json:"xen,omitempty"`
 	InitNode         bool                   `protobuf:"varint,9,opt,name=init_node,json=initNode,proto3" json:"init_node,omitempty"`
@@ -102,18 +219,18 @@ func (x *Node) GetIpaddr() string {
 	return ""
 }
 
-func (x *Node) GetState() string {
+func (x *Node) GetState() NodeState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return NodeState_NODE_STATE_UNSPECIFIED
 }
 
-func (x *Node) GetRole() string {
+func (x *Node) GetRole() NodeRole {
 	if x != nil {
 		return x.Role
 	}
-	return ""
+	return NodeRole_NODE_ROLE_UNSPECIFIED
 }
 
 func (x *Node) GetStateSinceUnixMs() int64 {
@@ -148,8 +265,8 @@ type Event struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TimeUnixMs    int64                  `protobuf:"varint,1,opt,name=time_unix_ms,json=timeUnixMs,proto3" json:"time_unix_ms,omitempty"`
 	Num           uint32                 `protobuf:"varint,2,opt,name=num,proto3" json:"num,omitempty"`
-	From          string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"`
-	To            string                 `protobuf:"bytes,4,opt,name=to,proto3" json:"to,omitempty"`
+	From          NodeState              `protobuf:"varint,7,opt,name=from,proto3,enum=ssi.v1.NodeState" json:"from,omitempty"`
+	To            NodeState              `protobuf:"varint,8,opt,name=to,proto3,enum=ssi.v1.NodeState" json:"to,omitempty"`
 	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	Index         uint64                 `protobuf:"varint,6,opt,name=index,proto3" json:"index,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -200,18 +317,18 @@ func (x *Event) GetNum() uint32 {
 	return 0
 }
 
-func (x *Event) GetFrom() string {
+func (x *Event) GetFrom() NodeState {
 	if x != nil {
 		return x.From
 	}
-	return ""
+	return NodeState_NODE_STATE_UNSPECIFIED
 }
 
-func (x *Event) GetTo() string {
+func (x *Event) GetTo() NodeState {
 	if x != nil {
 		return x.To
 	}
-	return ""
+	return NodeState_NODE_STATE_UNSPECIFIED
 }
 
 func (x *Event) GetReason() string {
@@ -1057,6 +1174,12 @@ func (x *Resize) GetCols() uint32 {
 
 // ExecInput is what flows towards the process: first a start, then any
 // number of stdin chunks, signals and resizes, then stdin_eof.
+//
+// seq numbers the stdin chunks and stdin_eof (1, 2, ...; 0 on other
+// messages). The node that runs the process acknowledges with
+// ExecOutput.stdin_ack the highest seq it has handed to the process, so the
+// relaying daemon can keep what is not yet acknowledged and replay it to
+// another node if the process moves.
 type ExecInput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -1067,6 +1190,7 @@ type ExecInput struct {
 	//	*ExecInput_Signal
 	//	*ExecInput_Resize
 	Msg           isExecInput_Msg `protobuf_oneof:"msg"`
+	Seq           uint64          `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1151,6 +1275,13 @@ func (x *ExecInput) GetResize() *Resize {
 		}
 	}
 	return nil
+}
+
+func (x *ExecInput) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
 }
 
 type isExecInput_Msg interface {
@@ -1379,7 +1510,11 @@ func (x *ExecError) GetMessage() string {
 }
 
 // ExecOutput is what flows back: started, output chunks, and exactly one of
-// exit or error last.
+// exit or error last; stdin_ack whenever stdin was handed to the process.
+//
+// seq numbers stdout and stderr chunks (1, 2, ... in one sequence; 0 on
+// other messages), so that a relay switching to another stream after a move
+// can drop what it has already delivered.
 type ExecOutput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -1389,7 +1524,9 @@ type ExecOutput struct {
 	//	*ExecOutput_Stderr
 	//	*ExecOutput_Exit
 	//	*ExecOutput_Error
+	//	*ExecOutput_StdinAck
 	Msg           isExecOutput_Msg `protobuf_oneof:"msg"`
+	Seq           uint64           `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1476,6 +1613,22 @@ func (x *ExecOutput) GetError() *ExecError {
 	return nil
 }
 
+func (x *ExecOutput) GetStdinAck() uint64 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_StdinAck); ok {
+			return x.StdinAck
+		}
+	}
+	return 0
+}
+
+func (x *ExecOutput) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
 type isExecOutput_Msg interface {
 	isExecOutput_Msg()
 }
@@ -1500,6 +1653,10 @@ type ExecOutput_Error struct {
 	Error *ExecError `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
 }
 
+type ExecOutput_StdinAck struct {
+	StdinAck uint64 `protobuf:"varint,6,opt,name=stdin_ack,json=stdinAck,proto3,oneof"` // every stdin seq up to this one reached the process
+}
+
 func (*ExecOutput_Started) isExecOutput_Msg() {}
 
 func (*ExecOutput_Stdout) isExecOutput_Msg() {}
@@ -1509,6 +1666,8 @@ func (*ExecOutput_Stderr) isExecOutput_Msg() {}
 func (*ExecOutput_Exit) isExecOutput_Msg() {}
 
 func (*ExecOutput_Error) isExecOutput_Msg() {}
+
+func (*ExecOutput_StdinAck) isExecOutput_Msg() {}
 
 type Proc struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2155,7 +2314,7 @@ type NodeLoad struct {
 	CpuBusy       float64                `protobuf:"fixed64,5,opt,name=cpu_busy,json=cpuBusy,proto3" json:"cpu_busy,omitempty"`
 	Ncpu          uint32                 `protobuf:"varint,6,opt,name=ncpu,proto3" json:"ncpu,omitempty"`
 	MemFree       uint64                 `protobuf:"varint,7,opt,name=mem_free,json=memFree,proto3" json:"mem_free,omitempty"`
-	State         string                 `protobuf:"bytes,8,opt,name=state,proto3" json:"state,omitempty"`
+	State         NodeState              `protobuf:"varint,9,opt,name=state,proto3,enum=ssi.v1.NodeState" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2239,11 +2398,11 @@ func (x *NodeLoad) GetMemFree() uint64 {
 	return 0
 }
 
-func (x *NodeLoad) GetState() string {
+func (x *NodeLoad) GetState() NodeState {
 	if x != nil {
 		return x.State
 	}
-	return ""
+	return NodeState_NODE_STATE_UNSPECIFIED
 }
 
 type LoadsRequest struct {
@@ -3351,27 +3510,27 @@ var File_ssi_v1_ssi_proto protoreflect.FileDescriptor
 
 const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
-	"\x10ssi/v1/ssi.proto\x12\x06ssi.v1\"\xfa\x01\n" +
+	"\x10ssi/v1/ssi.proto\x12\x06ssi.v1\"\xab\x02\n" +
 	"\x04Node\x12\x10\n" +
 	"\x03num\x18\x01 \x01(\rR\x03num\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
 	"\x06hwaddr\x18\x03 \x01(\tR\x06hwaddr\x12\x16\n" +
-	"\x06ipaddr\x18\x04 \x01(\tR\x06ipaddr\x12\x14\n" +
-	"\x05state\x18\x05 \x01(\tR\x05state\x12\x12\n" +
-	"\x04role\x18\x06 \x01(\tR\x04role\x12-\n" +
+	"\x06ipaddr\x18\x04 \x01(\tR\x06ipaddr\x12'\n" +
+	"\x05state\x18\v \x01(\x0e2\x11.ssi.v1.NodeStateR\x05state\x12$\n" +
+	"\x04role\x18\f \x01(\x0e2\x10.ssi.v1.NodeRoleR\x04role\x12-\n" +
 	"\x13state_since_unix_ms\x18\a \x01(\x03R\x10stateSinceUnixMs\x12\x10\n" +
 	"\x03xen\x18\b \x01(\bR\x03xen\x12\x1b\n" +
 	"\tinit_node\x18\t \x01(\bR\binitNode\x12\x14\n" +
 	"\x05voter\x18\n" +
-	" \x01(\bR\x05voter\"\x8d\x01\n" +
+	" \x01(\bR\x05voterJ\x04\b\x05\x10\x06J\x04\b\x06\x10\a\"\xbf\x01\n" +
 	"\x05Event\x12 \n" +
 	"\ftime_unix_ms\x18\x01 \x01(\x03R\n" +
 	"timeUnixMs\x12\x10\n" +
-	"\x03num\x18\x02 \x01(\rR\x03num\x12\x12\n" +
-	"\x04from\x18\x03 \x01(\tR\x04from\x12\x0e\n" +
-	"\x02to\x18\x04 \x01(\tR\x02to\x12\x16\n" +
+	"\x03num\x18\x02 \x01(\rR\x03num\x12%\n" +
+	"\x04from\x18\a \x01(\x0e2\x11.ssi.v1.NodeStateR\x04from\x12!\n" +
+	"\x02to\x18\b \x01(\x0e2\x11.ssi.v1.NodeStateR\x02to\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05index\x18\x06 \x01(\x04R\x05index\"'\n" +
+	"\x05index\x18\x06 \x01(\x04R\x05indexJ\x04\b\x03\x10\x04J\x04\b\x04\x10\x05\"'\n" +
 	"\rStatusRequest\x12\x16\n" +
 	"\x06events\x18\x01 \x01(\bR\x06events\"\x86\x02\n" +
 	"\x0eStatusResponse\x12!\n" +
@@ -3427,13 +3586,15 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\thas_creds\x18\r \x01(\bR\bhasCreds\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xb7\x01\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc9\x01\n" +
 	"\tExecInput\x12(\n" +
 	"\x05start\x18\x01 \x01(\v2\x10.ssi.v1.ExecSpecH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
 	"\tstdin_eof\x18\x03 \x01(\bH\x00R\bstdinEof\x12\x18\n" +
 	"\x06signal\x18\x04 \x01(\x05H\x00R\x06signal\x12(\n" +
-	"\x06resize\x18\x05 \x01(\v2\x0e.ssi.v1.ResizeH\x00R\x06resizeB\x05\n" +
+	"\x06resize\x18\x05 \x01(\v2\x0e.ssi.v1.ResizeH\x00R\x06resize\x12\x10\n" +
+	"\x03seq\x18\n" +
+	" \x01(\x04R\x03seqB\x05\n" +
 	"\x03msg\"\x84\x01\n" +
 	"\vExecStarted\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
@@ -3449,14 +3610,17 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04core\x18\x03 \x01(\bR\x04core\"B\n" +
 	"\tExecError\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xcb\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xfc\x01\n" +
 	"\n" +
 	"ExecOutput\x12/\n" +
 	"\astarted\x18\x01 \x01(\v2\x13.ssi.v1.ExecStartedH\x00R\astarted\x12\x18\n" +
 	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
 	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12&\n" +
 	"\x04exit\x18\x04 \x01(\v2\x10.ssi.v1.ExecExitH\x00R\x04exit\x12)\n" +
-	"\x05error\x18\x05 \x01(\v2\x11.ssi.v1.ExecErrorH\x00R\x05errorB\x05\n" +
+	"\x05error\x18\x05 \x01(\v2\x11.ssi.v1.ExecErrorH\x00R\x05error\x12\x1d\n" +
+	"\tstdin_ack\x18\x06 \x01(\x04H\x00R\bstdinAck\x12\x10\n" +
+	"\x03seq\x18\n" +
+	" \x01(\x04R\x03seqB\x05\n" +
 	"\x03msg\"\x91\x03\n" +
 	"\x04Proc\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
@@ -3508,7 +3672,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x17\n" +
 	"\ahas_uid\x18\x04 \x01(\bR\x06hasUid\"\x1f\n" +
 	"\tLogsChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data\"\xc1\x01\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\xda\x01\n" +
 	"\bNodeLoad\x12\x10\n" +
 	"\x03num\x18\x01 \x01(\rR\x03num\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
@@ -3516,8 +3680,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\trun_queue\x18\x04 \x01(\x01R\brunQueue\x12\x19\n" +
 	"\bcpu_busy\x18\x05 \x01(\x01R\acpuBusy\x12\x12\n" +
 	"\x04ncpu\x18\x06 \x01(\rR\x04ncpu\x12\x19\n" +
-	"\bmem_free\x18\a \x01(\x04R\amemFree\x12\x14\n" +
-	"\x05state\x18\b \x01(\tR\x05state\"$\n" +
+	"\bmem_free\x18\a \x01(\x04R\amemFree\x12'\n" +
+	"\x05state\x18\t \x01(\x0e2\x11.ssi.v1.NodeStateR\x05stateJ\x04\b\b\x10\t\"$\n" +
 	"\fLoadsRequest\x12\x14\n" +
 	"\x05place\x18\x01 \x01(\bR\x05place\"Q\n" +
 	"\rLoadsResponse\x12&\n" +
@@ -3597,7 +3761,19 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\vname_prefix\x18\x03 \x01(\tR\n" +
 	"namePrefix\x12\x19\n" +
 	"\bnext_num\x18\x04 \x01(\rR\anextNum\x12\x1b\n" +
-	"\tmax_nodes\x18\x05 \x01(\rR\bmaxNodes2\xc3\x06\n" +
+	"\tmax_nodes\x18\x05 \x01(\rR\bmaxNodes*\x9a\x01\n" +
+	"\tNodeState\x12\x1a\n" +
+	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12NODE_STATE_NEVERUP\x10\x01\x12\x17\n" +
+	"\x13NODE_STATE_COMINGUP\x10\x02\x12\x11\n" +
+	"\rNODE_STATE_UP\x10\x03\x12\x18\n" +
+	"\x14NODE_STATE_GOINGDOWN\x10\x04\x12\x13\n" +
+	"\x0fNODE_STATE_DOWN\x10\x05*f\n" +
+	"\bNodeRole\x12\x19\n" +
+	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
+	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
+	"\x10NODE_ROLE_LEADER\x10\x032\xc3\x06\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -3614,18 +3790,22 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\bShutdown\x12\x17.ssi.v1.ShutdownRequest\x1a\x18.ssi.v1.ShutdownResponse\x12:\n" +
 	"\aGetDHCP\x12\x16.ssi.v1.GetDHCPRequest\x1a\x17.ssi.v1.GetDHCPResponse\x12:\n" +
 	"\aSetDHCP\x12\x16.ssi.v1.SetDHCPRequest\x1a\x17.ssi.v1.SetDHCPResponse\x12L\n" +
-	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse2\xb5\x04\n" +
-	"\x04Peer\x121\n" +
-	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x121\n" +
+	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse2\xc8\x01\n" +
+	"\n" +
+	"Membership\x121\n" +
+	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
+	"\tHeartbeat\x12\x18.ssi.v1.HeartbeatRequest\x1a\x19.ssi.v1.HeartbeatResponse\x12E\n" +
+	"\bShutdown\x12\x1b.ssi.v1.PeerShutdownRequest\x1a\x1c.ssi.v1.PeerShutdownResponse2A\n" +
+	"\tConsensus\x124\n" +
+	"\x05Apply\x12\x14.ssi.v1.ApplyRequest\x1a\x15.ssi.v1.ApplyResponse2\x90\x02\n" +
+	"\aProcess\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
 	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
 	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
 	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
-	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x01\x124\n" +
-	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponse\x12@\n" +
-	"\tHeartbeat\x12\x18.ssi.v1.HeartbeatRequest\x1a\x19.ssi.v1.HeartbeatResponse\x124\n" +
-	"\x05Apply\x12\x14.ssi.v1.ApplyRequest\x1a\x15.ssi.v1.ApplyResponse\x12E\n" +
-	"\bShutdown\x12\x1b.ssi.v1.PeerShutdownRequest\x1a\x1c.ssi.v1.PeerShutdownResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012A\n" +
+	"\tPlacement\x124\n" +
+	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
 
 var (
 	file_ssi_v1_ssi_proto_rawDescOnce sync.Once
@@ -3639,129 +3819,137 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_v1_ssi_proto_rawDescData
 }
 
+var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
 var file_ssi_v1_ssi_proto_goTypes = []any{
-	(*Node)(nil),                  // 0: ssi.v1.Node
-	(*Event)(nil),                 // 1: ssi.v1.Event
-	(*StatusRequest)(nil),         // 2: ssi.v1.StatusRequest
-	(*StatusResponse)(nil),        // 3: ssi.v1.StatusResponse
-	(*NodeSpec)(nil),              // 4: ssi.v1.NodeSpec
-	(*AddNodesRequest)(nil),       // 5: ssi.v1.AddNodesRequest
-	(*AddedNode)(nil),             // 6: ssi.v1.AddedNode
-	(*AddNodesResponse)(nil),      // 7: ssi.v1.AddNodesResponse
-	(*TokenRequest)(nil),          // 8: ssi.v1.TokenRequest
-	(*TokenResponse)(nil),         // 9: ssi.v1.TokenResponse
-	(*RemoveNodeRequest)(nil),     // 10: ssi.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),    // 11: ssi.v1.RemoveNodeResponse
-	(*ShutdownRequest)(nil),       // 12: ssi.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),      // 13: ssi.v1.ShutdownResponse
-	(*ExecSpec)(nil),              // 14: ssi.v1.ExecSpec
-	(*Resize)(nil),                // 15: ssi.v1.Resize
-	(*ExecInput)(nil),             // 16: ssi.v1.ExecInput
-	(*ExecStarted)(nil),           // 17: ssi.v1.ExecStarted
-	(*ExecExit)(nil),              // 18: ssi.v1.ExecExit
-	(*ExecError)(nil),             // 19: ssi.v1.ExecError
-	(*ExecOutput)(nil),            // 20: ssi.v1.ExecOutput
-	(*Proc)(nil),                  // 21: ssi.v1.Proc
-	(*ProcsRequest)(nil),          // 22: ssi.v1.ProcsRequest
-	(*ProcsResponse)(nil),         // 23: ssi.v1.ProcsResponse
-	(*SignalRequest)(nil),         // 24: ssi.v1.SignalRequest
-	(*SignalResponse)(nil),        // 25: ssi.v1.SignalResponse
-	(*WaitRequest)(nil),           // 26: ssi.v1.WaitRequest
-	(*WaitResponse)(nil),          // 27: ssi.v1.WaitResponse
-	(*LogsRequest)(nil),           // 28: ssi.v1.LogsRequest
-	(*LogsChunk)(nil),             // 29: ssi.v1.LogsChunk
-	(*NodeLoad)(nil),              // 30: ssi.v1.NodeLoad
-	(*LoadsRequest)(nil),          // 31: ssi.v1.LoadsRequest
-	(*LoadsResponse)(nil),         // 32: ssi.v1.LoadsResponse
-	(*JoinRequest)(nil),           // 33: ssi.v1.JoinRequest
-	(*JoinResponse)(nil),          // 34: ssi.v1.JoinResponse
-	(*HeartbeatRequest)(nil),      // 35: ssi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 36: ssi.v1.HeartbeatResponse
-	(*ApplyRequest)(nil),          // 37: ssi.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 38: ssi.v1.ApplyResponse
-	(*PeerShutdownRequest)(nil),   // 39: ssi.v1.PeerShutdownRequest
-	(*PeerShutdownResponse)(nil),  // 40: ssi.v1.PeerShutdownResponse
-	(*DHCPSettings)(nil),          // 41: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 42: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 43: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 44: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 45: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 46: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 47: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 48: ssi.v1.ProvisionInfoResponse
+	(NodeState)(0),                // 0: ssi.v1.NodeState
+	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
+	(*Node)(nil),                  // 2: ssi.v1.Node
+	(*Event)(nil),                 // 3: ssi.v1.Event
+	(*StatusRequest)(nil),         // 4: ssi.v1.StatusRequest
+	(*StatusResponse)(nil),        // 5: ssi.v1.StatusResponse
+	(*NodeSpec)(nil),              // 6: ssi.v1.NodeSpec
+	(*AddNodesRequest)(nil),       // 7: ssi.v1.AddNodesRequest
+	(*AddedNode)(nil),             // 8: ssi.v1.AddedNode
+	(*AddNodesResponse)(nil),      // 9: ssi.v1.AddNodesResponse
+	(*TokenRequest)(nil),          // 10: ssi.v1.TokenRequest
+	(*TokenResponse)(nil),         // 11: ssi.v1.TokenResponse
+	(*RemoveNodeRequest)(nil),     // 12: ssi.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),    // 13: ssi.v1.RemoveNodeResponse
+	(*ShutdownRequest)(nil),       // 14: ssi.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),      // 15: ssi.v1.ShutdownResponse
+	(*ExecSpec)(nil),              // 16: ssi.v1.ExecSpec
+	(*Resize)(nil),                // 17: ssi.v1.Resize
+	(*ExecInput)(nil),             // 18: ssi.v1.ExecInput
+	(*ExecStarted)(nil),           // 19: ssi.v1.ExecStarted
+	(*ExecExit)(nil),              // 20: ssi.v1.ExecExit
+	(*ExecError)(nil),             // 21: ssi.v1.ExecError
+	(*ExecOutput)(nil),            // 22: ssi.v1.ExecOutput
+	(*Proc)(nil),                  // 23: ssi.v1.Proc
+	(*ProcsRequest)(nil),          // 24: ssi.v1.ProcsRequest
+	(*ProcsResponse)(nil),         // 25: ssi.v1.ProcsResponse
+	(*SignalRequest)(nil),         // 26: ssi.v1.SignalRequest
+	(*SignalResponse)(nil),        // 27: ssi.v1.SignalResponse
+	(*WaitRequest)(nil),           // 28: ssi.v1.WaitRequest
+	(*WaitResponse)(nil),          // 29: ssi.v1.WaitResponse
+	(*LogsRequest)(nil),           // 30: ssi.v1.LogsRequest
+	(*LogsChunk)(nil),             // 31: ssi.v1.LogsChunk
+	(*NodeLoad)(nil),              // 32: ssi.v1.NodeLoad
+	(*LoadsRequest)(nil),          // 33: ssi.v1.LoadsRequest
+	(*LoadsResponse)(nil),         // 34: ssi.v1.LoadsResponse
+	(*JoinRequest)(nil),           // 35: ssi.v1.JoinRequest
+	(*JoinResponse)(nil),          // 36: ssi.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 37: ssi.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 38: ssi.v1.HeartbeatResponse
+	(*ApplyRequest)(nil),          // 39: ssi.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 40: ssi.v1.ApplyResponse
+	(*PeerShutdownRequest)(nil),   // 41: ssi.v1.PeerShutdownRequest
+	(*PeerShutdownResponse)(nil),  // 42: ssi.v1.PeerShutdownResponse
+	(*DHCPSettings)(nil),          // 43: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 44: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 45: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 46: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 47: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 48: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 49: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 50: ssi.v1.ProvisionInfoResponse
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
-	0,  // 0: ssi.v1.StatusResponse.nodes:type_name -> ssi.v1.Node
-	1,  // 1: ssi.v1.StatusResponse.events:type_name -> ssi.v1.Event
-	4,  // 2: ssi.v1.AddNodesRequest.nodes:type_name -> ssi.v1.NodeSpec
-	0,  // 3: ssi.v1.AddedNode.node:type_name -> ssi.v1.Node
-	6,  // 4: ssi.v1.AddNodesResponse.nodes:type_name -> ssi.v1.AddedNode
-	14, // 5: ssi.v1.ExecInput.start:type_name -> ssi.v1.ExecSpec
-	15, // 6: ssi.v1.ExecInput.resize:type_name -> ssi.v1.Resize
-	17, // 7: ssi.v1.ExecOutput.started:type_name -> ssi.v1.ExecStarted
-	18, // 8: ssi.v1.ExecOutput.exit:type_name -> ssi.v1.ExecExit
-	19, // 9: ssi.v1.ExecOutput.error:type_name -> ssi.v1.ExecError
-	21, // 10: ssi.v1.ProcsResponse.procs:type_name -> ssi.v1.Proc
-	18, // 11: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
-	30, // 12: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	41, // 13: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	42, // 14: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	41, // 15: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	41, // 16: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	2,  // 17: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	16, // 18: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	22, // 19: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	24, // 20: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	26, // 21: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	28, // 22: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	31, // 23: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 24: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	8,  // 25: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	10, // 26: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	12, // 27: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	43, // 28: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	45, // 29: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	47, // 30: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	33, // 31: ssi.v1.Peer.Join:input_type -> ssi.v1.JoinRequest
-	16, // 32: ssi.v1.Peer.Exec:input_type -> ssi.v1.ExecInput
-	22, // 33: ssi.v1.Peer.Procs:input_type -> ssi.v1.ProcsRequest
-	24, // 34: ssi.v1.Peer.Signal:input_type -> ssi.v1.SignalRequest
-	26, // 35: ssi.v1.Peer.Wait:input_type -> ssi.v1.WaitRequest
-	28, // 36: ssi.v1.Peer.Logs:input_type -> ssi.v1.LogsRequest
-	31, // 37: ssi.v1.Peer.Loads:input_type -> ssi.v1.LoadsRequest
-	35, // 38: ssi.v1.Peer.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	37, // 39: ssi.v1.Peer.Apply:input_type -> ssi.v1.ApplyRequest
-	39, // 40: ssi.v1.Peer.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	3,  // 41: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	20, // 42: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	23, // 43: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	25, // 44: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	27, // 45: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	29, // 46: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	32, // 47: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	7,  // 48: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	9,  // 49: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	11, // 50: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	13, // 51: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	44, // 52: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	46, // 53: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	48, // 54: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	34, // 55: ssi.v1.Peer.Join:output_type -> ssi.v1.JoinResponse
-	20, // 56: ssi.v1.Peer.Exec:output_type -> ssi.v1.ExecOutput
-	23, // 57: ssi.v1.Peer.Procs:output_type -> ssi.v1.ProcsResponse
-	25, // 58: ssi.v1.Peer.Signal:output_type -> ssi.v1.SignalResponse
-	27, // 59: ssi.v1.Peer.Wait:output_type -> ssi.v1.WaitResponse
-	29, // 60: ssi.v1.Peer.Logs:output_type -> ssi.v1.LogsChunk
-	32, // 61: ssi.v1.Peer.Loads:output_type -> ssi.v1.LoadsResponse
-	36, // 62: ssi.v1.Peer.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	38, // 63: ssi.v1.Peer.Apply:output_type -> ssi.v1.ApplyResponse
-	40, // 64: ssi.v1.Peer.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	41, // [41:65] is the sub-list for method output_type
-	17, // [17:41] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
+	1,  // 1: ssi.v1.Node.role:type_name -> ssi.v1.NodeRole
+	0,  // 2: ssi.v1.Event.from:type_name -> ssi.v1.NodeState
+	0,  // 3: ssi.v1.Event.to:type_name -> ssi.v1.NodeState
+	2,  // 4: ssi.v1.StatusResponse.nodes:type_name -> ssi.v1.Node
+	3,  // 5: ssi.v1.StatusResponse.events:type_name -> ssi.v1.Event
+	6,  // 6: ssi.v1.AddNodesRequest.nodes:type_name -> ssi.v1.NodeSpec
+	2,  // 7: ssi.v1.AddedNode.node:type_name -> ssi.v1.Node
+	8,  // 8: ssi.v1.AddNodesResponse.nodes:type_name -> ssi.v1.AddedNode
+	16, // 9: ssi.v1.ExecInput.start:type_name -> ssi.v1.ExecSpec
+	17, // 10: ssi.v1.ExecInput.resize:type_name -> ssi.v1.Resize
+	19, // 11: ssi.v1.ExecOutput.started:type_name -> ssi.v1.ExecStarted
+	20, // 12: ssi.v1.ExecOutput.exit:type_name -> ssi.v1.ExecExit
+	21, // 13: ssi.v1.ExecOutput.error:type_name -> ssi.v1.ExecError
+	23, // 14: ssi.v1.ProcsResponse.procs:type_name -> ssi.v1.Proc
+	20, // 15: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
+	0,  // 16: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
+	32, // 17: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
+	43, // 18: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	44, // 19: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	43, // 20: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	43, // 21: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	4,  // 22: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	18, // 23: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	24, // 24: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	26, // 25: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	28, // 26: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	30, // 27: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	33, // 28: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	7,  // 29: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	10, // 30: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	12, // 31: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	14, // 32: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	45, // 33: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	47, // 34: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	49, // 35: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	35, // 36: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	37, // 37: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	41, // 38: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	39, // 39: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 40: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	24, // 41: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	26, // 42: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	28, // 43: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	30, // 44: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	33, // 45: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 46: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 47: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	25, // 48: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	27, // 49: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	29, // 50: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	31, // 51: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	34, // 52: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 53: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 54: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 55: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 56: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	46, // 57: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	48, // 58: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	50, // 59: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	36, // 60: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	38, // 61: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	42, // 62: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	40, // 63: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 64: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	25, // 65: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	27, // 66: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	29, // 67: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	31, // 68: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	34, // 69: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	46, // [46:70] is the sub-list for method output_type
+	22, // [22:46] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -3782,19 +3970,21 @@ func file_ssi_v1_ssi_proto_init() {
 		(*ExecOutput_Stderr)(nil),
 		(*ExecOutput_Exit)(nil),
 		(*ExecOutput_Error)(nil),
+		(*ExecOutput_StdinAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      2,
 			NumMessages:   49,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   5,
 		},
 		GoTypes:           file_ssi_v1_ssi_proto_goTypes,
 		DependencyIndexes: file_ssi_v1_ssi_proto_depIdxs,
+		EnumInfos:         file_ssi_v1_ssi_proto_enumTypes,
 		MessageInfos:      file_ssi_v1_ssi_proto_msgTypes,
 	}.Build()
 	File_ssi_v1_ssi_proto = out.File

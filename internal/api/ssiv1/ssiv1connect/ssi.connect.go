@@ -6,8 +6,13 @@
 //
 // Control is served by every daemon on its local unix socket for the CLI;
 // the caller is identified by the socket's peer credentials.
-// Peer is served on the node's mutually authenticated TLS port for other
-// cluster members (and, for Join only, for a machine holding a join token).
+// Membership, Consensus, Process and Placement are served on the node's
+// mutually authenticated TLS port for other cluster members (and, for
+// Membership.Join only, for a machine holding a join token); each belongs to
+// the subsystem of the same name (docs/ARCHITECTURE.md).
+//
+// Compatibility: never renumber or retype a field; retire it with
+// `reserved` and add a new number.
 package ssiv1connect
 
 import (
@@ -29,8 +34,14 @@ const _ = connect.IsAtLeastVersion1_13_0
 const (
 	// ControlName is the fully-qualified name of the Control service.
 	ControlName = "ssi.v1.Control"
-	// PeerName is the fully-qualified name of the Peer service.
-	PeerName = "ssi.v1.Peer"
+	// MembershipName is the fully-qualified name of the Membership service.
+	MembershipName = "ssi.v1.Membership"
+	// ConsensusName is the fully-qualified name of the Consensus service.
+	ConsensusName = "ssi.v1.Consensus"
+	// ProcessName is the fully-qualified name of the Process service.
+	ProcessName = "ssi.v1.Process"
+	// PlacementName is the fully-qualified name of the Placement service.
+	PlacementName = "ssi.v1.Placement"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -69,26 +80,26 @@ const (
 	ControlSetDHCPProcedure = "/ssi.v1.Control/SetDHCP"
 	// ControlProvisionInfoProcedure is the fully-qualified name of the Control's ProvisionInfo RPC.
 	ControlProvisionInfoProcedure = "/ssi.v1.Control/ProvisionInfo"
-	// PeerJoinProcedure is the fully-qualified name of the Peer's Join RPC.
-	PeerJoinProcedure = "/ssi.v1.Peer/Join"
-	// PeerExecProcedure is the fully-qualified name of the Peer's Exec RPC.
-	PeerExecProcedure = "/ssi.v1.Peer/Exec"
-	// PeerProcsProcedure is the fully-qualified name of the Peer's Procs RPC.
-	PeerProcsProcedure = "/ssi.v1.Peer/Procs"
-	// PeerSignalProcedure is the fully-qualified name of the Peer's Signal RPC.
-	PeerSignalProcedure = "/ssi.v1.Peer/Signal"
-	// PeerWaitProcedure is the fully-qualified name of the Peer's Wait RPC.
-	PeerWaitProcedure = "/ssi.v1.Peer/Wait"
-	// PeerLogsProcedure is the fully-qualified name of the Peer's Logs RPC.
-	PeerLogsProcedure = "/ssi.v1.Peer/Logs"
-	// PeerLoadsProcedure is the fully-qualified name of the Peer's Loads RPC.
-	PeerLoadsProcedure = "/ssi.v1.Peer/Loads"
-	// PeerHeartbeatProcedure is the fully-qualified name of the Peer's Heartbeat RPC.
-	PeerHeartbeatProcedure = "/ssi.v1.Peer/Heartbeat"
-	// PeerApplyProcedure is the fully-qualified name of the Peer's Apply RPC.
-	PeerApplyProcedure = "/ssi.v1.Peer/Apply"
-	// PeerShutdownProcedure is the fully-qualified name of the Peer's Shutdown RPC.
-	PeerShutdownProcedure = "/ssi.v1.Peer/Shutdown"
+	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
+	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
+	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
+	MembershipHeartbeatProcedure = "/ssi.v1.Membership/Heartbeat"
+	// MembershipShutdownProcedure is the fully-qualified name of the Membership's Shutdown RPC.
+	MembershipShutdownProcedure = "/ssi.v1.Membership/Shutdown"
+	// ConsensusApplyProcedure is the fully-qualified name of the Consensus's Apply RPC.
+	ConsensusApplyProcedure = "/ssi.v1.Consensus/Apply"
+	// ProcessExecProcedure is the fully-qualified name of the Process's Exec RPC.
+	ProcessExecProcedure = "/ssi.v1.Process/Exec"
+	// ProcessProcsProcedure is the fully-qualified name of the Process's Procs RPC.
+	ProcessProcsProcedure = "/ssi.v1.Process/Procs"
+	// ProcessSignalProcedure is the fully-qualified name of the Process's Signal RPC.
+	ProcessSignalProcedure = "/ssi.v1.Process/Signal"
+	// ProcessWaitProcedure is the fully-qualified name of the Process's Wait RPC.
+	ProcessWaitProcedure = "/ssi.v1.Process/Wait"
+	// ProcessLogsProcedure is the fully-qualified name of the Process's Logs RPC.
+	ProcessLogsProcedure = "/ssi.v1.Process/Logs"
+	// PlacementLoadsProcedure is the fully-qualified name of the Placement's Loads RPC.
+	PlacementLoadsProcedure = "/ssi.v1.Placement/Loads"
 )
 
 // ControlClient is a client for the ssi.v1.Control service.
@@ -499,306 +510,438 @@ func (UnimplementedControlHandler) ProvisionInfo(context.Context, *connect.Reque
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.ProvisionInfo is not implemented"))
 }
 
-// PeerClient is a client for the ssi.v1.Peer service.
-type PeerClient interface {
+// MembershipClient is a client for the ssi.v1.Membership service.
+type MembershipClient interface {
 	Join(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error)
-	Exec(context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput]
-	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
-	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
-	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
-	Logs(context.Context, *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error)
-	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
 	Heartbeat(context.Context, *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error)
-	Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error)
 	Shutdown(context.Context, *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error)
 }
 
-// NewPeerClient constructs a client for the ssi.v1.Peer service. By default, it uses the Connect
-// protocol with the binary Protobuf Codec, asks for gzipped responses, and sends uncompressed
-// requests. To use the gRPC or gRPC-Web protocols, supply the connect.WithGRPC() or
+// NewMembershipClient constructs a client for the ssi.v1.Membership service. By default, it uses
+// the Connect protocol with the binary Protobuf Codec, asks for gzipped responses, and sends
+// uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the connect.WithGRPC() or
 // connect.WithGRPCWeb() options.
 //
 // The URL supplied here should be the base URL for the Connect or gRPC server (for example,
 // http://api.acme.com or https://acme.com/grpc).
-func NewPeerClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) PeerClient {
+func NewMembershipClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) MembershipClient {
 	baseURL = strings.TrimRight(baseURL, "/")
-	peerMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Peer").Methods()
-	return &peerClient{
+	membershipMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Membership").Methods()
+	return &membershipClient{
 		join: connect.NewClient[ssiv1.JoinRequest, ssiv1.JoinResponse](
 			httpClient,
-			baseURL+PeerJoinProcedure,
-			connect.WithSchema(peerMethods.ByName("Join")),
-			connect.WithClientOptions(opts...),
-		),
-		exec: connect.NewClient[ssiv1.ExecInput, ssiv1.ExecOutput](
-			httpClient,
-			baseURL+PeerExecProcedure,
-			connect.WithSchema(peerMethods.ByName("Exec")),
-			connect.WithClientOptions(opts...),
-		),
-		procs: connect.NewClient[ssiv1.ProcsRequest, ssiv1.ProcsResponse](
-			httpClient,
-			baseURL+PeerProcsProcedure,
-			connect.WithSchema(peerMethods.ByName("Procs")),
-			connect.WithClientOptions(opts...),
-		),
-		signal: connect.NewClient[ssiv1.SignalRequest, ssiv1.SignalResponse](
-			httpClient,
-			baseURL+PeerSignalProcedure,
-			connect.WithSchema(peerMethods.ByName("Signal")),
-			connect.WithClientOptions(opts...),
-		),
-		wait: connect.NewClient[ssiv1.WaitRequest, ssiv1.WaitResponse](
-			httpClient,
-			baseURL+PeerWaitProcedure,
-			connect.WithSchema(peerMethods.ByName("Wait")),
-			connect.WithClientOptions(opts...),
-		),
-		logs: connect.NewClient[ssiv1.LogsRequest, ssiv1.LogsChunk](
-			httpClient,
-			baseURL+PeerLogsProcedure,
-			connect.WithSchema(peerMethods.ByName("Logs")),
-			connect.WithClientOptions(opts...),
-		),
-		loads: connect.NewClient[ssiv1.LoadsRequest, ssiv1.LoadsResponse](
-			httpClient,
-			baseURL+PeerLoadsProcedure,
-			connect.WithSchema(peerMethods.ByName("Loads")),
+			baseURL+MembershipJoinProcedure,
+			connect.WithSchema(membershipMethods.ByName("Join")),
 			connect.WithClientOptions(opts...),
 		),
 		heartbeat: connect.NewClient[ssiv1.HeartbeatRequest, ssiv1.HeartbeatResponse](
 			httpClient,
-			baseURL+PeerHeartbeatProcedure,
-			connect.WithSchema(peerMethods.ByName("Heartbeat")),
-			connect.WithClientOptions(opts...),
-		),
-		apply: connect.NewClient[ssiv1.ApplyRequest, ssiv1.ApplyResponse](
-			httpClient,
-			baseURL+PeerApplyProcedure,
-			connect.WithSchema(peerMethods.ByName("Apply")),
+			baseURL+MembershipHeartbeatProcedure,
+			connect.WithSchema(membershipMethods.ByName("Heartbeat")),
 			connect.WithClientOptions(opts...),
 		),
 		shutdown: connect.NewClient[ssiv1.PeerShutdownRequest, ssiv1.PeerShutdownResponse](
 			httpClient,
-			baseURL+PeerShutdownProcedure,
-			connect.WithSchema(peerMethods.ByName("Shutdown")),
+			baseURL+MembershipShutdownProcedure,
+			connect.WithSchema(membershipMethods.ByName("Shutdown")),
 			connect.WithClientOptions(opts...),
 		),
 	}
 }
 
-// peerClient implements PeerClient.
-type peerClient struct {
+// membershipClient implements MembershipClient.
+type membershipClient struct {
 	join      *connect.Client[ssiv1.JoinRequest, ssiv1.JoinResponse]
-	exec      *connect.Client[ssiv1.ExecInput, ssiv1.ExecOutput]
-	procs     *connect.Client[ssiv1.ProcsRequest, ssiv1.ProcsResponse]
-	signal    *connect.Client[ssiv1.SignalRequest, ssiv1.SignalResponse]
-	wait      *connect.Client[ssiv1.WaitRequest, ssiv1.WaitResponse]
-	logs      *connect.Client[ssiv1.LogsRequest, ssiv1.LogsChunk]
-	loads     *connect.Client[ssiv1.LoadsRequest, ssiv1.LoadsResponse]
 	heartbeat *connect.Client[ssiv1.HeartbeatRequest, ssiv1.HeartbeatResponse]
-	apply     *connect.Client[ssiv1.ApplyRequest, ssiv1.ApplyResponse]
 	shutdown  *connect.Client[ssiv1.PeerShutdownRequest, ssiv1.PeerShutdownResponse]
 }
 
-// Join calls ssi.v1.Peer.Join.
-func (c *peerClient) Join(ctx context.Context, req *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
+// Join calls ssi.v1.Membership.Join.
+func (c *membershipClient) Join(ctx context.Context, req *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
 	return c.join.CallUnary(ctx, req)
 }
 
-// Exec calls ssi.v1.Peer.Exec.
-func (c *peerClient) Exec(ctx context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput] {
-	return c.exec.CallBidiStream(ctx)
-}
-
-// Procs calls ssi.v1.Peer.Procs.
-func (c *peerClient) Procs(ctx context.Context, req *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
-	return c.procs.CallUnary(ctx, req)
-}
-
-// Signal calls ssi.v1.Peer.Signal.
-func (c *peerClient) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
-	return c.signal.CallUnary(ctx, req)
-}
-
-// Wait calls ssi.v1.Peer.Wait.
-func (c *peerClient) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
-	return c.wait.CallUnary(ctx, req)
-}
-
-// Logs calls ssi.v1.Peer.Logs.
-func (c *peerClient) Logs(ctx context.Context, req *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error) {
-	return c.logs.CallServerStream(ctx, req)
-}
-
-// Loads calls ssi.v1.Peer.Loads.
-func (c *peerClient) Loads(ctx context.Context, req *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
-	return c.loads.CallUnary(ctx, req)
-}
-
-// Heartbeat calls ssi.v1.Peer.Heartbeat.
-func (c *peerClient) Heartbeat(ctx context.Context, req *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error) {
+// Heartbeat calls ssi.v1.Membership.Heartbeat.
+func (c *membershipClient) Heartbeat(ctx context.Context, req *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error) {
 	return c.heartbeat.CallUnary(ctx, req)
 }
 
-// Apply calls ssi.v1.Peer.Apply.
-func (c *peerClient) Apply(ctx context.Context, req *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error) {
-	return c.apply.CallUnary(ctx, req)
-}
-
-// Shutdown calls ssi.v1.Peer.Shutdown.
-func (c *peerClient) Shutdown(ctx context.Context, req *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error) {
+// Shutdown calls ssi.v1.Membership.Shutdown.
+func (c *membershipClient) Shutdown(ctx context.Context, req *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error) {
 	return c.shutdown.CallUnary(ctx, req)
 }
 
-// PeerHandler is an implementation of the ssi.v1.Peer service.
-type PeerHandler interface {
+// MembershipHandler is an implementation of the ssi.v1.Membership service.
+type MembershipHandler interface {
 	Join(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error)
-	Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error
-	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
-	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
-	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
-	Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error
-	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
 	Heartbeat(context.Context, *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error)
-	Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error)
 	Shutdown(context.Context, *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error)
 }
 
-// NewPeerHandler builds an HTTP handler from the service implementation. It returns the path on
-// which to mount the handler and the handler itself.
+// NewMembershipHandler builds an HTTP handler from the service implementation. It returns the path
+// on which to mount the handler and the handler itself.
 //
 // By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
 // and JSON codecs. They also support gzip compression.
-func NewPeerHandler(svc PeerHandler, opts ...connect.HandlerOption) (string, http.Handler) {
-	peerMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Peer").Methods()
-	peerJoinHandler := connect.NewUnaryHandler(
-		PeerJoinProcedure,
+func NewMembershipHandler(svc MembershipHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	membershipMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Membership").Methods()
+	membershipJoinHandler := connect.NewUnaryHandler(
+		MembershipJoinProcedure,
 		svc.Join,
-		connect.WithSchema(peerMethods.ByName("Join")),
+		connect.WithSchema(membershipMethods.ByName("Join")),
 		connect.WithHandlerOptions(opts...),
 	)
-	peerExecHandler := connect.NewBidiStreamHandler(
-		PeerExecProcedure,
-		svc.Exec,
-		connect.WithSchema(peerMethods.ByName("Exec")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerProcsHandler := connect.NewUnaryHandler(
-		PeerProcsProcedure,
-		svc.Procs,
-		connect.WithSchema(peerMethods.ByName("Procs")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerSignalHandler := connect.NewUnaryHandler(
-		PeerSignalProcedure,
-		svc.Signal,
-		connect.WithSchema(peerMethods.ByName("Signal")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerWaitHandler := connect.NewUnaryHandler(
-		PeerWaitProcedure,
-		svc.Wait,
-		connect.WithSchema(peerMethods.ByName("Wait")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerLogsHandler := connect.NewServerStreamHandler(
-		PeerLogsProcedure,
-		svc.Logs,
-		connect.WithSchema(peerMethods.ByName("Logs")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerLoadsHandler := connect.NewUnaryHandler(
-		PeerLoadsProcedure,
-		svc.Loads,
-		connect.WithSchema(peerMethods.ByName("Loads")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerHeartbeatHandler := connect.NewUnaryHandler(
-		PeerHeartbeatProcedure,
+	membershipHeartbeatHandler := connect.NewUnaryHandler(
+		MembershipHeartbeatProcedure,
 		svc.Heartbeat,
-		connect.WithSchema(peerMethods.ByName("Heartbeat")),
+		connect.WithSchema(membershipMethods.ByName("Heartbeat")),
 		connect.WithHandlerOptions(opts...),
 	)
-	peerApplyHandler := connect.NewUnaryHandler(
-		PeerApplyProcedure,
-		svc.Apply,
-		connect.WithSchema(peerMethods.ByName("Apply")),
-		connect.WithHandlerOptions(opts...),
-	)
-	peerShutdownHandler := connect.NewUnaryHandler(
-		PeerShutdownProcedure,
+	membershipShutdownHandler := connect.NewUnaryHandler(
+		MembershipShutdownProcedure,
 		svc.Shutdown,
-		connect.WithSchema(peerMethods.ByName("Shutdown")),
+		connect.WithSchema(membershipMethods.ByName("Shutdown")),
 		connect.WithHandlerOptions(opts...),
 	)
-	return "/ssi.v1.Peer/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return "/ssi.v1.Membership/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
-		case PeerJoinProcedure:
-			peerJoinHandler.ServeHTTP(w, r)
-		case PeerExecProcedure:
-			peerExecHandler.ServeHTTP(w, r)
-		case PeerProcsProcedure:
-			peerProcsHandler.ServeHTTP(w, r)
-		case PeerSignalProcedure:
-			peerSignalHandler.ServeHTTP(w, r)
-		case PeerWaitProcedure:
-			peerWaitHandler.ServeHTTP(w, r)
-		case PeerLogsProcedure:
-			peerLogsHandler.ServeHTTP(w, r)
-		case PeerLoadsProcedure:
-			peerLoadsHandler.ServeHTTP(w, r)
-		case PeerHeartbeatProcedure:
-			peerHeartbeatHandler.ServeHTTP(w, r)
-		case PeerApplyProcedure:
-			peerApplyHandler.ServeHTTP(w, r)
-		case PeerShutdownProcedure:
-			peerShutdownHandler.ServeHTTP(w, r)
+		case MembershipJoinProcedure:
+			membershipJoinHandler.ServeHTTP(w, r)
+		case MembershipHeartbeatProcedure:
+			membershipHeartbeatHandler.ServeHTTP(w, r)
+		case MembershipShutdownProcedure:
+			membershipShutdownHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
 	})
 }
 
-// UnimplementedPeerHandler returns CodeUnimplemented from all methods.
-type UnimplementedPeerHandler struct{}
+// UnimplementedMembershipHandler returns CodeUnimplemented from all methods.
+type UnimplementedMembershipHandler struct{}
 
-func (UnimplementedPeerHandler) Join(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Join is not implemented"))
+func (UnimplementedMembershipHandler) Join(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Membership.Join is not implemented"))
 }
 
-func (UnimplementedPeerHandler) Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Exec is not implemented"))
+func (UnimplementedMembershipHandler) Heartbeat(context.Context, *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Membership.Heartbeat is not implemented"))
 }
 
-func (UnimplementedPeerHandler) Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Procs is not implemented"))
+func (UnimplementedMembershipHandler) Shutdown(context.Context, *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Membership.Shutdown is not implemented"))
 }
 
-func (UnimplementedPeerHandler) Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Signal is not implemented"))
+// ConsensusClient is a client for the ssi.v1.Consensus service.
+type ConsensusClient interface {
+	Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error)
 }
 
-func (UnimplementedPeerHandler) Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Wait is not implemented"))
+// NewConsensusClient constructs a client for the ssi.v1.Consensus service. By default, it uses the
+// Connect protocol with the binary Protobuf Codec, asks for gzipped responses, and sends
+// uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the connect.WithGRPC() or
+// connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewConsensusClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) ConsensusClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	consensusMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Consensus").Methods()
+	return &consensusClient{
+		apply: connect.NewClient[ssiv1.ApplyRequest, ssiv1.ApplyResponse](
+			httpClient,
+			baseURL+ConsensusApplyProcedure,
+			connect.WithSchema(consensusMethods.ByName("Apply")),
+			connect.WithClientOptions(opts...),
+		),
+	}
 }
 
-func (UnimplementedPeerHandler) Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error {
-	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Logs is not implemented"))
+// consensusClient implements ConsensusClient.
+type consensusClient struct {
+	apply *connect.Client[ssiv1.ApplyRequest, ssiv1.ApplyResponse]
 }
 
-func (UnimplementedPeerHandler) Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Loads is not implemented"))
+// Apply calls ssi.v1.Consensus.Apply.
+func (c *consensusClient) Apply(ctx context.Context, req *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error) {
+	return c.apply.CallUnary(ctx, req)
 }
 
-func (UnimplementedPeerHandler) Heartbeat(context.Context, *connect.Request[ssiv1.HeartbeatRequest]) (*connect.Response[ssiv1.HeartbeatResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Heartbeat is not implemented"))
+// ConsensusHandler is an implementation of the ssi.v1.Consensus service.
+type ConsensusHandler interface {
+	Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error)
 }
 
-func (UnimplementedPeerHandler) Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Apply is not implemented"))
+// NewConsensusHandler builds an HTTP handler from the service implementation. It returns the path
+// on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewConsensusHandler(svc ConsensusHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	consensusMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Consensus").Methods()
+	consensusApplyHandler := connect.NewUnaryHandler(
+		ConsensusApplyProcedure,
+		svc.Apply,
+		connect.WithSchema(consensusMethods.ByName("Apply")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ssi.v1.Consensus/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case ConsensusApplyProcedure:
+			consensusApplyHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
 }
 
-func (UnimplementedPeerHandler) Shutdown(context.Context, *connect.Request[ssiv1.PeerShutdownRequest]) (*connect.Response[ssiv1.PeerShutdownResponse], error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Peer.Shutdown is not implemented"))
+// UnimplementedConsensusHandler returns CodeUnimplemented from all methods.
+type UnimplementedConsensusHandler struct{}
+
+func (UnimplementedConsensusHandler) Apply(context.Context, *connect.Request[ssiv1.ApplyRequest]) (*connect.Response[ssiv1.ApplyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Consensus.Apply is not implemented"))
+}
+
+// ProcessClient is a client for the ssi.v1.Process service.
+type ProcessClient interface {
+	Exec(context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput]
+	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
+	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
+	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
+	Logs(context.Context, *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error)
+}
+
+// NewProcessClient constructs a client for the ssi.v1.Process service. By default, it uses the
+// Connect protocol with the binary Protobuf Codec, asks for gzipped responses, and sends
+// uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the connect.WithGRPC() or
+// connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewProcessClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) ProcessClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	processMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Process").Methods()
+	return &processClient{
+		exec: connect.NewClient[ssiv1.ExecInput, ssiv1.ExecOutput](
+			httpClient,
+			baseURL+ProcessExecProcedure,
+			connect.WithSchema(processMethods.ByName("Exec")),
+			connect.WithClientOptions(opts...),
+		),
+		procs: connect.NewClient[ssiv1.ProcsRequest, ssiv1.ProcsResponse](
+			httpClient,
+			baseURL+ProcessProcsProcedure,
+			connect.WithSchema(processMethods.ByName("Procs")),
+			connect.WithClientOptions(opts...),
+		),
+		signal: connect.NewClient[ssiv1.SignalRequest, ssiv1.SignalResponse](
+			httpClient,
+			baseURL+ProcessSignalProcedure,
+			connect.WithSchema(processMethods.ByName("Signal")),
+			connect.WithClientOptions(opts...),
+		),
+		wait: connect.NewClient[ssiv1.WaitRequest, ssiv1.WaitResponse](
+			httpClient,
+			baseURL+ProcessWaitProcedure,
+			connect.WithSchema(processMethods.ByName("Wait")),
+			connect.WithClientOptions(opts...),
+		),
+		logs: connect.NewClient[ssiv1.LogsRequest, ssiv1.LogsChunk](
+			httpClient,
+			baseURL+ProcessLogsProcedure,
+			connect.WithSchema(processMethods.ByName("Logs")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// processClient implements ProcessClient.
+type processClient struct {
+	exec   *connect.Client[ssiv1.ExecInput, ssiv1.ExecOutput]
+	procs  *connect.Client[ssiv1.ProcsRequest, ssiv1.ProcsResponse]
+	signal *connect.Client[ssiv1.SignalRequest, ssiv1.SignalResponse]
+	wait   *connect.Client[ssiv1.WaitRequest, ssiv1.WaitResponse]
+	logs   *connect.Client[ssiv1.LogsRequest, ssiv1.LogsChunk]
+}
+
+// Exec calls ssi.v1.Process.Exec.
+func (c *processClient) Exec(ctx context.Context) *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput] {
+	return c.exec.CallBidiStream(ctx)
+}
+
+// Procs calls ssi.v1.Process.Procs.
+func (c *processClient) Procs(ctx context.Context, req *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
+	return c.procs.CallUnary(ctx, req)
+}
+
+// Signal calls ssi.v1.Process.Signal.
+func (c *processClient) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+	return c.signal.CallUnary(ctx, req)
+}
+
+// Wait calls ssi.v1.Process.Wait.
+func (c *processClient) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
+	return c.wait.CallUnary(ctx, req)
+}
+
+// Logs calls ssi.v1.Process.Logs.
+func (c *processClient) Logs(ctx context.Context, req *connect.Request[ssiv1.LogsRequest]) (*connect.ServerStreamForClient[ssiv1.LogsChunk], error) {
+	return c.logs.CallServerStream(ctx, req)
+}
+
+// ProcessHandler is an implementation of the ssi.v1.Process service.
+type ProcessHandler interface {
+	Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error
+	Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error)
+	Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error)
+	Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error)
+	Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error
+}
+
+// NewProcessHandler builds an HTTP handler from the service implementation. It returns the path on
+// which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewProcessHandler(svc ProcessHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	processMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Process").Methods()
+	processExecHandler := connect.NewBidiStreamHandler(
+		ProcessExecProcedure,
+		svc.Exec,
+		connect.WithSchema(processMethods.ByName("Exec")),
+		connect.WithHandlerOptions(opts...),
+	)
+	processProcsHandler := connect.NewUnaryHandler(
+		ProcessProcsProcedure,
+		svc.Procs,
+		connect.WithSchema(processMethods.ByName("Procs")),
+		connect.WithHandlerOptions(opts...),
+	)
+	processSignalHandler := connect.NewUnaryHandler(
+		ProcessSignalProcedure,
+		svc.Signal,
+		connect.WithSchema(processMethods.ByName("Signal")),
+		connect.WithHandlerOptions(opts...),
+	)
+	processWaitHandler := connect.NewUnaryHandler(
+		ProcessWaitProcedure,
+		svc.Wait,
+		connect.WithSchema(processMethods.ByName("Wait")),
+		connect.WithHandlerOptions(opts...),
+	)
+	processLogsHandler := connect.NewServerStreamHandler(
+		ProcessLogsProcedure,
+		svc.Logs,
+		connect.WithSchema(processMethods.ByName("Logs")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ssi.v1.Process/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case ProcessExecProcedure:
+			processExecHandler.ServeHTTP(w, r)
+		case ProcessProcsProcedure:
+			processProcsHandler.ServeHTTP(w, r)
+		case ProcessSignalProcedure:
+			processSignalHandler.ServeHTTP(w, r)
+		case ProcessWaitProcedure:
+			processWaitHandler.ServeHTTP(w, r)
+		case ProcessLogsProcedure:
+			processLogsHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedProcessHandler returns CodeUnimplemented from all methods.
+type UnimplementedProcessHandler struct{}
+
+func (UnimplementedProcessHandler) Exec(context.Context, *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Process.Exec is not implemented"))
+}
+
+func (UnimplementedProcessHandler) Procs(context.Context, *connect.Request[ssiv1.ProcsRequest]) (*connect.Response[ssiv1.ProcsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Process.Procs is not implemented"))
+}
+
+func (UnimplementedProcessHandler) Signal(context.Context, *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Process.Signal is not implemented"))
+}
+
+func (UnimplementedProcessHandler) Wait(context.Context, *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Process.Wait is not implemented"))
+}
+
+func (UnimplementedProcessHandler) Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Process.Logs is not implemented"))
+}
+
+// PlacementClient is a client for the ssi.v1.Placement service.
+type PlacementClient interface {
+	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
+}
+
+// NewPlacementClient constructs a client for the ssi.v1.Placement service. By default, it uses the
+// Connect protocol with the binary Protobuf Codec, asks for gzipped responses, and sends
+// uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the connect.WithGRPC() or
+// connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewPlacementClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) PlacementClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	placementMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Placement").Methods()
+	return &placementClient{
+		loads: connect.NewClient[ssiv1.LoadsRequest, ssiv1.LoadsResponse](
+			httpClient,
+			baseURL+PlacementLoadsProcedure,
+			connect.WithSchema(placementMethods.ByName("Loads")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// placementClient implements PlacementClient.
+type placementClient struct {
+	loads *connect.Client[ssiv1.LoadsRequest, ssiv1.LoadsResponse]
+}
+
+// Loads calls ssi.v1.Placement.Loads.
+func (c *placementClient) Loads(ctx context.Context, req *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
+	return c.loads.CallUnary(ctx, req)
+}
+
+// PlacementHandler is an implementation of the ssi.v1.Placement service.
+type PlacementHandler interface {
+	Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error)
+}
+
+// NewPlacementHandler builds an HTTP handler from the service implementation. It returns the path
+// on which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewPlacementHandler(svc PlacementHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	placementMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Placement").Methods()
+	placementLoadsHandler := connect.NewUnaryHandler(
+		PlacementLoadsProcedure,
+		svc.Loads,
+		connect.WithSchema(placementMethods.ByName("Loads")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ssi.v1.Placement/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case PlacementLoadsProcedure:
+			placementLoadsHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedPlacementHandler returns CodeUnimplemented from all methods.
+type UnimplementedPlacementHandler struct{}
+
+func (UnimplementedPlacementHandler) Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Placement.Loads is not implemented"))
 }

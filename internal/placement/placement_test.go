@@ -1,4 +1,4 @@
-package node
+package placement
 
 import (
 	"testing"
@@ -17,10 +17,10 @@ func TestPlacementsCountRecentJobsOnly(t *testing.T) {
 	if got := p.recent(1, t0.Add(2*time.Second)); got != 2 {
 		t.Errorf("node 1: %v recent placements, want 2", got)
 	}
-	if got := p.recent(1, t0.Add(placementMemory+500*time.Millisecond)); got != 1 {
+	if got := p.recent(1, t0.Add(Memory+500*time.Millisecond)); got != 1 {
 		t.Errorf("node 1 after the first expired: %v, want 1", got)
 	}
-	if got := p.recent(2, t0.Add(placementMemory)); got != 0 {
+	if got := p.recent(2, t0.Add(Memory)); got != 0 {
 		t.Errorf("node 2 after expiry: %v", got)
 	}
 }

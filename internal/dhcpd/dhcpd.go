@@ -1,4 +1,14 @@
-package node
+// Package dhcpd is the cluster's DHCP service on one node: it decides from
+// the replicated DHCP settings, the node table and leadership whether this
+// node serves (node 1 by default, or whichever node leads), runs an
+// internal/dhcp server on the configured interface accordingly, answers
+// from the node table by MAC and records the leases it grants in the
+// replicated state. It serves the DHCP part of the Control service (GetDHCP,
+// SetDHCP).
+//
+// It must not change the node table; leases and settings change only
+// through internal/consensus.
+package dhcpd
 
 import (
 	"context"
@@ -11,14 +21,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hashicorp/raft"
-
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/dhcp"
 	"github.com/ssi-cluster/ssi/internal/state"
 )
 
-// The daemon's DHCP server: the node designated by the replicated DHCP
+// The node's DHCP server: the node designated by the replicated DHCP
 // settings (node 1 by default, or whichever node leads) runs an
 // internal/dhcp server on the configured interface, answering the MACs of
 // the node table with their registered addresses. Bindings are read from
@@ -40,9 +49,22 @@ const dhcpRecheck = 2 * time.Second
 // maxPendingLeases bounds the lease records waiting to be applied.
 const maxPendingLeases = 4096
 
-// dhcpService runs (or not) this node's DHCP server.
-type dhcpService struct {
-	d      *Daemon
+// Config is what the DHCP service needs from the node.
+type Config struct {
+	Self    uint32
+	SelfIP  string // the node's cluster address: served from if the interface has it
+	FSM     *state.FSM
+	Leader  *consensus.Leader
+	Leaving func() bool // the node is leaving the cluster
+	Log     *slog.Logger
+	// ServerLog is the DHCP server's logger: without the node attribute,
+	// since the server names the client's node "node".
+	ServerLog *slog.Logger
+}
+
+// Service runs (or not) this node's DHCP server.
+type Service struct {
+	cfg    Config
 	log    *slog.Logger
 	reg    *fsmRegistry
 	leases *leaseRecorder
@@ -51,15 +73,16 @@ type dhcpService struct {
 	status string // what the server does now, for 'ssi dhcp show'
 }
 
-func newDHCPService(d *Daemon) *dhcpService {
-	reg := &fsmRegistry{fsm: d.fsm}
-	return &dhcpService{
-		d: d, log: d.log, reg: reg, status: "not started",
-		leases: &leaseRecorder{d: d, reg: reg, pending: map[string]state.Lease{}, wake: make(chan struct{}, 1)},
+// New returns the node's DHCP service; Run runs it.
+func New(cfg Config) *Service {
+	reg := &fsmRegistry{fsm: cfg.FSM}
+	return &Service{
+		cfg: cfg, log: cfg.Log, reg: reg, status: "not started",
+		leases: &leaseRecorder{cfg: cfg, reg: reg, pending: map[string]state.Lease{}, wake: make(chan struct{}, 1)},
 	}
 }
 
-func (s *dhcpService) setStatus(format string, a ...any) {
+func (s *Service) setStatus(format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	s.mu.Lock()
 	changed := s.status != msg
@@ -71,7 +94,7 @@ func (s *dhcpService) setStatus(format string, a ...any) {
 }
 
 // Status says what this node's DHCP server is doing.
-func (s *dhcpService) Status() string {
+func (s *Service) Status() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.status
@@ -85,32 +108,32 @@ type dhcpPlan struct {
 
 // desired decides whether this node serves DHCP now, and with what; when it
 // does not, the reason.
-func (s *dhcpService) desired() (*dhcpPlan, string) {
-	d := s.d
-	c := d.fsm.Cluster()
+func (s *Service) desired() (*dhcpPlan, string) {
+	d := s.cfg
+	c := d.FSM.Cluster()
 	cfg := c.DHCPSettings()
 	switch {
 	case c.Name == "":
 		return nil, "idle: the cluster is not created yet"
 	case !cfg.Enabled:
 		return nil, "idle: DHCP is disabled (ssi dhcp set --enable)"
-	case d.quiesced.Load():
-		return nil, fmt.Sprintf("idle: node %d is leaving the cluster", d.meta.Num)
+	case d.Leaving():
+		return nil, fmt.Sprintf("idle: node %d is leaving the cluster", d.Self)
 	}
 	server := cfg.ServerNode
 	if server == state.DHCPServerLeader {
-		if server = d.leaderNum(); server == 0 {
+		if server = d.Leader.LeaderNum(); server == 0 {
 			return nil, "idle: DHCP runs on the leader and no leader is known"
 		}
 	}
-	if server != d.meta.Num {
-		return nil, fmt.Sprintf("idle: node %d serves DHCP, not node %d", server, d.meta.Num)
+	if server != d.Self {
+		return nil, fmt.Sprintf("idle: node %d serves DHCP, not node %d", server, d.Self)
 	}
 	ifc, err := net.InterfaceByName(cfg.Interface)
 	if err != nil {
-		return nil, fmt.Sprintf("not serving: interface %s does not exist on node %d (fix it with ssi dhcp set --interface)", cfg.Interface, d.meta.Num)
+		return nil, fmt.Sprintf("not serving: interface %s does not exist on node %d (fix it with ssi dhcp set --interface)", cfg.Interface, d.Self)
 	}
-	ip, err := dhcpServerAddr(ifc, d.meta.IPAddr)
+	ip, err := dhcpServerAddr(ifc, d.SelfIP)
 	if err != nil {
 		return nil, fmt.Sprintf("not serving: %v", err)
 	}
@@ -167,17 +190,10 @@ func (r *dhcpRun) stop() {
 	<-r.done
 }
 
-// run keeps the server in line with the settings, the node table and
+// Run keeps the server in line with the settings, the node table and
 // leadership until ctx ends.
-func (s *dhcpService) run(ctx context.Context) {
-	d := s.d
-	obs := make(chan raft.Observation, 4)
-	observer := raft.NewObserver(obs, false, func(o *raft.Observation) bool {
-		_, ok := o.Data.(raft.LeaderObservation)
-		return ok
-	})
-	d.raft.RegisterObserver(observer)
-	defer d.raft.DeregisterObserver(observer)
+func (s *Service) Run(ctx context.Context) {
+	d := s.cfg
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); s.leases.run(ctx) }()
@@ -192,7 +208,7 @@ func (s *dhcpService) run(ctx context.Context) {
 		}
 	}()
 	for {
-		changed := d.fsm.Changed()
+		changed, leaderChanged := d.FSM.Changed(), d.Leader.LeaderChanged()
 		plan, why := s.desired()
 		if cur != nil {
 			select {
@@ -226,17 +242,17 @@ func (s *dhcpService) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-changed:
-		case <-obs:
+		case <-leaderChanged:
 		case <-tick.C:
 		case <-curDone:
 		}
 	}
 }
 
-func (s *dhcpService) start(ctx context.Context, plan *dhcpPlan) *dhcpRun {
+func (s *Service) start(ctx context.Context, plan *dhcpPlan) *dhcpRun {
 	r := &dhcpRun{key: plan.key, done: make(chan struct{})}
 	// The server logs the client's node as "node": name this one differently.
-	srv, err := dhcp.New(plan.settings, s.reg, s.leases, s.d.opts.Log.With("server_node", s.d.meta.Num))
+	srv, err := dhcp.New(plan.settings, s.reg, s.leases, s.cfg.ServerLog.With("server_node", s.cfg.Self))
 	if err != nil {
 		r.err, r.ended, r.cancel = err, time.Now(), func() {}
 		close(r.done)
@@ -314,7 +330,7 @@ func (r *fsmRegistry) LookupMAC(mac string) (dhcp.Binding, bool) {
 // reply never waits for Raft. A lease that the state already holds with
 // the same address and nearly the same expiry is not recorded again.
 type leaseRecorder struct {
-	d   *Daemon
+	cfg Config
 	reg *fsmRegistry
 
 	mu        sync.Mutex
@@ -354,14 +370,14 @@ func sameLease(old, l state.Lease, interval time.Duration) bool {
 // RecordLease implements dhcp.LeaseStore.
 func (r *leaseRecorder) RecordLease(mac string, ip netip.Addr, expires time.Time) error {
 	now := time.Now()
-	l := state.Lease{HWAddr: mac, IPAddr: ip.String(), Expires: expires, Recorded: now, ServerNum: r.d.meta.Num}
+	l := state.Lease{HWAddr: mac, IPAddr: ip.String(), Expires: expires, Recorded: now, ServerNum: r.cfg.Self}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if old, ok := r.reg.current().leases[mac]; ok && sameLease(old, l, recordInterval(r.leaseTime)) {
 		return nil
 	}
 	if _, queued := r.pending[mac]; !queued && len(r.pending) >= maxPendingLeases {
-		return fmt.Errorf("node %d: %d leases are waiting to be recorded; dropping the lease of %s (is the cluster leader reachable?)", r.d.meta.Num, len(r.pending), mac)
+		return fmt.Errorf("node %d: %d leases are waiting to be recorded; dropping the lease of %s (is the cluster leader reachable?)", r.cfg.Self, len(r.pending), mac)
 	}
 	r.pending[mac] = l
 	select {
@@ -389,15 +405,15 @@ func (r *leaseRecorder) run(ctx context.Context) {
 		}
 		sort.Strings(macs)
 		for _, m := range macs {
-			_, err := r.d.apply(ctx, state.CmdRecordLease, state.RecordLease{Lease: batch[m]})
+			_, err := r.cfg.Leader.Apply(ctx, state.CmdRecordLease, state.RecordLease{Lease: batch[m]})
 			switch {
 			case err == nil:
 			case errors.Is(err, state.ErrNotFound):
-				r.d.log.Debug("dhcp: lease not recorded: the node was removed", "mac", m)
+				r.cfg.Log.Debug("dhcp: lease not recorded: the node was removed", "mac", m)
 			case ctx.Err() != nil:
 				return
 			default:
-				r.d.log.Warn("dhcp: could not record lease in the cluster state", "mac", m, "ip", batch[m].IPAddr, "err", err)
+				r.cfg.Log.Warn("dhcp: could not record lease in the cluster state", "mac", m, "ip", batch[m].IPAddr, "err", err)
 			}
 		}
 	}

@@ -1,0 +1,121 @@
+package node
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/consensus"
+	"github.com/ssi-cluster/ssi/internal/dhcpd"
+	"github.com/ssi-cluster/ssi/internal/membership"
+	"github.com/ssi-cluster/ssi/internal/peer"
+	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/placement"
+	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/procspace"
+	"github.com/ssi-cluster/ssi/internal/state"
+)
+
+// wiring is what the subsystems are built from: the node's identity and
+// the parts Run (or an in-process test) created.
+type wiring struct {
+	self         uint32
+	name, ip     string
+	bootID       string
+	fsm          *state.FSM
+	raft         *raft.Raft
+	net          peer.Net
+	ca           *pki.CA
+	jobs         *procs.Manager
+	load         placement.Source
+	seeds        func() []string
+	raftAddr     func(num uint32) string // nil: ip:port
+	bootstrap    *state.Bootstrap
+	bootstrapped func() error
+	exit         func()
+	log, baseLog *slog.Logger
+}
+
+// parts are one node's subsystems, wired to each other.
+type parts struct {
+	leader *consensus.Leader
+	mem    *membership.Membership
+	place  *placement.Placer
+	space  *procspace.Space
+	dhcp   *dhcpd.Service
+	load   placement.Source
+
+	peerHandler    http.Handler // the node-to-node services
+	openPaths      []string     // procedures allowed without a cluster certificate
+	controlHandler http.Handler // the local CLI's Control service
+}
+
+// control is the Control service: each subsystem serves its own part.
+type control struct {
+	*nodesControl
+	*procsControl
+	*loadsControl
+	*dhcpControl
+}
+
+type (
+	nodesControl = membership.Control
+	procsControl = procspace.Control
+	loadsControl = placement.Control
+	dhcpControl  = dhcpd.Control
+)
+
+var _ ssiv1connect.ControlHandler = control{}
+
+// noGzip turns response compression off: cluster traffic is loopback or LAN,
+// and compressing process output on every hop cost more CPU than the
+// bandwidth it saved (docs/PERFORMANCE.md).
+var noGzip = connect.WithCompression("gzip", nil, nil)
+
+func wire(w wiring) *parts {
+	p := &parts{load: w.load}
+	p.leader = consensus.New(w.self, w.raft, w.net, w.log)
+	p.mem = membership.New(membership.Config{
+		Self: w.self, BootID: w.bootID, FSM: w.fsm, Leader: p.leader, Net: w.net, CA: w.ca,
+		Seeds: w.seeds, Load: w.load.Current, Bootstrap: w.bootstrap, Bootstrapped: w.bootstrapped,
+		Exit: w.exit, RaftAddr: w.raftAddr, Log: w.log,
+	})
+	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
+	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
+	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
+
+	mux := http.NewServeMux()
+	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip))
+	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip))
+	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip))
+	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip))
+	p.peerHandler = mux
+	p.openPaths = []string{ssiv1connect.MembershipJoinProcedure}
+
+	ctl := http.NewServeMux()
+	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control()}, noGzip))
+	p.controlHandler = ctl
+	return p
+}
+
+// start runs the subsystems' loops until ctx ends; the returned function
+// waits for them to stop.
+func (p *parts) start(ctx context.Context) (wait func()) {
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){
+		func(ctx context.Context) { _ = p.load.Run(ctx, 500*time.Millisecond) },
+		p.leader.Run,
+		p.mem.Run,
+		p.dhcp.Run,
+	} {
+		wg.Add(1)
+		go func() { defer wg.Done(); loop(ctx) }()
+	}
+	return wg.Wait
+}

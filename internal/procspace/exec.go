@@ -1,0 +1,297 @@
+package procspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+
+	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/rexec"
+	"github.com/ssi-cluster/ssi/internal/state"
+)
+
+// chunkSize is the largest output chunk sent in one message.
+const chunkSize = 256 << 10
+
+// pipeSize is what the job's stdio pipes are grown to (Linux caps it at
+// /proc/sys/fs/pipe-max-size, 1 MiB by default).
+const pipeSize = 1 << 20
+
+// execStream is one side of an exec stream (a server stream from the CLI or
+// a peer, or a client stream to a peer), reduced to what the pumps need.
+type execStream interface {
+	Receive() (*ssiv1.ExecInput, error)
+	Send(*ssiv1.ExecOutput) error
+}
+
+// sender serializes Send (the stdout, stderr, ack and control pumps share
+// it) and numbers the output chunks in the order they go out.
+type sender struct {
+	mu   sync.Mutex
+	send func(*ssiv1.ExecOutput) error
+	seq  uint64
+	dead bool
+}
+
+func (l *sender) Send(m *ssiv1.ExecOutput) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.dead {
+		return errors.New("client gone")
+	}
+	switch m.Msg.(type) {
+	case *ssiv1.ExecOutput_Stdout, *ssiv1.ExecOutput_Stderr:
+		l.seq++
+		m.Seq = l.seq
+	}
+	if err := l.send(m); err != nil {
+		l.dead = true
+		return err
+	}
+	return nil
+}
+
+func execError(code int32, format string, a ...any) *ssiv1.ExecOutput {
+	return &ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Error{Error: &ssiv1.ExecError{ExitCode: code, Message: fmt.Sprintf(format, a...)}}}
+}
+
+// Exec (Control) starts a process for the local CLI, here or on another node.
+func (c *Control) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error {
+	s := c.s
+	caller, err := callerFrom(ctx)
+	if err != nil {
+		return err
+	}
+	first, err := st.Receive()
+	if err != nil {
+		return err
+	}
+	spec := first.GetStart()
+	if spec == nil || len(spec.Argv) == 0 {
+		return st.Send(execError(255, "node %d: the first message must start a command", s.cfg.Self))
+	}
+	spec.Uid, spec.Gid, spec.Groups, spec.HasCreds = caller.UID, caller.GID, caller.Groups, true
+	target := spec.Node
+	if target == 0 {
+		if target, err = s.cfg.Placer.Fastest(ctx); err != nil {
+			return st.Send(execError(255, "%v", err))
+		}
+		spec.Node = target
+	}
+	cl := s.cfg.FSM.Cluster()
+	n, ok := cl.Nodes[target]
+	if !ok {
+		return st.Send(execError(255, "node %d is not in the node table of cluster %s (see 'cluster -V')", target, cl.Name))
+	}
+	if n.State != state.Up {
+		return st.Send(execError(255, "node %d (%s) is %s; run it elsewhere or bring the node up", target, n.Name, n.State))
+	}
+	if target == s.cfg.Self {
+		return s.runLocal(ctx, spec, st, false)
+	}
+	return s.relay(ctx, spec, st, n)
+}
+
+// Exec (Process) runs a process another node asked for.
+func (p *Service) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInput, ssiv1.ExecOutput]) error {
+	first, err := st.Receive()
+	if err != nil {
+		return err
+	}
+	spec := first.GetStart()
+	if spec == nil || len(spec.Argv) == 0 || !spec.HasCreds {
+		return st.Send(execError(255, "node %d: malformed exec request", p.s.cfg.Self))
+	}
+	return p.s.runLocal(ctx, spec, st, true)
+}
+
+// runLocal starts spec on this node and pumps its streams. With ack, it
+// acknowledges stdin to the relaying daemon (ExecOutput.stdin_ack).
+func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, ack bool) error {
+	out := &sender{send: st.Send}
+	j, err := s.cfg.Jobs.Start(ctx, procs.StartRequest{
+		Argv: spec.Argv, Env: spec.Env, Dir: spec.Dir, Caller: procs.Caller{UID: spec.Uid, GID: spec.Gid, Groups: spec.Groups},
+		TTY: spec.Tty, Rows: uint16(spec.Rows), Cols: uint16(spec.Cols), Detach: spec.Detach, Pin: spec.Pin,
+	})
+	if err != nil {
+		code := int32(255)
+		switch {
+		case errors.Is(err, rexec.ErrNotFound):
+			code = 127
+		case errors.Is(err, rexec.ErrNotExecutable):
+			code = 126
+		}
+		return out.Send(execError(code, "node %d (%s): %v", s.cfg.Self, s.cfg.Name, err))
+	}
+	rj := j.Process()
+	if err := out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Started{Started: &ssiv1.ExecStarted{
+		Cpid: int64(j.CPID), Node: s.cfg.Self, Pid: int32(rj.MainPid()), NodeName: s.cfg.Name, Migratable: rj.Migratable() && !spec.Pin,
+	}}}); err != nil && !spec.Detach {
+		_ = rj.Signal(syscall.SIGHUP)
+	}
+	if spec.Detach {
+		s.log.Info("detached job started", "cpid", j.CPID, "uid", spec.Uid, "cmd", spec.Argv[0])
+		return nil
+	}
+	defer s.cfg.Jobs.Finish(j)
+	// Bigger pipes mean fewer, larger reads and messages on a busy stream.
+	for _, f := range []any{rj.Stdin(), rj.Stdout(), rj.Stderr()} {
+		if pf, ok := f.(interface{ Fd() uintptr }); ok {
+			_, _ = unix.FcntlInt(pf.Fd(), unix.F_SETPIPE_SZ, pipeSize)
+		}
+	}
+
+	// Input. Stdin goes through a queue to its own writer, so that signals
+	// and resizes take effect at once even while the job does not read its
+	// stdin. A client that goes away hangs up the process, as ssh does.
+	q := newStdinQueue(2 * Window)
+	defer func() { q.close(); _ = rj.Stdin().Close() }() // a writer stuck on a full pipe lets go
+	go func() {
+		defer q.close()
+		var n uint64 // stdin messages seen: their seq when the sender gives none
+		for {
+			m, err := st.Receive()
+			if err != nil {
+				select {
+				case <-j.Done():
+				default:
+					s.log.Debug("client gone; sending SIGHUP", "cpid", j.CPID, "err", err)
+					_ = rj.Signal(syscall.SIGHUP)
+				}
+				return
+			}
+			switch v := m.Msg.(type) {
+			case *ssiv1.ExecInput_Stdin:
+				n++
+				q.push(stdinItem{seq: max(m.Seq, n), data: v.Stdin})
+			case *ssiv1.ExecInput_StdinEof:
+				n++
+				q.push(stdinItem{seq: max(m.Seq, n), eof: true})
+			case *ssiv1.ExecInput_Signal:
+				_ = rj.Signal(syscall.Signal(v.Signal))
+			case *ssiv1.ExecInput_Resize:
+				_ = rj.Resize(uint16(v.Resize.Rows), uint16(v.Resize.Cols))
+			}
+		}
+	}()
+	go func() {
+		stdin := rj.Stdin()
+		defer stdin.Close()
+		open := true
+		var unacked int
+		for {
+			it, more, ok := q.pop()
+			if !ok {
+				return
+			}
+			if open && it.eof {
+				stdin.Close()
+				open = false
+			} else if open {
+				if _, err := stdin.Write(it.data); err != nil {
+					stdin.Close()
+					open = false // the job closed its stdin: the rest is dropped
+				}
+			}
+			unacked += len(it.data)
+			if ack && (!more || it.eof || unacked >= Window/4) {
+				_ = out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_StdinAck{StdinAck: it.seq}})
+				unacked = 0
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	pump := func(r io.Reader, wrap func([]byte) *ssiv1.ExecOutput) {
+		defer wg.Done()
+		buf := make([]byte, chunkSize)
+		for {
+			n, err := r.Read(buf)
+			if n > 0 {
+				if out.Send(wrap(append([]byte(nil), buf[:n]...))) != nil {
+					_ = rj.Signal(syscall.SIGHUP)
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	wg.Add(2)
+	go pump(rj.Stdout(), func(b []byte) *ssiv1.ExecOutput { return &ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Stdout{Stdout: b}} })
+	go pump(rj.Stderr(), func(b []byte) *ssiv1.ExecOutput { return &ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Stderr{Stderr: b}} })
+	wg.Wait()
+	<-j.Done()
+	status, werr := j.Status()
+	if werr != nil {
+		return out.Send(execError(255, "node %d: waiting for %d: %v", s.cfg.Self, j.CPID, werr))
+	}
+	return out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Exit{Exit: &ssiv1.ExecExit{
+		Code: int32(status.ExitCode()), Signal: int32(status.Signal), Core: status.Core}}})
+}
+
+type stdinItem struct {
+	seq  uint64
+	data []byte
+	eof  bool
+}
+
+// stdinQueue hands stdin from the stream's receiver to the job's writer,
+// bounded in bytes: a sender that keeps to the relay's window never fills
+// it, so the receiver never waits and signals are never held up.
+type stdinQueue struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	items  []stdinItem
+	bytes  int
+	limit  int
+	closed bool
+}
+
+func newStdinQueue(limit int) *stdinQueue {
+	q := &stdinQueue{limit: limit}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+func (q *stdinQueue) push(it stdinItem) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.bytes > 0 && q.bytes+len(it.data) > q.limit && !q.closed {
+		q.cond.Wait()
+	}
+	q.items = append(q.items, it)
+	q.bytes += len(it.data)
+	q.cond.Broadcast()
+}
+
+// pop returns the next item and whether more are queued; ok is false once
+// the queue is closed and empty.
+func (q *stdinQueue) pop() (it stdinItem, more, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.items) == 0 {
+		if q.closed {
+			return stdinItem{}, false, false
+		}
+		q.cond.Wait()
+	}
+	it = q.items[0]
+	q.items = q.items[1:]
+	q.bytes -= len(it.data)
+	q.cond.Broadcast()
+	return it, len(q.items) > 0, true
+}
+
+func (q *stdinQueue) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	q.cond.Broadcast()
+}

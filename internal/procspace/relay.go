@@ -1,0 +1,171 @@
+package procspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"connectrpc.com/connect"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/state"
+)
+
+// Window is how much stdin the relay lets be in flight towards the node
+// that runs the process before that node acknowledges it: the relay keeps
+// it (to replay after a move) and stops reading the client beyond it.
+const Window = 4 << 20
+
+// relay connects a CLI's exec stream to the node that runs the process.
+// If that node dies the client learns it within the failure-detection time.
+//
+// Towards the process, stdin and stdin_eof get sequence numbers and are
+// kept until the node acknowledges them (at most Window bytes in flight);
+// signals and resizes pass at once. Back from the process, output frames
+// whose sequence number was already delivered are dropped, and
+// acknowledgements stay here. These are what a later switch of the stream
+// to another node (after a migration) needs: replay what is unacknowledged,
+// skip what was seen.
+func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, n *state.Node) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	client, err := s.clients.To(n.Num)
+	if err != nil {
+		return st.Send(execError(255, "node %d (%s): %v", n.Num, n.Name, err))
+	}
+	remote := client.Exec(ctx)
+	defer remote.CloseResponse()
+	if err := remote.Send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Start{Start: spec}}); err != nil {
+		return st.Send(execError(255, "node %d (%s): %v", n.Num, n.Name, unwrapEOF(remote, err)))
+	}
+	// A target that goes DOWN ends the stream (closing the response
+	// unblocks a Receive that a dead peer would never answer).
+	stop := context.AfterFunc(ctx, func() { _ = remote.CloseResponse() })
+	defer stop()
+	s.cancelIfDown(ctx, n, cancel)
+
+	win := newInflight(Window)
+	go func() {
+		var seq uint64
+		for {
+			m, err := st.Receive()
+			if err != nil {
+				// The client is gone. Closing our request side tells the
+				// node (its Receive sees EOF) to hang up the process;
+				// cancelling alone would not reach a stream in flight.
+				_ = remote.CloseRequest()
+				cancel(errors.New("client gone"))
+				return
+			}
+			switch m.Msg.(type) {
+			case *ssiv1.ExecInput_Stdin, *ssiv1.ExecInput_StdinEof:
+				seq++
+				m.Seq = seq
+				if !win.add(ctx, m) {
+					return
+				}
+			}
+			if err := remote.Send(m); err != nil {
+				return
+			}
+		}
+	}()
+	var delivered uint64 // the last output seq handed to the client
+	for {
+		m, err := remote.Receive()
+		if err != nil {
+			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
+				return st.Send(execError(255, "%v; the process is lost", cause))
+			}
+			return st.Send(execError(255, "%v", s.explainLoss(n, fmt.Errorf("lost the connection to node %d (%s): %w", n.Num, n.Name, err))))
+		}
+		if a, ok := m.Msg.(*ssiv1.ExecOutput_StdinAck); ok {
+			win.ack(a.StdinAck)
+			continue
+		}
+		if m.Seq != 0 {
+			if m.Seq <= delivered {
+				continue
+			}
+			delivered = m.Seq
+		}
+		if err := st.Send(m); err != nil {
+			return err
+		}
+		if m.GetExit() != nil || m.GetError() != nil {
+			return nil
+		}
+		if spec.Detach && m.GetStarted() != nil {
+			return nil
+		}
+	}
+}
+
+func unwrapEOF(remote *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput], err error) error {
+	if errors.Is(err, io.EOF) {
+		if _, rerr := remote.Receive(); rerr != nil {
+			return rerr
+		}
+	}
+	return err
+}
+
+// inflight is the stdin sent towards the process and not yet acknowledged.
+type inflight struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	msgs  []*ssiv1.ExecInput
+	bytes int
+	limit int
+	done  bool
+}
+
+func newInflight(limit int) *inflight {
+	w := &inflight{limit: limit}
+	w.cond = sync.NewCond(&w.mu)
+	return w
+}
+
+// add keeps m, waiting while the window is full; false if ctx ended first.
+func (w *inflight) add(ctx context.Context, m *ssiv1.ExecInput) bool {
+	stop := context.AfterFunc(ctx, func() {
+		w.mu.Lock()
+		w.done = true
+		w.cond.Broadcast()
+		w.mu.Unlock()
+	})
+	defer stop()
+	size := len(m.GetStdin())
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for w.bytes > 0 && w.bytes+size > w.limit && !w.done {
+		w.cond.Wait()
+	}
+	if w.done {
+		return false
+	}
+	w.msgs = append(w.msgs, m)
+	w.bytes += size
+	return true
+}
+
+// ack drops everything up to seq.
+func (w *inflight) ack(seq uint64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	i := 0
+	for ; i < len(w.msgs) && w.msgs[i].Seq <= seq; i++ {
+		w.bytes -= len(w.msgs[i].GetStdin())
+	}
+	w.msgs = w.msgs[i:]
+	w.cond.Broadcast()
+}
+
+// pending is what a new stream to the process would have to be sent again.
+func (w *inflight) pending() []*ssiv1.ExecInput {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]*ssiv1.ExecInput(nil), w.msgs...)
+}
