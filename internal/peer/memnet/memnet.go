@@ -377,17 +377,22 @@ func (c *conn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
+// Close closes both ends of the pipe, as a reset would.
 func (c *conn) Close() error {
+	c.closeEnd()
+	if c.other != nil {
+		c.other.closeEnd()
+	}
+	return nil
+}
+
+func (c *conn) closeEnd() {
 	c.once.Do(func() {
 		c.n.mu.Lock()
 		delete(c.n.conns, c)
 		c.n.mu.Unlock()
 		_ = c.Conn.Close()
-		if c.other != nil {
-			_ = c.other.Close()
-		}
 	})
-	return nil
 }
 
 func (c *conn) LocalAddr() net.Addr  { return addr(Addr(c.local)) }
