@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-		"os"
+	"os"
 	"sync"
 	"testing"
 	"testing/synctest"
