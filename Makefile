@@ -32,11 +32,10 @@ demo: deps build links
 demo-down:
 	./$(BIN) down --dir $(DEMO_DIR)
 
-# Every test, race detector on, then a short run of every fuzz target.
+# go vet, every test with the race detector, a short run of every fuzz
+# target, then the list of skipped tests (scripts/test.sh).
 test: deps
-	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 40m ./...
-	@bash scripts/fuzz.sh $(FUZZ_SHORT)
+	@FUZZ_BUDGET=$(FUZZ_SHORT) bash scripts/test.sh
 
 # A longer run of every fuzz target: make fuzz [FUZZ_LONG=1000000x]
 fuzz:
