@@ -56,7 +56,7 @@ pkgs=$(go list -f '{{.ImportPath}} {{.Dir}}' "$@")
 passed=0 failed=0 warned=0
 while read -r pkg dir; do
 	grep -qs '^func Fuzz' "$dir"/*_test.go || continue
-	if ! targets=$(go test -list '^Fuzz' "$pkg" 2>&1); then
+	if ! targets=$(go test -list '^Fuzz' "$pkg" </dev/null 2>&1); then
 		echo "$targets"
 		echo "fuzz: FAIL $pkg: cannot list its fuzz targets"
 		failed=$((failed + 1))
@@ -67,7 +67,7 @@ while read -r pkg dir; do
 		for attempt in 1 2; do
 			start=$SECONDS
 			rc=0
-			go test -run '^$' -fuzz "^${target}\$" -fuzztime "$budget" -timeout "$timeout" "$pkg" >"$log" 2>&1 || rc=$?
+			go test -run '^$' -fuzz "^${target}\$" -fuzztime "$budget" -timeout "$timeout" "$pkg" </dev/null >"$log" 2>&1 || rc=$?
 			new=$(comm -13 <(echo "$before") <(corpus "$dir" "$target"))
 			if [ "$rc" -eq 0 ] && [ -z "$new" ]; then
 				echo "fuzz: ok   $pkg $target ($budget, $((SECONDS - start))s)"
