@@ -11,11 +11,24 @@ fi
 
 # Debian packages: iproute2 (ssi up --isolate, namespace tests), e2fsprogs
 # and util-linux (node images: mke2fs, resize2fs, mkswap), busybox (udhcpc,
-# the real DHCP client of the DHCP test), tmux (terminal tests), procps.
+# the real DHCP client of the DHCP test), tmux (terminal tests), procps,
+# gcc (cgo for the race detector, and the C helper of the xl tests).
 need=()
-for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps; do
+for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+done
+# Libraries, checked by package: libxenmisc4.17 has Xen's libxlutil (and
+# pulls in libxenlight), the parser xl itself uses, with which the
+# internal/provision tests check the xl configurations ssi writes. Only the
+# library: xen-utils would bring the hypervisor's tools and services. Those
+# tests read x86-64 struct offsets, so only there.
+libs=()
+if [ "$(go env GOARCH)" = amd64 ]; then
+	libs+=(libxenmisc4.17)
+fi
+for pkg in "${libs[@]}"; do
+	[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
@@ -24,8 +37,15 @@ if [ ${#need[@]} -gt 0 ]; then
 	fi
 	echo "deps: installing ${need[*]}"
 	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+	# Quiet unless it fails: apt's progress and debconf notes go to a log.
+	log=$(mktemp)
+	if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u); } >"$log" 2>&1; then
+		cat "$log" >&2
+		rm -f "$log"
+		echo "deps: apt-get failed" >&2
+		exit 1
+	fi
+	rm -f "$log"
 fi
 
 go mod download
