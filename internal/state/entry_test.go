@@ -421,6 +421,16 @@ func TestRequiresOnlyRises(t *testing.T) {
 	if c.Requires != "0.2.0" {
 		t.Errorf("requires %q, want 0.2.0", c.Requires)
 	}
+	v := version.V{Minor: 4}
+	if got := requiredBy(Entry{Type: CmdSetState, Needs: v}, v0_1_0); got != v {
+		t.Errorf("a SetState stamped %v requires %v", v, got)
+	}
+	if got := requiredBy(Entry{Type: CmdSetState}, v0_1_0); got != v0_1_0 {
+		t.Errorf("a legacy SetState requires %v, want %v", got, v0_1_0)
+	}
+	if got := requiredBy(Entry{Type: IgnoreUnknown | 0x42, Needs: v}, v); !got.IsZero() {
+		t.Errorf("a skippable command requires %v, want nothing: older versions may drop it", got)
+	}
 	a := newApplier(t)
 	a.apply(CmdRemoveNode, RemoveNode{Num: 9}) // refused
 	a.raw(Entry{Type: IgnoreUnknown | 0x42, Needs: v0_3_0, Body: futureBody}.Bytes())

@@ -166,13 +166,23 @@ func (f *FSM) applyLocked(index uint64, data []byte) (Result, *HaltError) {
 		// must not make this node diverge either.
 		return Result{}, &HaltError{Index: index, Type: e.Type, Node: version.Current, Needs: since, Detail: err.Error()}
 	}
-	raiseRequires(next, version.Max(since, e.Needs))
+	raiseRequires(next, requiredBy(e, since))
 	f.c = next
 	var raw json.RawMessage
 	if val != nil {
 		raw, _ = json.Marshal(val)
 	}
 	return Result{Value: raw}, nil
+}
+
+// requiredBy is the version a state needs once entry e (of a type
+// introduced in since) is applied to it. A skippable command's effects
+// can be dropped by older versions (docs/UPGRADES.md), so it needs none.
+func requiredBy(e Entry, since version.V) version.V {
+	if e.Type.Skippable() {
+		return version.V{}
+	}
+	return version.Max(since, e.Needs)
 }
 
 // raiseRequires records in c that its state needs ssi >= v.
