@@ -570,7 +570,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	needs, err := c.requires()
 	if err != nil || version.Current.Less(needs) {
 		h := &HaltError{Snapshot: true, Node: version.Current, Needs: needs,
-			Detail: fmt.Sprintf("its state holds the effects of commands this version does not know (it requires ssi %s)", c.Requires)}
+			Detail: fmt.Sprintf("its state holds the effects of commands of ssi %s, which this version does not know", c.Requires)}
 		if err != nil {
 			h.Detail = fmt.Sprintf("its version requirement is in a format this version cannot read: %v", err)
 		}

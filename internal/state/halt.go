@@ -33,16 +33,19 @@ func (e *HaltError) Error() string {
 	case e.Snapshot:
 		fmt.Fprintf(&b, "the Raft snapshot cannot be restored by this node, which runs ssi %s", e.Node)
 	case e.Index == 0:
-		fmt.Fprintf(&b, "a command of type %v cannot be applied by this node, which runs ssi %s", e.Type, e.Node)
+		fmt.Fprintf(&b, "a command of type %v cannot be applied by ssi %s, which this node runs", e.Type, e.Node)
 	default:
 		fmt.Fprintf(&b, "log entry %d (command type %v) cannot be applied by this node, which runs ssi %s", e.Index, e.Type, e.Node)
 	}
 	if e.Detail != "" {
 		b.WriteString(": " + e.Detail)
 	}
-	if e.Needs.IsZero() {
+	switch {
+	case e.Needs.IsZero():
 		b.WriteString("; it does not say which ssi version introduced it. Upgrade this node to the ssi version the other nodes run")
-	} else {
+	case e.Snapshot:
+		fmt.Fprintf(&b, ". Upgrade this node to ssi >= %s", e.Needs)
+	default:
 		fmt.Fprintf(&b, "; it was introduced in ssi %s. Upgrade this node to ssi >= %s", e.Needs, e.Needs)
 	}
 	switch {
@@ -51,7 +54,7 @@ func (e *HaltError) Error() string {
 	case e.Index != 0:
 		fmt.Fprintf(&b, " and start it again: it stopped applying the log at entry %d so that its state does not diverge from the other nodes'", e.Index)
 	default:
-		b.WriteString(", or upgrade every node before using the command")
+		b.WriteString(": upgrade every node before using the command")
 	}
 	return b.String()
 }
