@@ -103,7 +103,8 @@ func (f *FSM) AppliedIndex() uint64 {
 	return f.applied
 }
 
-// Changed returns a channel that is closed by the next applied change.
+// Changed returns a channel that is closed by the next applied change, and
+// once when the FSM halts (waiters should also watch Halted).
 func (f *FSM) Changed() <-chan struct{} {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
