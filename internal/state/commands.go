@@ -6,10 +6,12 @@ import (
 	"time"
 )
 
-// CommandType is the first byte of every log entry. Types with the
-// IgnoreUnknown bit set may be skipped by an older node that does not know
-// them; any other unknown type is refused (and logged) so that a mixed-version
-// cluster fails loudly instead of diverging silently.
+// CommandType is the first byte of every log entry (entry.go has the
+// layout). Types with the IgnoreUnknown bit set may be skipped by an older
+// node that does not know them; meeting any other type it does not know (or
+// an entry stamped with a newer version) halts a node's state machine, so
+// that a mixed-version cluster stops loudly instead of diverging silently
+// (docs/UPGRADES.md).
 type CommandType byte
 
 // Command types. Never renumber: they are in every log.
@@ -109,13 +111,19 @@ type ReplaceVoter struct {
 	Time   time.Time `json:"time"`
 }
 
-// Encode turns a command into a log entry.
+// Encode turns a command into a log entry stamped with the version that
+// introduced its type. A type missing from the version table (entry.go) is
+// refused: add its row.
 func Encode(t CommandType, cmd any) ([]byte, error) {
+	since, ok := Introduced(t)
+	if !ok {
+		return nil, fmt.Errorf("encode command type %d: it has no row in the version table (internal/state/entry.go); add one", byte(t))
+	}
 	b, err := json.Marshal(cmd)
 	if err != nil {
-		return nil, fmt.Errorf("encode command %d: %w", t, err)
+		return nil, fmt.Errorf("encode command %v: %w", t, err)
 	}
-	return append([]byte{byte(t)}, b...), nil
+	return Entry{Type: t, Needs: since, Body: b}.Bytes(), nil
 }
 
 // Result is what applying a command returns to its proposer.

@@ -2,6 +2,7 @@ package state
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,16 +15,25 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/ssi-cluster/ssi/internal/nodeaddr"
+	"github.com/ssi-cluster/ssi/internal/version"
 )
 
 // FSM is the Raft state machine holding the Cluster. Reads return copies
 // and may run concurrently with Apply.
+//
+// A committed entry this version cannot apply (an unknown command type
+// without the IgnoreUnknown bit, or an entry stamped with a newer version)
+// halts the FSM: it applies nothing from that entry on, refuses to snapshot
+// (so that Raft keeps the log from which an upgraded node replays it) and
+// closes Halted. The daemon must then exit; see docs/UPGRADES.md.
 type FSM struct {
 	mu      sync.RWMutex
 	c       *Cluster
 	applied uint64
 	changed chan struct{}
 	log     *slog.Logger
+	halted  chan struct{} // closed by halt
+	haltErr *HaltError    // set by halt, under mu
 }
 
 // NewFSM returns an empty state machine.
@@ -31,7 +41,48 @@ func NewFSM(log *slog.Logger) *FSM {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &FSM{c: emptyCluster(), changed: make(chan struct{}), log: log}
+	return &FSM{c: emptyCluster(), changed: make(chan struct{}), log: log, halted: make(chan struct{})}
+}
+
+// Halted returns a channel that is closed when the FSM halts: a committed
+// entry or a snapshot needs a newer ssi. HaltErr says which. It never
+// reopens; the process must exit.
+func (f *FSM) Halted() <-chan struct{} { return f.halted }
+
+// HaltErr is the *HaltError the FSM halted with, nil while it runs. Its
+// message names the log index, the command type, this node's version and
+// the version to upgrade to.
+func (f *FSM) HaltErr() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.haltErr == nil {
+		return nil
+	}
+	return f.haltErr
+}
+
+// halt stops the FSM for good, under f.mu.
+func (f *FSM) halt(h *HaltError) {
+	f.haltErr = h
+	f.log.Error("state machine halted: this node is too old for the cluster's log; it applies nothing more and must be upgraded",
+		"index", h.Index, "type", int(h.Type), "node_version", h.Node.String(), "needs_version", versionAttr(h.Needs), "err", h)
+	close(f.halted)
+	// Wake whoever waits for a change, so they can notice the halt.
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// versionAttr is a version for the log, "unknown" when zero.
+func versionAttr(v version.V) string {
+	if v.IsZero() {
+		return "unknown"
+	}
+	return v.String()
+}
+
+// haltedResult is the answer to every entry from the halt on.
+func (f *FSM) haltedResult() Result {
+	return Result{Err: &Error{Code: CodeHalted, Msg: f.haltErr.Error()}}
 }
 
 func emptyCluster() *Cluster {
@@ -52,7 +103,8 @@ func (f *FSM) AppliedIndex() uint64 {
 	return f.applied
 }
 
-// Changed returns a channel that is closed by the next applied change.
+// Changed returns a channel that is closed by the next applied change, and
+// once when the FSM halts (waiters should also watch Halted).
 func (f *FSM) Changed() <-chan struct{} {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -70,41 +122,77 @@ func (f *FSM) Apply(l *raft.Log) any {
 // ApplyEntry applies one encoded command at the given log index.
 func (f *FSM) ApplyEntry(index uint64, data []byte) Result {
 	f.mu.Lock()
-	defer func() {
-		if index > f.applied {
-			f.applied = index
-		}
-		close(f.changed)
-		f.changed = make(chan struct{})
-		f.mu.Unlock()
-	}()
-	if len(data) == 0 {
-		return Result{Err: Errorf(CodeInvalid, "empty command")}
+	defer f.mu.Unlock()
+	if f.haltErr != nil {
+		return f.haltedResult()
 	}
-	t, body := CommandType(data[0]), data[1:]
+	res, h := f.applyLocked(index, data)
+	if h != nil {
+		f.halt(h)
+		return f.haltedResult()
+	}
+	if index > f.applied {
+		f.applied = index
+	}
+	close(f.changed)
+	f.changed = make(chan struct{})
+	return res
+}
+
+// applyLocked applies an entry to f.c, or says why the FSM must halt.
+func (f *FSM) applyLocked(index uint64, data []byte) (Result, *HaltError) {
+	e, err := DecodeEntry(data)
+	if h := check(index, e, err); h != nil {
+		return Result{}, h
+	}
+	if errors.Is(err, ErrMalformedEntry) {
+		// Every version refuses it the same way.
+		return Result{Err: Errorf(CodeInvalid, "%v", err)}, nil
+	}
+	since, known := Introduced(e.Type)
+	if err != nil || !known || version.Current.Less(e.Needs) {
+		// check let it through: it is skippable.
+		f.log.Warn("skipping a log entry this version does not know; its command type is marked skippable (IgnoreUnknown)",
+			"type", int(e.Type), "index", index, "needs_version", versionAttr(e.Needs), "node_version", version.Current.String())
+		return Result{}, nil
+	}
 	// Work on a copy so that a refused command changes nothing.
 	next := f.c.Clone()
-	val, err := apply(next, t, body, index)
+	val, err := apply(next, e.Type, e.Body, index)
 	if err != nil {
-		if e, ok := err.(*Error); ok {
-			return Result{Err: e}
+		if se, ok := err.(*Error); ok {
+			return Result{Err: se}, nil
 		}
-		if err == errIgnored {
-			f.log.Warn("skipping unknown ignorable command type", "type", int(t), "index", index)
-			return Result{}
-		}
-		f.log.Error("refusing command", "type", int(t), "index", index, "err", err)
-		return Result{Err: Errorf(CodeInvalid, "%v", err)}
+		// apply knows fewer types than the version table: a bug that
+		// must not make this node diverge either.
+		return Result{}, &HaltError{Index: index, Type: e.Type, Node: version.Current, Needs: since, Detail: err.Error()}
 	}
+	raiseRequires(next, requiredBy(e, since))
 	f.c = next
 	var raw json.RawMessage
 	if val != nil {
 		raw, _ = json.Marshal(val)
 	}
-	return Result{Value: raw}
+	return Result{Value: raw}, nil
 }
 
-var errIgnored = fmt.Errorf("ignored")
+// requiredBy is the version a state needs once entry e (of a type
+// introduced in since) is applied to it. A skippable command's effects
+// can be dropped by older versions (docs/UPGRADES.md), so it needs none.
+func requiredBy(e Entry, since version.V) version.V {
+	if e.Type.Skippable() {
+		return version.V{}
+	}
+	return version.Max(since, e.Needs)
+}
+
+// raiseRequires records in c that its state needs ssi >= v.
+func raiseRequires(c *Cluster, v version.V) {
+	// Restore checked that Requires parses; "" is the zero version.
+	if have, _ := c.requires(); have.Less(v) {
+		c.Requires = v.String()
+	}
+}
 
 func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 	decode := func(v any) error {
@@ -216,10 +304,7 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 		}
 		return nil, applySetLocation(c, cmd)
 	default:
-		if t&IgnoreUnknown != 0 {
-			return nil, errIgnored
-		}
-		return nil, fmt.Errorf("unknown command type %d: this node runs an older ssi than the one that wrote the log; upgrade it", t)
+		return nil, fmt.Errorf("command type %d is in the version table but this version cannot apply it (a bug: add it to state.apply)", byte(t))
 	}
 }
 
@@ -455,10 +540,15 @@ func DefaultNamePrefix(cluster string) string {
 	return p
 }
 
-// Snapshot implements raft.FSM.
+// Snapshot implements raft.FSM. A halted FSM refuses: a snapshot would
+// claim the entries it did not apply, and Raft would drop them from the log
+// that an upgraded node must replay.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	if f.haltErr != nil {
+		return nil, fmt.Errorf("snapshot cluster state: %w", f.haltErr)
+	}
 	b, err := json.Marshal(f.c)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot cluster state: %w", err)
@@ -466,7 +556,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	return snapshot(b), nil
 }
 
-// Restore implements raft.FSM.
+// Restore implements raft.FSM. A snapshot whose state needs a newer ssi
+// (Cluster.Requires) halts the FSM and is refused, as is any snapshot once
+// it has halted. JSON fields this version does not know are ignored:
+// docs/UPGRADES.md says why that is safe.
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	c := emptyCluster()
@@ -477,10 +570,23 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		c.Nodes = map[uint32]*Node{}
 	}
 	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.haltErr != nil {
+		return fmt.Errorf("restore cluster state from snapshot: %w", f.haltErr)
+	}
+	needs, err := c.requires()
+	if err != nil || version.Current.Less(needs) {
+		h := &HaltError{Snapshot: true, Node: version.Current, Needs: needs,
+			Detail: fmt.Sprintf("its state holds the effects of commands of ssi %s, which this version does not know", c.Requires)}
+		if err != nil {
+			h.Detail = fmt.Sprintf("its version requirement is in a format this version cannot read: %v", err)
+		}
+		f.halt(h)
+		return fmt.Errorf("restore cluster state from snapshot: %w", h)
+	}
 	f.c = c
 	close(f.changed)
 	f.changed = make(chan struct{})
-	f.mu.Unlock()
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/ssi-cluster/ssi/internal/version"
 )
 
 var t0 = time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
@@ -25,7 +27,7 @@ type applier struct {
 }
 
 func newApplier(t *testing.T) *applier {
-	a := &applier{t: t, f: NewFSM(nil)}
+	a := &applier{t: t, f: NewFSM(discardLog)}
 	a.must(CmdBootstrap, Bootstrap{Name: "ssi1", CAFingerprint: "fp", Config: testConfig(), Time: t0,
 		Node: NodeSpec{HWAddr: "0A:00:00:00:11:D1", IPAddr: "192.168.64.141"}})
 	return a
@@ -201,26 +203,32 @@ func TestClusterShutdownMarksEveryRunningNodeDown(t *testing.T) {
 	}
 }
 
-func TestUnknownCommandTypes(t *testing.T) {
+// Entries that every version refuses the same way are refused, not halted
+// on (the unknown types are in entry_test.go).
+func TestMalformedEntriesAreRefused(t *testing.T) {
 	a := newApplier(t)
 	before := a.f.Cluster()
-	a.index++
-	r := a.f.ApplyEntry(a.index, []byte{0x42, '{', '}'})
-	if !errors.Is(r.Error(), ErrInvalid) {
-		t.Errorf("unknown type: %v", r.Err)
+	for _, data := range [][]byte{
+		nil,
+		{byte(CmdAddNodes), '{'},  // legacy, bad JSON
+		{byte(CmdAddNodes), 0x00}, // stamp cut short
+		{byte(CmdAddNodes), 0x00, 5, 0, 0, 0, 1, 0},                           // header shorter than the stamp
+		{byte(CmdAddNodes), 0x00, 6, 0, 0, 0, 1},                              // header longer than the entry
+		append(Entry{Type: CmdAddNodes, Needs: version.Current}.Bytes(), '{'), // stamped, bad JSON
+	} {
+		a.index++
+		if r := a.f.ApplyEntry(a.index, data); !errors.Is(r.Error(), ErrInvalid) {
+			t.Errorf("entry %q: got %v, want a refusal (%s)", data, r.Err, CodeInvalid)
+		}
 	}
-	a.index++
-	if r := a.f.ApplyEntry(a.index, []byte{byte(IgnoreUnknown | 0x42), '{', '}'}); r.Err != nil {
-		t.Errorf("ignorable unknown type was refused: %v", r.Err)
-	}
-	if r := a.f.ApplyEntry(a.index+1, nil); r.Err == nil {
-		t.Errorf("empty entry accepted")
-	}
-	if r := a.f.ApplyEntry(a.index+2, []byte{byte(CmdAddNodes), '{'}); !errors.Is(r.Error(), ErrInvalid) {
-		t.Errorf("malformed body: %v", r.Err)
+	if err := a.f.HaltErr(); err != nil {
+		t.Fatalf("a malformed entry halted the FSM: %v", err)
 	}
 	if !reflect.DeepEqual(before, a.f.Cluster()) {
-		t.Errorf("unknown commands changed the state")
+		t.Errorf("malformed entries changed the state")
+	}
+	if got := a.f.AppliedIndex(); got != a.index {
+		t.Errorf("applied index %d after refused entries, want %d", got, a.index)
 	}
 }
 
@@ -299,6 +307,10 @@ func FuzzApply(f *testing.F) {
 		append([]byte{byte(CmdJoin)}, []byte(`{"hwaddr":"0a:00:00:00:11:d1","token_hash":""}`)...),
 		append([]byte{byte(CmdRemoveNode)}, []byte(`{"num":1}`)...),
 		{0xff}, {},
+		mustEncode(CmdSetState, SetState{Num: 1, To: Up}),
+		Entry{Type: 0x42, Needs: version.V{Major: 9}, Body: []byte("{}")}.Bytes(),
+		Entry{Type: IgnoreUnknown | 0x42, Needs: version.V{Major: 9}, Body: []byte("{}")}.Bytes(),
+		{byte(CmdSetState), 0x01, '{', '}'},
 	} {
 		f.Add(seed)
 	}
@@ -311,6 +323,9 @@ func FuzzApply(f *testing.F) {
 			if !bytes.Equal(before, after) {
 				t.Fatalf("refused entry %q changed the state", data)
 			}
+		}
+		if halted := a.f.HaltErr() != nil; halted != (CheckEntry(data) != nil) {
+			t.Fatalf("entry %q: FSM halted %v, but CheckEntry says %v", data, halted, CheckEntry(data))
 		}
 	})
 }

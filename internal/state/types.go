@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ssi-cluster/ssi/internal/version"
 )
 
 // NodeState is a node's membership state, as in OpenSSI's CLMS.
@@ -129,6 +131,24 @@ type Cluster struct {
 	// Locations: where each process that moved runs now, by cluster PID
 	// (location.go). A process without a record runs where it was created.
 	Locations map[int64]uint32 `json:"locations,omitempty"`
+
+	// Requires is the lowest ssi version that understands this state: the
+	// newest version that an applied entry needed ("" before the first
+	// entry, and in snapshots of versions without stamps). A node older
+	// than that refuses a snapshot of it (docs/UPGRADES.md).
+	Requires string `json:"requires,omitempty"`
+}
+
+// requires parses Requires; "" is the zero version.
+func (c *Cluster) requires() (version.V, error) {
+	if c.Requires == "" {
+		return version.V{}, nil
+	}
+	v, err := version.Parse(c.Requires)
+	if err != nil {
+		return version.V{}, fmt.Errorf("cluster state requires: %w", err)
+	}
+	return v, nil
 }
 
 // Clone returns a deep copy.
