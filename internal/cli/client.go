@@ -1,9 +1,14 @@
 package cli
 
 import (
+	"context"
 	"flag"
+	"fmt"
 	"os"
+	"path"
 	"sync"
+
+	"connectrpc.com/connect"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/node"
@@ -24,9 +29,38 @@ var controls sync.Map // socket path -> ssiv1connect.ControlClient
 // control returns a client of the daemon at socket; calls in one process
 // share its HTTP/2 connection (onall multiplexes every node's stream on it).
 func control(socket string) ssiv1connect.ControlClient {
-	if c, ok := controls.Load(socket); ok {
+	return cachedControl(&controls, socket)
+}
+
+func cachedControl(m *sync.Map, socket string) ssiv1connect.ControlClient {
+	if c, ok := m.Load(socket); ok {
 		return c.(ssiv1connect.ControlClient)
 	}
-	c, _ := controls.LoadOrStore(socket, ssiv1connect.NewControlClient(transport.NewUnixClient(socket), "http://ssi"))
+	c, _ := m.LoadOrStore(socket, ssiv1connect.NewControlClient(transport.NewUnixClient(socket), "http://ssi",
+		connect.WithInterceptors(namesLostDaemon(socket))))
 	return c.(ssiv1connect.ControlClient)
+}
+
+// namesLostDaemon makes a unary call that lost its connection say so: which
+// daemon, during which call, and what to do.
+func namesLostDaemon(socket string) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			resp, err := next(ctx, req)
+			if err != nil {
+				err = lostDaemon(socket, path.Base(req.Spec().Procedure), err)
+			}
+			return resp, err
+		}
+	}
+}
+
+// lostDaemon wraps a transport failure of a call to the daemon at socket.
+// A failed dial is left alone: its message already names the socket and
+// says what to do.
+func lostDaemon(socket, call string, err error) error {
+	if !isTransport(err) || isDial(err) {
+		return err
+	}
+	return fmt.Errorf("lost the connection to the ssi daemon at %s during %s (check that it still runs, e.g. with 'cluster -V' on another node, and try again): %w", socket, call, err)
 }

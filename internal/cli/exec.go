@@ -437,14 +437,11 @@ Examples:
 					lw1.flush()
 					lw2.flush()
 				}
-				codes[i] = exitCodeOf(err)
-				if err != nil {
-					var ee *ExitError
-					if !errors.As(err, &ee) || ee.Err != nil {
-						outMu.Lock()
-						fmt.Fprintf(env.Stderr, "%d: ssi: %v\n", num, err)
-						outMu.Unlock()
-					}
+				codes[i] = exitCode(err)
+				if msg := message(err); msg != "" {
+					outMu.Lock()
+					fmt.Fprintf(env.Stderr, "%d: ssi: %s\n", num, msg)
+					outMu.Unlock()
 				}
 			}()
 		}
@@ -474,22 +471,6 @@ Examples:
 		return nil
 	}
 	Register(cmd)
-}
-
-func exitCodeOf(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *ExitError
-	if errors.As(err, &ee) {
-		return ee.Code
-	}
-	var re *RemoteError
-	if errors.As(err, &re) {
-		return ExitRemote
-	}
-	code, _ := classify(err)
-	return code
 }
 
 // parseOneCPID parses flags and exactly one cluster PID argument.
@@ -638,24 +619,19 @@ Examples:
 			}
 			cpids = append(cpids, c)
 		}
-		var failed error
+		worst := ExitOK
 		for _, c := range cpids {
 			if _, err := control(*socket).Signal(env.Ctx, connect.NewRequest(&ssiv1.SignalRequest{Cpid: c, Signal: int32(sig)})); err != nil {
-				fmt.Fprintf(env.Stderr, "ssi kill: %d: %s\n", c, messageOf(err))
-				failed = &ExitError{Code: exitCodeOf(err)}
+				fmt.Fprintf(env.Stderr, "ssi kill: %d: %s\n", c, message(err))
+				worst = max(worst, exitCode(err))
 			}
 		}
-		return failed
+		if worst != ExitOK {
+			return &ExitError{Code: worst} // each failure is reported above
+		}
+		return nil
 	}
 	Register(cmd)
-}
-
-func messageOf(err error) string {
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		return ce.Message()
-	}
-	return err.Error()
 }
 
 func init() {
@@ -739,10 +715,13 @@ func init() {
 		defer st.Close()
 		for st.Receive() {
 			if _, err := env.Stdout.Write(st.Msg().Data); err != nil {
-				return err
+				return fmt.Errorf("write the log of process %d: %w", c, err)
 			}
 		}
-		return st.Err()
+		if err := st.Err(); err != nil {
+			return lostDaemon(*socket, "Logs", err)
+		}
+		return nil
 	}
 	Register(cmd)
 }

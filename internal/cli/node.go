@@ -126,12 +126,10 @@ Example:
 		ctx, stop := signal.NotifyContext(env.Ctx, syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
+		// A data directory that holds no node (node.ErrNotInitialized) is a
+		// plain local error: exit 1 (see errors.go).
+		return node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl}})
-		if errors.Is(err, node.ErrNotInitialized) {
-			return &ExitError{Code: ExitFailure, Err: err}
-		}
-		return err
 	}
 	Register(cmd)
 }
@@ -549,7 +547,7 @@ Example:
 			fmt.Fprintf(env.Stdout, "Stop all %d nodes of cluster %s? [y/N] ", len(st.Nodes), st.ClusterName)
 			line, _ := bufio.NewReader(env.Stdin).ReadString('\n')
 			if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
-				return &ExitError{Code: ExitFailure, Err: errors.New("not confirmed; nothing was stopped")}
+				return errors.New("not confirmed; nothing was stopped")
 			}
 		}
 		resp, err := control(*socket).Shutdown(env.Ctx, connect.NewRequest(&ssiv1.ShutdownRequest{Cluster: true}))
