@@ -24,12 +24,22 @@ func socketFlag(fs *flag.FlagSet) *string {
 	return fs.String("socket", def, "the local daemon's control socket (or set SSI_SOCKET)")
 }
 
-var controls sync.Map // socket path -> ssiv1connect.ControlClient
+var (
+	controls       sync.Map // socket path -> ssiv1connect.ControlClient
+	signalControls sync.Map // socket path -> ssiv1connect.ControlClient on its own connection
+)
 
 // control returns a client of the daemon at socket; calls in one process
 // share its HTTP/2 connection (onall multiplexes every node's stream on it).
 func control(socket string) ssiv1connect.ControlClient {
 	return cachedControl(&controls, socket)
+}
+
+// signalControl is a client of the daemon at socket on a connection of its
+// own: forwarded signals never share flow control with a stdin stream that
+// the remote process is not reading.
+func signalControl(socket string) ssiv1connect.ControlClient {
+	return cachedControl(&signalControls, socket)
 }
 
 func cachedControl(m *sync.Map, socket string) ssiv1connect.ControlClient {
