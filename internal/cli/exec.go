@@ -79,15 +79,19 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	// failed explains a stream that ended without the process's status.
 	var started *ssiv1.ExecStarted
 	failed := func(err error) error {
-		if isDial(err) {
+		const check = "check that the daemon still runs, e.g. with 'cluster -V' on another node"
+		var re *RemoteError
+		switch {
+		case isDial(err):
 			return err // names the socket and says what to do
-		}
-		if started == nil {
+		case started != nil:
+			return fmt.Errorf("lost the connection to the ssi daemon at %s while process %d (%s) ran on node %d (%s), which hangs it up (%s): %w",
+				socket, started.Cpid, o.argv[0], started.Node, started.NodeName, check, err)
+		case isTransport(err) || errors.As(err, &re):
+			return fmt.Errorf("lost the connection to the ssi daemon at %s before %s started (%s): %w", socket, o.argv[0], check, err)
+		default: // the daemon's answer, such as a refusal
 			return fmt.Errorf("could not start %s through the ssi daemon at %s: %w", o.argv[0], socket, err)
 		}
-		return fmt.Errorf("lost the connection to the ssi daemon at %s while process %d (%s) ran on node %d (%s), which hangs it up "+
-			"(check that the daemon still runs, e.g. with 'cluster -V' on another node): %w",
-			socket, started.Cpid, o.argv[0], started.Node, started.NodeName, err)
 	}
 	if err := send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Start{Start: spec}}); err != nil {
 		return failed(receiveErr(stream, err))
