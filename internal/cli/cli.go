@@ -61,15 +61,20 @@ type Env struct {
 }
 
 // UsageError reports bad flags or arguments: exit 2, nothing was changed.
-type UsageError struct{ Msg string }
+// Usage, when set, is the synopsis to show instead of the command's (a
+// subcommand's, such as ssi dhcp set).
+type UsageError struct{ Msg, Usage string }
 
 func (e *UsageError) Error() string { return e.Msg }
 
 // Usagef returns a *UsageError.
 func Usagef(format string, a ...any) error { return &UsageError{Msg: fmt.Sprintf(format, a...)} }
 
-// ExitError carries an explicit exit code (for example a remote process's own
-// status) and an optional message.
+// ExitError carries a remote process's own exit status (or the status the
+// daemon chose when it could not start it: 126, 127, 255), or the worst of
+// several statuses whose messages were already printed (onall, ssi kill),
+// and an optional message. Every other error gets its code from exitCode
+// (errors.go).
 type ExitError struct {
 	Code int
 	Err  error
@@ -118,28 +123,21 @@ func Run(env *Env, argv []string) int {
 	return report(env, cmd, err)
 }
 
+// report prints err's message and returns its exit code; errors.go owns
+// the mapping.
 func report(env *Env, cmd *Command, err error) int {
-	if err == nil {
-		return ExitOK
-	}
-	if errors.Is(err, flag.ErrHelp) {
-		return ExitOK
-	}
-	var ue *UsageError
-	if errors.As(err, &ue) {
-		fmt.Fprintf(env.Stderr, "%s: %s\nusage: %s\n", env.Prog, ue.Msg, cmd.Usage)
-		return ExitUsage
-	}
-	var ee *ExitError
-	if errors.As(err, &ee) {
-		if ee.Err != nil {
-			fmt.Fprintf(env.Stderr, "%s: %v\n", env.Prog, ee.Err)
+	if msg := message(err); msg != "" {
+		fmt.Fprintf(env.Stderr, "%s: %s\n", env.Prog, msg)
+		var ue *UsageError
+		if errors.As(err, &ue) {
+			usage := cmd.Usage
+			if ue.Usage != "" {
+				usage = ue.Usage
+			}
+			fmt.Fprintf(env.Stderr, "usage: %s\n", usage)
 		}
-		return ee.Code
 	}
-	code, msg := classify(err)
-	fmt.Fprintf(env.Stderr, "%s: %s\n", env.Prog, msg)
-	return code
+	return exitCode(err)
 }
 
 // NewFlags returns a flag set whose -h prints the command's help.

@@ -38,6 +38,14 @@ type execOpts struct {
 // runRemote runs one command through the local daemon and returns its exit
 // code: the process's own, 128+signal, 127 for a missing command, 255 when
 // ssi failed.
+//
+// stdin, stdin EOF and terminal resizes travel on the exec stream, in order.
+// Forwarded signals do not: a remote process that does not read its input
+// fills the stream's flow-control window, and a signal behind it would never
+// arrive. Once the daemon has said which cluster PID the process got, each
+// signal goes out of band, through Control.Signal on a connection of its own
+// (the daemon routes it to the node that runs the job, as for ssi kill);
+// signals that arrive before that are queued and sent right after it.
 func runRemote(env *Env, socket string, o execOpts) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -48,6 +56,7 @@ func runRemote(env *Env, socket string, o execOpts) error {
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
+	stderr := &syncWriter{w: env.Stderr} // the output pump and the signal forwarder both write
 	dir, _ := os.Getwd()
 	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node}
 	stdinFile, _ := env.Stdin.(*os.File)
@@ -66,8 +75,25 @@ func runRemote(env *Env, socket string, o execOpts) error {
 		restore = func() { _ = term.Restore(int(stdinFile.Fd()), st) }
 		defer restore()
 	}
+	// failed explains a stream that ended without the process's status.
+	var started *ssiv1.ExecStarted
+	failed := func(err error) error {
+		const check = "check that the daemon still runs, e.g. with 'cluster -V' on another node"
+		var re *RemoteError
+		switch {
+		case isDial(err):
+			return err // names the socket and says what to do
+		case started != nil:
+			return fmt.Errorf("lost the connection to the ssi daemon at %s while process %d (%s) ran on node %d (%s), which hangs it up (%s): %w",
+				socket, started.Cpid, o.argv[0], started.Node, started.NodeName, check, err)
+		case isTransport(err) || errors.As(err, &re):
+			return fmt.Errorf("lost the connection to the ssi daemon at %s before %s started (%s): %w", socket, o.argv[0], check, err)
+		default: // the daemon's answer, such as a refusal
+			return fmt.Errorf("could not start %s through the ssi daemon at %s: %w", o.argv[0], socket, err)
+		}
+	}
 	if err := send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Start{Start: spec}}); err != nil {
-		return &RemoteError{Err: fmt.Errorf("talk to the ssi daemon at %s: %w", socket, receiveErr(stream, err))}
+		return failed(receiveErr(stream, err))
 	}
 	sigs := make(chan os.Signal, 8)
 	if o.tty {
@@ -79,17 +105,23 @@ func runRemote(env *Env, socket string, o execOpts) error {
 		signal.Notify(sigs, forwarded...)
 	}
 	defer signal.Stop(sigs)
-	go func() {
-		for s := range sigs {
-			if s == syscall.SIGWINCH {
+	cpids := make(chan int64, 1)
+	resizes := make(chan struct{}, 1)
+	go forwardSignals(ctx, env, stderr, socket, sigs, cpids, resizes)
+	if o.tty {
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-resizes:
+				}
 				if w, h, err := term.GetSize(int(stdinFile.Fd())); err == nil {
 					_ = send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Resize{Resize: &ssiv1.Resize{Rows: uint32(h), Cols: uint32(w)}}})
 				}
-				continue
 			}
-			_ = send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(s.(syscall.Signal))}})
-		}
-	}()
+		}()
+	}
 	if !o.detach {
 		go func() {
 			buf := make([]byte, 256<<10)
@@ -109,8 +141,11 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	}
 	for {
 		m, err := stream.Receive()
+		if errors.Is(err, io.EOF) {
+			err = &RemoteError{Err: errors.New("the daemon ended the stream without the process's exit status")}
+		}
 		if err != nil {
-			return &RemoteError{Err: fmt.Errorf("lost the connection to the ssi daemon at %s: %w", socket, err)}
+			return failed(err)
 		}
 		switch v := m.Msg.(type) {
 		case *ssiv1.ExecOutput_Started:
@@ -118,12 +153,16 @@ func runRemote(env *Env, socket string, o execOpts) error {
 				fmt.Fprintln(env.Stdout, v.Started.Cpid)
 				return nil
 			}
+			if started == nil {
+				started = v.Started
+				cpids <- v.Started.Cpid
+			}
 		case *ssiv1.ExecOutput_Stdout:
 			if _, err := env.Stdout.Write(v.Stdout); err != nil {
-				return &RemoteError{Err: fmt.Errorf("write output: %w", err)}
+				return fmt.Errorf("write the output of process %d: %w", started.GetCpid(), err)
 			}
 		case *ssiv1.ExecOutput_Stderr:
-			env.Stderr.Write(v.Stderr)
+			stderr.Write(v.Stderr)
 		case *ssiv1.ExecOutput_Exit:
 			stream.CloseRequest()
 			if v.Exit.Code == 0 {
@@ -140,6 +179,65 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	}
 }
 
+// forwardSignals passes the signals this process receives to the remote
+// job, out of band (see runRemote): it waits for the job's cluster PID on
+// cpids, queueing what arrives before, and hands SIGWINCH to the resizer.
+func forwardSignals(ctx context.Context, env *Env, stderr io.Writer, socket string, sigs <-chan os.Signal, cpids <-chan int64, resizes chan<- struct{}) {
+	var cpid int64
+	var queued []syscall.Signal
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case cpid = <-cpids:
+			for _, s := range queued {
+				deliverSignal(env, stderr, socket, cpid, s)
+			}
+			queued = nil
+		case s := <-sigs:
+			sig, _ := s.(syscall.Signal)
+			switch {
+			case sig == syscall.SIGWINCH:
+				select {
+				case resizes <- struct{}{}:
+				default: // a resize is pending; it will read the newest size
+				}
+			case cpid == 0:
+				queued = append(queued, sig)
+			default:
+				deliverSignal(env, stderr, socket, cpid, sig)
+			}
+		}
+	}
+}
+
+// deliverSignal sends sig to job cpid through Control.Signal. A job that
+// has just ended is not an error; any other failure is reported and the
+// stream goes on (if the connection is lost, the stream says so too).
+func deliverSignal(env *Env, stderr io.Writer, socket string, cpid int64, sig syscall.Signal) {
+	// Not env.Ctx: the signal being forwarded may be the one that cancelled it.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := signalControl(socket).Signal(ctx, connect.NewRequest(&ssiv1.SignalRequest{Cpid: cpid, Signal: int32(sig)}))
+	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+		fmt.Fprintf(stderr, "%s: could not forward %v to process %d: %s\n", env.Prog, sig, cpid, message(err))
+	}
+}
+
+// syncWriter serialises writes from several goroutines.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(b)
+}
+
+// receiveErr is the real error behind a failed Send: connect reports the
+// stream's failure on Receive, and io.EOF on Send.
 func receiveErr(s *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput], err error) error {
 	if errors.Is(err, io.EOF) {
 		if _, rerr := s.Receive(); rerr != nil {
@@ -436,14 +534,11 @@ Examples:
 					lw1.flush()
 					lw2.flush()
 				}
-				codes[i] = exitCodeOf(err)
-				if err != nil {
-					var ee *ExitError
-					if !errors.As(err, &ee) || ee.Err != nil {
-						outMu.Lock()
-						fmt.Fprintf(env.Stderr, "%d: ssi: %v\n", num, err)
-						outMu.Unlock()
-					}
+				codes[i] = exitCode(err)
+				if msg := message(err); msg != "" {
+					outMu.Lock()
+					fmt.Fprintf(env.Stderr, "%d: ssi: %s\n", num, msg)
+					outMu.Unlock()
 				}
 			}()
 		}
@@ -473,22 +568,6 @@ Examples:
 		return nil
 	}
 	Register(cmd)
-}
-
-func exitCodeOf(err error) int {
-	if err == nil {
-		return 0
-	}
-	var ee *ExitError
-	if errors.As(err, &ee) {
-		return ee.Code
-	}
-	var re *RemoteError
-	if errors.As(err, &re) {
-		return ExitRemote
-	}
-	code, _ := classify(err)
-	return code
 }
 
 // parseOneCPID parses flags and exactly one cluster PID argument.
@@ -637,24 +716,19 @@ Examples:
 			}
 			cpids = append(cpids, c)
 		}
-		var failed error
+		worst := ExitOK
 		for _, c := range cpids {
 			if _, err := control(*socket).Signal(env.Ctx, connect.NewRequest(&ssiv1.SignalRequest{Cpid: c, Signal: int32(sig)})); err != nil {
-				fmt.Fprintf(env.Stderr, "ssi kill: %d: %s\n", c, messageOf(err))
-				failed = &ExitError{Code: exitCodeOf(err)}
+				fmt.Fprintf(env.Stderr, "ssi kill: %d: %s\n", c, message(err))
+				worst = max(worst, exitCode(err))
 			}
 		}
-		return failed
+		if worst != ExitOK {
+			return &ExitError{Code: worst} // each failure is reported above
+		}
+		return nil
 	}
 	Register(cmd)
-}
-
-func messageOf(err error) string {
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		return ce.Message()
-	}
-	return err.Error()
 }
 
 func init() {
@@ -738,10 +812,13 @@ func init() {
 		defer st.Close()
 		for st.Receive() {
 			if _, err := env.Stdout.Write(st.Msg().Data); err != nil {
-				return err
+				return fmt.Errorf("write the log of process %d: %w", c, err)
 			}
 		}
-		return st.Err()
+		if err := st.Err(); err != nil {
+			return lostDaemon(*socket, "Logs", err)
+		}
+		return nil
 	}
 	Register(cmd)
 }

@@ -126,12 +126,10 @@ Example:
 		ctx, stop := signal.NotifyContext(env.Ctx, syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
+		// A data directory that holds no node (node.ErrNotInitialized) is a
+		// plain local error: exit 1 (see errors.go).
+		return node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl}})
-		if errors.Is(err, node.ErrNotInitialized) {
-			return &ExitError{Code: ExitFailure, Err: err}
-		}
-		return err
 	}
 	Register(cmd)
 }
@@ -311,11 +309,11 @@ Examples:
 			specs = []*ssiv1.NodeSpec{{Hwaddr: mac, Ipaddr: addr.String(), Name: *name, Num: uint32(*num), Xen: *xen}}
 			if *name == "" {
 				if f, ok := env.Stdin.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-					n, err := promptName(env, *socket, uint32(*num))
+					pnum, pname, err := promptName(env, *socket, uint32(*num))
 					if err != nil {
 						return err
 					}
-					specs[0].Name = n
+					specs[0].Num, specs[0].Name = pnum, pname
 				}
 			}
 		}
@@ -348,32 +346,38 @@ Examples:
 	Register(cmd)
 }
 
-func promptName(env *Env, socket string, num uint32) (string, error) {
-	st, err := status(env, socket, false)
+// promptName asks for the new node's name on the terminal, offering
+// <prefix><num>. num is --nodenum, or 0 for the number the cluster assigns
+// next: its counter (ProvisionInfo's NextNum; numbers of removed nodes are
+// not reused), not the highest number in the table plus one. The number
+// shown is returned and registered as given, so the node gets exactly the
+// number (and default name) the prompt offered; if another ssi-addnode takes
+// it meanwhile, the cluster refuses instead of numbering the node otherwise.
+func promptName(env *Env, socket string, num uint32) (uint32, string, error) {
+	info, err := provisionInfo(env, socket)
 	if err != nil {
-		return "", err
+		return 0, "", err
+	}
+	if info.NamePrefix == "" || info.NextNum == 0 {
+		return 0, "", fmt.Errorf("cluster %q is not created yet on this node; try again once 'cluster -V' shows it", info.ClusterName)
 	}
 	if num == 0 {
-		for _, n := range st.Nodes {
-			if n.Num >= num {
-				num = n.Num + 1
-			}
-		}
+		num = info.NextNum
 	}
-	def := fmt.Sprintf("%s%d", state.DefaultNamePrefix(st.ClusterName), num)
+	def := fmt.Sprintf("%s%d", info.NamePrefix, num)
 	fmt.Fprintf(env.Stdout, "Enter a name for node %d [%s]: ", num, def)
 	line, err := bufio.NewReader(env.Stdin).ReadString('\n')
 	if err != nil && line == "" {
-		return def, nil
+		return num, def, nil
 	}
 	line = strings.TrimSpace(line)
 	if line == "" {
-		return def, nil
+		return num, def, nil
 	}
 	if err := state.ValidNodeName(line); err != nil {
-		return "", Usagef("%v", err)
+		return 0, "", Usagef("%v", err)
 	}
-	return line, nil
+	return num, line, nil
 }
 
 func readNodeFile(path string, xen bool) ([]*ssiv1.NodeSpec, error) {
@@ -549,7 +553,7 @@ Example:
 			fmt.Fprintf(env.Stdout, "Stop all %d nodes of cluster %s? [y/N] ", len(st.Nodes), st.ClusterName)
 			line, _ := bufio.NewReader(env.Stdin).ReadString('\n')
 			if a := strings.ToLower(strings.TrimSpace(line)); a != "y" && a != "yes" {
-				return &ExitError{Code: ExitFailure, Err: errors.New("not confirmed; nothing was stopped")}
+				return errors.New("not confirmed; nothing was stopped")
 			}
 		}
 		resp, err := control(*socket).Shutdown(env.Ctx, connect.NewRequest(&ssiv1.ShutdownRequest{Cluster: true}))

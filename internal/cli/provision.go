@@ -180,8 +180,8 @@ func runSubcommand(env *Env, family *Command, subs map[string]subcommand, order 
 	}
 	err := sub.run(env, sub.cmd, args[1:])
 	var ue *UsageError
-	if errors.As(err, &ue) { // show the subcommand's synopsis, not the family's
-		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%s\nusage: %s", ue.Msg, sub.cmd.Usage)}
+	if errors.As(err, &ue) && ue.Usage == "" { // show the subcommand's synopsis, not the family's
+		return &UsageError{Msg: ue.Msg, Usage: sub.cmd.Usage}
 	}
 	return err
 }
@@ -665,7 +665,7 @@ func runImagesInit(env *Env, cmd *Command, args []string) error {
 	var nodes []provision.Node
 	st, err := status(env, *socket, false)
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "%s: cannot read the node table (%v);\n  creating boot/ and configs/ only: node directories are made by 'ssi images swap' and 'ssi-addnode --xennode'\n", env.Prog, err)
+		fmt.Fprintf(env.Stderr, "%s: cannot read the node table (%s);\n  creating boot/ and configs/ only: node directories are made by 'ssi images swap' and 'ssi-addnode --xennode'\n", env.Prog, message(err))
 	} else {
 		for _, n := range st.Nodes {
 			pn, err := toProvisionNode(n)
@@ -967,7 +967,7 @@ func undoAdd(env *Env, socket string, added []*ssiv1.AddedNode, cause error) err
 	for _, a := range added {
 		nums = append(nums, a.Node.Num)
 		if _, err := control(socket).RemoveNode(ctx, connect.NewRequest(&ssiv1.RemoveNodeRequest{Num: a.Node.Num})); err != nil {
-			failed = append(failed, fmt.Sprintf("node %d: %v", a.Node.Num, err))
+			failed = append(failed, fmt.Sprintf("node %d: %s", a.Node.Num, message(err)))
 		}
 	}
 	if len(failed) > 0 {

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -278,3 +279,22 @@ func others(n int, except ...int) []int {
 }
 
 func netipMust(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// syncBuffer is a bytes.Buffer that a running command may write while the
+// test reads it (for messages of a test that fails before the command ends).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
