@@ -24,6 +24,7 @@ const (
 	ExitOK      = 0
 	ExitFailure = 1   // the cluster refused the request (duplicate, unknown node, permission, ...)
 	ExitUsage   = 2   // bad flags or malformed input; nothing was sent
+	ExitUpgrade = 3   // ssi daemon: the cluster's log needs a newer ssi (docs/UPGRADES.md)
 	ExitRemote  = 255 // ssi itself failed: daemon, leader or node unreachable, connection lost
 )
 

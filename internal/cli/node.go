@@ -128,8 +128,14 @@ Example:
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 		// A data directory that holds no node (node.ErrNotInitialized) is a
 		// plain local error: exit 1 (see errors.go).
-		return node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl}})
+		if errors.Is(err, state.ErrHalted) {
+			// The node met a log entry of a newer ssi: restarting would
+			// halt again (the unit does not restart on this status).
+			return &ExitError{Code: ExitUpgrade, Err: err}
+		}
+		return err
 	}
 	Register(cmd)
 }

@@ -317,6 +317,11 @@ func (s *Service) Apply(ctx context.Context, req *connect.Request[ssiv1.ApplyReq
 	if len(req.Msg.Command) == 0 {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("empty command"))
 	}
+	// A member running a newer ssi must not get a command into the log
+	// that this leader (and so, likely, others) cannot apply.
+	if err := state.CheckEntry(req.Msg.Command); err != nil {
+		return nil, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("node %d (leader): %w", l.self, err))
+	}
 	res, idx, err := l.applyEncoded(req.Msg.Command)
 	if err != nil {
 		return nil, rpcerr.Unavailable("node %d: apply: %w", l.self, err)

@@ -106,6 +106,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	})
 	r, err := raft.NewRaft(raftConfig(meta.Num, o.Raft), fsm, st.logs, st.stable, st.snaps, trans)
 	if err != nil {
+		if herr := fsm.HaltErr(); herr != nil {
+			return fail(herr) // a snapshot from a newer version
+		}
 		return fail(fmt.Errorf("start Raft: %w", err))
 	}
 	defer func() {
@@ -160,11 +163,17 @@ func Run(ctx context.Context, o Options) (err error) {
 	waitLoops := p.start(loops)
 	lg.Info("node started", "cluster", meta.ClusterName, "name", meta.Name, "listen", listen, "socket", o.Socket, "boot", bootID)
 
+	var halted error
 	select {
 	case <-ctx.Done():
 		lg.Info("stopping on signal")
 	case <-exit:
 		lg.Info("stopping: node shut down")
+	case <-fsm.Halted():
+		// Running on would leave this node with a state that differs from
+		// the others' (docs/UPGRADES.md).
+		halted = fsm.HaltErr()
+		lg.Error("stopping: this node cannot apply the cluster's log; upgrade it", "err", halted)
 	}
 	stopLoops()
 	waitLoops()
@@ -179,6 +188,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	mux.Close()
 	wg.Wait()
 	lg.Info("node stopped")
+	if halted != nil {
+		return fail(halted)
+	}
 	return nil
 }
 

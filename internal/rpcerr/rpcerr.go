@@ -31,6 +31,7 @@ var stateCodes = map[state.Code]connect.Code{
 	state.CodeFull:     connect.CodeResourceExhausted,
 	state.CodeDenied:   connect.CodePermissionDenied,
 	state.CodeConflict: connect.CodeFailedPrecondition,
+	state.CodeHalted:   connect.CodeUnavailable, // this node stopped applying the log: upgrade it
 }
 
 // ToConnect maps err to a Connect error; node names the answering node in

@@ -109,7 +109,7 @@ func (n *node) waitLog(t *testing.T, msg, errPart string) {
 
 // joinPath stands for the Join procedure, the only one open without a
 // certificate.
-const joinPath = ssiv1connect.PeerJoinProcedure
+const joinPath = ssiv1connect.MembershipJoinProcedure
 
 // startNode listens on loopback and serves, as the daemon does: the HTTP
 // side behind RequireNodeCert with Join open, answering with the caller's
@@ -226,11 +226,11 @@ func TestALPNSplitsRaftAndHTTP(t *testing.T) {
 	// HTTP/2: node 2's peer client on the same port.
 	client := NewPeerClient(peer.id.ClientTLS([]string{ProtoHTTP}))
 	defer closeIdle(client)
-	code, body, err := get(t, client, "https://"+srv.addr+ssiv1connect.PeerHeartbeatProcedure)
+	code, body, err := get(t, client, "https://"+srv.addr+ssiv1connect.MembershipHeartbeatProcedure)
 	if err != nil || code != http.StatusOK {
 		t.Fatalf("RPC: %d %q %v", code, body, err)
 	}
-	if want := ssiv1connect.PeerHeartbeatProcedure + " from node 2 over HTTP/2.0"; body != want {
+	if want := ssiv1connect.MembershipHeartbeatProcedure + " from node 2 over HTTP/2.0"; body != want {
 		t.Errorf("RPC answer %q, want %q", body, want)
 	}
 	if srv.handled.Load() != 1 {
@@ -269,7 +269,7 @@ func TestClientWithoutCertificate(t *testing.T) {
 		t.Fatalf("Join without a certificate: %d %q %v", code, body, err)
 	}
 	for _, p := range []string{
-		ssiv1connect.PeerHeartbeatProcedure, "/ssi.v1.Peer/Apply", "/ssi.v1.Peer/Shutdown", "/ssi.v1.Peer/Exec",
+		ssiv1connect.MembershipHeartbeatProcedure, ssiv1connect.ConsensusApplyProcedure, ssiv1connect.MembershipShutdownProcedure, ssiv1connect.ProcessExecProcedure,
 		joinPath + "/", joinPath + "X", strings.ToLower(joinPath), "/", "/ssi.v1.Peer/Join/../Apply",
 	} {
 		code, body, err := get(t, anon, "https://"+srv.addr+p)
