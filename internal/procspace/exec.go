@@ -40,6 +40,15 @@ type sender struct {
 	dead bool
 }
 
+// close makes every later Send fail; it waits for a Send in progress. A
+// handler calls it before it returns: writing to a stream after that
+// panics in net/http.
+func (l *sender) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.dead = true
+}
+
 func (l *sender) Send(m *ssiv1.ExecOutput) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -116,6 +125,7 @@ func (p *Service) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 // acknowledges stdin to the relaying daemon (ExecOutput.stdin_ack).
 func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, ack bool) error {
 	out := &sender{send: st.Send}
+	defer out.close() // the stdin writer may still want to acknowledge
 	j, err := s.cfg.Jobs.Start(ctx, procs.StartRequest{
 		Argv: spec.Argv, Env: spec.Env, Dir: spec.Dir, Caller: procs.Caller{UID: spec.Uid, GID: spec.Gid, Groups: spec.Groups},
 		TTY: spec.Tty, Rows: uint16(spec.Rows), Cols: uint16(spec.Cols), Detach: spec.Detach, Pin: spec.Pin,
