@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
@@ -313,6 +314,29 @@ func zombie(pid int) bool {
 	return i < 0 || i+2 >= len(s) || s[i+2] == 'Z'
 }
 
+// waitExit waits until one of pids exits or d passes: the daemons are not
+// our children, so it waits on their pidfds (Linux 5.3+), which become
+// readable at exit. Where pidfds are unavailable it waits d/10 at most.
+func waitExit(pids map[int]int, d time.Duration) {
+	var fds []unix.PollFd
+	for _, pid := range pids {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		defer unix.Close(fd)
+		fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+	}
+	if len(fds) < len(pids) {
+		d = min(d, 20*time.Millisecond) // some pid without a pidfd: look again soon
+	}
+	if len(fds) == 0 {
+		time.Sleep(d)
+		return
+	}
+	_, _ = unix.Poll(fds, int(d.Milliseconds())+1)
+}
+
 // Running lists the nodes in dir whose daemons are alive.
 func Running(dir string) []int {
 	var out []int
@@ -337,17 +361,29 @@ func Down(dir string, grace time.Duration) ([]int, error) {
 		}
 	}
 	deadline := time.Now().Add(grace)
+	killed := false
 	for len(pids) > 0 {
 		for k, pid := range pids {
 			if syscall.Kill(pid, 0) != nil || zombie(pid) {
 				delete(pids, k)
 				os.Remove(PIDFile(dir, k))
-			} else if time.Now().After(deadline) {
+			}
+		}
+		if len(pids) == 0 {
+			break
+		}
+		if !killed && time.Now().After(deadline) {
+			for k, pid := range pids {
 				slog.Warn("daemon did not stop in time; killing it", "node", k, "pid", pid)
 				_ = syscall.Kill(pid, syscall.SIGKILL)
 			}
+			killed = true
 		}
-		time.Sleep(20 * time.Millisecond)
+		wait := time.Until(deadline)
+		if killed || wait < 0 {
+			wait = time.Second
+		}
+		waitExit(pids, wait)
 	}
 	if err := cleanupIsolation(dir); err != nil {
 		return stopped, err
