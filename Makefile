@@ -11,7 +11,7 @@ FUZZ_SHORT ?= 30000x
 FUZZ_LONG ?= 300000x
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: all build deps demo demo-down test test-short fuzz bench proto vet fmt clean links
+.PHONY: all build deps demo demo-down test fuzz bench proto vet fmt clean links
 
 all: build
 
@@ -41,7 +41,8 @@ test: deps
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZ_LONG)
 
-bench: deps build
+bench: build
+	@bash scripts/deps.sh --bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
 
 proto:

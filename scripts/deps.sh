@@ -14,9 +14,14 @@ fi
 # the real DHCP client of the DHCP test), tmux (terminal tests), procps,
 # gcc (cgo for the race detector, and the C helper of the xl tests).
 need=()
-for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc; do
+# --bench: also what the benchmarks compare against (sshd for the ssh
+# reference of the process-space figures; the benchmark starts a private
+# sshd on loopback and leaves the system's untouched).
+bench=()
+[ "${1:-}" = --bench ] && bench=(sshd:openssh-server ssh:openssh-client)
+for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc "${bench[@]}"; do
 	bin=${pair%%:*} pkg=${pair#*:}
-	command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
+	command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
 # Libraries, checked by package: libxenmisc4.17 has Xen's libxlutil (and
 # pulls in libxenlight), the parser xl itself uses, with which the

@@ -1,9 +1,13 @@
-// Package node is the ssi daemon: it wires the parts of a node together
-// (identity, transport, Raft and the state machine, membership, the RPC
-// endpoints) and owns their start and stop. It also creates a node's data
-// directory, either as the first node of a new cluster (Init) or by joining
-// an existing one with a token (Join). RPC handlers here are thin: they
-// authenticate, forward to the leader when needed, and apply typed commands.
+// Package node is the ssi daemon's wiring: Run builds the parts of a node
+// (its data directory and identity, the TLS port and the control socket,
+// Raft and the state machine, the peer network) and the subsystems
+// (consensus, membership, procspace, placement, dhcpd), hands each what it
+// needs, registers their RPC services and starts and stops them
+// (wire.go). It also creates a node's data directory, either as the first
+// node of a new cluster (Init) or by joining one with a token (Join).
+//
+// It must not hold logic of its own: a decision, a loop or an RPC handler
+// belongs to the subsystem whose domain it is.
 package node
 
 import (
