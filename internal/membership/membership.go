@@ -73,6 +73,7 @@ type Membership struct {
 	clients *peer.Clients[ssiv1connect.MembershipClient]
 
 	quiesced atomic.Bool // heartbeats stopped: the node is leaving
+	guard    joinGuard   // failed joins, by source and MAC
 }
 
 // New returns the service and registers its leader duties with cfg.Leader.

@@ -2,6 +2,7 @@ package membership
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -43,7 +44,21 @@ var _ ssiv1connect.MembershipHandler = (*Service)(nil)
 // forwards it to the leader.
 func (s *Service) Join(ctx context.Context, req *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
 	m := s.m
-	out, err := consensus.Forward(ctx, m.cfg.Leader, consensus.InboundOf(ctx, req.Header()), req.Msg, m.admit,
+	in := consensus.InboundOf(ctx, req.Header())
+	if !in.Forwarded {
+		// The node that took the request checks it against its copy of the
+		// node table before anything is forwarded or proposed.
+		mac, err := nodeaddr.ParseMAC(req.Msg.Hwaddr)
+		if err != nil {
+			return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		}
+		source, _, _ := net.SplitHostPort(req.Peer().Addr)
+		if err := m.guard.check(m.cfg.FSM.Cluster(), source, mac, req.Msg.TokenSecret, time.Now()); err != nil {
+			m.log.Warn("join refused before proposing", "hwaddr", mac, "source", source, "err", err)
+			return nil, err
+		}
+	}
+	out, err := consensus.Forward(ctx, m.cfg.Leader, in, req.Msg, m.admit,
 		func(leader uint32) (func(context.Context, *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error), error) {
 			c, err := m.clients.To(leader)
 			if err != nil {
@@ -67,7 +82,8 @@ func (m *Membership) admit(ctx context.Context, req *ssiv1.JoinRequest) (*ssiv1.
 	c := m.cfg.FSM.Cluster()
 	n := c.NodeByMAC(mac)
 	if n == nil {
-		return nil, rpcerr.ToConnect(self, state.Errorf(state.CodeNotFound, "no node with MAC %s is registered in cluster %s; register it first with ssi-addnode --hwaddr=%s --ipaddr=...", mac, c.Name, mac))
+		m.log.Warn("join refused: MAC not registered", "hwaddr", mac)
+		return nil, connect.NewError(connect.CodePermissionDenied, errJoinRefused)
 	}
 	ip, err := netip.ParseAddr(n.IPAddr)
 	if err != nil {
@@ -81,6 +97,12 @@ func (m *Membership) admit(ctx context.Context, req *ssiv1.JoinRequest) (*ssiv1.
 	res, err := m.cfg.Leader.Apply(ctx, state.CmdJoin, state.Join{HWAddr: mac, TokenHash: pki.HashSecret(req.TokenSecret), Time: time.Now()})
 	if err != nil {
 		m.log.Warn("join refused", "hwaddr", mac, "err", err)
+		var se *state.Error
+		if errors.As(err, &se) {
+			// The details (node number, state) are for the log, not for
+			// a caller without a certificate.
+			return nil, connect.NewError(connect.CodePermissionDenied, errJoinRefused)
+		}
 		return nil, rpcerr.ToConnect(self, err)
 	}
 	var jr state.JoinResult

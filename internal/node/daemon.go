@@ -142,16 +142,33 @@ func Run(ctx context.Context, o Options) (err error) {
 		log:  lg, baseLog: o.Log,
 	})
 
+	errLog := slog.NewLogLogger(lg.Handler(), slog.LevelDebug)
 	peerSrv := &http.Server{
-		Handler:           transport.RequireNodeCert(p.peerHandler, p.openPaths...),
+		Handler:           transport.RequireNodeCert(p.peerHandler),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(lg.Handler(), slog.LevelDebug),
+		IdleTimeout:       5 * time.Minute,
+		ErrorLog:          errLog,
 		HTTP2:             transport.HTTP2Config(),
 	}
+	// Machines without a certificate (joining) get a server of their own:
+	// only Join, small flow-control windows and few streams, so that what
+	// an unauthenticated client can make the node buffer stays small.
+	// No Read*/WriteTimeout: net/http would clear the connection's
+	// deadline after the (already done) handshake, and with it the
+	// lifetime the transport gave the connection.
+	anonSrv := &http.Server{
+		Handler:     p.joinHandler,
+		IdleTimeout: 10 * time.Second,
+		ConnState:   mux.AnonymousConnState,
+		ErrorLog:    errLog,
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 4, MaxReceiveBufferPerStream: 64 << 10, MaxReceiveBufferPerConnection: 128 << 10},
+	}
+	anonLn := mux.AnonymousListener()
 	ctlSrv := transport.NewUnixServer(p.controlHandler)
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(3)
 	go func() { defer wg.Done(); _ = peerSrv.Serve(mux.HTTPListener()) }()
+	go func() { defer wg.Done(); _ = anonSrv.Serve(anonLn) }()
 	go func() { defer wg.Done(); _ = ctlSrv.Serve(ctl) }()
 	if o.PIDFile != "" {
 		if err := os.WriteFile(o.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
@@ -185,6 +202,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		lg.Warn("Raft shutdown", "err", err)
 	}
 	_ = peerSrv.Shutdown(sctx)
+	_ = anonSrv.Close()
 	mux.Close()
 	wg.Wait()
 	lg.Info("node stopped")

@@ -51,8 +51,8 @@ type parts struct {
 	dhcp   *dhcpd.Service
 	load   placement.Source
 
-	peerHandler    http.Handler // the node-to-node services
-	openPaths      []string     // procedures allowed without a cluster certificate
+	peerHandler    http.Handler // the node-to-node services (cluster certificate required)
+	joinHandler    http.Handler // what a machine without a certificate may call: Join
 	controlHandler http.Handler // the local CLI's Control service
 }
 
@@ -73,6 +73,14 @@ type (
 
 var _ ssiv1connect.ControlHandler = control{}
 
+// Largest messages each endpoint reads.
+const (
+	joinMessage    = 16 << 10 // a CSR, a MAC and a token secret
+	smallMessage   = 64 << 10
+	streamMessage  = 1 << 20  // exec stream chunks are at most 256 KiB
+	commandMessage = 16 << 20 // a state-machine command (AddNodes of many nodes)
+)
+
 // noGzip turns response compression off: cluster traffic is loopback or LAN,
 // and compressing process output on every hop cost more CPU than the
 // bandwidth it saved (docs/PERFORMANCE.md).
@@ -90,16 +98,23 @@ func wire(w wiring) *parts {
 	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
+	// Every endpoint bounds the messages it reads (connect refuses a larger
+	// one before decoding it).
 	mux := http.NewServeMux()
-	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip))
-	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip))
-	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip))
-	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip))
+	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
+	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip, connect.WithReadMaxBytes(commandMessage)))
+	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
 	p.peerHandler = mux
-	p.openPaths = []string{ssiv1connect.MembershipJoinProcedure}
+
+	join := http.NewServeMux()
+	_, h := ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, connect.WithReadMaxBytes(joinMessage))
+	join.Handle(ssiv1connect.MembershipJoinProcedure, http.MaxBytesHandler(h, 2*joinMessage))
+	p.joinHandler = join
 
 	ctl := http.NewServeMux()
-	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control()}, noGzip))
+	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control()},
+		noGzip, connect.WithReadMaxBytes(commandMessage)))
 	p.controlHandler = ctl
 	return p
 }

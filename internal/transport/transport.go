@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -35,6 +36,9 @@ type Mux struct {
 	ln       net.Listener
 	raftConn chan net.Conn
 	httpConn chan net.Conn
+	anonConn chan net.Conn // connections without a certificate, once AnonymousListener was called
+	anonOn   atomic.Bool
+	anonOpen atomic.Int32
 	closed   chan struct{}
 	once     sync.Once
 	log      *slog.Logger
@@ -51,6 +55,7 @@ func Listen(addr string, id *pki.Identity, log *slog.Logger) (*Mux, error) {
 		ln:       tls.NewListener(ln, id.ServerTLS([]string{ProtoHTTP, ProtoRaft})),
 		raftConn: make(chan net.Conn),
 		httpConn: make(chan net.Conn),
+		anonConn: make(chan net.Conn),
 		closed:   make(chan struct{}),
 		log:      log,
 	}
@@ -101,6 +106,24 @@ func (m *Mux) route(c *tls.Conn) {
 		ch = m.raftConn
 	case ProtoHTTP:
 		ch = m.httpConn
+		if len(st.VerifiedChains) == 0 && m.anonOn.Load() {
+			if m.anonOpen.Add(1) > MaxAnonymousConns {
+				m.anonOpen.Add(-1)
+				m.log.Warn("refused a connection without a cluster certificate: too many open", "remote", c.RemoteAddr(), "max", MaxAnonymousConns)
+				c.Close()
+				return
+			}
+			// However it behaves, a machine without a certificate holds a
+			// connection for AnonymousConnLifetime at most.
+			_ = c.SetDeadline(time.Now().Add(AnonymousConnLifetime))
+			select {
+			case m.anonConn <- c:
+			case <-m.closed:
+				m.anonOpen.Add(-1)
+				c.Close()
+			}
+			return
+		}
 	default:
 		m.log.Debug("refused connection with unknown protocol", "remote", c.RemoteAddr(), "alpn", st.NegotiatedProtocol)
 		c.Close()
@@ -112,6 +135,35 @@ func (m *Mux) route(c *tls.Conn) {
 		c.Close()
 	}
 }
+
+// Limits on connections without a cluster certificate (machines joining).
+const (
+	MaxAnonymousConns     = 32
+	AnonymousConnLifetime = 30 * time.Second
+)
+
+// AnonymousListener returns the connections of clients without a cluster
+// certificate, which from then on no longer come through HTTPListener: at
+// most MaxAnonymousConns open at once, each closed after
+// AnonymousConnLifetime whatever it does. Serve them with a server of
+// their own, with small limits (only Join is allowed without a
+// certificate), whose ConnState is AnonymousConnState so that closed
+// connections are counted out. Call it before serving.
+func (m *Mux) AnonymousListener() net.Listener {
+	m.anonOn.Store(true)
+	return newChanListener(m, m.anonConn)
+}
+
+// AnonymousConnState is the http.Server.ConnState of the server of
+// AnonymousListener's connections.
+func (m *Mux) AnonymousConnState(_ net.Conn, s http.ConnState) {
+	if s == http.StateClosed || s == http.StateHijacked {
+		m.anonOpen.Add(-1)
+	}
+}
+
+// AnonymousConns is the number of open connections without a certificate.
+func (m *Mux) AnonymousConns() int { return int(m.anonOpen.Load()) }
 
 // Addr is the listening address.
 func (m *Mux) Addr() net.Addr { return m.ln.Addr() }
