@@ -161,7 +161,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		IdleTimeout: 10 * time.Second,
 		ConnState:   mux.AnonymousConnState,
 		ErrorLog:    errLog,
-		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: 4, MaxReceiveBufferPerStream: 64 << 10, MaxReceiveBufferPerConnection: 128 << 10},
+		HTTP2:       &http.HTTP2Config{MaxConcurrentStreams: 4, MaxReceiveBufferPerStream: 64 << 10, MaxReceiveBufferPerConnection: 128 << 10},
 	}
 	anonLn := mux.AnonymousListener()
 	ctlSrv := transport.NewUnixServer(p.controlHandler)
