@@ -203,8 +203,8 @@ func init() {
 
 func parseNodeNum(s string) (uint32, error) {
 	n, err := strconv.ParseUint(s, 10, 32)
-	if err != nil || n == 0 {
-		return 0, Usagef("%q is not a node number (1, 2, ...)", s)
+	if err != nil || n == 0 || !validNodeNumText(s) {
+		return 0, Usagef("%q is not a node number (1, 2, ... 4294967295, in decimal)", s)
 	}
 	return uint32(n), nil
 }

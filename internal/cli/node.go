@@ -243,10 +243,10 @@ Examples:
 		hw := fs.String("hwaddr", "", "the node's MAC address")
 		ip := fs.String("ipaddr", "", "the node's IP address")
 		name := fs.String("nodename", "", "the node's name (default <prefix><num>)")
-		num := fs.Uint("nodenum", 0, "the node's number (default: the next free one)")
+		num := nodeNumFlag(fs, "nodenum", "the node's number (default: the next free one)")
 		xen := fs.Bool("xennode", false, "the node is a Xen guest")
 		from := fs.String("from", "", "register every node listed in FILE (MAC IP [NAME] per line)")
-		ttl := fs.Duration("token-ttl", node.DefaultTokenTTL, "how long the join tokens stay valid")
+		ttl := ttlFlag(fs, "token-ttl", node.DefaultTokenTTL, "how long the join tokens stay valid (at least 1s)")
 		asJSON := fs.Bool("json", false, "print JSON")
 		socket := socketFlag(fs)
 		count := fs.Int("count", 0, "register this many nodes with sequential MACs and IPs (with --hwaddr-base, --ipaddr-base)")
@@ -392,7 +392,11 @@ func readNodeFile(path string, xen bool) ([]*ssiv1.NodeSpec, error) {
 		return nil, Usagef("--from: %v", err)
 	}
 	defer f.Close()
+	if st, err := f.Stat(); err == nil && !st.Mode().IsRegular() {
+		return nil, Usagef("--from %s: not a regular file", path)
+	}
 	var out []*ssiv1.NodeSpec
+	seen := map[string]int{} // MAC, IP and name, to the line that gave them
 	sc := bufio.NewScanner(f)
 	for line := 1; sc.Scan(); line++ {
 		text, _, _ := strings.Cut(sc.Text(), "#")
@@ -418,9 +422,21 @@ func readNodeFile(path string, xen bool) ([]*ssiv1.NodeSpec, error) {
 			}
 			s.Name = fields[2]
 		}
+		for _, k := range []string{"MAC " + s.Hwaddr, "IP " + s.Ipaddr, "name " + s.Name} {
+			if k == "name " {
+				continue
+			}
+			if first, dup := seen[k]; dup {
+				return nil, Usagef("%s:%d: %s is given on line %d already", path, line, k, first)
+			}
+			seen[k] = line
+		}
 		out = append(out, s)
 	}
 	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, Usagef("--from %s: a line is longer than %d bytes; expected \"MAC IP [NAME]\" per line", path, bufio.MaxScanTokenSize)
+		}
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	if len(out) == 0 {
@@ -438,7 +454,7 @@ func init() {
 	}
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
-		ttl := fs.Duration("token-ttl", node.DefaultTokenTTL, "how long the token stays valid")
+		ttl := ttlFlag(fs, "token-ttl", node.DefaultTokenTTL, "how long the token stays valid (at least 1s)")
 		socket := socketFlag(fs)
 		arg, err := parseOne(env, cmd, fs, args, "a node number")
 		if err != nil {

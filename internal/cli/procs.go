@@ -49,7 +49,7 @@ Example:
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
 		all := fs.Bool("e", false, "every user's processes")
-		node := fs.Uint("n", 0, "only processes on node N")
+		node := nodeNumFlag(fs, "n", "only processes on node N")
 		wide := fs.Bool("w", false, "wide: add PPID, JOB and MIG columns")
 		asJSON := fs.Bool("json", false, "print JSON")
 		socket := socketFlag(fs)

@@ -253,7 +253,7 @@ Examples:
 		write := fs.Bool("write", false, "write IMAGES/configs/NAME.cfg (.qemu, .xml) instead of printing")
 		force := fs.Bool("force", false, "with --write: replace existing files")
 		withToken := fs.Bool("with-token", false, "put a fresh join token on the kernel command line of nodes that never joined (replaces their current token)")
-		ttl := fs.Duration("token-ttl", node.DefaultTokenTTL, "with --with-token: how long the tokens stay valid")
+		ttl := ttlFlag(fs, "token-ttl", node.DefaultTokenTTL, "with --with-token: how long the tokens stay valid (at least 1s)")
 		socket := socketFlag(fs)
 		names, err := parseInterspersed(env, cmd, fs, args)
 		if err != nil {

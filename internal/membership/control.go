@@ -72,11 +72,16 @@ func (s *Control) Status(ctx context.Context, req *connect.Request[ssiv1.StatusR
 	return connect.NewResponse(out), nil
 }
 
-func tokenTTL(seconds int64) time.Duration {
-	if seconds > 0 {
-		return time.Duration(seconds) * time.Second
+// tokenTTL is the lifetime asked for: 0 means the default; a negative one
+// is refused (it once meant the default too, so that -1h made 24h tokens).
+func tokenTTL(seconds int64) (time.Duration, error) {
+	switch {
+	case seconds > 0:
+		return time.Duration(seconds) * time.Second, nil
+	case seconds == 0:
+		return DefaultTokenTTL, nil
 	}
-	return DefaultTokenTTL
+	return 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("a token lifetime of %ds: it must be positive", seconds))
 }
 
 // AddNodes registers nodes, all or none, each with a fresh join token.
@@ -85,7 +90,10 @@ func (s *Control) AddNodes(ctx context.Context, req *connect.Request[ssiv1.AddNo
 	if err := transport.AuthorizeAdmin(ctx, "add nodes"); err != nil {
 		return nil, err
 	}
-	ttl := tokenTTL(req.Msg.TokenTtlSeconds)
+	ttl, err := tokenTTL(req.Msg.TokenTtlSeconds)
+	if err != nil {
+		return nil, err
+	}
 	fp := m.cfg.FSM.Cluster().CAFingerprint
 	now := time.Now()
 	cmd := state.AddNodes{Time: now}
@@ -122,11 +130,15 @@ func (s *Control) IssueToken(ctx context.Context, req *connect.Request[ssiv1.Tok
 	if err := transport.AuthorizeAdmin(ctx, "issue join tokens"); err != nil {
 		return nil, err
 	}
+	ttl, err := tokenTTL(req.Msg.TokenTtlSeconds)
+	if err != nil {
+		return nil, err
+	}
 	tok, err := pki.NewToken(m.cfg.FSM.Cluster().CAFingerprint)
 	if err != nil {
 		return nil, s.fail(err)
 	}
-	cmd := state.SetToken{Num: req.Msg.Num, Hash: tok.Hash(), Expires: time.Now().Add(tokenTTL(req.Msg.TokenTtlSeconds))}
+	cmd := state.SetToken{Num: req.Msg.Num, Hash: tok.Hash(), Expires: time.Now().Add(ttl)}
 	if _, err := m.cfg.Leader.Apply(ctx, state.CmdSetToken, cmd); err != nil {
 		return nil, s.fail(err)
 	}

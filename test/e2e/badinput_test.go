@@ -65,7 +65,7 @@ func TestBadInputIsRefusedAndChangesNothing(t *testing.T) {
 	// A file with one bad line registers nothing.
 	f := filepath.Join(t.TempDir(), "nodes.txt")
 	os.WriteFile(f, []byte(fmt.Sprintf("0a:00:00:00:55:01 %s a1\n0a:00:00:00:55:02 %s a2 # dup IP\n", c.IP(50), c.IP(50))), 0o644)
-	if r := c.CLI(1, "ssi-addnode", "--from", f); r.Code != 1 || !strings.Contains(r.Stderr, "entry 2") {
+	if r := c.CLI(1, "ssi-addnode", "--from", f); r.Code != 2 || !strings.Contains(r.Stderr, "given on line 1 already") {
 		t.Errorf("bulk add with a duplicate: %v", r)
 	}
 
