@@ -14,6 +14,7 @@ package consensus
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -178,20 +179,33 @@ func (l *Leader) applyEncoded(data []byte) (state.Result, uint64, error) {
 // Apply applies a command on the leader, wherever it is, retrying while an
 // election runs (up to ApplyTimeout). A refused command comes back as a
 // *state.Error; no reachable leader as rpcerr.ErrNoLeader.
+//
+// The command carries a request ID, so sending it again after a failure
+// whose outcome is unknown (the leader lost its leadership or the
+// connection broke after sending) is safe: the state machine applies it
+// once and gives every copy the first outcome. If the outcome is still
+// unknown when time runs out, Apply says so (rpcerr.ErrOutcomeUnknown)
+// rather than claiming it failed.
 func (l *Leader) Apply(ctx context.Context, t state.CommandType, cmd any) (state.Result, error) {
-	data, err := state.Encode(t, cmd)
+	id := make([]byte, 12)
+	_, _ = rand.Read(id)
+	data, err := state.EncodeRequest(t, cmd, fmt.Sprintf("%d-%x", l.self, id))
 	if err != nil {
 		return state.Result{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, ApplyTimeout)
 	defer cancel()
 	var res state.Result
+	maybe := false // a copy may have been committed
 	err = l.call(ctx, func() (bool, error) {
 		r, _, err := l.applyEncoded(data)
-		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		switch {
+		case errors.Is(err, raft.ErrNotLeader):
 			return true, err
-		}
-		if err != nil {
+		case errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout):
+			maybe = true
+			return true, err
+		case err != nil:
 			return false, fmt.Errorf("node %d: apply: %w", l.self, err)
 		}
 		res = r
@@ -203,7 +217,18 @@ func (l *Leader) Apply(ctx context.Context, t state.CommandType, cmd any) (state
 		}
 		resp, err := c.Apply(ctx, connect.NewRequest(&ssiv1.ApplyRequest{Command: data}))
 		if err != nil {
-			return retryable(err), fmt.Errorf("leader node %d: %w", leader, err)
+			switch connect.CodeOf(err) {
+			case connect.CodeUnavailable, connect.CodeFailedPrecondition:
+				// Not the leader (any more): it did not take the command.
+			case connect.CodeInvalidArgument, connect.CodeUnimplemented, connect.CodePermissionDenied:
+				return false, fmt.Errorf("leader node %d: %w", leader, err)
+			default:
+				// Aborted (the leader lost its leadership with the command
+				// in flight), a broken connection, a timeout: it may have
+				// been committed; the request ID makes a retry safe.
+				maybe = true
+			}
+			return true, fmt.Errorf("leader node %d: %w", leader, err)
 		}
 		if err := json.Unmarshal(resp.Msg.Result, &res); err != nil {
 			return false, fmt.Errorf("decode the answer of leader node %d: %w", leader, err)
@@ -211,6 +236,9 @@ func (l *Leader) Apply(ctx context.Context, t state.CommandType, cmd any) (state
 		return false, nil
 	})
 	if err != nil {
+		if maybe && errors.Is(err, rpcerr.ErrNoLeader) {
+			return state.Result{}, fmt.Errorf("node %d: %w: %v", l.self, rpcerr.ErrOutcomeUnknown, err)
+		}
 		return state.Result{}, err
 	}
 	return res, res.Error()
@@ -323,8 +351,12 @@ func (s *Service) Apply(ctx context.Context, req *connect.Request[ssiv1.ApplyReq
 		return nil, connect.NewError(connect.CodeUnimplemented, fmt.Errorf("node %d (leader): %w", l.self, err))
 	}
 	res, idx, err := l.applyEncoded(req.Msg.Command)
-	if err != nil {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader):
 		return nil, rpcerr.Unavailable("node %d: apply: %w", l.self, err)
+	case err != nil:
+		// The command was handed to Raft: it may yet be committed.
+		return nil, connect.NewError(connect.CodeAborted, fmt.Errorf("node %d: apply: %w (the change may or may not have been made)", l.self, err))
 	}
 	b, err := json.Marshal(res)
 	if err != nil {

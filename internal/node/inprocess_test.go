@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"sync/atomic"
 	"os"
 	"sync"
 	"testing"
@@ -57,6 +59,8 @@ type testCluster struct {
 	ca    *pki.CA
 	nodes map[uint32]*testNode
 	log   *slog.Logger
+	// wrap, when set, wraps every node's RPC handler (to inject faults).
+	wrap func(num uint32, h http.Handler) http.Handler
 }
 
 var testConfig = state.Config{Voters: 3, MaxNodes: 16, Port: 7470, HeartbeatInterval: 200 * time.Millisecond,
@@ -67,13 +71,17 @@ func mac(num uint32) string { return fmt.Sprintf("0a:00:00:00:11:%02x", num) }
 // newTestCluster starts node 1 as a new cluster and joins nodes 2..n the
 // way `ssi join` does: registered by MAC with a token, admitted by the
 // leader over the network, added to Raft once it heartbeats.
-func newTestCluster(t *testing.T, n int) *testCluster {
+func newTestCluster(t *testing.T, n int) *testCluster { return newTestClusterWith(t, n, nil) }
+
+// newTestClusterWith is newTestCluster with every node's RPC handler
+// wrapped by wrap (nil: not wrapped).
+func newTestClusterWith(t *testing.T, n int, wrap func(num uint32, h http.Handler) http.Handler) *testCluster {
 	ca, err := pki.NewCA("t")
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &testCluster{t: t, net: memnet.New(), ca: ca, nodes: map[uint32]*testNode{},
-		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), wrap: wrap}
 	if testing.Verbose() {
 		c.log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
@@ -150,7 +158,11 @@ func (c *testCluster) start(num uint32, boot *state.Bootstrap) {
 		exit: func() { once.Do(func() { close(tn.exited) }) },
 		log:  c.log.With("node", num), baseLog: c.log,
 	})
-	c.net.Serve(num, tn.parts.peerHandler)
+	h := tn.parts.peerHandler
+	if c.wrap != nil {
+		h = c.wrap(num, h)
+	}
+	c.net.Serve(num, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	tn.stop, tn.wait = cancel, tn.parts.start(ctx)
 	c.nodes[num] = tn
@@ -316,3 +328,57 @@ func TestInProcessApplyRetriesThroughAnElection(t *testing.T) {
 		c.waitState(follower, old, state.Down)
 	})
 }
+
+// A change whose answer is lost after the leader committed it (here: the
+// leader's handler resets the stream once Apply returned) is sent again
+// with the same request ID and returns the first outcome: the node is
+// added once and the caller gets its number, not "already registered".
+func TestInProcessLostAnswerIsRetriedExactlyOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var lost atomic.Int32
+		c := newTestClusterWith(t, 3, func(num uint32, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == ssiv1connect.ConsensusApplyProcedure && lost.CompareAndSwap(0, 1) {
+					h.ServeHTTP(&discardWriter{header: http.Header{}}, r) // commit, then lose the answer
+					panic(http.ErrAbortHandler)
+				}
+				h.ServeHTTP(w, r)
+			})
+		})
+		leader := c.nodes[1].parts.leader.LeaderNum()
+		var follower uint32 = 2
+		if leader == 2 {
+			follower = 3
+		}
+		lost.Store(0) // arm: the next forwarded Apply loses its answer
+		tok, _ := pki.NewToken(c.ca.Fingerprint())
+		res, err := c.nodes[follower].parts.leader.Apply(context.Background(), state.CmdAddNodes, state.AddNodes{Time: time.Now(),
+			Nodes: []state.NodeSpec{{HWAddr: mac(9), IPAddr: "10.0.0.9", TokenHash: tok.Hash(), TokenExpires: time.Now().Add(time.Hour)}}})
+		if lost.Load() != 1 {
+			t.Fatal("no answer was lost: the test did not test anything")
+		}
+		if err != nil {
+			t.Fatalf("AddNodes whose first answer was lost: %v, want the first outcome (success)", err)
+		}
+		var added []state.Node
+		if err := res.Decode(&added); err != nil || len(added) != 1 || added[0].Num != 4 {
+			t.Fatalf("added %+v (%v), want node 4", added, err)
+		}
+		n := 0
+		for _, nd := range c.nodes[leader].fsm.Cluster().Nodes {
+			if nd.HWAddr == mac(9) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d nodes with the MAC, want 1", n)
+		}
+	})
+}
+
+// discardWriter is a ResponseWriter that keeps nothing.
+type discardWriter struct{ header http.Header }
+
+func (d *discardWriter) Header() http.Header         { return d.header }
+func (d *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
+func (d *discardWriter) WriteHeader(int)             {}

@@ -156,11 +156,23 @@ func (f *FSM) applyLocked(index uint64, data []byte) (Result, *HaltError) {
 			"type", int(e.Type), "index", index, "needs_version", versionAttr(e.Needs), "node_version", version.Current.String())
 		return Result{}, nil
 	}
+	id := requestID(e.Body)
+	if id != "" {
+		if r, seen := f.c.Outcome(id); seen {
+			return r, nil // a retry: the first copy's outcome, applied once
+		}
+	}
 	// Work on a copy so that a refused command changes nothing.
 	next := f.c.Clone()
 	val, err := apply(next, e.Type, e.Body, index)
 	if err != nil {
 		if se, ok := err.(*Error); ok {
+			if id != "" {
+				// The refusal is the outcome too: only the record changes.
+				keep := f.c.Clone()
+				keep.remember(id, Result{Err: se})
+				f.c = keep
+			}
 			return Result{Err: se}, nil
 		}
 		// apply knows fewer types than the version table: a bug that
@@ -168,11 +180,14 @@ func (f *FSM) applyLocked(index uint64, data []byte) (Result, *HaltError) {
 		return Result{}, &HaltError{Index: index, Type: e.Type, Node: version.Current, Needs: since, Detail: err.Error()}
 	}
 	raiseRequires(next, requiredBy(e, since))
-	f.c = next
 	var raw json.RawMessage
 	if val != nil {
 		raw, _ = json.Marshal(val)
 	}
+	if id != "" {
+		next.remember(id, Result{Value: raw})
+	}
+	f.c = next
 	return Result{Value: raw}, nil
 }
 

@@ -2,6 +2,7 @@ package state
 
 import (
 	"bytes"
+	"fmt"
 	"encoding/json"
 	"errors"
 	"io"
@@ -358,5 +359,67 @@ func TestReplaceVoter(t *testing.T) {
 	c := a.f.Cluster()
 	if c.Nodes[2].Voter || !c.Nodes[4].Voter {
 		t.Errorf("after replacement: node 2 voter=%v, node 4 voter=%v", c.Nodes[2].Voter, c.Nodes[4].Voter)
+	}
+}
+
+// A command sent twice with one request ID is applied once; the second copy
+// returns the first one's outcome, refusals included, and the window of
+// remembered outcomes is bounded and survives a snapshot.
+func TestRequestIDsMakeRetriesExactlyOnce(t *testing.T) {
+	f := NewFSM(nil)
+	boot, _ := Encode(CmdBootstrap, Bootstrap{Name: "ssi1", CAFingerprint: "fp", Config: testConfig(), Time: t0, Node: NodeSpec{HWAddr: "0a:00:00:00:11:d1", IPAddr: "192.168.64.141"}})
+	if r := f.ApplyEntry(1, boot); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	add := AddNodes{Time: t0, Nodes: []NodeSpec{{HWAddr: "0a:00:00:00:11:d2", IPAddr: "192.168.64.142"}}}
+	b, err := EncodeRequest(CmdAddNodes, add, "req-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := f.ApplyEntry(2, b)
+	again := f.ApplyEntry(3, b)
+	if first.Err != nil || again.Err != nil || string(first.Value) != string(again.Value) {
+		t.Fatalf("first %+v, retry %+v: want the same success", first, again)
+	}
+	if n := len(f.Cluster().Nodes); n != 2 {
+		t.Fatalf("%d nodes after a retried AddNodes, want 2", n)
+	}
+	// Without an ID the same command is a duplicate, as before.
+	plain, _ := Encode(CmdAddNodes, add)
+	if r := f.ApplyEntry(4, plain); r.Err == nil || r.Err.Code != CodeExists {
+		t.Fatalf("the same AddNodes without an ID: %+v, want CodeExists", r)
+	}
+	// A refusal is an outcome too.
+	dup, _ := EncodeRequest(CmdAddNodes, add, "req-2")
+	r1, r2 := f.ApplyEntry(5, dup), f.ApplyEntry(6, dup)
+	if r1.Err == nil || r2.Err == nil || r1.Err.Msg != r2.Err.Msg {
+		t.Fatalf("refused request and its retry: %+v, %+v", r1, r2)
+	}
+	// Snapshot and restore keep the window.
+	g := NewFSM(nil)
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sk sink
+	if err := snap.Persist(&sk); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Restore(io.NopCloser(bytes.NewReader(sk.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if r := g.ApplyEntry(7, b); r.Err != nil || string(r.Value) != string(first.Value) {
+		t.Fatalf("retry after restore: %+v", r)
+	}
+	// The window is bounded.
+	for i := 0; i < MaxRequests+10; i++ {
+		st, _ := EncodeRequest(CmdSetToken, SetToken{Num: 2, Hash: "h", Expires: t0}, fmt.Sprintf("t-%d", i))
+		g.ApplyEntry(uint64(10+i), st)
+	}
+	if n := len(g.Cluster().Requests); n != MaxRequests {
+		t.Errorf("%d outcomes remembered, want %d", n, MaxRequests)
+	}
+	if _, ok := g.Cluster().Outcome("req-1"); ok {
+		t.Errorf("the oldest outcome was not forgotten")
 	}
 }

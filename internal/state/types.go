@@ -132,6 +132,11 @@ type Cluster struct {
 	// (location.go). A process without a record runs where it was created.
 	Locations map[int64]uint32 `json:"locations,omitempty"`
 
+	// Requests: the outcomes of the last commands that carried a request
+	// ID, oldest first (requests.go), so that a retried command returns the
+	// first outcome instead of being applied twice.
+	Requests []remembered `json:"requests,omitempty"`
+
 	// Requires is the lowest ssi version that understands this state: the
 	// newest version that an applied entry needed ("" before the first
 	// entry, and in snapshots of versions without stamps). A node older
@@ -163,6 +168,7 @@ func (c *Cluster) Clone() *Cluster {
 	out.DHCP = c.DHCP.clone()
 	out.Leases = cloneLeases(c.Leases)
 	out.Locations = cloneLocations(c.Locations)
+	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out
 }
 
