@@ -61,7 +61,17 @@ var (
 	isRoot  = func() bool { return os.Geteuid() == 0 }
 	jobSeq  atomic.Uint64
 	validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+	// tracePhase, when set (by benchmarks), is called as a job passes the
+	// steps of its start and end, to show where the time goes.
+	tracePhase func(id, phase string)
 )
+
+func (j *Job) trace(phase string) {
+	if tracePhase != nil {
+		tracePhase(j.id, phase)
+	}
+}
 
 // Start starts a job. ctx bounds only the start itself (for a job under
 // nsinit, until the init reports that the command runs); cancelling it later
@@ -112,6 +122,7 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 	}
 
 	j := &Job{id: spec.ID, done: make(chan struct{})}
+	j.trace("checked")
 	if spec.Cgroup {
 		cg, err := newCgroup(spec.CgroupParent, spec.ID)
 		if err != nil {
@@ -120,11 +131,13 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 			j.cg = cg
 		}
 	}
+	j.trace("cgroup created")
 	childFiles, err := j.setupStdio(spec)
 	if err != nil {
 		j.abort()
 		return nil, err
 	}
+	j.trace("stdio")
 	j.shim = spec.Namespaces || j.cg != nil
 
 	if !j.shim {
@@ -146,6 +159,7 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 	}
 	j.namespaced = spec.Namespaces
 	j.migratable = spec.Namespaces && j.cg != nil
+	j.trace("Start returns")
 	go j.wait(log)
 	return j, nil
 }
@@ -345,6 +359,7 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 		return &startError{fmt.Errorf("starting job: starting the init %s: %w", spec.InitPath, err)}
 	}
 	j.pid = j.cmd.Process.Pid
+	j.trace("init forked")
 
 	if j.cg != nil {
 		if err := j.cg.add(j.pid); err != nil {
@@ -355,8 +370,9 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 			j.cg = nil
 		}
 	}
+	j.trace("cgroup joined")
 	j.events = make(chan nsinit.Event, 4)
-	go readEvents(statusR, j.events, log)
+	go readEvents(statusR, j.events, log, j.trace)
 	_, err = gateW.Write([]byte{1})
 	gateW.Close()
 	if err != nil {
@@ -402,7 +418,7 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 	}
 }
 
-func readEvents(r *os.File, out chan<- nsinit.Event, log *slog.Logger) {
+func readEvents(r *os.File, out chan<- nsinit.Event, log *slog.Logger, trace func(string)) {
 	defer close(out)
 	defer r.Close()
 	sc := bufio.NewScanner(r)
@@ -412,8 +428,10 @@ func readEvents(r *os.File, out chan<- nsinit.Event, log *slog.Logger) {
 			log.Warn("ignoring a status report from the init", "err", err)
 			continue
 		}
+		trace(string(e.Kind) + " event read")
 		out <- e
 	}
+	trace("status pipe EOF")
 }
 
 // abort releases what a failed Start had set up.
@@ -439,6 +457,7 @@ const copyGrace = 2 * time.Second
 // wait collects the job's exit status and cleans up.
 func (j *Job) wait(log *slog.Logger) {
 	err := j.cmd.Wait()
+	j.trace("top process reaped")
 	var st Status
 	var werr error
 	var ee *exec.ExitError
@@ -474,6 +493,7 @@ func (j *Job) wait(log *slog.Logger) {
 			}
 		}
 	}
+	j.trace("status pipe closed")
 	if j.cg != nil {
 		j.cgMu.Lock()
 		if err := j.cg.destroy(); err != nil {
@@ -481,6 +501,7 @@ func (j *Job) wait(log *slog.Logger) {
 		}
 		j.cgGone = true
 		j.cgMu.Unlock()
+		j.trace("cgroup removed")
 	}
 	if j.copyDone != nil {
 		select {

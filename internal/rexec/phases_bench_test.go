@@ -1,0 +1,269 @@
+package rexec
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/nsinit"
+)
+
+// Where a migratable job's start and end go. Run as root, with few trials:
+//
+//	go test -run '^$' -bench JobPhases -benchtime 1x ./internal/rexec/
+//
+// SSI_BENCH_TRIALS sets the number of rounds (default 50); SSI_BINARY names
+// the ssi binary to re-execute as the init (default: built from ./cmd/ssi
+// into a temporary directory, as `go build` does by default). Every probe
+// runs once per round, interleaved with the others, so that all of them see
+// the same machine; each is printed with its median and p99 and as a ratio
+// of fork+exec of /bin/true measured in the same rounds. Nothing is
+// asserted about time.
+
+func benchTrials(def int) int {
+	if v, err := strconv.Atoi(os.Getenv("SSI_BENCH_TRIALS")); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+type durations []time.Duration
+
+func (d durations) pct(p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	c := slices.Clone(d)
+	slices.Sort(c)
+	i := min(max(int(p/100*float64(len(c))+0.5)-1, 0), len(c)-1)
+	return c[i]
+}
+
+func msOf(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
+
+// goBuild builds a main package into dir and returns the binary's path.
+func goBuild(b *testing.B, pkgDir, out string) string {
+	b.Helper()
+	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
+	cmd := exec.Command(gobin, "build", "-o", out, ".")
+	cmd.Dir = pkgDir
+	if o, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("go build in %s: %v\n%s", pkgDir, err, o)
+	}
+	return out
+}
+
+// ssiBinary returns the ssi binary to re-execute as the init.
+func ssiBinary(b *testing.B) string {
+	if p := os.Getenv("SSI_BINARY"); p != "" {
+		return p
+	}
+	return goBuild(b, "../../cmd/ssi", filepath.Join(b.TempDir(), "ssi"))
+}
+
+// helloBinary builds the smallest Go program, the floor of a Go process start.
+func helloBinary(b *testing.B) string {
+	dir := b.TempDir()
+	src := "package main\n\nimport \"os\"\n\nfunc main() { os.Exit(0) }\n"
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(src), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte("module hello\n\ngo 1.22\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return goBuild(b, dir, filepath.Join(dir, "hello"))
+}
+
+func runCmd(b *testing.B, cloneflags uintptr, argv ...string) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = testEnv
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: cloneflags}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("%q: %v\n%s", argv, err, out)
+	}
+}
+
+// phaseRecorder collects the engine's trace points of the jobs it is told
+// about, as offsets from the start of Start.
+type phaseRecorder struct {
+	mu     sync.Mutex
+	t0     time.Time
+	id     string
+	order  []string
+	deltas map[string]durations // phase -> time since the previous phase
+	last   time.Time
+}
+
+func (r *phaseRecorder) begin(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.id, r.t0, r.last = id, time.Now(), time.Now()
+}
+
+func (r *phaseRecorder) hook(id, phase string) {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if id != r.id {
+		return
+	}
+	if r.deltas == nil {
+		r.deltas = map[string]durations{}
+	}
+	if _, seen := r.deltas[phase]; !seen {
+		r.order = append(r.order, phase)
+	}
+	r.deltas[phase] = append(r.deltas[phase], now.Sub(r.last))
+	r.last = now
+}
+
+type probe struct {
+	name string
+	run  func(b *testing.B)
+	d    durations
+}
+
+// BenchmarkJobPhases measures the pieces of a migratable job's start and
+// end one by one, then the engine's own steps for such a job.
+func BenchmarkJobPhases(b *testing.B) {
+	needRoot(b)
+	n := benchTrials(50)
+	ssiBin := ssiBinary(b)
+	hello := helloBinary(b)
+	cg, err := cgroupHierarchies()
+	if err != nil {
+		b.Skipf("no cgroups: %v", err)
+	}
+	_ = cg
+
+	// A process to move into cgroups and back.
+	sleeper := exec.Command("sleep", "1000")
+	if err := sleeper.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = sleeper.Process.Kill(); _ = sleeper.Wait() }()
+	home, err := newCgroup(testCgroupParent, "bench-home")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer home.destroy()
+
+	var seq int
+	nextID := func() string { seq++; return "bench-" + strconv.Itoa(seq) }
+	spec := func(ns, cgroup bool) Spec {
+		s := Spec{Argv: []string{"/bin/true"}, Env: testEnv, Namespaces: ns, Cgroup: cgroup,
+			CgroupParent: testCgroupParent, InitPath: ssiBin}
+		return s
+	}
+	engine := func(s Spec, rec *phaseRecorder) func(b *testing.B) {
+		return func(b *testing.B) {
+			s.ID = nextID()
+			if rec != nil {
+				rec.begin(s.ID)
+			}
+			j, err := Start(context.Background(), s)
+			if err != nil {
+				b.Fatal(err)
+			}
+			j.Stdin().Close()
+			if st, err := j.Wait(); err != nil || st.ExitCode() != 0 {
+				b.Fatalf("%v %v", st, err)
+			}
+			j.Close()
+		}
+	}
+	rec := &phaseRecorder{}
+	tracePhase = rec.hook
+	defer func() { tracePhase = nil }()
+
+	probes := []*probe{
+		{name: "fork+exec /bin/true (baseline)", run: func(b *testing.B) { runCmd(b, 0, "/bin/true") }},
+		{name: "3 pipes (create, close)", run: func(b *testing.B) {
+			var fs []*os.File
+			for range 3 {
+				r, w, err := os.Pipe()
+				if err != nil {
+					b.Fatal(err)
+				}
+				fs = append(fs, r, w)
+			}
+			for _, f := range fs {
+				f.Close()
+			}
+		}},
+		{name: "clone NEWPID|NEWNS + exec /bin/true", run: func(b *testing.B) {
+			runCmd(b, syscall.CLONE_NEWPID|syscall.CLONE_NEWNS, "/bin/true")
+		}},
+		{name: "cgroup create + remove", run: func(b *testing.B) {
+			c, err := newCgroup(testCgroupParent, nextID())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := c.destroy(); err != nil {
+				b.Fatal(err)
+			}
+		}},
+		{name: "cgroup join (write cgroup.procs)", run: nil}, // below
+		{name: "Go hello world: fork+exec", run: func(b *testing.B) { runCmd(b, 0, hello) }},
+		{name: "ssi __init -- /bin/true (no namespaces)", run: func(b *testing.B) {
+			runCmd(b, 0, ssiBin, nsinit.Command, "--", "/bin/true")
+		}},
+		{name: "ssi __init -mount-proc, NEWPID|NEWNS", run: func(b *testing.B) {
+			runCmd(b, syscall.CLONE_NEWPID|syscall.CLONE_NEWNS, ssiBin, nsinit.Command, "-mount-proc", "--", "/bin/true")
+		}},
+		{name: "engine: plain job", run: engine(spec(false, false), nil)},
+		{name: "engine: ns+cgroup job (migratable)", run: engine(spec(true, true), rec)},
+	}
+	var joinD durations
+	probes[4].run = func(b *testing.B) {
+		c, err := newCgroup(testCgroupParent, nextID())
+		if err != nil {
+			b.Fatal(err)
+		}
+		t := time.Now()
+		if err := c.add(sleeper.Process.Pid); err != nil {
+			b.Fatal(err)
+		}
+		joinD = append(joinD, time.Since(t))
+		if err := home.add(sleeper.Process.Pid); err != nil {
+			b.Fatal(err)
+		}
+		if err := c.destroy(); err != nil {
+			b.Fatal(err)
+		}
+	}
+
+	for range b.N {
+		for range n {
+			for _, p := range probes {
+				t := time.Now()
+				p.run(b)
+				p.d = append(p.d, time.Since(t))
+			}
+		}
+	}
+	probes[4].d = joinD
+	base := probes[0].d.pct(50)
+	for _, p := range probes {
+		fmt.Printf("%-44s n=%-4d median %7.3f ms   p99 %7.3f ms   x%5.2f fork+exec\n",
+			p.name, len(p.d), msOf(p.d.pct(50)), msOf(p.d.pct(99)), float64(p.d.pct(50))/float64(base))
+	}
+	fmt.Printf("\nsteps of the engine's ns+cgroup job (median time since the previous step):\n")
+	var sum time.Duration
+	for _, ph := range rec.order {
+		d := rec.deltas[ph]
+		sum += d.pct(50)
+		fmt.Printf("  %-42s %7.3f ms   (sum of medians %7.3f ms)\n", ph, msOf(d.pct(50)), msOf(sum))
+	}
+	b.ReportMetric(msOf(probes[len(probes)-1].d.pct(50)), "migratable-median-ms")
+	b.ReportMetric(float64(probes[len(probes)-1].d.pct(50))/float64(base), "migratable-x-fork-exec")
+}
