@@ -11,8 +11,10 @@ import (
 type EventKind string
 
 // Status event kinds, in the order they can occur: Started, then Exited or
-// Killed; or Failed alone.
+// Killed; or Failed alone. A warm init (-pool-fd) says Ready first, once it
+// waits for its job.
 const (
+	Ready   EventKind = "ready"
 	Started EventKind = "started"
 	Exited  EventKind = "exited"
 	Killed  EventKind = "killed"
@@ -55,7 +57,7 @@ func (e Event) String() string {
 	case Failed:
 		return fmt.Sprintf("%s %s %s", e.Kind, e.Reason, msgCleaner.Replace(e.Message))
 	}
-	return string(e.Kind)
+	return string(e.Kind) // Ready
 }
 
 // ParseEvent decodes one line written by the init.
@@ -67,6 +69,10 @@ func ParseEvent(line string) (Event, error) {
 		return Event{}, fmt.Errorf("malformed init status event %q (is the init binary the same version?)", line)
 	}
 	switch e.Kind {
+	case Ready:
+		if rest != "" {
+			return bad()
+		}
 	case Started, Exited:
 		n, err := strconv.Atoi(rest)
 		if err != nil || n < 0 {
