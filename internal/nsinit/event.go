@@ -12,10 +12,11 @@ type EventKind string
 
 // Status event kinds, in the order they can occur: Started, then Exited or
 // Killed; or Failed alone. A warm init (-pool-fd) says Ready first, once it
-// waits for its job.
+// waits for its job, and Accepted once it has received it.
 const (
-	Ready   EventKind = "ready"
-	Started EventKind = "started"
+	Ready    EventKind = "ready"
+	Accepted EventKind = "accepted"
+	Started  EventKind = "started"
 	Exited  EventKind = "exited"
 	Killed  EventKind = "killed"
 	Failed  EventKind = "failed"
@@ -57,7 +58,7 @@ func (e Event) String() string {
 	case Failed:
 		return fmt.Sprintf("%s %s %s", e.Kind, e.Reason, msgCleaner.Replace(e.Message))
 	}
-	return string(e.Kind) // Ready
+	return string(e.Kind) // Ready, Accepted
 }
 
 // ParseEvent decodes one line written by the init.
@@ -69,7 +70,7 @@ func ParseEvent(line string) (Event, error) {
 		return Event{}, fmt.Errorf("malformed init status event %q (is the init binary the same version?)", line)
 	}
 	switch e.Kind {
-	case Ready:
+	case Ready, Accepted:
 		if rest != "" {
 			return bad()
 		}

@@ -74,6 +74,8 @@
 // Status events are single text lines (see Event):
 //
 //	ready                warm mode: set up, waiting for the job
+//	accepted             warm mode: the job was received (a parent that gets EOF
+//	                     before this knows the job never ran)
 //	started PID          the job runs, PID as seen by the init (2 in a new PID namespace)
 //	exited CODE          the job exited with CODE
 //	killed SIG [core]    the job died of signal SIG

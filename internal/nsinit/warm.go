@@ -31,7 +31,7 @@ const (
 // conn: args are the job's flags and command as Options.Args gives them
 // (only -path, -dir, -uid, -gid, -groups and -no-ctty may be set), env its
 // environment, stdio its stdin, stdout and stderr. The init answers on conn
-// with the status events of the job.
+// with Accepted, then the status events of the job.
 func SendJob(conn *net.UnixConn, args, env []string, stdio [3]*os.File) error {
 	var body bytes.Buffer
 	var n [8]byte
@@ -193,6 +193,7 @@ wait:
 	if errors.Is(j.err, errNoJob) {
 		return 0, false
 	}
+	in.report(Event{Kind: Accepted})
 	if j.err != nil {
 		return in.fail(reasonSetup, ExitSetup, "%v", j.err), false
 	}

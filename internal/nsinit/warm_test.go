@@ -110,6 +110,7 @@ func (r *warmRun) send(t *testing.T, opts Options, argv, env []string) io.Reader
 	if err := SendJob(r.conn, opts.Args(argv), env, [3]*os.File{devnull, ow, os.Stderr}); err != nil {
 		t.Fatal(err)
 	}
+	r.next(t, Accepted)
 	return or
 }
 
