@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -36,7 +37,7 @@ var (
 
 	// preferV2 makes hosts that mount both (hybrid mode) use cgroup v2;
 	// the tests set it to exercise both implementations.
-	preferV2 bool
+	preferV2 atomic.Bool
 )
 
 func cgroupHierarchies() (hierarchies, error) {
@@ -117,8 +118,28 @@ type cgroup struct {
 	dirs []string
 }
 
+// errNoCgroups: no hierarchy with a freezer is mounted.
+var errNoCgroups = errors.New("no cgroup hierarchy with a freezer is mounted (need cgroup v2, or the v1 freezer controller)")
+
 // newCgroup creates the cgroup parent/job-<id>.
 func newCgroup(parent, id string) (*cgroup, error) {
+	cg, err := placeCgroup(parent, id)
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range cg.dirs {
+		if err := mkdirCgroup(d); err != nil {
+			for _, made := range cg.dirs[:i] {
+				_ = os.Remove(made)
+			}
+			return nil, err
+		}
+	}
+	return cg, nil
+}
+
+// placeCgroup says where the cgroup parent/job-<id> goes, creating nothing.
+func placeCgroup(parent, id string) (*cgroup, error) {
 	h, err := cgroupHierarchies()
 	if err != nil {
 		return nil, err
@@ -139,7 +160,7 @@ func newCgroup(parent, id string) (*cgroup, error) {
 	}
 	_, haveFreezer := h.v1["freezer"]
 	switch {
-	case haveFreezer && (!preferV2 || h.v2 == ""):
+	case haveFreezer && (!preferV2.Load() || h.v2 == ""):
 		for _, c := range []string{"freezer", "memory"} {
 			if mnt, ok := h.v1[c]; ok {
 				cg.dirs = append(cg.dirs, place(mnt, h.v1own[c]))
@@ -149,17 +170,30 @@ func newCgroup(parent, id string) (*cgroup, error) {
 		cg.v2 = true
 		cg.dirs = []string{place(h.v2, h.v2own)}
 	default:
-		return nil, errors.New("no cgroup hierarchy with a freezer is mounted (need cgroup v2, or the v1 freezer controller)")
-	}
-	for i, d := range cg.dirs {
-		if err := mkdirCgroup(d); err != nil {
-			for _, made := range cg.dirs[:i] {
-				_ = os.Remove(made)
-			}
-			return nil, err
-		}
+		return nil, errNoCgroups
 	}
 	return cg, nil
+}
+
+// rename gives the cgroup the name of job id, where the hierarchy allows
+// it (cgroup v1 does, v2 does not); it keeps its name otherwise.
+func (cg *cgroup) rename(id string) {
+	if cg.v2 {
+		return
+	}
+	leaf := "job-" + id
+	var done []string
+	for _, d := range cg.dirs {
+		to := filepath.Join(filepath.Dir(d), leaf)
+		if err := os.Rename(d, to); err != nil {
+			for i, from := range done { // all or nothing
+				_ = os.Rename(from, cg.dirs[i])
+			}
+			return
+		}
+		done = append(done, to)
+	}
+	cg.dirs = done
 }
 
 func mkdirCgroup(dir string) error {
