@@ -17,9 +17,9 @@ const (
 	Ready    EventKind = "ready"
 	Accepted EventKind = "accepted"
 	Started  EventKind = "started"
-	Exited  EventKind = "exited"
-	Killed  EventKind = "killed"
-	Failed  EventKind = "failed"
+	Exited   EventKind = "exited"
+	Killed   EventKind = "killed"
+	Failed   EventKind = "failed"
 )
 
 // Reasons carried by a Failed event.
