@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -66,12 +65,30 @@ var (
 	// isRoot is replaced by tests to exercise the fallback.
 	isRoot  = func() bool { return os.Geteuid() == 0 }
 	jobSeq  atomic.Uint64
-	validID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
 	// tracePhase, when set (by benchmarks), is called as a job passes the
 	// steps of its start and end, to show where the time goes.
 	tracePhase func(id, phase string)
 )
+
+// validID reports whether id is a valid Spec.ID: ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$
+// (a function, not a regexp: compiling that one took 0.2ms at every start of
+// the binary).
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 func (j *Job) trace(phase string) {
 	if tracePhase != nil {
@@ -92,7 +109,7 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 	}
 	if spec.ID == "" {
 		spec.ID = strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(jobSeq.Add(1), 10)
-	} else if !validID.MatchString(spec.ID) {
+	} else if !validID(spec.ID) {
 		return nil, fmt.Errorf("job ID %q: use at most 64 letters, digits, '.', '_' or '-'", spec.ID)
 	}
 	if spec.Dir == "" {
