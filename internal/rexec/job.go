@@ -63,8 +63,8 @@ type Job struct {
 
 var (
 	// isRoot is replaced by tests to exercise the fallback.
-	isRoot  = func() bool { return os.Geteuid() == 0 }
-	jobSeq  atomic.Uint64
+	isRoot = func() bool { return os.Geteuid() == 0 }
+	jobSeq atomic.Uint64
 
 	// tracePhase, when set (by benchmarks), is called as a job passes the
 	// steps of its start and end, to show where the time goes.
