@@ -156,6 +156,12 @@ func (in *initProc) waitForJob() (code int, ok bool) {
 	if err := in.setup(); err != nil {
 		return in.fail(reasonSetup, ExitSetup, "%v", err), false
 	}
+	// The first process start of a Go program checks that pidfds work,
+	// with a throwaway clone; FindProcess does that check too: now, rather
+	// than when the job is waiting for it.
+	if p, err := os.FindProcess(os.Getpid()); err == nil {
+		_ = p.Release()
+	}
 	in.report(Event{Kind: Ready})
 
 	type job struct {
