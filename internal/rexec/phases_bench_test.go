@@ -342,3 +342,84 @@ func BenchmarkJobPhases(b *testing.B) {
 	b.ReportMetric(msOf(warm), "pooled-median-ms")
 	b.ReportMetric(float64(warm)/float64(base), "pooled-x-fork-exec")
 }
+
+// BenchmarkPoolBackground shows what the pool's background refill costs
+// the work around it, and what back-to-back starts get from it:
+//
+//	go test -run '^$' -bench PoolBackground -benchtime 1x ./internal/rexec/
+//
+// Per round: a start from the pool (to Exited), at once a fork+exec of
+// /bin/true (which overlaps the refill), then, once the pool is full again,
+// another (which does not); then a burst of back-to-back starts (twice the
+// pool's size), counting those that found no ready init.
+func BenchmarkPoolBackground(b *testing.B) {
+	needRoot(b)
+	n := benchTrials(30)
+	ssiBin := ssiBinary(b)
+	const size = 4
+	pool, err := NewPool(PoolOptions{Size: size, InitPath: ssiBin, CgroupParent: testCgroupParent, Env: testPoolEnv})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	spec := Spec{Argv: []string{"/bin/true"}, Env: testEnv, Namespaces: true, Cgroup: true,
+		CgroupParent: testCgroupParent, InitPath: ssiBin, Pool: pool}
+	full := func() {
+		pool.activate()
+		deadline := time.Now().Add(time.Minute)
+		for pool.Ready() < size && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	job := func() (time.Duration, bool) {
+		t := time.Now()
+		j, err := Start(context.Background(), spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		j.Stdin().Close()
+		<-j.Exited()
+		d := time.Since(t)
+		if st, err := j.Wait(); err != nil || st.ExitCode() != 0 {
+			b.Fatalf("%v %v", st, err)
+		}
+		j.Close()
+		return d, j.warm
+	}
+	timeIt := func(f func()) time.Duration { t := time.Now(); f(); return time.Since(t) }
+	var pooled, during, quiet, burst durations
+	cold, total := 0, 0
+	for range b.N {
+		full()
+		for range n {
+			full()
+			d, _ := job()
+			pooled = append(pooled, d)
+			during = append(during, timeIt(func() { runCmd(b, 0, "/bin/true") }))
+			full()
+			quiet = append(quiet, timeIt(func() { runCmd(b, 0, "/bin/true") }))
+			for range 2 * size {
+				d, warm := job()
+				burst = append(burst, d)
+				total++
+				if !warm {
+					cold++
+				}
+			}
+		}
+	}
+	base := quiet.pct(50)
+	for _, r := range []struct {
+		what string
+		d    durations
+	}{
+		{"fork+exec /bin/true, pool full (baseline)", quiet},
+		{"start from the pool, to Exited", pooled},
+		{"fork+exec /bin/true during the refill", during},
+		{fmt.Sprintf("back-to-back starts, bursts of %d", 2*size), burst},
+	} {
+		fmt.Printf("%-44s n=%-4d median %7.3f ms   p99 %7.3f ms   x%5.2f fork+exec\n",
+			r.what, len(r.d), msOf(r.d.pct(50)), msOf(r.d.pct(99)), float64(r.d.pct(50))/float64(base))
+	}
+	fmt.Printf("%-44s %d of %d\n", "back-to-back starts without a ready init", cold, total)
+}
