@@ -447,6 +447,12 @@ func (j *Job) startWarm(ctx context.Context, spec Spec, path string, root bool, 
 	if err != nil {
 		return fmt.Errorf("%w: %v", errWarmUnused, err)
 	}
+	if w.reniced {
+		// Back to the weight of any new session before the job runs.
+		if err := setAutogroupNice(w.cmd.Process.Pid, 0); err != nil {
+			return fmt.Errorf("%w: %v", errWarmUnused, err)
+		}
+	}
 	if err := nsinit.SendJob(w.conn, opts.Args(spec.Argv), env, [3]*os.File{stdio[0], stdio[1], stdio[2]}); err != nil {
 		return fmt.Errorf("%w: %v", errWarmUnused, err)
 	}

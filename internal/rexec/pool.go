@@ -93,6 +93,7 @@ const (
 
 // warmInit is one ready init.
 type warmInit struct {
+	reniced bool // its session's autogroup runs at poolNice until claimed
 	cmd     *exec.Cmd
 	conn    *net.UnixConn
 	cg      *cgroup
@@ -437,6 +438,12 @@ func (p *Pool) spawn(gen uint64) (*warmInit, error) {
 		return nil, &startError{fmt.Errorf("starting a ready init %s: %w", p.opts.InitPath, err)}
 	}
 	w := &warmInit{cmd: cmd, conn: conn, cg: cg, gen: gen, exited: make(chan struct{})}
+	// The init is a session leader, so with autogroup scheduling its
+	// session is a scheduling group of its own: lower that group's weight
+	// while it starts and waits, so that the refill yields to the work in
+	// the foreground. The claim puts it back to the default before the
+	// job starts.
+	w.reniced = setAutogroupNice(cmd.Process.Pid, poolNice) == nil
 	go func() {
 		w.waitErr = cmd.Wait()
 		close(w.exited)
@@ -469,6 +476,16 @@ func (p *Pool) spawn(gen uint64) (*warmInit, error) {
 		return fail(err)
 	}
 	return w, nil
+}
+
+// poolNice is the autogroup nice value of ready inits (0 is the default of
+// every new session, and what a job gets).
+const poolNice = 10
+
+// setAutogroupNice sets the nice value of the autogroup of pid's session
+// (sched(7)); an error when the kernel has no autogroups.
+func setAutogroupNice(pid, nice int) error {
+	return os.WriteFile("/proc/"+strconv.Itoa(pid)+"/autogroup", []byte(strconv.Itoa(nice)), 0)
 }
 
 // initEnv is the environment of a warm init: one P is plenty for waiting

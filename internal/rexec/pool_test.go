@@ -109,7 +109,8 @@ func TestPoolJob(t *testing.T) {
 				cgLine = `grep ^0:: /proc/self/cgroup`
 			}
 			spec := poolSpec(t, p, "sh", "-c", `echo $$; readlink /proc/self/ns/pid /proc/self/ns/mnt; `+cgLine+`
-id -u; id -g; id -G; pwd; echo "$FOO"; env | grep -c .; ls /proc | grep -c '^[0-9]'; tr '\0' ' ' </proc/1/cmdline; echo`)
+id -u; id -g; id -G; pwd; echo "$FOO"; env | grep -c .; ls /proc | grep -c '^[0-9]'; tr '\0' ' ' </proc/1/cmdline; echo
+cat /proc/self/autogroup 2>/dev/null || echo none`)
 			spec.UID, spec.GID, spec.Groups = 65534, 65534, []uint32{65534, 100}
 			spec.Dir = dir
 			spec.Env = append(spec.Env, "FOO=bar", "FOO=baz") // the last one wins, as with os/exec
@@ -126,7 +127,7 @@ id -u; id -g; id -G; pwd; echo "$FOO"; env | grep -c .; ls /proc | grep -c '^[0-
 				t.Fatalf("status %v, stderr %q", st, c.err.String())
 			}
 			lines := strings.Split(strings.TrimSpace(c.out.String()), "\n")
-			if len(lines) != 12 {
+			if len(lines) != 13 {
 				t.Fatalf("output %q", c.out.String())
 			}
 			if pid, _ := strconv.Atoi(lines[0]); pid < 2 || pid > 100 {
@@ -160,6 +161,11 @@ id -u; id -g; id -G; pwd; echo "$FOO"; env | grep -c .; ls /proc | grep -c '^[0-
 			if !strings.Contains(lines[11], "-pool-fd") {
 				t.Errorf("PID 1 is %q, want a warm init", lines[11])
 			}
+			// Ready inits wait at a lower autogroup weight; the job runs at
+			// the default one, as a new session always does.
+			if ag := lines[12]; ag != "none" && !strings.HasSuffix(ag, " nice 0") {
+				t.Errorf("the job's autogroup is %q, want nice 0", ag)
+			}
 		})
 	}
 }
@@ -177,6 +183,18 @@ func mountOf(t *testing.T, dir string) string {
 		}
 	}
 	return best
+}
+
+func TestPoolInitsWaitInTheBackground(t *testing.T) {
+	if _, err := os.Stat("/proc/self/autogroup"); err != nil {
+		t.Skip("no autogroup scheduling")
+	}
+	p := newTestPool(t, PoolOptions{Size: 1})
+	awaitReadyN(t, p, 1)
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(readyPids(p)[0]) + "/autogroup")
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(b)), " nice 10") {
+		t.Errorf("a ready init's autogroup is %q (%v), want nice 10", b, err)
+	}
 }
 
 func TestPoolRefills(t *testing.T) {
