@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -115,8 +116,18 @@ const (
 // poolSeq numbers the inits of every pool of this process (cgroup names).
 var poolSeq atomic.Uint64
 
-// poolLeafPrefix starts the cgroup names of warm inits: job-w<daemon pid>-<n>.
+// poolTag tells apart the pools of daemons whose PIDs are the same (in PID
+// namespaces of their own, as with `ssi up --isolate`) and share a cgroup
+// parent.
+var poolTag = strconv.FormatUint(uint64(rand.Uint32()), 16)
+
+// poolLeafPrefix starts the cgroup names of warm inits:
+// job-w<daemon pid>.<tag>-<n>.
 const poolLeafPrefix = "job-w"
+
+// staleAge: an empty cgroup of a warm init older than this is a leftover
+// (a ready init is in its cgroup within spawnTimeout of its creation).
+const staleAge = 2 * spawnTimeout
 
 // NewPool returns a pool. It starts no init until the first job asks.
 func NewPool(o PoolOptions) (*Pool, error) {
@@ -396,7 +407,7 @@ const spawnTimeout = 30 * time.Second
 
 // spawn starts one warm init in a new cgroup and waits until it is ready.
 func (p *Pool) spawn(gen uint64) (*warmInit, error) {
-	id := "w" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatUint(poolSeq.Add(1), 10)
+	id := "w" + strconv.Itoa(os.Getpid()) + "." + poolTag + "-" + strconv.FormatUint(poolSeq.Add(1), 10)
 	cg, err := newCgroup(p.opts.CgroupParent, id)
 	if err != nil {
 		return nil, err
@@ -531,28 +542,30 @@ func awaitReady(conn *net.UnixConn) error {
 	}
 }
 
-// removeStalePoolCgroups removes the empty cgroups of warm inits whose
-// daemon is gone (an init ends when its daemon's socket closes).
+// removeStalePoolCgroups removes the cgroups of warm inits that a daemon
+// left behind when it died (its ready inits end when its socket closes):
+// those that are empty and older than staleAge. A cgroup in use cannot be
+// removed, so a race with a live pool costs nothing.
 func removeStalePoolCgroups(parent string, log *slog.Logger) {
 	probe, err := placeCgroup(parent, "x")
 	if err != nil {
 		return
 	}
 	for _, d := range probe.dirs {
-		ents, err := os.ReadDir(filepath.Dir(d))
+		dir := filepath.Dir(d)
+		ents, err := os.ReadDir(dir)
 		if err != nil {
 			continue
 		}
 		for _, e := range ents {
-			rest, ok := strings.CutPrefix(e.Name(), poolLeafPrefix)
-			if !ok || !e.IsDir() {
+			if !e.IsDir() || !strings.HasPrefix(e.Name(), poolLeafPrefix) {
 				continue
 			}
-			pid, _, _ := strings.Cut(rest, "-")
-			if _, err := os.Stat("/proc/" + pid); err == nil {
-				continue // its daemon (or a process with its PID) lives
+			info, err := e.Info()
+			if err != nil || time.Since(info.ModTime()) < staleAge {
+				continue
 			}
-			if err := os.Remove(filepath.Join(filepath.Dir(d), e.Name())); err == nil {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err == nil {
 				log.Debug("removed the cgroup of a ready init of a daemon that is gone", "cgroup", e.Name())
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -194,6 +195,54 @@ func TestPoolInitsWaitInTheBackground(t *testing.T) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(readyPids(p)[0]) + "/autogroup")
 	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(b)), " nice 10") {
 		t.Errorf("a ready init's autogroup is %q (%v), want nice 10", b, err)
+	}
+}
+
+// TestPoolRemovesStaleCgroups: a new pool removes the empty cgroups that
+// the ready inits of a daemon that died left behind, and nothing else.
+func TestPoolRemovesStaleCgroups(t *testing.T) {
+	needRoot(t)
+	parent := testCgroupParent + "/stale"
+	stale, err := newCgroup(parent, "w1.dead-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := newCgroup(parent, "w1.other-1") // another pool's, just made
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := newCgroup(parent, "3000042") // a job's
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	for _, d := range append(slices.Clone(stale.dirs), other.dirs...) {
+		if err := os.Chtimes(d, old, old); err != nil {
+			t.Skipf("cannot date a cgroup back: %v", err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, cg := range []*cgroup{stale, fresh, other} {
+			_ = cg.destroy()
+		}
+		for _, d := range stale.dirs {
+			_ = os.Remove(filepath.Dir(d))
+		}
+	})
+	p, err := NewPool(PoolOptions{CgroupParent: parent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	for _, d := range stale.dirs {
+		if _, err := os.Stat(d); err == nil {
+			t.Errorf("stale cgroup %s is still there", d)
+		}
+	}
+	for _, d := range append(slices.Clone(fresh.dirs), other.dirs...) {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("cgroup %s was removed: %v", d, err)
+		}
 	}
 }
 
