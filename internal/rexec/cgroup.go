@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -14,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // cgroupTimeout bounds waiting for the kernel to freeze, thaw or empty a
@@ -228,6 +231,47 @@ func (cg *cgroup) read(file string) (string, error) {
 		return "", fmt.Errorf("cgroup: %w", err)
 	}
 	return string(b), nil
+}
+
+// noCloneIntoCgroup is set once the kernel refused to start a process
+// directly in a cgroup.
+var noCloneIntoCgroup atomic.Bool
+
+// startInCgroup starts the command newCmd makes, in cg from its first
+// instruction when cg is a cgroup v2 one and the kernel can (clone3 with
+// CLONE_INTO_CGROUP, Linux 5.7): that saves moving it there afterwards, a
+// write that takes a lock every fork in the system waits for. inCgroup
+// reports whether it did; otherwise the caller moves the process. newCmd is
+// called again to retry the usual way if the kernel refused.
+func startInCgroup(newCmd func() *exec.Cmd, cg *cgroup) (cmd *exec.Cmd, inCgroup bool, err error) {
+	refused := false
+	if cg != nil && cg.v2 && !noCloneIntoCgroup.Load() {
+		fd, oerr := unix.Open(cg.dirs[0], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if oerr == nil {
+			cmd = newCmd()
+			sys := *cmd.SysProcAttr
+			sys.UseCgroupFD, sys.CgroupFD = true, fd
+			cmd.SysProcAttr = &sys
+			err = cmd.Start()
+			unix.Close(fd)
+			if err == nil {
+				return cmd, true, nil
+			}
+			if !errors.Is(err, syscall.ENOSYS) && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.E2BIG) &&
+				!errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EOPNOTSUPP) {
+				return nil, false, err
+			}
+			// An older kernel, or a seccomp filter that refuses clone3?
+			// If the usual way works, it is that: from now on.
+			refused = true
+		}
+	}
+	cmd = newCmd()
+	err = cmd.Start()
+	if err == nil && refused {
+		noCloneIntoCgroup.Store(true)
+	}
+	return cmd, false, err
 }
 
 // add moves pid into the cgroup (in every hierarchy).

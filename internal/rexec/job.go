@@ -388,15 +388,18 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 			opts.Hostname = spec.Hostname
 		}
 	}
-	j.cmd = &exec.Cmd{
-		Path: spec.InitPath,
-		Args: append([]string{"ssi", nsinit.Command}, opts.Args(spec.Argv)...),
-		Env:  spec.Env, Dir: "/",
-		Stdin: stdio[0], Stdout: stdio[1], Stderr: stdio[2],
-		ExtraFiles:  []*os.File{statusW, gateR},
-		SysProcAttr: sys,
+	newCmd := func() *exec.Cmd {
+		return &exec.Cmd{
+			Path: spec.InitPath,
+			Args: append([]string{"ssi", nsinit.Command}, opts.Args(spec.Argv)...),
+			Env:  spec.Env, Dir: "/",
+			Stdin: stdio[0], Stdout: stdio[1], Stderr: stdio[2],
+			ExtraFiles:  []*os.File{statusW, gateR},
+			SysProcAttr: sys,
+		}
 	}
-	err = j.cmd.Start()
+	var inCgroup bool
+	j.cmd, inCgroup, err = startInCgroup(newCmd, j.cg)
 	statusW.Close()
 	gateR.Close()
 	if err != nil {
@@ -407,7 +410,7 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 	j.pid = j.cmd.Process.Pid
 	j.trace("init forked")
 
-	if j.cg != nil {
+	if j.cg != nil && !inCgroup {
 		if err := j.cg.add(j.pid); err != nil {
 			log.Warn("cannot move the job into its cgroup: running it without one; it cannot migrate", "err", err)
 			if derr := j.cg.destroy(); derr != nil {

@@ -430,18 +430,20 @@ func (p *Pool) spawn(gen uint64) (*warmInit, error) {
 	opts := nsinit.Options{MountProc: true, PoolFD: 3}
 	args := opts.Args(nil)
 	args = args[:len(args)-1] // no "--": the command comes later
-	cmd := &exec.Cmd{
-		Path: p.opts.InitPath,
-		Args: append([]string{"ssi", nsinit.Command}, args...),
-		Env:  append(initEnv(), p.opts.Env...),
-		Dir:  "/",
-		// Until the job's stdio arrives the init has nothing to say on
-		// stdout; a crash of its runtime goes to the daemon's log.
-		Stderr:      os.Stderr,
-		ExtraFiles:  []*os.File{child},
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS},
+	newCmd := func() *exec.Cmd {
+		return &exec.Cmd{
+			Path: p.opts.InitPath,
+			Args: append([]string{"ssi", nsinit.Command}, args...),
+			Env:  append(initEnv(), p.opts.Env...),
+			Dir:  "/",
+			// Until the job's stdio arrives the init has nothing to say on
+			// stdout; a crash of its runtime goes to the daemon's log.
+			Stderr:      os.Stderr,
+			ExtraFiles:  []*os.File{child},
+			SysProcAttr: &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS},
+		}
 	}
-	err = cmd.Start()
+	cmd, inCgroup, err := startInCgroup(newCmd, cg)
 	child.Close()
 	if err != nil {
 		conn.Close()
@@ -480,8 +482,10 @@ func (p *Pool) spawn(gen uint64) (*warmInit, error) {
 		p.discard(w) // still warmStarting: the wait above leaves it to us
 		return nil, err
 	}
-	if err := cg.add(cmd.Process.Pid); err != nil {
-		return fail(err)
+	if !inCgroup {
+		if err := cg.add(cmd.Process.Pid); err != nil {
+			return fail(err)
+		}
 	}
 	if err := awaitReady(conn); err != nil {
 		return fail(err)

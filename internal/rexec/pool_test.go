@@ -431,3 +431,29 @@ func TestExited(t *testing.T) {
 		})
 	}
 }
+
+// TestStartInCgroupV2: on cgroup v2 the init starts in the job's cgroup
+// (clone3 with CLONE_INTO_CGROUP), cold or from the pool.
+func TestStartInCgroupV2(t *testing.T) {
+	if !slices.Contains(cgroupVersions(t), true) {
+		t.Skip("no cgroup v2 freezer")
+	}
+	withCgroupVersion(t, true)
+	p := newTestPool(t, PoolOptions{Size: 1})
+	awaitReadyN(t, p, 1)
+	for _, s := range []Spec{modes[3].spec(t, "cat", "/proc/self/cgroup"), poolSpec(t, p, "cat", "/proc/self/cgroup")} {
+		j := start(t, s)
+		c := collect(j)
+		j.Stdin().Close()
+		paths := j.CgroupPaths()
+		wait(t, j)
+		c.done(t)
+		rel := paths[0][len(mountOf(t, paths[0])):]
+		if !strings.Contains(c.out.String(), "0::"+rel+"\n") {
+			t.Errorf("the job's cgroups are %q, want 0::%s", c.out.String(), rel)
+		}
+	}
+	if noCloneIntoCgroup.Load() {
+		t.Errorf("the kernel refused CLONE_INTO_CGROUP; the inits were moved instead")
+	}
+}

@@ -21,12 +21,15 @@
 //	ssi __init -path EXE -dir DIR -uid U -gid G [-groups ...] [-mount-proc] [-hostname H] -status-fd 3 -sync-fd 4 -- ARGV...
 //
 // with CLONE_NEWPID|CLONE_NEWNS (and CLONE_NEWUTS for Hostname) when
-// Namespaces is set. The init (Pid) waits on fd 4 until the engine has placed
-// it in the job's cgroup, so no process of the job ever runs outside it; then
-// it starts the command (MainPid) and reports on fd 3 (see package nsinit for
-// both contracts). When the command exits, the init kills whatever it left
-// behind, and the engine removes the cgroup after killing anything that is
-// still in it. Processes a plain job leaves behind are not tracked.
+// Namespaces is set. On cgroup v2 the init starts in the job's cgroup
+// (clone3 with CLONE_INTO_CGROUP, where the kernel has it); otherwise the
+// engine moves it there while the init waits on fd 4, so no process of the
+// job ever runs outside it. Then the init starts the command (MainPid) and
+// reports on fd 3 (see package nsinit for both contracts). When the command
+// exits, the init kills whatever it left behind and reports the status
+// (Exited); the engine then reaps the init and removes the cgroup after
+// killing anything that is still in it (Done). Processes a plain job leaves
+// behind are not tracked.
 //
 // # Exit status
 //
