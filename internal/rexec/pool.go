@@ -51,6 +51,11 @@ type Pool struct {
 	// own polls would take the change events.
 	mounts int
 
+	// tag tells apart the pools of daemons whose PIDs are the same (in PID
+	// namespaces of their own, as with `ssi up --isolate`) and that share
+	// a cgroup parent.
+	tag string
+
 	mu       sync.Mutex
 	idle     []*warmInit
 	gen      uint64 // bumped when the mount table changed
@@ -116,11 +121,6 @@ const (
 // poolSeq numbers the inits of every pool of this process (cgroup names).
 var poolSeq atomic.Uint64
 
-// poolTag tells apart the pools of daemons whose PIDs are the same (in PID
-// namespaces of their own, as with `ssi up --isolate`) and share a cgroup
-// parent.
-var poolTag = strconv.FormatUint(uint64(rand.Uint32()), 16)
-
 // poolLeafPrefix starts the cgroup names of warm inits:
 // job-w<daemon pid>.<tag>-<n>.
 const poolLeafPrefix = "job-w"
@@ -146,6 +146,7 @@ func NewPool(o PoolOptions) (*Pool, error) {
 	p := &Pool{
 		opts: o, log: o.Log.With("pool", "warm inits"),
 		wake: make(chan struct{}, 1), quit: make(chan struct{}), fillerDone: make(chan struct{}),
+		tag: strconv.FormatUint(uint64(rand.Uint32()), 16),
 	}
 	if !isRoot() {
 		p.disabled = errors.New("the daemon is not root")
@@ -407,7 +408,7 @@ const spawnTimeout = 30 * time.Second
 
 // spawn starts one warm init in a new cgroup and waits until it is ready.
 func (p *Pool) spawn(gen uint64) (*warmInit, error) {
-	id := "w" + strconv.Itoa(os.Getpid()) + "." + poolTag + "-" + strconv.FormatUint(poolSeq.Add(1), 10)
+	id := "w" + strconv.Itoa(os.Getpid()) + "." + p.tag + "-" + strconv.FormatUint(poolSeq.Add(1), 10)
 	cg, err := newCgroup(p.opts.CgroupParent, id)
 	if err != nil {
 		return nil, err
