@@ -578,7 +578,9 @@ func readEvents(r io.ReadCloser, out chan<- nsinit.Event, log *slog.Logger, trac
 			log.Warn("ignoring a status report from the init", "err", err)
 			continue
 		}
-		trace(string(e.Kind) + " event read")
+		if tracePhase != nil {
+			trace(string(e.Kind) + " event read")
+		}
 		out <- e
 	}
 	trace("status pipe EOF")
