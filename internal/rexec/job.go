@@ -169,9 +169,10 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 	case warm != nil:
 		err = j.startWarm(ctx, spec, path, root, childFiles, warm, log)
 		if errors.Is(err, errWarmUnused) {
-			// The init was gone before it got the job: start cold.
+			// The init was gone before it got the job: start cold, once
+			// its cgroup (which may have the job's name) is gone.
 			log.Debug("the ready init is gone; starting the job's own", "err", err)
-			spec.Pool.discardAsync(warm)
+			spec.Pool.discard(warm)
 			j.cg, j.cmd, j.reaper = nil, nil, nil
 			j.makeCgroup(spec, log)
 			j.shim = true
@@ -456,6 +457,9 @@ func (j *Job) startWarm(ctx context.Context, spec Spec, path string, root bool, 
 			return fmt.Errorf("%w: %v", errWarmUnused, err)
 		}
 	}
+	// Named after the job (where the hierarchy allows) before anything of
+	// the job runs in it.
+	w.cg.rename(spec.ID)
 	if err := nsinit.SendJob(w.conn, opts.Args(spec.Argv), env, [3]*os.File{stdio[0], stdio[1], stdio[2]}); err != nil {
 		return fmt.Errorf("%w: %v", errWarmUnused, err)
 	}
@@ -485,7 +489,6 @@ func (j *Job) startWarm(ctx context.Context, spec Spec, path string, root bool, 
 		return fmt.Errorf("starting job: %w", ctx.Err())
 	}
 	j.warm = true
-	j.cg.rename(spec.ID)
 	return j.awaitStart(ctx, spec, log)
 }
 

@@ -370,6 +370,36 @@ func TestPoolLostInit(t *testing.T) {
 	}
 }
 
+// TestPoolInitDiesBeforeItTakesTheJob: an init that is handed a job but
+// dies before it reads it never ran it, so the job starts cold instead.
+func TestPoolInitDiesBeforeItTakesTheJob(t *testing.T) {
+	p := newTestPool(t, PoolOptions{Size: 1})
+	awaitReadyN(t, p, 1)
+	pid := readyPids(p)[0]
+	// Stopped, it cannot read the job nor end before the claim; killed a
+	// moment later, it ends with the job unread.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.AfterFunc(100*time.Millisecond, func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	spec := poolSpec(t, p, "echo", "cold")
+	spec.ID = "fallback-1"
+	j := start(t, spec)
+	c := collect(j)
+	j.Stdin().Close()
+	st := wait(t, j)
+	c.done(t)
+	if st.ExitCode() != 0 || c.out.String() != "cold\n" {
+		t.Errorf("status %v, output %q", st, c.out.String())
+	}
+	if j.warm || !j.Migratable() {
+		t.Errorf("warm %v, migratable %v: want a cold start with its own cgroup", j.warm, j.Migratable())
+	}
+	if alive(pid) {
+		t.Errorf("the stopped init %d is still there", pid)
+	}
+}
+
 func TestPoolIdleTimeout(t *testing.T) {
 	p := newTestPool(t, PoolOptions{Size: 2, IdleTimeout: 300 * time.Millisecond})
 	awaitReadyN(t, p, 2)
