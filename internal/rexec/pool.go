@@ -270,7 +270,15 @@ func (p *Pool) checkMounts() {
 }
 
 func (p *Pool) checkMountsLocked() bool {
-	if !p.mountsChanged() {
+	changed, err := p.mountsChanged()
+	if err != nil {
+		// Without knowing, a ready init could show the job stale mounts.
+		p.log.Warn("cannot watch the mount table: every migratable job starts its own init", "err", err)
+		p.disabled = err
+		p.dropIdleLocked("cannot watch the mount table")
+		return true
+	}
+	if !changed {
 		return false
 	}
 	p.gen++
@@ -282,13 +290,16 @@ func (p *Pool) checkMountsLocked() bool {
 
 // mountsChanged reports whether the daemon's mount table changed since the
 // last call (the kernel flags /proc/self/mountinfo with POLLPRI).
-func (p *Pool) mountsChanged() bool {
+func (p *Pool) mountsChanged() (bool, error) {
 	fds := []unix.PollFd{{Fd: int32(p.mounts), Events: unix.POLLPRI}}
 	n, err := unix.Poll(fds, 0)
-	if err != nil {
-		return true // cannot tell: assume it did
+	for err == unix.EINTR {
+		n, err = unix.Poll(fds, 0)
 	}
-	return n > 0 && fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0
+	if err != nil {
+		return false, fmt.Errorf("polling /proc/self/mountinfo: %w", err)
+	}
+	return n > 0 && fds[0].Revents&(unix.POLLPRI|unix.POLLERR) != 0, nil
 }
 
 func (p *Pool) dropIdleLocked(why string) {
