@@ -11,12 +11,15 @@ import (
 type EventKind string
 
 // Status event kinds, in the order they can occur: Started, then Exited or
-// Killed; or Failed alone.
+// Killed; or Failed alone. A warm init (-pool-fd) says Ready first, once it
+// waits for its job, and Accepted once it has received it.
 const (
-	Started EventKind = "started"
-	Exited  EventKind = "exited"
-	Killed  EventKind = "killed"
-	Failed  EventKind = "failed"
+	Ready    EventKind = "ready"
+	Accepted EventKind = "accepted"
+	Started  EventKind = "started"
+	Exited   EventKind = "exited"
+	Killed   EventKind = "killed"
+	Failed   EventKind = "failed"
 )
 
 // Reasons carried by a Failed event.
@@ -55,7 +58,7 @@ func (e Event) String() string {
 	case Failed:
 		return fmt.Sprintf("%s %s %s", e.Kind, e.Reason, msgCleaner.Replace(e.Message))
 	}
-	return string(e.Kind)
+	return string(e.Kind) // Ready, Accepted
 }
 
 // ParseEvent decodes one line written by the init.
@@ -67,6 +70,10 @@ func ParseEvent(line string) (Event, error) {
 		return Event{}, fmt.Errorf("malformed init status event %q (is the init binary the same version?)", line)
 	}
 	switch e.Kind {
+	case Ready, Accepted:
+		if rest != "" {
+			return bad()
+		}
 	case Started, Exited:
 		n, err := strconv.Atoi(rest)
 		if err != nil || n < 0 {

@@ -34,6 +34,8 @@
 //	                this gate to place the init in a cgroup, or anything else that
 //	                must happen before the job runs); EOF aborts with exit 125
 //	-no-ctty        never make stdin the job's controlling terminal
+//	-pool-fd N      warm mode (see below): prepare the namespace, then wait for the
+//	                job on the unix socket N; -- CMD is not given
 //
 // Descriptors 0, 1 and 2 are passed to the job; the status and sync
 // descriptors are marked close-on-exec so the job never sees them. Every other
@@ -71,6 +73,9 @@
 //
 // Status events are single text lines (see Event):
 //
+//	ready                warm mode: set up, waiting for the job
+//	accepted             warm mode: the job was received (a parent that gets EOF
+//	                     before this knows the job never ran)
 //	started PID          the job runs, PID as seen by the init (2 in a new PID namespace)
 //	exited CODE          the job exited with CODE
 //	killed SIG [core]    the job died of signal SIG
@@ -78,6 +83,24 @@
 //
 // A parent that gets EOF without a final event knows that the init itself died
 // (for instance of SIGKILL) and must take the status from waiting on the init.
+//
+// When the init reports to a status descriptor, it lets go of the job's stdio
+// as soon as the job runs (descriptors 0, 1 and 2 become /dev/null), so that
+// the job's output ends when the job and what it left behind end, not when
+// the init has finished exiting.
+//
+// # Warm mode
+//
+// Started with -pool-fd N (and the namespace flags -mount-proc,
+// -private-mounts, but no command), the init does everything that does not
+// depend on the job — it is PID 1 of its namespaces, /proc is mounted — then
+// writes "ready" to the socket N and waits. The parent (rexec's pool) places
+// it in a cgroup and later sends one job with SendJob: the flags of the job
+// (-path, -dir, -uid, -gid, -groups, -no-ctty, -- CMD...), its environment and
+// its three stdio descriptors. From then on the init behaves as above, with
+// the socket as its status descriptor. EOF on the socket before a job came,
+// or SIGTERM, SIGINT, SIGHUP or SIGQUIT while it waits, ends it; other
+// signals that arrive while it waits are dropped, not forwarded to the job.
 package nsinit
 
 import (
@@ -126,6 +149,7 @@ type Options struct {
 	StatusFD      int         // status events go here; < 3 means none
 	SyncFD        int         // wait for one byte here before starting; < 3 means none
 	NoCtty        bool        // never make stdin the controlling terminal
+	PoolFD        int         // warm mode: wait for the job on this socket; < 3 means none
 }
 
 // Args returns the arguments Main expects (everything after Command) to run
@@ -167,6 +191,9 @@ func (o Options) Args(argv []string) []string {
 	if o.NoCtty {
 		a = append(a, "-no-ctty")
 	}
+	if o.PoolFD >= 3 {
+		a = append(a, "-pool-fd", strconv.Itoa(o.PoolFD))
+	}
 	a = append(a, "--")
 	return append(a, argv...)
 }
@@ -187,11 +214,17 @@ func parseArgs(args []string) (Options, []string, error) {
 	fl.IntVar(&o.StatusFD, "status-fd", -1, "")
 	fl.IntVar(&o.SyncFD, "sync-fd", -1, "")
 	fl.BoolVar(&o.NoCtty, "no-ctty", false, "")
+	fl.IntVar(&o.PoolFD, "pool-fd", 0, "")
 	if err := fl.Parse(args); err != nil {
 		return o, nil, fmt.Errorf("bad arguments: %w (usage: ssi %s [flags] -- CMD [ARGS...])", err, Command)
 	}
 	argv := fl.Args()
-	if len(argv) == 0 {
+	switch {
+	case o.PoolFD >= 3 && len(argv) > 0:
+		return o, nil, fmt.Errorf("-pool-fd takes no command: the job comes over the socket")
+	case o.PoolFD >= 3 && (o.StatusFD >= 3 || o.SyncFD >= 3):
+		return o, nil, fmt.Errorf("-pool-fd replaces -status-fd and -sync-fd")
+	case o.PoolFD < 3 && len(argv) == 0:
 		return o, nil, fmt.Errorf("no command given (usage: ssi %s [flags] -- CMD [ARGS...])", Command)
 	}
 	if *uid >= 0 || *gid >= 0 || *groups != "" {
@@ -237,6 +270,9 @@ type initProc struct {
 	sigs   chan os.Signal
 	status *os.File
 	pid1   bool
+	warm   bool       // the job came over the pool socket
+	env    []string   // warm: the job's environment (else the init's own)
+	stdio  []*os.File // warm: the job's stdin, stdout, stderr (else the init's own)
 }
 
 // report writes an event to the status descriptor, if any. A parent that went
@@ -270,7 +306,12 @@ var failReasons = []string{reasonSetup: ReasonSetup, reasonNotFound: ReasonNotFo
 
 func (in *initProc) run() int {
 	in.pid1 = os.Getpid() == 1
-	if in.opts.StatusFD >= 3 {
+	if in.opts.PoolFD >= 3 {
+		if code, ok := in.waitForJob(); !ok {
+			return code
+		}
+	}
+	if in.opts.StatusFD >= 3 && in.status == nil {
 		syscall.CloseOnExec(in.opts.StatusFD)
 		in.status = os.NewFile(uintptr(in.opts.StatusFD), "status")
 		defer in.status.Close()
@@ -292,7 +333,12 @@ func (in *initProc) run() int {
 			return in.fail(reasonSetup, ExitSetup, "becoming a child subreaper: %v", err)
 		}
 	}
-	if err := in.setup(); err != nil {
+	if !in.warm {
+		if err := in.setup(); err != nil {
+			return in.fail(reasonSetup, ExitSetup, "%v", err)
+		}
+	}
+	if err := checkDir(in.opts.Dir); err != nil {
 		return in.fail(reasonSetup, ExitSetup, "%v", err)
 	}
 
@@ -317,6 +363,9 @@ func (in *initProc) run() int {
 	}
 	job := proc.Pid
 	_ = proc.Release() // we reap with wait4(-1) ourselves
+	if in.status != nil {
+		in.releaseStdio()
+	}
 	in.report(Event{Kind: Started, Pid: job})
 
 	ws := in.supervise(job)
@@ -369,16 +418,45 @@ func (in *initProc) setup() error {
 			return fmt.Errorf("setting the hostname to %q: %w", o.Hostname, err)
 		}
 	}
-	if o.Dir != "" {
-		st, err := os.Stat(o.Dir)
-		if err != nil {
-			return fmt.Errorf("working directory: %w", err)
-		}
-		if !st.IsDir() {
-			return fmt.Errorf("working directory %s is not a directory", o.Dir)
-		}
+	return nil
+}
+
+func checkDir(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	st, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+	if !st.IsDir() {
+		return fmt.Errorf("working directory %s is not a directory", dir)
 	}
 	return nil
+}
+
+// releaseStdio lets go of the job's stdio once the job holds it: the
+// descriptors received in warm mode are closed, and 0, 1 and 2 point to
+// /dev/null, so that the job's output ends with the job.
+func (in *initProc) releaseStdio() {
+	for _, f := range in.stdio {
+		f.Close()
+	}
+	in.stdio = nil
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return // keep them: the output then ends when the init exits
+	}
+	defer null.Close()
+	sc, err := null.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = sc.Control(func(fd uintptr) {
+		for i := 0; i < 3; i++ {
+			_ = unix.Dup2(int(fd), i)
+		}
+	})
 }
 
 // ownNamespace reports whether this process is in a namespace of the given
@@ -479,7 +557,7 @@ func (in *initProc) resolve() (string, int, error) {
 	if file == "" {
 		file = in.argv[0]
 	}
-	p, err := LookPath(file, os.Getenv("PATH"), in.opts.Dir)
+	p, err := LookPath(file, in.getenv("PATH"), in.opts.Dir)
 	switch {
 	case errors.Is(err, ErrNotExecutable):
 		return "", reasonNoExec, err
@@ -493,7 +571,12 @@ func (in *initProc) resolve() (string, int, error) {
 // controlling terminal.
 func (in *initProc) start(path string) (*os.Process, int, error) {
 	sys := &syscall.SysProcAttr{}
-	if !in.opts.NoCtty && isTerminal(0) {
+	files := []*os.File{os.Stdin, os.Stdout, os.Stderr}
+	env := os.Environ()
+	if in.warm {
+		files, env = in.stdio, in.env
+	}
+	if !in.opts.NoCtty && isTerminal(int(files[0].Fd())) {
 		sys.Setsid = true
 		sys.Setctty = true
 		sys.Ctty = 0
@@ -508,8 +591,8 @@ func (in *initProc) start(path string) (*os.Process, int, error) {
 	}
 	proc, err := os.StartProcess(path, in.argv, &os.ProcAttr{
 		Dir:   in.opts.Dir,
-		Env:   os.Environ(),
-		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		Env:   env,
+		Files: files,
 		Sys:   sys,
 	})
 	if err != nil {

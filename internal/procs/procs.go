@@ -80,6 +80,10 @@ type Options struct {
 	DataDir  string // the sequence file and detached jobs' logs live here
 	InitPath string // binary that runs nsinit (default /proc/self/exe)
 	Log      *slog.Logger
+	// PoolSize is how many inits a root daemon keeps ready for migratable
+	// jobs (rexec.Pool; they start once the first such job comes): 0 means
+	// rexec.DefaultPoolSize, a negative number none.
+	PoolSize int
 }
 
 // Manager is the node's process table.
@@ -87,11 +91,13 @@ type Manager struct {
 	opts  Options
 	alloc *vproc.Allocator
 	root  bool
+	pool  *rexec.Pool // nil: every migratable job starts its own init
 
 	mu       sync.Mutex
 	reserved uint64
 	jobs     map[vproc.CPID]*Job
-	exited   []vproc.CPID // detached jobs that ended, oldest first
+	cleaning map[*rexec.Job]struct{} // ended, the engine's cleanup still under way
+	exited   []vproc.CPID            // detached jobs that ended, oldest first
 }
 
 // Job is one process tree started through ssi.
@@ -115,7 +121,7 @@ func NewManager(o Options) (*Manager, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	m := &Manager{opts: o, jobs: map[vproc.CPID]*Job{}, root: os.Geteuid() == 0}
+	m := &Manager{opts: o, jobs: map[vproc.CPID]*Job{}, cleaning: map[*rexec.Job]struct{}{}, root: os.Geteuid() == 0}
 	last := uint64(0)
 	if b, err := os.ReadFile(m.seqPath()); err == nil {
 		last, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
@@ -130,6 +136,14 @@ func NewManager(o Options) (*Manager, error) {
 	m.alloc, m.reserved = alloc, last
 	if err := os.MkdirAll(m.logDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("create job log directory: %w", err)
+	}
+	if m.root && o.PoolSize >= 0 {
+		pool, err := rexec.NewPool(rexec.PoolOptions{Size: o.PoolSize, InitPath: o.InitPath, Log: o.Log})
+		if err != nil {
+			o.Log.Warn("no ready inits: every migratable job starts its own", "err", err)
+		} else {
+			m.pool = pool
+		}
 	}
 	return m, nil
 }
@@ -191,6 +205,7 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 		// namespace nor the cgroup migration relies on: it starts as fast
 		// as a plain fork+exec (docs/PROCESSES.md).
 		Namespaces: m.root && !r.Pin, Cgroup: m.root && !r.Pin, InitPath: m.opts.InitPath,
+		Pool: m.pool,
 	}
 	j := &Job{CPID: cpid, UID: r.Caller.UID, Argv: r.Argv, Detached: r.Detach, Pinned: r.Pin, done: make(chan struct{})}
 	if r.Detach {
@@ -213,9 +228,24 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 	j.job, j.Started = rj, time.Now()
 	m.mu.Lock()
 	m.jobs[cpid] = j
+	m.cleaning[rj] = struct{}{}
 	m.mu.Unlock()
 	go func() {
-		j.status, j.err = rj.Wait()
+		<-rj.Done()
+		m.mu.Lock()
+		delete(m.cleaning, rj)
+		m.mu.Unlock()
+	}()
+	go func() {
+		if j.Detached {
+			// Its log is complete only once the engine is done.
+			j.status, j.err = rj.Wait()
+		} else {
+			// The stream can end with the status as soon as it is known;
+			// the engine's cleanup (the init's exit, the cgroup's
+			// removal) goes on in the background.
+			j.status, j.err = rj.ExitStatus()
+		}
 		close(j.done)
 		if j.Detached {
 			rj.Close()
@@ -400,7 +430,7 @@ func (m *Manager) Detached(cpid vproc.CPID) bool {
 	return err == nil && j.Detached
 }
 
-// Shutdown kills every job (the node is leaving).
+// Shutdown kills every job (the node is leaving) and ends the ready inits.
 func (m *Manager) Shutdown() {
 	m.mu.Lock()
 	jobs := make([]*Job, 0, len(m.jobs))
@@ -417,6 +447,23 @@ func (m *Manager) Shutdown() {
 		case <-time.After(5 * time.Second):
 		}
 		j.job.Close()
+	}
+	// Jobs that ended just before may still be cleaning up (their init
+	// exiting, their cgroup being removed): leave nothing behind.
+	m.mu.Lock()
+	var cleaning []*rexec.Job
+	for rj := range m.cleaning {
+		cleaning = append(cleaning, rj)
+	}
+	m.mu.Unlock()
+	for _, rj := range cleaning {
+		select {
+		case <-rj.Done():
+		case <-time.After(5 * time.Second):
+		}
+	}
+	if m.pool != nil {
+		_ = m.pool.Close()
 	}
 }
 

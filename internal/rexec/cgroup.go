@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // cgroupTimeout bounds waiting for the kernel to freeze, thaw or empty a
@@ -36,7 +40,7 @@ var (
 
 	// preferV2 makes hosts that mount both (hybrid mode) use cgroup v2;
 	// the tests set it to exercise both implementations.
-	preferV2 bool
+	preferV2 atomic.Bool
 )
 
 func cgroupHierarchies() (hierarchies, error) {
@@ -117,8 +121,28 @@ type cgroup struct {
 	dirs []string
 }
 
+// errNoCgroups: no hierarchy with a freezer is mounted.
+var errNoCgroups = errors.New("no cgroup hierarchy with a freezer is mounted (need cgroup v2, or the v1 freezer controller)")
+
 // newCgroup creates the cgroup parent/job-<id>.
 func newCgroup(parent, id string) (*cgroup, error) {
+	cg, err := placeCgroup(parent, id)
+	if err != nil {
+		return nil, err
+	}
+	for i, d := range cg.dirs {
+		if err := mkdirCgroup(d); err != nil {
+			for _, made := range cg.dirs[:i] {
+				_ = os.Remove(made)
+			}
+			return nil, err
+		}
+	}
+	return cg, nil
+}
+
+// placeCgroup says where the cgroup parent/job-<id> goes, creating nothing.
+func placeCgroup(parent, id string) (*cgroup, error) {
 	h, err := cgroupHierarchies()
 	if err != nil {
 		return nil, err
@@ -139,7 +163,7 @@ func newCgroup(parent, id string) (*cgroup, error) {
 	}
 	_, haveFreezer := h.v1["freezer"]
 	switch {
-	case haveFreezer && (!preferV2 || h.v2 == ""):
+	case haveFreezer && (!preferV2.Load() || h.v2 == ""):
 		for _, c := range []string{"freezer", "memory"} {
 			if mnt, ok := h.v1[c]; ok {
 				cg.dirs = append(cg.dirs, place(mnt, h.v1own[c]))
@@ -149,17 +173,30 @@ func newCgroup(parent, id string) (*cgroup, error) {
 		cg.v2 = true
 		cg.dirs = []string{place(h.v2, h.v2own)}
 	default:
-		return nil, errors.New("no cgroup hierarchy with a freezer is mounted (need cgroup v2, or the v1 freezer controller)")
-	}
-	for i, d := range cg.dirs {
-		if err := mkdirCgroup(d); err != nil {
-			for _, made := range cg.dirs[:i] {
-				_ = os.Remove(made)
-			}
-			return nil, err
-		}
+		return nil, errNoCgroups
 	}
 	return cg, nil
+}
+
+// rename gives the cgroup the name of job id, where the hierarchy allows
+// it (cgroup v1 does, v2 does not); it keeps its name otherwise.
+func (cg *cgroup) rename(id string) {
+	if cg.v2 {
+		return
+	}
+	leaf := "job-" + id
+	var done []string
+	for _, d := range cg.dirs {
+		to := filepath.Join(filepath.Dir(d), leaf)
+		if err := os.Rename(d, to); err != nil {
+			for i, from := range done { // all or nothing
+				_ = os.Rename(from, cg.dirs[i])
+			}
+			return
+		}
+		done = append(done, to)
+	}
+	cg.dirs = done
 }
 
 func mkdirCgroup(dir string) error {
@@ -194,6 +231,47 @@ func (cg *cgroup) read(file string) (string, error) {
 		return "", fmt.Errorf("cgroup: %w", err)
 	}
 	return string(b), nil
+}
+
+// noCloneIntoCgroup is set once the kernel refused to start a process
+// directly in a cgroup.
+var noCloneIntoCgroup atomic.Bool
+
+// startInCgroup starts the command newCmd makes, in cg from its first
+// instruction when cg is a cgroup v2 one and the kernel can (clone3 with
+// CLONE_INTO_CGROUP, Linux 5.7): that saves moving it there afterwards, a
+// write that takes a lock every fork in the system waits for. inCgroup
+// reports whether it did; otherwise the caller moves the process. newCmd is
+// called again to retry the usual way if the kernel refused.
+func startInCgroup(newCmd func() *exec.Cmd, cg *cgroup) (cmd *exec.Cmd, inCgroup bool, err error) {
+	refused := false
+	if cg != nil && cg.v2 && !noCloneIntoCgroup.Load() {
+		fd, oerr := unix.Open(cg.dirs[0], unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if oerr == nil {
+			cmd = newCmd()
+			sys := *cmd.SysProcAttr
+			sys.UseCgroupFD, sys.CgroupFD = true, fd
+			cmd.SysProcAttr = &sys
+			err = cmd.Start()
+			unix.Close(fd)
+			if err == nil {
+				return cmd, true, nil
+			}
+			if !errors.Is(err, syscall.ENOSYS) && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.E2BIG) &&
+				!errors.Is(err, syscall.EPERM) && !errors.Is(err, syscall.EOPNOTSUPP) {
+				return nil, false, err
+			}
+			// An older kernel, or a seccomp filter that refuses clone3?
+			// If the usual way works, it is that: from now on.
+			refused = true
+		}
+	}
+	cmd = newCmd()
+	err = cmd.Start()
+	if err == nil && refused {
+		noCloneIntoCgroup.Store(true)
+	}
+	return cmd, false, err
 }
 
 // add moves pid into the cgroup (in every hierarchy).

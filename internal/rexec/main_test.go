@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +24,18 @@ func TestMain(m *testing.M) {
 	if len(os.Args) > 1 && os.Args[1] == nsinit.Command {
 		os.Exit(nsinit.Main(os.Args[2:]))
 	}
+	if os.Geteuid() == 0 {
+		p, err := NewPool(PoolOptions{Size: 2, CgroupParent: testCgroupParent, Env: testPoolEnv})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "FAIL: NewPool:", err)
+			os.Exit(1)
+		}
+		testPool = p
+	}
 	code := m.Run()
+	if testPool != nil {
+		testPool.Close()
+	}
 	if err := checkNoZombies(); err != nil {
 		fmt.Fprintln(os.Stderr, "FAIL:", err)
 		code = 1
@@ -43,6 +55,12 @@ const testTimeout = 60 * time.Second
 // from sleeping a second before it exits.
 var testEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C", "GORACE=atexit_sleep_ms=0"}
 
+// testPoolEnv is the environment of the pool's inits (see testEnv).
+var testPoolEnv = []string{"GORACE=atexit_sleep_ms=0"}
+
+// testPool serves the "pool" mode (root only).
+var testPool *Pool
+
 // testCgroupParent is relative: the test jobs' cgroups go below the test's
 // own cgroup in each hierarchy, and TestMain removes it at the end.
 var testCgroupParent = "ssi-test-" + strconv.Itoa(os.Getpid())
@@ -58,17 +76,45 @@ func needRoot(t testing.TB) {
 type mode struct {
 	name   string
 	ns, cg bool
+	pool   bool // from testPool, which must have an init ready
 }
 
-var modes = []mode{{"plain", false, false}, {"ns", true, false}, {"cgroup", false, true}, {"ns+cgroup", true, true}}
+var modes = []mode{{"plain", false, false, false}, {"ns", true, false, false}, {"cgroup", false, true, false}, {"ns+cgroup", true, true, false}, {"pool", true, true, true}}
 
 func (m mode) spec(t testing.TB, argv ...string) Spec {
 	if m.ns || m.cg {
 		needRoot(t)
 	}
-	return Spec{
+	s := Spec{
 		Argv: argv, Env: testEnv, Namespaces: m.ns, Cgroup: m.cg, CgroupParent: testCgroupParent,
 		UID: uint32(os.Geteuid()), GID: uint32(os.Getegid()), // the only choice without root
+	}
+	if m.pool {
+		s.Pool = testPool
+		awaitReadyInit(t, testPool)
+	}
+	return s
+}
+
+// testPoolFlushes is how often testPool had dropped its inits after a
+// change of the mount table (by anyone on the machine) when the last pool
+// mode spec was made: a job may start cold after one.
+var testPoolFlushes uint64
+
+// awaitReadyInit waits until p has an init ready (activating it first).
+func awaitReadyInit(t testing.TB, p *Pool) {
+	t.Helper()
+	p.activate()
+	p.checkMounts()
+	if p == testPool {
+		testPoolFlushes = p.flushes.Load()
+	}
+	deadline := time.Now().Add(testTimeout)
+	for p.Ready() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the pool has no init ready after %v", testTimeout)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -95,6 +141,9 @@ func start(t testing.TB, spec Spec) *Job {
 		}
 		_ = j.Close()
 	})
+	if spec.Pool != nil && spec.Pool == testPool && !j.warm && testPool.flushes.Load() == testPoolFlushes {
+		t.Errorf("job did not come from the pool")
+	}
 	if spec.Cgroup && isRoot() {
 		if len(j.CgroupPaths()) == 0 {
 			t.Errorf("job has no cgroup")
@@ -219,4 +268,9 @@ func removeTestCgroupParents() error {
 		return fmt.Errorf("leftover job cgroups: %s", strings.Join(problems, ", "))
 	}
 	return nil
+}
+
+// withPool adds the pool mode to ms.
+func withPool(ms []mode) []mode {
+	return append(slices.Clone(ms), modes[len(modes)-1])
 }

@@ -101,12 +101,20 @@ type phaseRecorder struct {
 	order  []string
 	deltas map[string]durations // phase -> time since the previous phase
 	last   time.Time
+	warm   bool
 }
 
 func (r *phaseRecorder) begin(id string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.id, r.t0, r.last = id, time.Now(), time.Now()
+	r.id, r.t0, r.last, r.warm = id, time.Now(), time.Now(), false
+}
+
+// sawWarm reports whether the last job recorded was handed to a ready init.
+func (r *phaseRecorder) sawWarm() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.warm
 }
 
 func (r *phaseRecorder) hook(id, phase string) {
@@ -115,6 +123,9 @@ func (r *phaseRecorder) hook(id, phase string) {
 	defer r.mu.Unlock()
 	if id != r.id {
 		return
+	}
+	if phase == "job handed over" {
+		r.warm = true
 	}
 	if r.deltas == nil {
 		r.deltas = map[string]durations{}
@@ -164,17 +175,26 @@ func BenchmarkJobPhases(b *testing.B) {
 			CgroupParent: testCgroupParent, InitPath: ssiBin}
 		return s
 	}
-	engine := func(s Spec, rec *phaseRecorder) func(b *testing.B) {
+	// toExited collects, per engine probe, the time from Start to Exited:
+	// what a caller waiting for the status sees (the probe's own figure
+	// runs to Done, the end of the cleanup).
+	toExited := map[string]*durations{}
+	engine := func(s Spec, rec *phaseRecorder, name string) func(b *testing.B) {
+		d := &durations{}
+		toExited[name] = d
 		return func(b *testing.B) {
 			s.ID = nextID()
 			if rec != nil {
 				rec.begin(s.ID)
 			}
+			t := time.Now()
 			j, err := Start(context.Background(), s)
 			if err != nil {
 				b.Fatal(err)
 			}
 			j.Stdin().Close()
+			<-j.Exited()
+			*d = append(*d, time.Since(t))
 			if st, err := j.Wait(); err != nil || st.ExitCode() != 0 {
 				b.Fatalf("%v %v", st, err)
 			}
@@ -182,7 +202,14 @@ func BenchmarkJobPhases(b *testing.B) {
 		}
 	}
 	rec := &phaseRecorder{}
-	tracePhase = rec.hook
+	warmRec := &phaseRecorder{}
+	pool, err := NewPool(PoolOptions{Size: 2, InitPath: ssiBin, CgroupParent: testCgroupParent, Env: []string{"GORACE=atexit_sleep_ms=0"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	both := func(id, phase string) { rec.hook(id, phase); warmRec.hook(id, phase) }
+	tracePhase = both
 	defer func() { tracePhase = nil }()
 
 	probes := []*probe{
@@ -220,8 +247,23 @@ func BenchmarkJobPhases(b *testing.B) {
 		{name: "ssi __init -mount-proc, NEWPID|NEWNS", run: func(b *testing.B) {
 			runCmd(b, syscall.CLONE_NEWPID|syscall.CLONE_NEWNS, ssiBin, nsinit.Command, "-mount-proc", "--", "/bin/true")
 		}},
-		{name: "engine: plain job", run: engine(spec(false, false), nil)},
-		{name: "engine: ns+cgroup job (migratable)", run: engine(spec(true, true), rec)},
+		{name: "engine: plain job", run: engine(spec(false, false), nil, "plain")},
+		{name: "engine: ns+cgroup job (migratable)", run: engine(spec(true, true), rec, "cold")},
+		{name: "engine: ns+cgroup job from the pool", run: nil}, // below
+	}
+	var coldStarts int
+	warmSpec := spec(true, true)
+	warmSpec.Pool = pool
+	warmRun := engine(warmSpec, warmRec, "pool")
+	pooled := len(probes) - 1
+	probes[pooled].run = func(b *testing.B) {
+		t := time.Now()
+		warmRun(b)
+		d := time.Since(t)
+		if !warmRec.sawWarm() {
+			coldStarts++
+		}
+		probes[pooled].d = append(probes[pooled].d, d)
 	}
 	var joinD durations
 	probes[4].run = func(b *testing.B) {
@@ -242,9 +284,25 @@ func BenchmarkJobPhases(b *testing.B) {
 		}
 	}
 
+	// The pool fills on first use; after that, before and after each
+	// pooled start (not timed), wait until it is full, so that the figure
+	// is a start from the pool and its refill overlaps no other probe.
+	pool.take()
+	awaitReady := func() {
+		deadline := time.Now().Add(time.Minute)
+		for pool.Ready() < 2 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
 	for range b.N {
 		for range n {
-			for _, p := range probes {
+			for i, p := range probes {
+				if i == pooled {
+					awaitReady()
+					p.run(b)
+					awaitReady()
+					continue
+				}
 				t := time.Now()
 				p.run(b)
 				p.d = append(p.d, time.Since(t))
@@ -257,13 +315,111 @@ func BenchmarkJobPhases(b *testing.B) {
 		fmt.Printf("%-44s n=%-4d median %7.3f ms   p99 %7.3f ms   x%5.2f fork+exec\n",
 			p.name, len(p.d), msOf(p.d.pct(50)), msOf(p.d.pct(99)), float64(p.d.pct(50))/float64(base))
 	}
-	fmt.Printf("\nsteps of the engine's ns+cgroup job (median time since the previous step):\n")
-	var sum time.Duration
-	for _, ph := range rec.order {
-		d := rec.deltas[ph]
-		sum += d.pct(50)
-		fmt.Printf("  %-42s %7.3f ms   (sum of medians %7.3f ms)\n", ph, msOf(d.pct(50)), msOf(sum))
+	if coldStarts > 0 {
+		fmt.Printf("(%d of the pooled starts found no ready init)\n", coldStarts)
 	}
-	b.ReportMetric(msOf(probes[len(probes)-1].d.pct(50)), "migratable-median-ms")
-	b.ReportMetric(float64(probes[len(probes)-1].d.pct(50))/float64(base), "migratable-x-fork-exec")
+	fmt.Printf("\nthe engine's jobs from Start to Exited (status known; the cleanup continues):\n")
+	for _, k := range []string{"plain", "cold", "pool"} {
+		d := *toExited[k]
+		fmt.Printf("  %-42s n=%-4d median %7.3f ms   p99 %7.3f ms   x%5.2f fork+exec\n",
+			k, len(d), msOf(d.pct(50)), msOf(d.pct(99)), float64(d.pct(50))/float64(base))
+	}
+	for _, r := range []struct {
+		what string
+		rec  *phaseRecorder
+	}{{"the engine's ns+cgroup job", rec}, {"a ns+cgroup job from the pool", warmRec}} {
+		fmt.Printf("\nsteps of %s (median time since the previous step):\n", r.what)
+		var sum time.Duration
+		for _, ph := range r.rec.order {
+			d := r.rec.deltas[ph]
+			sum += d.pct(50)
+			fmt.Printf("  %-42s %7.3f ms   (sum of medians %7.3f ms)\n", ph, msOf(d.pct(50)), msOf(sum))
+		}
+	}
+	cold, warm := toExited["cold"].pct(50), toExited["pool"].pct(50)
+	b.ReportMetric(msOf(cold), "migratable-median-ms")
+	b.ReportMetric(float64(cold)/float64(base), "migratable-x-fork-exec")
+	b.ReportMetric(msOf(warm), "pooled-median-ms")
+	b.ReportMetric(float64(warm)/float64(base), "pooled-x-fork-exec")
+}
+
+// BenchmarkPoolBackground shows what the pool's background refill costs
+// the work around it, and what back-to-back starts get from it:
+//
+//	go test -run '^$' -bench PoolBackground -benchtime 1x ./internal/rexec/
+//
+// Per round: a start from the pool (to Exited), at once a fork+exec of
+// /bin/true (which overlaps the refill), then, once the pool is full again,
+// another (which does not); then a burst of back-to-back starts (twice the
+// pool's size), counting those that found no ready init.
+func BenchmarkPoolBackground(b *testing.B) {
+	needRoot(b)
+	n := benchTrials(30)
+	ssiBin := ssiBinary(b)
+	const size = 4
+	pool, err := NewPool(PoolOptions{Size: size, InitPath: ssiBin, CgroupParent: testCgroupParent, Env: testPoolEnv})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pool.Close()
+	spec := Spec{Argv: []string{"/bin/true"}, Env: testEnv, Namespaces: true, Cgroup: true,
+		CgroupParent: testCgroupParent, InitPath: ssiBin, Pool: pool}
+	full := func() {
+		pool.activate()
+		deadline := time.Now().Add(time.Minute)
+		for pool.Ready() < size && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	job := func() (time.Duration, bool) {
+		t := time.Now()
+		j, err := Start(context.Background(), spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		j.Stdin().Close()
+		<-j.Exited()
+		d := time.Since(t)
+		if st, err := j.Wait(); err != nil || st.ExitCode() != 0 {
+			b.Fatalf("%v %v", st, err)
+		}
+		j.Close()
+		return d, j.warm
+	}
+	timeIt := func(f func()) time.Duration { t := time.Now(); f(); return time.Since(t) }
+	var pooled, during, quiet, burst durations
+	cold, total := 0, 0
+	for range b.N {
+		full()
+		for range n {
+			full()
+			d, _ := job()
+			pooled = append(pooled, d)
+			during = append(during, timeIt(func() { runCmd(b, 0, "/bin/true") }))
+			full()
+			quiet = append(quiet, timeIt(func() { runCmd(b, 0, "/bin/true") }))
+			for range 2 * size {
+				d, warm := job()
+				burst = append(burst, d)
+				total++
+				if !warm {
+					cold++
+				}
+			}
+		}
+	}
+	base := quiet.pct(50)
+	for _, r := range []struct {
+		what string
+		d    durations
+	}{
+		{"fork+exec /bin/true, pool full (baseline)", quiet},
+		{"start from the pool, to Exited", pooled},
+		{"fork+exec /bin/true during the refill", during},
+		{fmt.Sprintf("back-to-back starts, bursts of %d", 2*size), burst},
+	} {
+		fmt.Printf("%-44s n=%-4d median %7.3f ms   p99 %7.3f ms   x%5.2f fork+exec\n",
+			r.what, len(r.d), msOf(r.d.pct(50)), msOf(r.d.pct(99)), float64(r.d.pct(50))/float64(base))
+	}
+	fmt.Printf("%-44s %d of %d\n", "back-to-back starts without a ready init", cold, total)
 }

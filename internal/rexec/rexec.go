@@ -13,18 +13,23 @@
 // leader of a process group of its own (or, with TTY, of a session whose
 // controlling terminal is the pty). Pid and MainPid are the same process.
 //
-// A job with Namespaces or Cgroup is started under nsinit, by re-executing
-// InitPath (the ssi binary, /proc/self/exe by default) as
+// A job with Namespaces or Cgroup is started under nsinit. From a Pool (see
+// there), an init that is already running in its namespaces and cgroup gets
+// the command over a socket. Otherwise the engine re-executes InitPath (the
+// ssi binary, /proc/self/exe by default) as
 //
 //	ssi __init -path EXE -dir DIR -uid U -gid G [-groups ...] [-mount-proc] [-hostname H] -status-fd 3 -sync-fd 4 -- ARGV...
 //
 // with CLONE_NEWPID|CLONE_NEWNS (and CLONE_NEWUTS for Hostname) when
-// Namespaces is set. The init (Pid) waits on fd 4 until the engine has placed
-// it in the job's cgroup, so no process of the job ever runs outside it; then
-// it starts the command (MainPid) and reports on fd 3 (see package nsinit for
-// both contracts). When the command exits, the init kills whatever it left
-// behind, and the engine removes the cgroup after killing anything that is
-// still in it. Processes a plain job leaves behind are not tracked.
+// Namespaces is set. On cgroup v2 the init starts in the job's cgroup
+// (clone3 with CLONE_INTO_CGROUP, where the kernel has it); otherwise the
+// engine moves it there while the init waits on fd 4, so no process of the
+// job ever runs outside it. Then the init starts the command (MainPid) and
+// reports on fd 3 (see package nsinit for both contracts). When the command
+// exits, the init kills whatever it left behind and reports the status
+// (Exited); the engine then reaps the init and removes the cgroup after
+// killing anything that is still in it (Done). Processes a plain job leaves
+// behind are not tracked.
 //
 // # Exit status
 //
@@ -127,6 +132,11 @@ type Spec struct {
 	// InitPath is the binary re-executed as nsinit (it must dispatch
 	// "__init" to nsinit.Main). Empty: /proc/self/exe.
 	InitPath string
+	// Pool, if set, provides a ready init for a job with Namespaces and
+	// Cgroup (and no Hostname, the pool's InitPath and CgroupParent), which
+	// saves most of the start; the job is the same. Without a ready init
+	// the job starts as without a pool.
+	Pool *Pool
 	// LogPath makes the job detached: its stdout and stderr are appended
 	// to this file (created 0640 if needed), stdin is /dev/null (with TTY,
 	// the terminal's output is copied to the file and Stdin still writes

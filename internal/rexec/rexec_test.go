@@ -46,7 +46,7 @@ func TestExitStatus(t *testing.T) {
 }
 
 func TestStreams(t *testing.T) {
-	for _, m := range modes[:2] {
+	for _, m := range withPool(modes[:2]) {
 		t.Run(m.name, func(t *testing.T) {
 			st, out, errOut := run(t, m.spec(t, "sh", "-c", "echo out; echo err >&2"))
 			if st.ExitCode() != 0 || out != "out\n" || errOut != "err\n" {
@@ -175,7 +175,7 @@ func TestSignal(t *testing.T) {
 }
 
 func TestStopContinue(t *testing.T) {
-	for _, m := range modes[:2] {
+	for _, m := range withPool(modes[:2]) {
 		t.Run(m.name, func(t *testing.T) {
 			j := start(t, m.spec(t, "sleep", "100"))
 			if j.MainPid() == 0 {
@@ -199,7 +199,7 @@ func TestStopContinue(t *testing.T) {
 }
 
 func TestCredentials(t *testing.T) {
-	for _, m := range modes[:2] {
+	for _, m := range withPool(modes[:2]) {
 		t.Run(m.name, func(t *testing.T) {
 			needRoot(t)
 			spec := m.spec(t, "sh", "-c", "id -u; id -g; id -G; touch $HOME/x 2>/dev/null || echo denied")
@@ -254,7 +254,7 @@ func TestNotFound(t *testing.T) {
 	if err := os.WriteFile(noexec, []byte("#!/bin/sh\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range modes[:2] {
+	for _, m := range withPool(modes[:2]) {
 		t.Run(m.name, func(t *testing.T) {
 			for _, tc := range []struct {
 				argv0 string
@@ -290,7 +290,7 @@ func TestBadInit(t *testing.T) {
 var ptsName = regexp.MustCompile(`^/dev/pts/\d+\r\n$`)
 
 func TestTTY(t *testing.T) {
-	for _, m := range modes[:2] {
+	for _, m := range withPool(modes[:2]) {
 		t.Run(m.name, func(t *testing.T) {
 			spec := m.spec(t, "tty")
 			spec.TTY = true
@@ -303,7 +303,7 @@ func TestTTY(t *testing.T) {
 }
 
 func TestTTYSize(t *testing.T) {
-	for _, m := range modes[:2] {
+	for _, m := range withPool(modes[:2]) {
 		t.Run(m.name, func(t *testing.T) {
 			spec := m.spec(t, "sh", "-c", "stty size; read x; stty size; [ -t 0 ] && echo isatty")
 			spec.TTY, spec.Rows, spec.Cols = true, 30, 90
@@ -401,8 +401,8 @@ func cgroupVersions(t *testing.T) []bool {
 }
 
 func withCgroupVersion(t *testing.T, v2 bool) {
-	preferV2 = v2
-	t.Cleanup(func() { preferV2 = false })
+	preferV2.Store(v2)
+	t.Cleanup(func() { preferV2.Store(false) })
 }
 
 func TestFreezeThaw(t *testing.T) {
@@ -673,7 +673,7 @@ func TestUnenterableDir(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range modes[:2] {
+	for _, m := range withPool(modes[:2]) {
 		t.Run(m.name, func(t *testing.T) {
 			spec := m.spec(t, "true")
 			spec.UID, spec.GID, spec.Dir = 65534, 65534, dir
