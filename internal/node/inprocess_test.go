@@ -143,7 +143,9 @@ func (c *testCluster) start(num uint32, boot *state.Bootstrap) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jobs, err := procs.NewManager(procs.Options{Node: int(num), DataDir: t.TempDir(), Log: c.log})
+	// No pool of ready inits: these tests start no migratable jobs, and
+	// the pool's refill would outlive the bubble.
+	jobs, err := procs.NewManager(procs.Options{Node: int(num), DataDir: t.TempDir(), Log: c.log, PoolSize: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
