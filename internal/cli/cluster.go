@@ -29,7 +29,11 @@ type NodeJSON struct {
 }
 
 func status(env *Env, socket string, events bool) (*ssiv1.StatusResponse, error) {
-	resp, err := control(socket).Status(env.Ctx, connect.NewRequest(&ssiv1.StatusRequest{Events: events}))
+	return statusOf(env, socket, &ssiv1.StatusRequest{Events: events})
+}
+
+func statusOf(env *Env, socket string, req *ssiv1.StatusRequest) (*ssiv1.StatusResponse, error) {
+	resp, err := control(socket).Status(env.Ctx, connect.NewRequest(req))
 	if err != nil {
 		return nil, err
 	}
@@ -73,11 +77,13 @@ func init() {
 		Name:    "cluster",
 		Link:    true,
 		Summary: "show the nodes of the cluster",
-		Usage:   "cluster [-V] [--json] [--events] [--socket PATH]",
+		Usage:   "cluster [-V] [--json] [--events] [--stale] [--socket PATH]",
 		Help: `Without options prints the numbers of the nodes that are UP, one line.
 -V prints every node: number, name, state, IP, MAC, role (leader, voter or
 member) and time in state. --json prints the same as JSON. --events prints
-the membership transitions every node agreed on, oldest first.
+the membership transitions every node agreed on, oldest first. A node that
+has just started answers only once it has caught up with the log it had
+(exit 255 until then); --stale shows what it has so far.
 
 Examples:
   cluster -V
@@ -88,6 +94,7 @@ Examples:
 		verbose := fs.Bool("V", false, "verbose: every node with its details")
 		asJSON := fs.Bool("json", false, "print JSON")
 		events := fs.Bool("events", false, "print the agreed membership transitions")
+		stale := fs.Bool("stale", false, "answer even while the node is still catching up after its start")
 		socket := socketFlag(fs)
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -95,7 +102,7 @@ Examples:
 		if fs.NArg() > 0 {
 			return Usagef("unexpected argument %q", fs.Arg(0))
 		}
-		st, err := status(env, *socket, *events)
+		st, err := statusOf(env, *socket, &ssiv1.StatusRequest{Events: *events, Stale: *stale})
 		if err != nil {
 			return err
 		}
@@ -120,7 +127,11 @@ Examples:
 }
 
 func printNodes(w io.Writer, st *ssiv1.StatusResponse, now time.Time) error {
-	fmt.Fprintf(w, "Cluster %s: %d nodes, leader node %d, this is node %d\n", st.ClusterName, len(st.Nodes), st.LeaderNum, st.LocalNum)
+	leader := "no leader"
+	if st.LeaderNum != 0 {
+		leader = fmt.Sprintf("leader node %d", st.LeaderNum)
+	}
+	fmt.Fprintf(w, "Cluster %s: %d nodes, %s, this is node %d\n", st.ClusterName, len(st.Nodes), leader, st.LocalNum)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tNAME\tSTATE\tIPADDR\tHWADDR\tROLE\tSINCE")
 	for _, n := range st.Nodes {

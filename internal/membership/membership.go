@@ -59,6 +59,10 @@ type Config struct {
 	Bootstrapped func() error
 	// Exit asks the daemon to stop (after this node left the cluster).
 	Exit func()
+	// StartIndex is the last log index this node held when it started: it
+	// answers reads only once it has applied that far (Status.stale lifts
+	// this).
+	StartIndex uint64
 	// RaftAddr, when set, gives a node's Raft address (in-memory test
 	// networks); by default it is the node's ip:port.
 	RaftAddr func(num uint32) string

@@ -129,7 +129,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	_, _ = rand.Read(b)
 	bootID := hex.EncodeToString(b)
 	p := wire(wiring{
-		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID,
+		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: r.LastIndex(),
 		fsm: fsm, raft: r, ca: id.CA, jobs: jobs, load: src,
 		net:       &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
 		seeds:     func() []string { return seeds(r, meta) },

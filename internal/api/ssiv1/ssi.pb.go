@@ -346,8 +346,11 @@ func (x *Event) GetIndex() uint64 {
 }
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Events        bool                   `protobuf:"varint,1,opt,name=events,proto3" json:"events,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Events bool                   `protobuf:"varint,1,opt,name=events,proto3" json:"events,omitempty"`
+	// Answer even while the node is still catching up with the cluster log
+	// after its start (by default it refuses, rather than show a partial table).
+	Stale         bool `protobuf:"varint,2,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -385,6 +388,13 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 func (x *StatusRequest) GetEvents() bool {
 	if x != nil {
 		return x.Events
+	}
+	return false
+}
+
+func (x *StatusRequest) GetStale() bool {
+	if x != nil {
+		return x.Stale
 	}
 	return false
 }
@@ -3530,9 +3540,10 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04from\x18\a \x01(\x0e2\x11.ssi.v1.NodeStateR\x04from\x12!\n" +
 	"\x02to\x18\b \x01(\x0e2\x11.ssi.v1.NodeStateR\x02to\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05index\x18\x06 \x01(\x04R\x05indexJ\x04\b\x03\x10\x04J\x04\b\x04\x10\x05\"'\n" +
+	"\x05index\x18\x06 \x01(\x04R\x05indexJ\x04\b\x03\x10\x04J\x04\b\x04\x10\x05\"=\n" +
 	"\rStatusRequest\x12\x16\n" +
-	"\x06events\x18\x01 \x01(\bR\x06events\"\x86\x02\n" +
+	"\x06events\x18\x01 \x01(\bR\x06events\x12\x14\n" +
+	"\x05stale\x18\x02 \x01(\bR\x05stale\"\x86\x02\n" +
 	"\x0eStatusResponse\x12!\n" +
 	"\fcluster_name\x18\x01 \x01(\tR\vclusterName\x12\x1b\n" +
 	"\tlocal_num\x18\x02 \x01(\rR\blocalNum\x12\x1d\n" +
