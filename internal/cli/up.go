@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"net/netip"
 	"os"
 	"time"
 
@@ -80,12 +79,25 @@ Examples:
 		if last > 5 {
 			last = 3
 		}
-		for k := 1; k <= last; k++ {
-			a, _ := nodeaddr.NextIP(ip, k-1)
-			if *isolate {
-				a = netip.Addr{}
+		// The addresses the nodes really have, from the node table (on
+		// --isolate they are on the cluster's private bridge).
+		addrs := map[uint32]string{}
+		if st, err := status(env, devcluster.Socket(absDir(*dir), 1), false); err == nil {
+			for _, nd := range st.Nodes {
+				addrs[nd.Num] = nd.Ipaddr
 			}
-			fmt.Fprintf(env.Stdout, "  node %d: SSI_SOCKET=%s %s\n", k, devcluster.Socket(absDir(*dir), k), addrNote(a))
+		}
+		for k := 1; k <= last; k++ {
+			a, ok := addrs[uint32(k)]
+			if !ok {
+				na, _ := nodeaddr.NextIP(ip, k-1)
+				a = na.String()
+			}
+			where := ""
+			if *isolate {
+				where = ", in its own network namespace"
+			}
+			fmt.Fprintf(env.Stdout, "  node %d: SSI_SOCKET=%s (listens on %s%s)\n", k, devcluster.Socket(absDir(*dir), k), a, where)
 		}
 		if last < *n {
 			fmt.Fprintf(env.Stdout, "  ... node %d: SSI_SOCKET=%s\n", *n, devcluster.Socket(absDir(*dir), *n))
@@ -94,13 +106,6 @@ Examples:
 		return nil
 	}
 	Register(cmd)
-}
-
-func addrNote(a netip.Addr) string {
-	if !a.IsValid() {
-		return ""
-	}
-	return "(listens on " + a.String() + ")"
 }
 
 func absDir(d string) string {

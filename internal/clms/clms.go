@@ -126,7 +126,12 @@ func (d *Detector) Decide(c *state.Cluster, now time.Time) []state.SetState {
 		s, heard := d.last[n.Num]
 		at := s.at
 		if !heard {
+			// Silent since this leader took over, or since the node
+			// entered its state if that was later (it joined since).
 			at = d.start
+			if n.StateSince.After(at) {
+				at = n.StateSince
+			}
 		}
 		silent := now.Sub(at)
 		fresh := heard && s.hb.BootID != "" && silent <= d.timeout

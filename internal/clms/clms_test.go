@@ -121,3 +121,23 @@ func TestNeverUpAndDownNodesAreLeftAlone(t *testing.T) {
 		t.Errorf("liveness/load bookkeeping wrong")
 	}
 }
+
+// A node that joined long after this leader took over and never
+// heartbeats is reported silent since it joined, not since the election.
+func TestSilenceOfANodeThatJoinedAfterTheElection(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	d := NewDetector(time.Second)
+	d.Reset(t0, 0)
+	joined := t0.Add(13 * time.Minute)
+	c := &state.Cluster{Nodes: map[uint32]*state.Node{
+		5: {Num: 5, State: state.ComingUp, StateSince: joined},
+	}}
+	now := joined.Add(JoinGrace + 2*time.Second)
+	out := d.Decide(c, now)
+	if len(out) != 1 || out[0].To != state.Down {
+		t.Fatalf("decisions %+v, want node 5 DOWN", out)
+	}
+	if want := "no heartbeat for " + (JoinGrace + 2*time.Second).String(); out[0].Reason != want {
+		t.Errorf("reason %q, want %q", out[0].Reason, want)
+	}
+}
