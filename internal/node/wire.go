@@ -111,6 +111,9 @@ func wire(w wiring) *parts {
 	join := http.NewServeMux()
 	_, h := ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, connect.WithReadMaxBytes(joinMessage))
 	join.Handle(ssiv1connect.MembershipJoinProcedure, http.MaxBytesHandler(h, 2*joinMessage))
+	join.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "a cluster node certificate is required", http.StatusUnauthorized)
+	})
 	p.joinHandler = join
 
 	ctl := http.NewServeMux()
