@@ -28,6 +28,8 @@ const pipeSize = 1 << 20
 
 // execStream is one side of an exec stream (a server stream from the CLI or
 // a peer, or a client stream to a peer), reduced to what the pumps need.
+// Send does not keep the message once it returns (connect marshals it
+// before), so the output pumps reuse their buffers.
 type execStream interface {
 	Receive() (*ssiv1.ExecInput, error)
 	Send(*ssiv1.ExecOutput) error
@@ -256,7 +258,9 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {
-				if out.Send(wrap(append([]byte(nil), buf[:n]...))) != nil {
+				// Send has marshalled the chunk when it returns (see
+				// execStream): buf is read into again without a copy.
+				if out.Send(wrap(buf[:n])) != nil {
 					_ = rj.Signal(syscall.SIGHUP)
 				}
 			}
