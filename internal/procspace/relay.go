@@ -166,8 +166,15 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *inflight, send func(*ssiv1.ExecInput) error) {
 	fd := rawFD(stdio.in)
 	var seq uint64
-	buf := make([]byte, chunkSize)
+	// Reads go into the free tail of a slab, and each message keeps its
+	// part of it: the window owns what it holds without a copy, and the
+	// slab is garbage once every message in it is acknowledged.
+	var slab []byte
 	for {
+		if len(slab) < chunkSize/4 {
+			slab = make([]byte, 4*chunkSize)
+		}
+		buf := slab[:min(len(slab), chunkSize):min(len(slab), chunkSize)]
 		n, err := readFD(fd, buf, stdio.stop.fd)
 		if errors.Is(err, errStopped) {
 			return
@@ -177,16 +184,8 @@ func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *infligh
 		}
 		m := &ssiv1.ExecInput{Msg: &ssiv1.ExecInput_StdinEof{StdinEof: true}}
 		if n > 0 {
-			// The window keeps the message until it is acknowledged: it
-			// owns its bytes. A short read is copied, a full one handed
-			// over with its buffer.
-			data := buf[:n]
-			if n < len(buf)/2 {
-				data = append([]byte(nil), data...)
-			} else {
-				buf = make([]byte, chunkSize)
-			}
-			m = &ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Stdin{Stdin: data}}
+			m = &ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Stdin{Stdin: buf[:n:n]}}
+			slab = slab[n:]
 		}
 		seq++
 		m.Seq = seq
