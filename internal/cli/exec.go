@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
@@ -197,7 +198,7 @@ func runRemote(env *Env, socket string, o execOpts) error {
 
 // passableStdio is the descriptors of this process's stdin, stdout and
 // stderr when the daemon may take them: attached, without a terminal, all
-// three real files, and SSI_STREAM_STDIO unset (which keeps the copy
+// three open files, and SSI_STREAM_STDIO unset (which keeps the copy
 // through the stream). nil otherwise.
 func passableStdio(env *Env, o execOpts) []int {
 	if o.tty || o.detach || os.Getenv("SSI_STREAM_STDIO") != "" {
@@ -216,6 +217,9 @@ func passableStdio(env *Env, o execOpts) []int {
 		fd := -1
 		if rc.Control(func(u uintptr) { fd = int(u) }) != nil || fd < 0 {
 			return nil
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return nil // not open (sendmsg would fail): stream, where it reads as EOF
 		}
 		fds = append(fds, fd)
 	}
