@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"syscall"
 
@@ -92,20 +91,32 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	}()
 	// out and errOut are where output goes with stdio; nil once writing
 	// there failed (the rest is dropped).
-	var out, errOut *os.File
+	var out, errOut *fdWriter
 	if stdio != nil {
+		var err error
+		if out, err = newFDWriter(rawFD(stdio.out)); err == nil {
+			defer out.close()
+			if errOut, err = newFDWriter(rawFD(stdio.err)); err == nil {
+				defer errOut.close()
+			}
+		}
+		if err != nil {
+			return st.Send(execError(255, "node %d: %v", s.cfg.Self, err))
+		}
 		var readers sync.WaitGroup
 		defer func() { cancel(nil); stdio.stop.stop(); readers.Wait() }() // before the descriptors close
+		// A client gone or a target DOWN also stops a write into a full
+		// fd 1 that nobody reads any more.
+		defer context.AfterFunc(ctx, stdio.stop.stop)()
 		readers.Add(1)
 		go func() { defer readers.Done(); s.relayStdin(ctx, stdio, win, sendRemote) }()
-		out, errOut = stdio.out, stdio.err
 	}
 	// sink writes an output chunk into the CLI's descriptor *f.
-	sink := func(f **os.File, b []byte) {
+	sink := func(f **fdWriter, b []byte) {
 		if *f == nil {
 			return
 		}
-		err := writeFD(rawFD(*f), b, stdio.stop.fd)
+		err := (*f).write(b, stdio.stop.fd)
 		switch {
 		case err == nil:
 			return

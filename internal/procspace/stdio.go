@@ -141,6 +141,70 @@ func writeFD(fd int, b []byte, stop int) error {
 	return nil
 }
 
+// fdWriter writes into a descriptor it must never block on for good: a
+// write(2) of more than a page into a blocking pipe waits until all of it
+// went in, which no poll can interrupt, so a pipe is written through a
+// non-blocking pipe of our own and spliced on (SPLICE_F_NONBLOCK, after
+// poll said there is room). Other descriptors (files, terminals) are
+// written directly once poll says they take data.
+type fdWriter struct {
+	dst    int
+	r, w   int // the staging pipe; -1 when dst is no pipe
+	staged int
+}
+
+func newFDWriter(dst int) (*fdWriter, error) {
+	fw := &fdWriter{dst: dst, r: -1, w: -1}
+	var st unix.Stat_t
+	if err := unix.Fstat(dst, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		return fw, nil
+	}
+	p := make([]int, 2)
+	if err := unix.Pipe2(p, unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("create a pipe: %w", err)
+	}
+	_, _ = unix.FcntlInt(uintptr(p[1]), unix.F_SETPIPE_SZ, pipeSize)
+	fw.r, fw.w = p[0], p[1]
+	return fw, nil
+}
+
+func (fw *fdWriter) close() {
+	if fw.r >= 0 {
+		_ = unix.Close(fw.r)
+		_ = unix.Close(fw.w)
+	}
+}
+
+// write writes all of b (it is in dst when write returns), or fails: a
+// write error, or errStopped.
+func (fw *fdWriter) write(b []byte, stop int) error {
+	if fw.r < 0 {
+		return writeFD(fw.dst, b, stop)
+	}
+	for len(b) > 0 {
+		n, err := unix.Write(fw.w, b)
+		if n > 0 {
+			b, fw.staged = b[n:], fw.staged+n
+		}
+		if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+			return err
+		}
+		for fw.staged > 0 {
+			if err := waitFD(fw.dst, unix.POLLOUT, stop); err != nil {
+				return err
+			}
+			m, err := unix.Splice(fw.r, nil, fw.dst, nil, fw.staged, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			if m > 0 {
+				fw.staged -= int(m)
+			}
+			if err != nil && !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // spliceMax is the most one splice call moves (a full grown pipe).
 const spliceMax = pipeSize
 
@@ -151,6 +215,12 @@ const spliceMax = pipeSize
 // amount in flight is what the pipes hold: never more than one buf.
 func copyFD(dst, src, stop int, buf []byte) (rerr, werr error) {
 	canSplice := true
+	var fw *fdWriter // for the buffer copy
+	defer func() {
+		if fw != nil {
+			fw.close()
+		}
+	}()
 	for {
 		if err := waitFD(src, unix.POLLIN, stop); err != nil {
 			return err, nil
@@ -182,7 +252,12 @@ func copyFD(dst, src, stop int, buf []byte) (rerr, werr error) {
 		if n == 0 {
 			return nil, nil
 		}
-		if err := writeFD(dst, buf[:n], stop); err != nil {
+		if fw == nil {
+			if fw, err = newFDWriter(dst); err != nil {
+				return nil, err
+			}
+		}
+		if err := fw.write(buf[:n], stop); err != nil {
 			if errors.Is(err, errStopped) {
 				return err, nil
 			}

@@ -115,3 +115,57 @@ func TestCopyFDStopsAndBrokenPipe(t *testing.T) {
 		t.Fatal("copyFD into a pipe without a reader: no write error")
 	}
 }
+
+// Writing more than a full pipe holds into a blocking pipe nobody reads
+// stops when told (a plain write(2) would wait for the reader for good),
+// and what a reader takes arrives whole.
+func TestFDWriterStopsOnFullPipe(t *testing.T) {
+	stop, err := newStopper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop.close()
+	r, w := testPipe(t)
+	fd := int(w.Fd()) // Fd makes it blocking, like a pipe passed by a CLI
+	fw, err := newFDWriter(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.close()
+	done := make(chan error, 1)
+	go func() { done <- fw.write(randomBytes(4<<20), stop.fd) }()
+	time.Sleep(50 * time.Millisecond)
+	stop.stop()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errStopped) {
+			t.Fatalf("write into a full pipe, stopped: %v, want errStopped", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("write into a full pipe did not stop")
+	}
+
+	stop2, err := newStopper()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop2.close()
+	_ = r.SetReadDeadline(time.Now().Add(10 * time.Second))
+	go func() { _, _ = io.Copy(io.Discard, r) }() // what the first write left
+	data := randomBytes(3 << 20)
+	r2, w2 := testPipe(t)
+	fw2, err := newFDWriter(int(w2.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw2.close()
+	got := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(r2); got <- b }()
+	if err := fw2.write(data, stop2.fd); err != nil {
+		t.Fatal(err)
+	}
+	w2.Close()
+	if b := <-got; !bytes.Equal(b, data) {
+		t.Fatalf("got %d bytes, want the %d written", len(b), len(data))
+	}
+}

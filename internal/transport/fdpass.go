@@ -23,7 +23,6 @@ const MaxPassedFDs = 3
 // connection. A connection without descriptors reads as a plain one.
 type FDConn struct {
 	*net.UnixConn
-	oob []byte // read side only: net/http reads a connection from one goroutine
 
 	mu     sync.Mutex
 	fds    []*os.File
@@ -33,16 +32,20 @@ type FDConn struct {
 
 // NewFDConn wraps an accepted unix connection.
 func NewFDConn(c *net.UnixConn) *FDConn {
-	return &FDConn{UnixConn: c, oob: make([]byte, unix.CmsgSpace(4*MaxPassedFDs))}
+	return &FDConn{UnixConn: c}
 }
+
+// oobSize holds one SCM_RIGHTS message of MaxPassedFDs descriptors.
+var oobSize = unix.CmsgSpace(4 * MaxPassedFDs)
 
 // Read reads data and keeps the descriptors that came with it. The control
 // buffer holds MaxPassedFDs descriptors: the kernel never installs more
 // (MSG_CTRUNC), and any over the per-connection bound are closed at once.
 func (c *FDConn) Read(b []byte) (int, error) {
-	n, oobn, _, _, err := c.ReadMsgUnix(b, c.oob)
+	oob := make([]byte, oobSize)
+	n, oobn, _, _, err := c.ReadMsgUnix(b, oob)
 	if oobn > 0 {
-		c.keep(c.oob[:oobn])
+		c.keep(oob[:oobn])
 	}
 	return n, err
 }

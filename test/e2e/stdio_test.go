@@ -225,3 +225,41 @@ func TestPassedStdoutClosedGivesSIGPIPE(t *testing.T) {
 		}
 	}
 }
+
+// A client that vanishes while its stdout is full (nobody reads it) hangs
+// the job up, and its daemon lets go of the descriptors it was given.
+func TestPassedStdioClientGoneWhileOutputBlocked(t *testing.T) {
+	c := isolated(t)
+	for _, node := range []string{"2", "1"} {
+		marker := filepath.Join(t.TempDir(), "hup")
+		cmd := c.cliCmd(1, "onnode", node, "sh", "-c", "trap 'echo hup > "+marker+"; exit 0' HUP; while :; do echo xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; done")
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout = outW
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		outW.Close()
+		Eventually(t, 10*time.Second, func() string {
+			if heldElsewhere(t, cmd.Process.Pid, outR) {
+				return ""
+			}
+			return "the daemon did not take the CLI's stdout"
+		})
+		time.Sleep(200 * time.Millisecond) // the pipe fills up: the pump waits for room
+		cmd.Process.Kill()
+		cmd.Wait()
+		Eventually(t, 10*time.Second, func() string {
+			if b, _ := os.ReadFile(marker); string(b) != "hup\n" {
+				return "onnode " + node + ": the job got no SIGHUP"
+			}
+			if heldElsewhere(t, -1, outR) {
+				return "onnode " + node + ": the daemon still holds the vanished CLI's stdout"
+			}
+			return ""
+		})
+		outR.Close()
+	}
+}
