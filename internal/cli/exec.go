@@ -16,9 +16,12 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 	"golang.org/x/term"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/transport"
 )
 
 // forwarded are the signals the CLI passes on to a remote process (without -t).
@@ -46,7 +49,18 @@ type execOpts struct {
 func runRemote(env *Env, socket string, o execOpts) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	stream := control(socket).Exec(ctx)
+	// Without a terminal, the daemon takes this process's stdin, stdout
+	// and stderr themselves (SCM_RIGHTS on a connection of their own) and
+	// reads and writes them directly: nothing is copied here, and the
+	// stream carries only the start and the end.
+	client := control(socket)
+	stdio := passableStdio(env, o)
+	if stdio != nil {
+		hc := transport.NewUnixFDClient(socket, stdio)
+		defer hc.CloseIdleConnections()
+		client = ssiv1connect.NewControlClient(hc, "http://ssi", connect.WithInterceptors(namesLostDaemon(socket)))
+	}
+	stream := client.Exec(ctx)
 	var sendMu sync.Mutex
 	send := func(m *ssiv1.ExecInput) error {
 		sendMu.Lock()
@@ -55,7 +69,7 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	}
 	stderr := &syncWriter{w: env.Stderr} // the output pump and the signal forwarder both write
 	dir, _ := os.Getwd()
-	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node}
+	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node, StdioPassed: stdio != nil}
 	stdinFile, _ := env.Stdin.(*os.File)
 	var restore func()
 	if o.tty {
@@ -119,7 +133,7 @@ func runRemote(env *Env, socket string, o execOpts) error {
 			}
 		}()
 	}
-	if !o.detach {
+	pumpStdin := func() {
 		go func() {
 			buf := make([]byte, 256<<10)
 			for {
@@ -135,6 +149,9 @@ func runRemote(env *Env, socket string, o execOpts) error {
 				}
 			}
 		}()
+	}
+	if !o.detach && stdio == nil {
+		pumpStdin()
 	}
 	for {
 		m, err := stream.Receive()
@@ -153,6 +170,9 @@ func runRemote(env *Env, socket string, o execOpts) error {
 			if started == nil {
 				started = v.Started
 				cpids <- v.Started.Cpid
+				if stdio != nil && !v.Started.StdioPassed {
+					pumpStdin() // a daemon that did not take them: stream
+				}
 			}
 		case *ssiv1.ExecOutput_Stdout:
 			if _, err := env.Stdout.Write(v.Stdout); err != nil {
@@ -174,6 +194,36 @@ func runRemote(env *Env, socket string, o execOpts) error {
 			return &ExitError{Code: int(v.Error.ExitCode), Err: errors.New(v.Error.Message)}
 		}
 	}
+}
+
+// passableStdio is the descriptors of this process's stdin, stdout and
+// stderr when the daemon may take them: attached, without a terminal, all
+// three open files, and SSI_STREAM_STDIO unset (which keeps the copy
+// through the stream). nil otherwise.
+func passableStdio(env *Env, o execOpts) []int {
+	if o.tty || o.detach || os.Getenv("SSI_STREAM_STDIO") != "" {
+		return nil
+	}
+	var fds []int
+	for _, x := range []any{env.Stdin, env.Stdout, env.Stderr} {
+		f, ok := x.(*os.File)
+		if !ok {
+			return nil
+		}
+		rc, err := f.SyscallConn() // not Fd: it would make the file blocking
+		if err != nil {
+			return nil
+		}
+		fd := -1
+		if rc.Control(func(u uintptr) { fd = int(u) }) != nil || fd < 0 {
+			return nil
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+			return nil // not open (sendmsg would fail): stream, where it reads as EOF
+		}
+		fds = append(fds, fd)
+	}
+	return fds
 }
 
 // forwardSignals passes the signals this process receives to the remote

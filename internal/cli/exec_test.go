@@ -132,3 +132,38 @@ func TestForwardSignalsReportsFailures(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// The CLI passes its stdio only when attached, without a terminal, with
+// three open files, and without SSI_STREAM_STDIO.
+func TestPassableStdio(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	files := &Env{Stdin: r, Stdout: w, Stderr: w}
+	if fds := passableStdio(files, execOpts{}); len(fds) != 3 || fds[0] != int(r.Fd()) || fds[1] != int(w.Fd()) {
+		t.Fatalf("three open files: %v, want their descriptors", fds)
+	}
+	closed, _ := os.Open(os.DevNull)
+	closed.Close()
+	for what, c := range map[string]struct {
+		env *Env
+		o   execOpts
+	}{
+		"terminal":      {files, execOpts{tty: true}},
+		"detached":      {files, execOpts{detach: true}},
+		"buffer":        {&Env{Stdin: strings.NewReader(""), Stdout: w, Stderr: w}, execOpts{}},
+		"closed stdout": {&Env{Stdin: r, Stdout: closed, Stderr: w}, execOpts{}},
+		"fd 0 not open": {&Env{Stdin: os.NewFile(1000, "not open"), Stdout: w, Stderr: w}, execOpts{}},
+	} {
+		if fds := passableStdio(c.env, c.o); fds != nil {
+			t.Errorf("%s: passes %v, want nothing", what, fds)
+		}
+	}
+	t.Setenv("SSI_STREAM_STDIO", "1")
+	if fds := passableStdio(files, execOpts{}); fds != nil {
+		t.Errorf("SSI_STREAM_STDIO=1: passes %v, want nothing", fds)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"sync"
 	"syscall"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/procs"
 	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/transport"
 )
 
 // chunkSize is the largest output chunk sent in one message.
@@ -26,6 +28,8 @@ const pipeSize = 1 << 20
 
 // execStream is one side of an exec stream (a server stream from the CLI or
 // a peer, or a client stream to a peer), reduced to what the pumps need.
+// Send does not keep the message once it returns (connect marshals it
+// before), so the output pumps reuse their buffers.
 type execStream interface {
 	Receive() (*ssiv1.ExecInput, error)
 	Send(*ssiv1.ExecOutput) error
@@ -87,6 +91,25 @@ func (c *Control) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 		return st.Send(execError(255, "node %d: the first message must start a command", s.cfg.Self))
 	}
 	spec.Uid, spec.Gid, spec.Groups, spec.HasCreds = caller.UID, caller.GID, caller.Groups, true
+	// The CLI's own stdin, stdout and stderr, when it passed them: this
+	// daemon reads and writes them itself, for this request only. They are
+	// never forwarded; a terminal or detached job streams as before.
+	var stdio *passedStdio
+	if fds := transport.TakeFDs(ctx); spec.StdioPassed {
+		spec.StdioPassed = false
+		if stdio, err = takeStdio(fds); err != nil {
+			return st.Send(execError(255, "node %d: %v (check that the CLI and the daemon are the same ssi release)", s.cfg.Self, err))
+		}
+		defer stdio.close()
+		if spec.Tty || spec.Detach {
+			stdio.stop.stop()
+			stdio = nil
+		}
+	} else {
+		for _, f := range fds {
+			f.Close()
+		}
+	}
 	target := spec.Node
 	if target == 0 {
 		if target, err = s.cfg.Placer.Fastest(ctx); err != nil {
@@ -103,9 +126,9 @@ func (c *Control) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 		return st.Send(execError(255, "node %d (%s) is %s; run it elsewhere or bring the node up", target, n.Name, n.State))
 	}
 	if target == s.cfg.Self {
-		return s.runLocal(ctx, spec, st, false)
+		return s.runLocal(ctx, spec, st, false, stdio)
 	}
-	return s.relay(ctx, spec, st, n)
+	return s.relay(ctx, spec, st, n, stdio)
 }
 
 // Exec (Process) runs a process another node asked for.
@@ -118,12 +141,15 @@ func (p *Service) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 	if spec == nil || len(spec.Argv) == 0 || !spec.HasCreds {
 		return st.Send(execError(255, "node %d: malformed exec request", p.s.cfg.Self))
 	}
-	return p.s.runLocal(ctx, spec, st, true)
+	spec.StdioPassed = false // descriptors do not cross nodes
+	return p.s.runLocal(ctx, spec, st, true, nil)
 }
 
 // runLocal starts spec on this node and pumps its streams. With ack, it
-// acknowledges stdin to the relaying daemon (ExecOutput.stdin_ack).
-func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, ack bool) error {
+// acknowledges stdin to the relaying daemon (ExecOutput.stdin_ack). With
+// stdio (the CLI's own descriptors), the job's pipes are pumped to and
+// from them directly and the stream carries only started and the end.
+func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, ack bool, stdio *passedStdio) error {
 	out := &sender{send: st.Send}
 	defer out.close() // the stdin writer may still want to acknowledge
 	j, err := s.cfg.Jobs.Start(ctx, procs.StartRequest{
@@ -141,8 +167,13 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 		return out.Send(execError(code, "node %d (%s): %v", s.cfg.Self, s.cfg.Name, err))
 	}
 	rj := j.Process()
+	pipes := jobPipes(rj.Stdin(), rj.Stdout(), rj.Stderr())
+	if pipes == nil {
+		stdio = nil // not pipes (cannot happen without a terminal): stream
+	}
 	if err := out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Started{Started: &ssiv1.ExecStarted{
 		Cpid: int64(j.CPID), Node: s.cfg.Self, Pid: int32(rj.MainPid()), NodeName: s.cfg.Name, Migratable: rj.Migratable() && !spec.Pin,
+		StdioPassed: stdio != nil,
 	}}}); err != nil && !spec.Detach {
 		_ = rj.Signal(syscall.SIGHUP)
 	}
@@ -156,6 +187,9 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 		if pf, ok := f.(interface{ Fd() uintptr }); ok {
 			_, _ = unix.FcntlInt(pf.Fd(), unix.F_SETPIPE_SZ, pipeSize)
 		}
+	}
+	if stdio != nil {
+		return s.pumpPassed(spec, st, out, j, pipes, stdio)
 	}
 
 	// Input. Stdin goes through a queue to its own writer, so that signals
@@ -224,7 +258,9 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 		for {
 			n, err := r.Read(buf)
 			if n > 0 {
-				if out.Send(wrap(append([]byte(nil), buf[:n]...))) != nil {
+				// Send has marshalled the chunk when it returns (see
+				// execStream): buf is read into again without a copy.
+				if out.Send(wrap(buf[:n])) != nil {
 					_ = rj.Signal(syscall.SIGHUP)
 				}
 			}
@@ -304,4 +340,97 @@ func (q *stdinQueue) close() {
 	defer q.mu.Unlock()
 	q.closed = true
 	q.cond.Broadcast()
+}
+
+// jobPipes is the job's stdin, stdout and stderr when all three are pipes
+// (*os.File), else nil.
+func jobPipes(in io.WriteCloser, stdout, stderr io.Reader) []*os.File {
+	var fs []*os.File
+	for _, x := range []any{in, stdout, stderr} {
+		f, ok := x.(*os.File)
+		if !ok {
+			return nil
+		}
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// pumpPassed runs a job on this node whose stdio is the CLI's own: it
+// splices the CLI's stdin into the job's and the job's stdout and stderr
+// into the CLI's, and sends on the stream only the end. The stream's
+// receiving side still tells when the client is gone (SIGHUP, as ssh),
+// and then nothing more is written to the CLI's descriptors: the job's
+// output is drained and dropped.
+func (s *Space) pumpPassed(spec *ssiv1.ExecSpec, st execStream, out *sender, j *procs.Job, pipes []*os.File, stdio *passedStdio) error {
+	rj := j.Process()
+	inStop, err := newStopper() // stdin ends with the job, too
+	if err != nil {
+		_ = rj.Signal(syscall.SIGHUP)
+		<-j.Done()
+		return out.Send(execError(255, "node %d (%s): %v", s.cfg.Self, s.cfg.Name, err))
+	}
+	defer inStop.close()
+	gone := func() { stdio.stop.stop(); inStop.stop() }
+	go func() {
+		for {
+			m, err := st.Receive()
+			if err != nil {
+				select {
+				case <-j.Done():
+				default:
+					s.log.Debug("client gone; sending SIGHUP", "cpid", j.CPID, "err", err)
+					_ = rj.Signal(syscall.SIGHUP)
+				}
+				gone()
+				return
+			}
+			switch v := m.Msg.(type) {
+			case *ssiv1.ExecInput_Signal:
+				_ = rj.Signal(syscall.Signal(v.Signal))
+			case *ssiv1.ExecInput_Resize:
+				_ = rj.Resize(uint16(v.Resize.Rows), uint16(v.Resize.Cols))
+			}
+		}
+	}()
+	var inDone sync.WaitGroup
+	inDone.Add(1)
+	go func() {
+		defer inDone.Done()
+		// A stdin the job closed or that ended gives the job EOF; the
+		// rest of the CLI's stdin stays unread, as with a local pipe.
+		defer pipes[0].Close()
+		_, _ = copyFD(rawFD(pipes[0]), rawFD(stdio.in), inStop.fd, make([]byte, 64<<10))
+	}()
+	var wg sync.WaitGroup
+	pump := func(src, dst *os.File) {
+		defer wg.Done()
+		buf := make([]byte, 64<<10)
+		rerr, werr := copyFD(rawFD(dst), rawFD(src), stdio.stop.fd, buf)
+		switch {
+		case errors.Is(werr, unix.EPIPE):
+			_ = rj.Signal(syscall.SIGPIPE) // as a local job writing into a closed pipe
+		case werr != nil:
+			s.log.Debug("cannot write the output to the CLI; sending SIGHUP", "cpid", j.CPID, "err", werr)
+			_ = rj.Signal(syscall.SIGHUP)
+		case rerr != nil && !errors.Is(rerr, errStopped):
+			s.log.Debug("cannot read the output", "cpid", j.CPID, "err", rerr)
+		}
+		if werr != nil || rerr != nil {
+			drain(rawFD(src), buf)
+		}
+	}
+	wg.Add(2)
+	go pump(pipes[1], stdio.out)
+	go pump(pipes[2], stdio.err)
+	wg.Wait()
+	<-j.Done()
+	inStop.stop()
+	inDone.Wait()
+	status, werr := j.Status()
+	if werr != nil {
+		return out.Send(execError(255, "node %d: waiting for %d: %v", s.cfg.Self, j.CPID, werr))
+	}
+	return out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Exit{Exit: &ssiv1.ExecExit{
+		Code: int32(status.ExitCode()), Signal: int32(status.Signal), Core: status.Core}}})
 }

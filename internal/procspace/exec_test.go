@@ -63,7 +63,7 @@ func TestRunLocalSendsNothingAfterItReturns(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		f := &fakeStream{exitSent: make(chan struct{})}
 		spec := &ssiv1.ExecSpec{Argv: []string{"/bin/true"}, Pin: true, Dir: "/", Uid: uint32(os.Getuid()), Gid: uint32(os.Getgid()), HasCreds: true}
-		if err := s.runLocal(context.Background(), spec, f, true); err != nil && !errors.Is(err, io.EOF) {
+		if err := s.runLocal(context.Background(), spec, f, true, nil); err != nil && !errors.Is(err, io.EOF) {
 			t.Fatalf("runLocal: %v", err)
 		}
 		f.returned.Store(true)

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"syscall"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/state"
@@ -28,7 +30,11 @@ const Window = 4 << 20
 // acknowledgements stay here. These are what a later switch of the stream
 // to another node (after a migration) needs: replay what is unacknowledged,
 // skip what was seen.
-func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, n *state.Node) error {
+//
+// With stdio (the CLI's own descriptors), stdin is read from the CLI's fd 0
+// here, numbered and kept the same way, and output is written into its
+// fds 1 and 2; the CLI's stream then carries only started and the end.
+func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, n *state.Node, stdio *passedStdio) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	client, err := s.clients.To(n.Num)
@@ -47,6 +53,12 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	s.cancelIfDown(ctx, n, cancel)
 
 	win := newInflight(Window)
+	var sendMu sync.Mutex // the client's stream and the stdin reader both send
+	sendRemote := func(m *ssiv1.ExecInput) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return remote.Send(m)
+	}
 	go func() {
 		var seq uint64
 		for {
@@ -55,23 +67,67 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 				// The client is gone. Closing our request side tells the
 				// node (its Receive sees EOF) to hang up the process;
 				// cancelling alone would not reach a stream in flight.
+				sendMu.Lock()
 				_ = remote.CloseRequest()
+				sendMu.Unlock()
 				cancel(errors.New("client gone"))
 				return
 			}
 			switch m.Msg.(type) {
 			case *ssiv1.ExecInput_Stdin, *ssiv1.ExecInput_StdinEof:
+				if stdio != nil {
+					continue // stdin comes from the CLI's fd 0
+				}
 				seq++
 				m.Seq = seq
 				if !win.add(ctx, m) {
 					return
 				}
 			}
-			if err := remote.Send(m); err != nil {
+			if err := sendRemote(m); err != nil {
 				return
 			}
 		}
 	}()
+	// out and errOut are where output goes with stdio; nil once writing
+	// there failed (the rest is dropped).
+	var out, errOut *fdWriter
+	if stdio != nil {
+		var err error
+		if out, err = newFDWriter(rawFD(stdio.out)); err == nil {
+			defer out.close()
+			if errOut, err = newFDWriter(rawFD(stdio.err)); err == nil {
+				defer errOut.close()
+			}
+		}
+		if err != nil {
+			return st.Send(execError(255, "node %d: %v", s.cfg.Self, err))
+		}
+		var readers sync.WaitGroup
+		defer func() { cancel(nil); stdio.stop.stop(); readers.Wait() }() // before the descriptors close
+		// A client gone or a target DOWN also stops a write into a full
+		// fd 1 that nobody reads any more.
+		defer context.AfterFunc(ctx, stdio.stop.stop)()
+		readers.Add(1)
+		go func() { defer readers.Done(); s.relayStdin(ctx, stdio, win, sendRemote) }()
+	}
+	// sink writes an output chunk into the CLI's descriptor *f.
+	sink := func(f **fdWriter, b []byte) {
+		if *f == nil {
+			return
+		}
+		err := (*f).write(b, stdio.stop.fd)
+		switch {
+		case err == nil:
+			return
+		case errors.Is(err, unix.EPIPE):
+			_ = sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGPIPE)}})
+		case !errors.Is(err, errStopped):
+			s.log.Debug("cannot write the output to the CLI; sending SIGHUP", "node", n.Num, "err", err)
+			_ = sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGHUP)}})
+		}
+		*f = nil
+	}
 	var delivered uint64 // the last output seq handed to the client
 	for {
 		m, err := remote.Receive()
@@ -91,6 +147,18 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 			}
 			delivered = m.Seq
 		}
+		if stdio != nil {
+			switch v := m.Msg.(type) {
+			case *ssiv1.ExecOutput_Stdout:
+				sink(&out, v.Stdout)
+				continue
+			case *ssiv1.ExecOutput_Stderr:
+				sink(&errOut, v.Stderr)
+				continue
+			case *ssiv1.ExecOutput_Started:
+				v.Started.StdioPassed = true
+			}
+		}
 		if err := st.Send(m); err != nil {
 			return err
 		}
@@ -99,6 +167,41 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		}
 		if spec.Detach && m.GetStarted() != nil {
 			return nil
+		}
+	}
+}
+
+// relayStdin reads the CLI's fd 0 and sends it towards the process as
+// numbered stdin, kept in win until acknowledged, then stdin_eof; it stops
+// when stdio is stopped or ctx ends.
+func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *inflight, send func(*ssiv1.ExecInput) error) {
+	fd := rawFD(stdio.in)
+	var seq uint64
+	// Reads go into the free tail of a slab, and each message keeps its
+	// part of it: the window owns what it holds without a copy, and the
+	// slab is garbage once every message in it is acknowledged.
+	var slab []byte
+	for {
+		if len(slab) < chunkSize/4 {
+			slab = make([]byte, 4*chunkSize)
+		}
+		buf := slab[:min(len(slab), chunkSize):min(len(slab), chunkSize)]
+		n, err := readFD(fd, buf, stdio.stop.fd)
+		if errors.Is(err, errStopped) {
+			return
+		}
+		if err != nil {
+			s.log.Debug("cannot read the CLI's stdin; giving the process EOF", "err", err)
+		}
+		m := &ssiv1.ExecInput{Msg: &ssiv1.ExecInput_StdinEof{StdinEof: true}}
+		if n > 0 {
+			m = &ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Stdin{Stdin: buf[:n:n]}}
+			slab = slab[n:]
+		}
+		seq++
+		m.Seq = seq
+		if !win.add(ctx, m) || send(m) != nil || m.GetStdinEof() {
+			return
 		}
 	}
 }

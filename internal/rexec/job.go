@@ -785,7 +785,11 @@ func (j *Job) Signal(sig syscall.Signal) error {
 	switch {
 	case !j.shim:
 		err = syscall.Kill(-j.pid, sig)
-	case (sig == syscall.SIGKILL || sig == syscall.SIGSTOP) && j.mainPid > 0:
+	case (sig == syscall.SIGKILL || sig == syscall.SIGSTOP || sig == syscall.SIGPIPE) && j.mainPid > 0:
+		// SIGPIPE too: the init receives one sent with kill(2) but never
+		// forwards it (strace shows it arrive and no kill(2) follow; why is
+		// not known yet), and a job whose reader went away must get it
+		// (procspace, passed stdio).
 		err = syscall.Kill(-j.mainPid, sig)
 	default:
 		// The init forwards it; SIGKILL to an init that is PID 1 kills

@@ -39,7 +39,8 @@ func WithCaller(ctx context.Context, c Caller) context.Context {
 }
 
 // ListenUnix opens the daemon's control socket at path with mode 0660,
-// owned by group gid (-1 keeps the default), replacing a stale socket.
+// owned by group gid (-1 keeps the default), replacing a stale socket. Its
+// connections are FDConns: they keep the descriptors a CLI passes.
 func ListenUnix(path string, gid int) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
@@ -63,12 +64,17 @@ func ListenUnix(path string, gid int) (net.Listener, error) {
 			return nil, fmt.Errorf("chown %s: %w", path, err)
 		}
 	}
-	return ln, nil
+	return fdListener{ln.(*net.UnixListener)}, nil
 }
 
 // ConnContext stores the peer credentials of a unix connection in the
-// request context; use it as http.Server.ConnContext.
+// request context, and for an FDConn the connection, whose passed
+// descriptors TakeFDs hands out; use it as http.Server.ConnContext.
 func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if fc, ok := c.(*FDConn); ok {
+		ctx = context.WithValue(ctx, fdConnKey{}, fc)
+		c = fc.UnixConn
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return ctx

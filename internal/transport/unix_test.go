@@ -131,7 +131,7 @@ func TestListenUnixLiveAndStaleSockets(t *testing.T) {
 		t.Fatalf("second ListenUnix on a live socket: %v", err)
 	}
 	// The daemon dies without removing its socket.
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.(interface{ SetUnlinkOnClose(bool) }).SetUnlinkOnClose(false)
 	ln.Close()
 	if _, err := os.Stat(path); err != nil {
 		t.Fatalf("the stale socket is gone already: %v", err)

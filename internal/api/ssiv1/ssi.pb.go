@@ -991,20 +991,25 @@ func (x *ShutdownResponse) GetStopped() []uint32 {
 // the terminal fields; the daemon that accepted the request sets the
 // caller's credentials (from SO_PEERCRED) before forwarding it.
 type ExecSpec struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Argv          []string               `protobuf:"bytes,1,rep,name=argv,proto3" json:"argv,omitempty"`
-	Env           []string               `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
-	Dir           string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
-	Tty           bool                   `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
-	Rows          uint32                 `protobuf:"varint,5,opt,name=rows,proto3" json:"rows,omitempty"`
-	Cols          uint32                 `protobuf:"varint,6,opt,name=cols,proto3" json:"cols,omitempty"`
-	Pin           bool                   `protobuf:"varint,7,opt,name=pin,proto3" json:"pin,omitempty"`       // never migrate
-	Detach        bool                   `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"` // run as a detached job, output to its log
-	Node          uint32                 `protobuf:"varint,9,opt,name=node,proto3" json:"node,omitempty"`     // where to run; 0: the least-loaded UP node
-	Uid           uint32                 `protobuf:"varint,10,opt,name=uid,proto3" json:"uid,omitempty"`
-	Gid           uint32                 `protobuf:"varint,11,opt,name=gid,proto3" json:"gid,omitempty"`
-	Groups        []uint32               `protobuf:"varint,12,rep,packed,name=groups,proto3" json:"groups,omitempty"`
-	HasCreds      bool                   `protobuf:"varint,13,opt,name=has_creds,json=hasCreds,proto3" json:"has_creds,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Argv     []string               `protobuf:"bytes,1,rep,name=argv,proto3" json:"argv,omitempty"`
+	Env      []string               `protobuf:"bytes,2,rep,name=env,proto3" json:"env,omitempty"`
+	Dir      string                 `protobuf:"bytes,3,opt,name=dir,proto3" json:"dir,omitempty"`
+	Tty      bool                   `protobuf:"varint,4,opt,name=tty,proto3" json:"tty,omitempty"`
+	Rows     uint32                 `protobuf:"varint,5,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols     uint32                 `protobuf:"varint,6,opt,name=cols,proto3" json:"cols,omitempty"`
+	Pin      bool                   `protobuf:"varint,7,opt,name=pin,proto3" json:"pin,omitempty"`       // never migrate
+	Detach   bool                   `protobuf:"varint,8,opt,name=detach,proto3" json:"detach,omitempty"` // run as a detached job, output to its log
+	Node     uint32                 `protobuf:"varint,9,opt,name=node,proto3" json:"node,omitempty"`     // where to run; 0: the least-loaded UP node
+	Uid      uint32                 `protobuf:"varint,10,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid      uint32                 `protobuf:"varint,11,opt,name=gid,proto3" json:"gid,omitempty"`
+	Groups   []uint32               `protobuf:"varint,12,rep,packed,name=groups,proto3" json:"groups,omitempty"`
+	HasCreds bool                   `protobuf:"varint,13,opt,name=has_creds,json=hasCreds,proto3" json:"has_creds,omitempty"`
+	// The CLI passed its stdin, stdout and stderr over the control socket
+	// (SCM_RIGHTS, internal/transport): the local daemon reads and writes
+	// them itself and the stream carries no stdin or output. Set only by the
+	// CLI towards its own daemon; never forwarded to another node.
+	StdioPassed   bool `protobuf:"varint,14,opt,name=stdio_passed,json=stdioPassed,proto3" json:"stdio_passed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1126,6 +1131,13 @@ func (x *ExecSpec) GetGroups() []uint32 {
 func (x *ExecSpec) GetHasCreds() bool {
 	if x != nil {
 		return x.HasCreds
+	}
+	return false
+}
+
+func (x *ExecSpec) GetStdioPassed() bool {
+	if x != nil {
+		return x.StdioPassed
 	}
 	return false
 }
@@ -1329,12 +1341,16 @@ func (*ExecInput_Signal) isExecInput_Msg() {}
 func (*ExecInput_Resize) isExecInput_Msg() {}
 
 type ExecStarted struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
-	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`
-	Pid           int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
-	NodeName      string                 `protobuf:"bytes,4,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
-	Migratable    bool                   `protobuf:"varint,5,opt,name=migratable,proto3" json:"migratable,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Cpid       int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Node       uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`
+	Pid        int32                  `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	NodeName   string                 `protobuf:"bytes,4,opt,name=node_name,json=nodeName,proto3" json:"node_name,omitempty"`
+	Migratable bool                   `protobuf:"varint,5,opt,name=migratable,proto3" json:"migratable,omitempty"`
+	// The daemon took the passed stdio (ExecSpec.stdio_passed): the CLI sends
+	// no stdin and gets no output on the stream. False from a daemon that did
+	// not take them; the CLI then streams as before.
+	StdioPassed   bool `protobuf:"varint,6,opt,name=stdio_passed,json=stdioPassed,proto3" json:"stdio_passed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1400,6 +1416,13 @@ func (x *ExecStarted) GetNodeName() string {
 func (x *ExecStarted) GetMigratable() bool {
 	if x != nil {
 		return x.Migratable
+	}
+	return false
+}
+
+func (x *ExecStarted) GetStdioPassed() bool {
+	if x != nil {
+		return x.StdioPassed
 	}
 	return false
 }
@@ -3579,7 +3602,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x03num\x18\x01 \x01(\rR\x03num\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\bR\acluster\",\n" +
 	"\x10ShutdownResponse\x12\x18\n" +
-	"\astopped\x18\x01 \x03(\rR\astopped\"\x93\x02\n" +
+	"\astopped\x18\x01 \x03(\rR\astopped\"\xb6\x02\n" +
 	"\bExecSpec\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
@@ -3594,7 +3617,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	" \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\v \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\f \x03(\rR\x06groups\x12\x1b\n" +
-	"\thas_creds\x18\r \x01(\bR\bhasCreds\"0\n" +
+	"\thas_creds\x18\r \x01(\bR\bhasCreds\x12!\n" +
+	"\fstdio_passed\x18\x0e \x01(\bR\vstdioPassed\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc9\x01\n" +
@@ -3606,7 +3630,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x06resize\x18\x05 \x01(\v2\x0e.ssi.v1.ResizeH\x00R\x06resize\x12\x10\n" +
 	"\x03seq\x18\n" +
 	" \x01(\x04R\x03seqB\x05\n" +
-	"\x03msg\"\x84\x01\n" +
+	"\x03msg\"\xa7\x01\n" +
 	"\vExecStarted\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\rR\x04node\x12\x10\n" +
@@ -3614,7 +3638,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\tnode_name\x18\x04 \x01(\tR\bnodeName\x12\x1e\n" +
 	"\n" +
 	"migratable\x18\x05 \x01(\bR\n" +
-	"migratable\"J\n" +
+	"migratable\x12!\n" +
+	"\fstdio_passed\x18\x06 \x01(\bR\vstdioPassed\"J\n" +
 	"\bExecExit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\x05R\x06signal\x12\x12\n" +
