@@ -203,12 +203,7 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 		for {
 			m, err := st.Receive()
 			if err != nil {
-				select {
-				case <-j.Done():
-				default:
-					s.log.Debug("client gone; sending SIGHUP", "cpid", j.CPID, "err", err)
-					_ = rj.Signal(syscall.SIGHUP)
-				}
+				s.hangUp(j, err)
 				return
 			}
 			switch v := m.Msg.(type) {
@@ -280,6 +275,17 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 	}
 	return out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Exit{Exit: &ssiv1.ExecExit{
 		Code: int32(status.ExitCode()), Signal: int32(status.Signal), Core: status.Core}}})
+}
+
+// hangUp sends SIGHUP to a job whose client went away (err says how),
+// unless it has ended already: as ssh does.
+func (s *Space) hangUp(j *procs.Job, err error) {
+	select {
+	case <-j.Done():
+	default:
+		s.log.Debug("client gone; sending SIGHUP", "cpid", j.CPID, "err", err)
+		_ = j.Process().Signal(syscall.SIGHUP)
+	}
 }
 
 type stdinItem struct {
@@ -376,12 +382,7 @@ func (s *Space) pumpPassed(spec *ssiv1.ExecSpec, st execStream, out *sender, j *
 		for {
 			m, err := st.Receive()
 			if err != nil {
-				select {
-				case <-j.Done():
-				default:
-					s.log.Debug("client gone; sending SIGHUP", "cpid", j.CPID, "err", err)
-					_ = rj.Signal(syscall.SIGHUP)
-				}
+				s.hangUp(j, err)
 				gone()
 				return
 			}
