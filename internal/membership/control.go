@@ -41,8 +41,8 @@ func NodeToWire(n *state.Node, role ssiv1.NodeRole) *ssiv1.Node {
 func (s *Control) Status(ctx context.Context, req *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error) {
 	m := s.m
 	l := m.cfg.Leader
-	if applied := l.AppliedIndex(); !req.Msg.Stale && applied < m.cfg.StartIndex {
-		return nil, rpcerr.Unavailable("node %d is catching up with the cluster log after its start (applied %d of the %d it had): its node table is not complete yet; try again in a moment, ask another node, or use --stale", m.cfg.Self, applied, m.cfg.StartIndex)
+	if !req.Msg.Stale && !m.CaughtUp() {
+		return nil, rpcerr.Unavailable("node %d is catching up with the cluster log after its start (it held %d entries): its node table is not complete yet; try again in a moment, ask another node, or use --stale", m.cfg.Self, m.cfg.StartIndex)
 	}
 	c := m.cfg.FSM.Cluster()
 	leader := l.LeaderNum()

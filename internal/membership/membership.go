@@ -60,9 +60,11 @@ type Config struct {
 	// Exit asks the daemon to stop (after this node left the cluster).
 	Exit func()
 	// StartIndex is the last log index this node held when it started: it
-	// answers reads only once it has applied that far (Status.stale lifts
-	// this).
+	// answers reads only once its state machine has applied that far
+	// (Status.stale lifts this). Applied is how far the state machine has
+	// applied (Raft's own applied index runs ahead of it).
 	StartIndex uint64
+	Applied    func() uint64
 	// RaftAddr, when set, gives a node's Raft address (in-memory test
 	// networks); by default it is the node's ip:port.
 	RaftAddr func(num uint32) string
@@ -78,6 +80,7 @@ type Membership struct {
 
 	quiesced atomic.Bool // heartbeats stopped: the node is leaving
 	guard    joinGuard   // failed joins, by source and MAC
+	caughtUp atomic.Bool // the state machine has applied StartIndex
 }
 
 // New returns the service and registers its leader duties with cfg.Leader.
@@ -87,6 +90,23 @@ func New(cfg Config) *Membership {
 	cfg.Leader.OnLeading(m.lead)
 	cfg.Leader.OnLeading(m.reconcileRaft)
 	return m
+}
+
+// CaughtUp reports whether the state machine has applied the log this node
+// held when it started; once true it stays true.
+func (m *Membership) CaughtUp() bool {
+	if m.caughtUp.Load() {
+		return true
+	}
+	applied := m.cfg.Leader.AppliedIndex()
+	if m.cfg.Applied != nil {
+		applied = m.cfg.Applied()
+	}
+	if applied >= m.cfg.StartIndex {
+		m.caughtUp.Store(true)
+		return true
+	}
+	return false
 }
 
 // Leaving reports whether this node has stopped heartbeating to leave.

@@ -116,6 +116,9 @@ func Run(ctx context.Context, o Options) (err error) {
 			lg.Warn("Raft shutdown", "err", err)
 		}
 	}()
+	// The state a restored snapshot brought: the state machine does not
+	// know its index, Raft does.
+	snapIndex, _ := strconv.ParseUint(r.Stats()["last_snapshot_index"], 10, 64)
 	peerHTTP := transport.NewPeerClient(id.ClientTLS([]string{transport.ProtoHTTP}))
 	defer func() {
 		if tr, ok := peerHTTP.Transport.(*http.Transport); ok {
@@ -129,7 +132,8 @@ func Run(ctx context.Context, o Options) (err error) {
 	_, _ = rand.Read(b)
 	bootID := hex.EncodeToString(b)
 	p := wire(wiring{
-		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: r.LastIndex(),
+		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: lastCommand(st.logs, snapIndex),
+		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
 		fsm: fsm, raft: r, ca: id.CA, jobs: jobs, load: src,
 		net:       &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
 		seeds:     func() []string { return seeds(r, meta) },
@@ -210,6 +214,25 @@ func Run(ctx context.Context, o Options) (err error) {
 		return fail(halted)
 	}
 	return nil
+}
+
+// lastCommand is the index of the last state-machine command in the local
+// log (or, if there is none after it, of the snapshot): what this node must
+// have applied before its state is the one it had. Raft's configuration
+// changes and no-ops never reach the state machine, so they do not count.
+func lastCommand(logs raft.LogStore, snapIndex uint64) uint64 {
+	last, err := logs.LastIndex()
+	if err != nil {
+		return snapIndex
+	}
+	first, _ := logs.FirstIndex()
+	var l raft.Log
+	for i := last; i > snapIndex && i >= first && i > 0; i-- {
+		if logs.GetLog(i, &l) == nil && l.Type == raft.LogCommand {
+			return i
+		}
+	}
+	return snapIndex
 }
 
 // resolver maps a node number to its cluster address: from the node table,

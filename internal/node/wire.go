@@ -37,6 +37,7 @@ type wiring struct {
 	seeds        func() []string
 	raftAddr     func(num uint32) string // nil: ip:port
 	startIndex   uint64                  // the last log index held at start
+	applied      func() uint64           // how far the state machine has applied
 	bootstrap    *state.Bootstrap
 	bootstrapped func() error
 	exit         func()
@@ -93,7 +94,7 @@ func wire(w wiring) *parts {
 	p.mem = membership.New(membership.Config{
 		Self: w.self, BootID: w.bootID, FSM: w.fsm, Leader: p.leader, Net: w.net, CA: w.ca,
 		Seeds: w.seeds, Load: w.load.Current, Bootstrap: w.bootstrap, Bootstrapped: w.bootstrapped,
-		Exit: w.exit, RaftAddr: w.raftAddr, StartIndex: w.startIndex, Log: w.log,
+		Exit: w.exit, RaftAddr: w.raftAddr, StartIndex: w.startIndex, Applied: w.applied, Log: w.log,
 	})
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
 	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
