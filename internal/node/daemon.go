@@ -134,7 +134,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	p := wire(wiring{
 		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: lastCommand(st.logs, snapIndex),
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
-		fsm: fsm, raft: r, ca: id.CA, jobs: jobs, load: src,
+		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src,
 		net:       &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
 		seeds:     func() []string { return seeds(r, meta) },
 		bootstrap: meta.Bootstrap,
