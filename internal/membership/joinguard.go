@@ -14,11 +14,14 @@ import (
 )
 
 // Join is the only procedure a machine without a cluster certificate can
-// call, so it is guarded before anything reaches the log: the token is
-// checked against the replicated node table on the node that received the
-// request (every node holds it), failures are rate-limited per source and
-// per MAC, and the answer to a refused join does not say whether the MAC is
-// registered or what the cluster is called.
+// call, so it is guarded before anything reaches the log: the node that
+// received the request refuses a source or MAC over its failure budget;
+// the leader checks the token against its node table (the authoritative
+// one: a follower's copy may not have the registration yet) before it
+// proposes anything; failures count against the source on the receiving
+// node and against the MAC on the leader; and the answer to a refused join
+// does not say whether the MAC is registered or what the cluster is
+// called.
 
 const (
 	// joinFailBurst failed joins are allowed from one source (or for one
@@ -85,25 +88,33 @@ func (g *joinGuard) blocked(key string, now time.Time) bool {
 // failed counts a failed join against key.
 func (g *joinGuard) failed(key string, now time.Time) { g.limiter(key, now).AllowN(now, 1) }
 
-// check refuses a join that cannot succeed, before anything is proposed:
-// a source or MAC over its failure budget, an unregistered MAC, a wrong,
-// used or expired token. It counts the failure. The caller's address is
-// source ("" if unknown).
-func (g *joinGuard) check(c *state.Cluster, source, mac, secret string, now time.Time) error {
-	keys := []string{"mac " + mac}
-	if source != "" {
-		keys = append(keys, "source "+source)
-	}
-	for _, k := range keys {
-		if g.blocked(k, now) {
+// admitted refuses a join from source (or for mac) that has used up its
+// failures for now.
+func (g *joinGuard) admitted(source, mac string, now time.Time) error {
+	for _, k := range []string{"source " + source, "mac " + mac} {
+		if k != "source " && g.blocked(k, now) {
 			return connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("join refused: too many failed joins from this machine or for this MAC; wait %v and check the token", joinFailEvery))
 		}
 	}
+	return nil
+}
+
+// tokenValid reports whether secret is mac's current join token in c.
+func tokenValid(c *state.Cluster, mac, secret string, now time.Time) bool {
 	n := c.NodeByMAC(mac)
-	ok := n != nil && n.TokenHash != "" && n.TokenHash == pki.HashSecret(secret) && now.Before(n.TokenExpires)
-	if !ok {
-		for _, k := range keys {
-			g.failed(k, now)
+	return n != nil && n.TokenHash != "" && n.TokenHash == pki.HashSecret(secret) && now.Before(n.TokenExpires)
+}
+
+// check is admitted and tokenValid at once, counting a failure against
+// both keys (a leader that received the join itself).
+func (g *joinGuard) check(c *state.Cluster, source, mac, secret string, now time.Time) error {
+	if err := g.admitted(source, mac, now); err != nil {
+		return err
+	}
+	if !tokenValid(c, mac, secret, now) {
+		g.failed("mac "+mac, now)
+		if source != "" {
+			g.failed("source "+source, now)
 		}
 		return connect.NewError(connect.CodePermissionDenied, errJoinRefused)
 	}

@@ -45,16 +45,17 @@ var _ ssiv1connect.MembershipHandler = (*Service)(nil)
 func (s *Service) Join(ctx context.Context, req *connect.Request[ssiv1.JoinRequest]) (*connect.Response[ssiv1.JoinResponse], error) {
 	m := s.m
 	in := consensus.InboundOf(ctx, req.Header())
+	mac, err := nodeaddr.ParseMAC(req.Msg.Hwaddr)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+	}
+	source := ""
 	if !in.Forwarded {
-		// The node that took the request checks it against its copy of the
-		// node table before anything is forwarded or proposed.
-		mac, err := nodeaddr.ParseMAC(req.Msg.Hwaddr)
-		if err != nil {
-			return nil, connect.NewError(connect.CodeInvalidArgument, err)
-		}
-		source, _, _ := net.SplitHostPort(req.Peer().Addr)
-		if err := m.guard.check(m.cfg.FSM.Cluster(), source, mac, req.Msg.TokenSecret, time.Now()); err != nil {
-			m.log.Warn("join refused before proposing", "hwaddr", mac, "source", source, "err", err)
+		// The node that took the request refuses a source or MAC that has
+		// failed too often, before anything is forwarded.
+		source, _, _ = net.SplitHostPort(req.Peer().Addr)
+		if err := m.guard.admitted(source, mac, time.Now()); err != nil {
+			m.log.Warn("join refused: too many failures", "hwaddr", mac, "source", source)
 			return nil, err
 		}
 	}
@@ -67,6 +68,9 @@ func (s *Service) Join(ctx context.Context, req *connect.Request[ssiv1.JoinReque
 			return c.Join, nil
 		})
 	if err != nil {
+		if source != "" && connect.CodeOf(err) == connect.CodePermissionDenied {
+			m.guard.failed("source "+source, time.Now())
+		}
 		return nil, rpcerr.ToConnect(m.cfg.Self, err)
 	}
 	return connect.NewResponse(out), nil
@@ -79,12 +83,19 @@ func (m *Membership) admit(ctx context.Context, req *ssiv1.JoinRequest) (*ssiv1.
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
+	// Check the token before anything is proposed: a wrong one must not
+	// reach the log. The leader's table is the authoritative one.
+	now := time.Now()
+	if err := m.guard.admitted("", mac, now); err != nil {
+		return nil, err
+	}
 	c := m.cfg.FSM.Cluster()
-	n := c.NodeByMAC(mac)
-	if n == nil {
-		m.log.Warn("join refused: MAC not registered", "hwaddr", mac)
+	if !tokenValid(c, mac, req.TokenSecret, now) {
+		m.guard.failed("mac "+mac, now)
+		m.log.Warn("join refused before proposing: unknown MAC or bad token", "hwaddr", mac)
 		return nil, connect.NewError(connect.CodePermissionDenied, errJoinRefused)
 	}
+	n := c.NodeByMAC(mac)
 	ip, err := netip.ParseAddr(n.IPAddr)
 	if err != nil {
 		return nil, rpcerr.ToConnect(self, err)
