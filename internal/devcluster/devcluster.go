@@ -301,7 +301,36 @@ func PID(dir string, k int) (int, bool) {
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
-	return pid, syscall.Kill(pid, 0) == nil && !zombie(pid)
+	// A daemon killed with SIGKILL leaves its PID file behind, and PIDs
+	// are reused (pid_max is often 32768): only a process that is this
+	// node's daemon counts, or `ssi down` would signal a stranger.
+	return pid, syscall.Kill(pid, 0) == nil && !zombie(pid) && isDaemonOf(pid, NodeDir(dir, k))
+}
+
+// isDaemonOf reports whether process pid runs `ssi daemon --data-dir dir`
+// (directly, or under the init of an --isolate node).
+func isDaemonOf(pid int, dir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	want, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	daemon := false
+	for i, a := range args {
+		if a == "daemon" {
+			daemon = true
+		}
+		if daemon && a == "--data-dir" && i+1 < len(args) {
+			if got, err := filepath.Abs(args[i+1]); err == nil && got == want {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func zombie(pid int) bool {
