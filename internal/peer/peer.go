@@ -131,6 +131,3 @@ func Origin(ctx context.Context, h http.Header) (origin, via uint32, forwarded, 
 	}
 	return uint32(n), via, true, true
 }
-
-// Forwarded reports whether the request was forwarded by another node.
-func Forwarded(h http.Header) bool { return h.Get(originHeader) != "" }

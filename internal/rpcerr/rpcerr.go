@@ -24,11 +24,6 @@ var ErrNoLeader = errors.New("no cluster leader is reachable")
 // 255), with a message that says so.
 var ErrOutcomeUnknown = errors.New("the change may or may not have been made (the leader did not answer in time); check with 'cluster -V' or 'ssi clustertab' before trying again")
 
-// ErrUnavailable marks failures of ssi itself that a retry may cure (a
-// peer unreachable, a connection lost, not the leader): Unavailable on the
-// wire, exit 255 in the CLI.
-var ErrUnavailable = errors.New("unavailable")
-
 var stateCodes = map[state.Code]connect.Code{
 	state.CodeInvalid:  connect.CodeInvalidArgument,
 	state.CodeExists:   connect.CodeAlreadyExists,
@@ -60,7 +55,7 @@ func ToConnect(node uint32, err error) error {
 		}
 		return connect.NewError(code, err)
 	}
-	if errors.Is(err, ErrNoLeader) || errors.Is(err, ErrOutcomeUnknown) || errors.Is(err, ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) {
+	if errors.Is(err, ErrNoLeader) || errors.Is(err, ErrOutcomeUnknown) || errors.Is(err, context.DeadlineExceeded) {
 		return connect.NewError(connect.CodeUnavailable, err)
 	}
 	return connect.NewError(connect.CodeInternal, fmt.Errorf("node %d: %w", node, err))

@@ -162,9 +162,6 @@ func (m *Mux) AnonymousConnState(_ net.Conn, s http.ConnState) {
 	}
 }
 
-// AnonymousConns is the number of open connections without a certificate.
-func (m *Mux) AnonymousConns() int { return int(m.anonOpen.Load()) }
-
 // Addr is the listening address.
 func (m *Mux) Addr() net.Addr { return m.ln.Addr() }
 
