@@ -112,6 +112,28 @@ func poolCgroups(t *testing.T, p *Pool) []string {
 
 func alive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
+// allThreadsStopped says whether every thread of pid is in the stopped
+// state ("T" in /proc/PID/task/TID/stat).
+func allThreadsStopped(t *testing.T, pid int) bool {
+	t.Helper()
+	tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatalf("listing the threads of %d: %v", pid, err)
+	}
+	for _, tid := range tids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, tid.Name()))
+		if err != nil {
+			return false
+		}
+		// The state follows the command name, which is in parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || len(b) < i+3 || b[i+2] != 'T' {
+			return false
+		}
+	}
+	return len(tids) > 0
+}
+
 // TestPoolJob checks that a job from the pool is isolated and set up as a
 // cold one: its own PID namespace (with a fresh /proc), mount namespace and
 // cgroup, the requested user, groups, directory and environment only.
@@ -406,10 +428,13 @@ func TestPoolInitDiesBeforeItTakesTheJob(t *testing.T) {
 	awaitReadyN(t, p, 1)
 	pid := readyPids(p)[0]
 	// Stopped, it cannot read the job nor end before the claim; killed a
-	// moment later, it ends with the job unread.
+	// moment later, it ends with the job unread. kill(2) returns before
+	// the stop takes effect, and each thread stops on its own: a thread not
+	// yet stopped could still read the job, so wait until all are.
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, "every thread of the init is stopped", func() bool { return allThreadsStopped(t, pid) })
 	time.AfterFunc(100*time.Millisecond, func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
 	spec := poolSpec(t, p, "echo", "cold")
 	spec.ID = "fallback-1"
