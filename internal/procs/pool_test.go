@@ -49,9 +49,13 @@ func TestMigratableJobsUseThePool(t *testing.T) {
 	root := Caller{}
 	ctx := context.Background()
 	env := []string{"PATH=/usr/bin:/bin", "GORACE=atexit_sleep_ms=0"}
+	// The job's init is its parent; the job reads its node-wide PID from
+	// its own status (the shell opens the redirection, so /proc/self is
+	// the shell).
+	const initCmdline = `while read k v _; do [ "$k" = PPid: ] && p=$v; done </proc/self/status; tr '\0' ' ' </proc/$p/cmdline`
 	run := func(pin bool) (string, int, bool) {
 		t.Helper()
-		j, err := m.Start(ctx, StartRequest{Argv: []string{"sh", "-c", `tr '\0' ' ' </proc/1/cmdline; exit 4`}, Env: env, Dir: "/", Caller: root, Pin: pin})
+		j, err := m.Start(ctx, StartRequest{Argv: []string{"sh", "-c", initCmdline + `; exit 4`}, Env: env, Dir: "/", Caller: root, Pin: pin})
 		if err != nil {
 			t.Fatal(err)
 		}

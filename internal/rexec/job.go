@@ -373,16 +373,13 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 		statusW.Close()
 		return fmt.Errorf("starting job: creating the start gate: %w", err)
 	}
-	opts := nsinit.Options{
-		Path: path, Dir: spec.Dir, StatusFD: 3, SyncFD: 4, NoCtty: !spec.TTY,
-		MountProc: spec.Namespaces,
-	}
+	opts := nsinit.Options{Path: path, Dir: spec.Dir, StatusFD: 3, SyncFD: 4, NoCtty: !spec.TTY}
 	if root {
 		opts.Cred = &nsinit.Credential{UID: spec.UID, GID: spec.GID, Groups: spec.Groups}
 	}
 	sys := &syscall.SysProcAttr{Setsid: true}
 	if spec.Namespaces {
-		sys.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS
+		sys.Cloneflags = jobCloneflags
 		if spec.Hostname != "" {
 			sys.Cloneflags |= syscall.CLONE_NEWUTS
 			opts.Hostname = spec.Hostname

@@ -439,7 +439,7 @@ func (p *Pool) spawn(gen uint64) (*warmInit, error) {
 		return nil, fmt.Errorf("creating the init's socket: %w", err)
 	}
 	conn := fc.(*net.UnixConn)
-	opts := nsinit.Options{MountProc: true, PoolFD: 3}
+	opts := nsinit.Options{PoolFD: 3}
 	args := opts.Args(nil)
 	args = args[:len(args)-1] // no "--": the command comes later
 	newCmd := func() *exec.Cmd {
@@ -452,7 +452,7 @@ func (p *Pool) spawn(gen uint64) (*warmInit, error) {
 			// stdout; a crash of its runtime goes to the daemon's log.
 			Stderr:      os.Stderr,
 			ExtraFiles:  []*os.File{child},
-			SysProcAttr: &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS},
+			SysProcAttr: &syscall.SysProcAttr{Setsid: true, Cloneflags: jobCloneflags},
 		}
 	}
 	cmd, inCgroup, err := startInCgroup(newCmd, cg)

@@ -18,9 +18,9 @@
 // the command over a socket. Otherwise the engine re-executes InitPath (the
 // ssi binary, /proc/self/exe by default) as
 //
-//	ssi __init -path EXE -dir DIR -uid U -gid G [-groups ...] [-mount-proc] [-hostname H] -status-fd 3 -sync-fd 4 -- ARGV...
+//	ssi __init -path EXE -dir DIR -uid U -gid G [-groups ...] [-hostname H] -status-fd 3 -sync-fd 4 -- ARGV...
 //
-// with CLONE_NEWPID|CLONE_NEWNS (and CLONE_NEWUTS for Hostname) when
+// with CLONE_NEWPID (and CLONE_NEWUTS for Hostname) when
 // Namespaces is set. On cgroup v2 the init starts in the job's cgroup
 // (clone3 with CLONE_INTO_CGROUP, where the kernel has it); otherwise the
 // engine moves it there while the init waits on fd 4, so no process of the
@@ -116,9 +116,10 @@ type Spec struct {
 	// (merged) output, Stderr is empty, Resize changes the size.
 	TTY        bool
 	Rows, Cols uint16
-	// Namespaces runs the job in new PID and mount namespaces, with nsinit
-	// as PID 1 and a fresh /proc. Hostname, if set, also gives it a UTS
-	// namespace with that hostname (ignored without Namespaces).
+	// Namespaces runs the job in a new PID namespace, with nsinit as PID 1
+	// (see jobCloneflags for why it shares the node's mount namespace and
+	// /proc). Hostname, if set, also gives it a UTS namespace with that
+	// hostname (ignored without Namespaces).
 	Namespaces bool
 	Hostname   string
 	// Cgroup puts the job in a cgroup of its own, CgroupParent/job-<ID>,
@@ -179,3 +180,13 @@ func statusOf(ws syscall.WaitStatus) Status {
 	}
 	return Status{Code: ws.ExitStatus()}
 }
+
+// jobCloneflags are the namespaces of a job with Namespaces: a PID namespace
+// of its own, so that CRIU can restore its PIDs unchanged on another node,
+// and no mount namespace. A job shares the node's mounts (and so its view of
+// /proc, where the job's processes appear under their node-wide PIDs): CRIU
+// then resolves every file the job has open by its path on the target node,
+// while a private mount namespace would have CRIU dump and rebuild the
+// node's whole mount table, which it refuses for the mounts a node commonly
+// has (network namespace files under /run/netns, for one).
+const jobCloneflags = syscall.CLONE_NEWPID
