@@ -12,7 +12,8 @@ fi
 # Debian packages: iproute2 (ssi up --isolate, namespace tests), e2fsprogs
 # and util-linux (node images: mke2fs, resize2fs, mkswap), busybox (udhcpc,
 # the real DHCP client of the DHCP test), tmux (terminal tests), procps,
-# gcc (cgo for the race detector, and the C helper of the xl tests).
+# gcc (cgo for the race detector, and the C helper of the xl tests). CRIU
+# comes after them, from scripts/criu.sh.
 need=()
 # --bench: also what the benchmarks compare against (sshd for the ssh
 # reference of the process-space figures; the benchmark starts a private
@@ -52,5 +53,9 @@ if [ ${#need[@]} -gt 0 ]; then
 	fi
 	rm -f "$log"
 fi
+
+# CRIU >= 4.2 for process migration, in its own prefix (/opt/ssi-criu) with
+# Debian testing's libraries: Debian 12's criu is too old (docs/MIGRATION.md).
+bash "$(dirname "$0")/criu.sh"
 
 go mod download
