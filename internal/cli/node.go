@@ -17,10 +17,13 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"connectrpc.com/connect"
 	"golang.org/x/term"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/migrate"
 	"github.com/ssi-cluster/ssi/internal/node"
 	"github.com/ssi-cluster/ssi/internal/nodeaddr"
 	"github.com/ssi-cluster/ssi/internal/pki"
@@ -113,6 +116,7 @@ Example:
 		level := fs.String("log-level", "info", "debug, info, warn or error")
 		raftHB := fs.Duration("raft-heartbeat-timeout", node.DefaultRaftHeartbeatTimeout, "Raft follower heartbeat timeout (raise for large or slow clusters)")
 		raftEl := fs.Duration("raft-election-timeout", node.DefaultRaftElectionTimeout, "Raft election timeout")
+		criuPath := fs.String("criu", "", "the criu binary migration uses (default: $SSI_CRIU, then "+migrate.DefaultCRIUPrefix+"/bin/criu, then criu in PATH)")
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -123,12 +127,19 @@ Example:
 		}
 		log := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: lv}))
 		slog.SetDefault(log)
+		// Descriptors the daemon inherited beyond stdio (a shell's or a
+		// service manager's) must not reach the jobs: a job holding a file
+		// of the node's launcher could not be checkpointed, and would keep
+		// that file open for as long as it runs.
+		if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+			log.Warn("cannot mark inherited file descriptors close-on-exec; jobs may inherit them", "err", err)
+		}
 		ctx, stop := signal.NotifyContext(env.Ctx, syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 		// A data directory that holds no node (node.ErrNotInitialized) is a
 		// plain local error: exit 1 (see errors.go).
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc,
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl}})
 		if errors.Is(err, state.ErrHalted) {
 			// The node met a log entry of a newer ssi: restarting would

@@ -42,6 +42,7 @@ type Options struct {
 	Listen  string // override of the TLS listen address (default: the node's ip:port)
 	PIDFile string // written at start, removed at exit ("" for none)
 	Load    string // load source: LoadMachine (default) or LoadJobs
+	CRIU    string // the criu binary for migration ("": migrate.FindCRIU's search)
 	Raft    RaftTiming
 	Log     *slog.Logger
 }
@@ -134,7 +135,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	p := wire(wiring{
 		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: lastCommand(st.logs, snapIndex),
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
-		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src,
+		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU,
 		net:       &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
 		seeds:     func() []string { return seeds(r, meta) },
 		bootstrap: meta.Bootstrap,

@@ -14,6 +14,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/dhcpd"
 	"github.com/ssi-cluster/ssi/internal/membership"
+	"github.com/ssi-cluster/ssi/internal/migrate"
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/placement"
@@ -33,6 +34,8 @@ type wiring struct {
 	net          peer.Net
 	ca           *pki.CA
 	jobs         *procs.Manager
+	dataDir      string // checkpoints of migrating jobs are staged below it
+	criu         string // the criu binary ("": found as migrate.FindCRIU does)
 	load         placement.Source
 	seeds        func() []string
 	raftAddr     func(num uint32) string // nil: ip:port
@@ -51,6 +54,7 @@ type parts struct {
 	place  *placement.Placer
 	space  *procspace.Space
 	dhcp   *dhcpd.Service
+	mig    *migrate.Migrator
 	load   placement.Source
 
 	peerHandler    http.Handler // the node-to-node services (cluster certificate required)
@@ -64,13 +68,15 @@ type control struct {
 	*procsControl
 	*loadsControl
 	*dhcpControl
+	*migrateControl
 }
 
 type (
-	nodesControl = membership.Control
-	procsControl = procspace.Control
-	loadsControl = placement.Control
-	dhcpControl  = dhcpd.Control
+	nodesControl   = membership.Control
+	procsControl   = procspace.Control
+	loadsControl   = placement.Control
+	dhcpControl    = dhcpd.Control
+	migrateControl = migrate.Control
 )
 
 var _ ssiv1connect.ControlHandler = control{}
@@ -98,6 +104,7 @@ func wire(w wiring) *parts {
 	})
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
 	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
+	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, DataDir: w.dataDir, CRIU: w.criu, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
 	// Every endpoint bounds the messages it reads (connect refuses a larger
@@ -107,6 +114,7 @@ func wire(w wiring) *parts {
 	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip, connect.WithReadMaxBytes(commandMessage)))
 	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
 	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
+	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
 	p.peerHandler = mux
 
 	join := http.NewServeMux()
@@ -118,7 +126,7 @@ func wire(w wiring) *parts {
 	p.joinHandler = join
 
 	ctl := http.NewServeMux()
-	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control()},
+	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control()},
 		noGzip, connect.WithReadMaxBytes(commandMessage)))
 	p.controlHandler = ctl
 	return p

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +30,9 @@ var (
 	ErrNoSuchProcess = errors.New("no such process")
 	ErrNotOwner      = errors.New("operation not permitted")
 	ErrNotDetached   = errors.New("not a detached job")
+	// ErrMoved: the process moved to another node while the caller
+	// waited; ask where it runs now.
+	ErrMoved = errors.New("the process moved to another node")
 )
 
 // seqReserve is how many CPIDs are reserved per write of the sequence file.
@@ -111,6 +115,7 @@ type Job struct {
 	LogPath  string
 
 	job    *rexec.Job
+	moved  atomic.Bool // its copy runs on another node now (MoveOut)
 	done   chan struct{}
 	status rexec.Status
 	err    error
@@ -226,6 +231,13 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 		return nil, err
 	}
 	j.job, j.Started = rj, time.Now()
+	m.track(j)
+	return j, nil
+}
+
+// track puts a started (or adopted) job in the table and records its end.
+func (m *Manager) track(j *Job) {
+	cpid, rj := j.CPID, j.job
 	m.mu.Lock()
 	m.jobs[cpid] = j
 	m.cleaning[rj] = struct{}{}
@@ -247,6 +259,10 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 			j.status, j.err = rj.ExitStatus()
 		}
 		close(j.done)
+		if j.moved.Load() {
+			rj.Close() // it runs elsewhere now: MoveOut forgot it
+			return
+		}
 		if j.Detached {
 			rj.Close()
 			m.mu.Lock()
@@ -258,7 +274,6 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 			m.mu.Unlock()
 		}
 	}()
-	return j, nil
 }
 
 // Process gives the streams of an attached job.
@@ -323,6 +338,9 @@ func (m *Manager) Wait(ctx context.Context, cpid vproc.CPID, c Caller) (rexec.St
 	case <-ctx.Done():
 		return rexec.Status{}, ctx.Err()
 	case <-j.done:
+	}
+	if j.moved.Load() {
+		return rexec.Status{}, fmt.Errorf("%w: %d", ErrMoved, cpid)
 	}
 	m.mu.Lock()
 	delete(m.jobs, cpid)

@@ -3022,6 +3022,440 @@ func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
 }
 
+type MigrateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"` // a node number, or "home": the node that created it
+	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`  // set by the caller's daemon: who asks
+	HasUid        bool                   `protobuf:"varint,4,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateRequest) Reset() {
+	*x = MigrateRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateRequest) ProtoMessage() {}
+
+func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
+func (*MigrateRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *MigrateRequest) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *MigrateRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *MigrateRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *MigrateRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type MigrateResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          uint32                 `protobuf:"varint,1,opt,name=from,proto3" json:"from,omitempty"`
+	To            uint32                 `protobuf:"varint,2,opt,name=to,proto3" json:"to,omitempty"`
+	Phases        *MigratePhases         `protobuf:"bytes,3,opt,name=phases,proto3" json:"phases,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateResponse) Reset() {
+	*x = MigrateResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateResponse) ProtoMessage() {}
+
+func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
+func (*MigrateResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *MigrateResponse) GetFrom() uint32 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetTo() uint32 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *MigrateResponse) GetPhases() *MigratePhases {
+	if x != nil {
+		return x.Phases
+	}
+	return nil
+}
+
+// How long each phase of a migration took, in microseconds.
+type MigratePhases struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	FreezeUs      int64                  `protobuf:"varint,1,opt,name=freeze_us,json=freezeUs,proto3" json:"freeze_us,omitempty"` // from the freeze to the thaw on the target
+	DumpUs        int64                  `protobuf:"varint,2,opt,name=dump_us,json=dumpUs,proto3" json:"dump_us,omitempty"`
+	TransferUs    int64                  `protobuf:"varint,3,opt,name=transfer_us,json=transferUs,proto3" json:"transfer_us,omitempty"`
+	RestoreUs     int64                  `protobuf:"varint,4,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
+	TotalUs       int64                  `protobuf:"varint,5,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
+	Bytes         int64                  `protobuf:"varint,6,opt,name=bytes,proto3" json:"bytes,omitempty"` // sent to the target
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigratePhases) Reset() {
+	*x = MigratePhases{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigratePhases) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigratePhases) ProtoMessage() {}
+
+func (x *MigratePhases) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigratePhases.ProtoReflect.Descriptor instead.
+func (*MigratePhases) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *MigratePhases) GetFreezeUs() int64 {
+	if x != nil {
+		return x.FreezeUs
+	}
+	return 0
+}
+
+func (x *MigratePhases) GetDumpUs() int64 {
+	if x != nil {
+		return x.DumpUs
+	}
+	return 0
+}
+
+func (x *MigratePhases) GetTransferUs() int64 {
+	if x != nil {
+		return x.TransferUs
+	}
+	return 0
+}
+
+func (x *MigratePhases) GetRestoreUs() int64 {
+	if x != nil {
+		return x.RestoreUs
+	}
+	return 0
+}
+
+func (x *MigratePhases) GetTotalUs() int64 {
+	if x != nil {
+		return x.TotalUs
+	}
+	return 0
+}
+
+func (x *MigratePhases) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type MigrateHeader struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Cpid            int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	From            uint32                 `protobuf:"varint,2,opt,name=from,proto3" json:"from,omitempty"`
+	Uid             uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	Argv            []string               `protobuf:"bytes,4,rep,name=argv,proto3" json:"argv,omitempty"`
+	StartedUnixNano int64                  `protobuf:"varint,5,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
+	// What the job's files were on the source, for CRIU's --inherit-fd:
+	StatusKey     string `protobuf:"bytes,6,opt,name=status_key,json=statusKey,proto3" json:"status_key,omitempty"` // the init's report channel, e.g. "pipe:[123]"
+	LogKey        string `protobuf:"bytes,7,opt,name=log_key,json=logKey,proto3" json:"log_key,omitempty"`          // the detached job's log as CRIU names it ("" if none)
+	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`                      // the source's ssi version: both ends must match
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateHeader) Reset() {
+	*x = MigrateHeader{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateHeader) ProtoMessage() {}
+
+func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
+func (*MigrateHeader) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *MigrateHeader) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetFrom() uint32 {
+	if x != nil {
+		return x.From
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetArgv() []string {
+	if x != nil {
+		return x.Argv
+	}
+	return nil
+}
+
+func (x *MigrateHeader) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetStatusKey() string {
+	if x != nil {
+		return x.StatusKey
+	}
+	return ""
+}
+
+func (x *MigrateHeader) GetLogKey() string {
+	if x != nil {
+		return x.LogKey
+	}
+	return ""
+}
+
+func (x *MigrateHeader) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+type MigrateChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        *MigrateHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"` // first message only
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Commit        bool                   `protobuf:"varint,3,opt,name=commit,proto3" json:"commit,omitempty"` // last message: the source has let its copy go; thaw
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateChunk) Reset() {
+	*x = MigrateChunk{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateChunk) ProtoMessage() {}
+
+func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
+func (*MigrateChunk) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *MigrateChunk) GetHeader() *MigrateHeader {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *MigrateChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *MigrateChunk) GetCommit() bool {
+	if x != nil {
+		return x.Commit
+	}
+	return false
+}
+
+type MigrateReceipt struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Restored      bool                   `protobuf:"varint,1,opt,name=restored,proto3" json:"restored,omitempty"` // the process is restored here, frozen
+	Resumed       bool                   `protobuf:"varint,2,opt,name=resumed,proto3" json:"resumed,omitempty"`   // it runs here (after commit)
+	RestoreUs     int64                  `protobuf:"varint,3,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateReceipt) Reset() {
+	*x = MigrateReceipt{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateReceipt) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateReceipt) ProtoMessage() {}
+
+func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
+func (*MigrateReceipt) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *MigrateReceipt) GetRestored() bool {
+	if x != nil {
+		return x.Restored
+	}
+	return false
+}
+
+func (x *MigrateReceipt) GetResumed() bool {
+	if x != nil {
+		return x.Resumed
+	}
+	return false
+}
+
+func (x *MigrateReceipt) GetRestoreUs() int64 {
+	if x != nil {
+		return x.RestoreUs
+	}
+	return 0
+}
+
 // The cluster's DHCP server settings (ssi dhcp set/show), replicated.
 type DHCPSettings struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -3039,7 +3473,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3051,7 +3485,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3064,7 +3498,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -3139,7 +3573,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3151,7 +3585,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3164,7 +3598,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -3224,7 +3658,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3236,7 +3670,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3249,7 +3683,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
 }
 
 type GetDHCPResponse struct {
@@ -3265,7 +3699,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3277,7 +3711,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3290,7 +3724,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -3340,7 +3774,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3352,7 +3786,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3365,7 +3799,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -3391,7 +3825,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3403,7 +3837,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3416,7 +3850,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -3434,7 +3868,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3446,7 +3880,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3459,7 +3893,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -3476,7 +3910,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3488,7 +3922,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3501,7 +3935,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -3757,7 +4191,44 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"-\n" +
 	"\x13PeerShutdownRequest\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x16\n" +
-	"\x14PeerShutdownResponse\"\xf3\x01\n" +
+	"\x14PeerShutdownResponse\"c\n" +
+	"\x0eMigrateRequest\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x04 \x01(\bR\x06hasUid\"d\n" +
+	"\x0fMigrateResponse\x12\x12\n" +
+	"\x04from\x18\x01 \x01(\rR\x04from\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\rR\x02to\x12-\n" +
+	"\x06phases\x18\x03 \x01(\v2\x15.ssi.v1.MigratePhasesR\x06phases\"\xb6\x01\n" +
+	"\rMigratePhases\x12\x1b\n" +
+	"\tfreeze_us\x18\x01 \x01(\x03R\bfreezeUs\x12\x17\n" +
+	"\adump_us\x18\x02 \x01(\x03R\x06dumpUs\x12\x1f\n" +
+	"\vtransfer_us\x18\x03 \x01(\x03R\n" +
+	"transferUs\x12\x1d\n" +
+	"\n" +
+	"restore_us\x18\x04 \x01(\x03R\trestoreUs\x12\x19\n" +
+	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\x12\x14\n" +
+	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\xdb\x01\n" +
+	"\rMigrateHeader\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x12\n" +
+	"\x04argv\x18\x04 \x03(\tR\x04argv\x12*\n" +
+	"\x11started_unix_nano\x18\x05 \x01(\x03R\x0fstartedUnixNano\x12\x1d\n" +
+	"\n" +
+	"status_key\x18\x06 \x01(\tR\tstatusKey\x12\x17\n" +
+	"\alog_key\x18\a \x01(\tR\x06logKey\x12\x18\n" +
+	"\aversion\x18\b \x01(\tR\aversion\"i\n" +
+	"\fMigrateChunk\x12-\n" +
+	"\x06header\x18\x01 \x01(\v2\x15.ssi.v1.MigrateHeaderR\x06header\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
+	"\x06commit\x18\x03 \x01(\bR\x06commit\"e\n" +
+	"\x0eMigrateReceipt\x12\x1a\n" +
+	"\brestored\x18\x01 \x01(\bR\brestored\x12\x18\n" +
+	"\aresumed\x18\x02 \x01(\bR\aresumed\x12\x1d\n" +
+	"\n" +
+	"restore_us\x18\x03 \x01(\x03R\trestoreUs\"\xf3\x01\n" +
 	"\fDHCPSettings\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1c\n" +
 	"\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n" +
@@ -3809,7 +4280,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
-	"\x10NODE_ROLE_LEADER\x10\x032\xc3\x06\n" +
+	"\x10NODE_ROLE_LEADER\x10\x032\xff\x06\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -3826,7 +4297,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\bShutdown\x12\x17.ssi.v1.ShutdownRequest\x1a\x18.ssi.v1.ShutdownResponse\x12:\n" +
 	"\aGetDHCP\x12\x16.ssi.v1.GetDHCPRequest\x1a\x17.ssi.v1.GetDHCPResponse\x12:\n" +
 	"\aSetDHCP\x12\x16.ssi.v1.SetDHCPRequest\x1a\x17.ssi.v1.SetDHCPResponse\x12L\n" +
-	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse2\xc8\x01\n" +
+	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse\x12:\n" +
+	"\aMigrate\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse2\xc8\x01\n" +
 	"\n" +
 	"Membership\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
@@ -3839,7 +4311,10 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
 	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
 	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
-	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012A\n" +
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\x7f\n" +
+	"\aMigrate\x127\n" +
+	"\x04Move\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12;\n" +
+	"\aReceive\x12\x14.ssi.v1.MigrateChunk\x1a\x16.ssi.v1.MigrateReceipt(\x010\x012A\n" +
 	"\tPlacement\x124\n" +
 	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
 
@@ -3856,7 +4331,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 49)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -3901,14 +4376,20 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*ApplyResponse)(nil),         // 40: ssi.v1.ApplyResponse
 	(*PeerShutdownRequest)(nil),   // 41: ssi.v1.PeerShutdownRequest
 	(*PeerShutdownResponse)(nil),  // 42: ssi.v1.PeerShutdownResponse
-	(*DHCPSettings)(nil),          // 43: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 44: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 45: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 46: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 47: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 48: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 49: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 50: ssi.v1.ProvisionInfoResponse
+	(*MigrateRequest)(nil),        // 43: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 44: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 45: ssi.v1.MigratePhases
+	(*MigrateHeader)(nil),         // 46: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 47: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 48: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 49: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 50: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 51: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 52: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 53: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 54: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 55: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 56: ssi.v1.ProvisionInfoResponse
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -3929,63 +4410,71 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	20, // 15: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 16: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
 	32, // 17: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	43, // 18: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	44, // 19: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	43, // 20: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	43, // 21: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	4,  // 22: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	18, // 23: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	24, // 24: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	26, // 25: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	28, // 26: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	30, // 27: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	33, // 28: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	7,  // 29: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	10, // 30: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	12, // 31: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	14, // 32: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	45, // 33: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	47, // 34: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	49, // 35: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	35, // 36: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	37, // 37: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	41, // 38: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	39, // 39: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 40: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	24, // 41: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	26, // 42: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	28, // 43: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	30, // 44: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	33, // 45: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 46: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 47: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	25, // 48: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	27, // 49: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	29, // 50: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	31, // 51: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	34, // 52: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 53: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 54: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 55: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 56: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	46, // 57: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	48, // 58: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	50, // 59: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	36, // 60: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	38, // 61: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	42, // 62: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	40, // 63: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 64: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	25, // 65: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	27, // 66: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	29, // 67: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	31, // 68: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	34, // 69: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	46, // [46:70] is the sub-list for method output_type
-	22, // [22:46] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	45, // 18: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	46, // 19: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	49, // 20: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	50, // 21: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	49, // 22: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	49, // 23: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	4,  // 24: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	18, // 25: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	24, // 26: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	26, // 27: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	28, // 28: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	30, // 29: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	33, // 30: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	7,  // 31: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	10, // 32: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	12, // 33: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	14, // 34: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	51, // 35: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	53, // 36: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	55, // 37: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	43, // 38: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	35, // 39: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	37, // 40: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	41, // 41: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	39, // 42: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 43: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	24, // 44: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	26, // 45: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	28, // 46: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	30, // 47: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	43, // 48: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	47, // 49: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	33, // 50: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 51: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 52: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	25, // 53: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	27, // 54: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	29, // 55: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	31, // 56: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	34, // 57: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 58: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 59: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 60: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 61: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	52, // 62: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	54, // 63: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	56, // 64: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	44, // 65: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	36, // 66: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	38, // 67: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	42, // 68: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	40, // 69: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 70: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	25, // 71: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	27, // 72: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	29, // 73: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	31, // 74: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	44, // 75: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	48, // 76: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	34, // 77: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	51, // [51:78] is the sub-list for method output_type
+	24, // [24:51] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -4014,9 +4503,9 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   49,
+			NumMessages:   55,
 			NumExtensions: 0,
-			NumServices:   5,
+			NumServices:   6,
 		},
 		GoTypes:           file_ssi_v1_ssi_proto_goTypes,
 		DependencyIndexes: file_ssi_v1_ssi_proto_depIdxs,

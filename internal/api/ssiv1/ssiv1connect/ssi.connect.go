@@ -40,6 +40,8 @@ const (
 	ConsensusName = "ssi.v1.Consensus"
 	// ProcessName is the fully-qualified name of the Process service.
 	ProcessName = "ssi.v1.Process"
+	// MigrateName is the fully-qualified name of the Migrate service.
+	MigrateName = "ssi.v1.Migrate"
 	// PlacementName is the fully-qualified name of the Placement service.
 	PlacementName = "ssi.v1.Placement"
 )
@@ -80,6 +82,8 @@ const (
 	ControlSetDHCPProcedure = "/ssi.v1.Control/SetDHCP"
 	// ControlProvisionInfoProcedure is the fully-qualified name of the Control's ProvisionInfo RPC.
 	ControlProvisionInfoProcedure = "/ssi.v1.Control/ProvisionInfo"
+	// ControlMigrateProcedure is the fully-qualified name of the Control's Migrate RPC.
+	ControlMigrateProcedure = "/ssi.v1.Control/Migrate"
 	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
 	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
 	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
@@ -98,6 +102,10 @@ const (
 	ProcessWaitProcedure = "/ssi.v1.Process/Wait"
 	// ProcessLogsProcedure is the fully-qualified name of the Process's Logs RPC.
 	ProcessLogsProcedure = "/ssi.v1.Process/Logs"
+	// MigrateMoveProcedure is the fully-qualified name of the Migrate's Move RPC.
+	MigrateMoveProcedure = "/ssi.v1.Migrate/Move"
+	// MigrateReceiveProcedure is the fully-qualified name of the Migrate's Receive RPC.
+	MigrateReceiveProcedure = "/ssi.v1.Migrate/Receive"
 	// PlacementLoadsProcedure is the fully-qualified name of the Placement's Loads RPC.
 	PlacementLoadsProcedure = "/ssi.v1.Placement/Loads"
 )
@@ -118,6 +126,7 @@ type ControlClient interface {
 	GetDHCP(context.Context, *connect.Request[ssiv1.GetDHCPRequest]) (*connect.Response[ssiv1.GetDHCPResponse], error)
 	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
 	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
+	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -215,6 +224,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("ProvisionInfo")),
 			connect.WithClientOptions(opts...),
 		),
+		migrate: connect.NewClient[ssiv1.MigrateRequest, ssiv1.MigrateResponse](
+			httpClient,
+			baseURL+ControlMigrateProcedure,
+			connect.WithSchema(controlMethods.ByName("Migrate")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -234,6 +249,7 @@ type controlClient struct {
 	getDHCP       *connect.Client[ssiv1.GetDHCPRequest, ssiv1.GetDHCPResponse]
 	setDHCP       *connect.Client[ssiv1.SetDHCPRequest, ssiv1.SetDHCPResponse]
 	provisionInfo *connect.Client[ssiv1.ProvisionInfoRequest, ssiv1.ProvisionInfoResponse]
+	migrate       *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -306,6 +322,11 @@ func (c *controlClient) ProvisionInfo(ctx context.Context, req *connect.Request[
 	return c.provisionInfo.CallUnary(ctx, req)
 }
 
+// Migrate calls ssi.v1.Control.Migrate.
+func (c *controlClient) Migrate(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
+	return c.migrate.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -322,6 +343,7 @@ type ControlHandler interface {
 	GetDHCP(context.Context, *connect.Request[ssiv1.GetDHCPRequest]) (*connect.Response[ssiv1.GetDHCPResponse], error)
 	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
 	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
+	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -415,6 +437,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("ProvisionInfo")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlMigrateHandler := connect.NewUnaryHandler(
+		ControlMigrateProcedure,
+		svc.Migrate,
+		connect.WithSchema(controlMethods.ByName("Migrate")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -445,6 +473,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlSetDHCPHandler.ServeHTTP(w, r)
 		case ControlProvisionInfoProcedure:
 			controlProvisionInfoHandler.ServeHTTP(w, r)
+		case ControlMigrateProcedure:
+			controlMigrateHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -508,6 +538,10 @@ func (UnimplementedControlHandler) SetDHCP(context.Context, *connect.Request[ssi
 
 func (UnimplementedControlHandler) ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.ProvisionInfo is not implemented"))
+}
+
+func (UnimplementedControlHandler) Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Migrate is not implemented"))
 }
 
 // MembershipClient is a client for the ssi.v1.Membership service.
@@ -874,6 +908,114 @@ func (UnimplementedProcessHandler) Wait(context.Context, *connect.Request[ssiv1.
 
 func (UnimplementedProcessHandler) Logs(context.Context, *connect.Request[ssiv1.LogsRequest], *connect.ServerStream[ssiv1.LogsChunk]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Process.Logs is not implemented"))
+}
+
+// MigrateClient is a client for the ssi.v1.Migrate service.
+type MigrateClient interface {
+	// Move, on the node that runs the process: checkpoint it and restore it
+	// on req.node; the process keeps its cluster PID.
+	Move(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	// Receive, on the target: the checkpoint streams in (a header, then the
+	// bytes of a tar archive of the images and the job's log), and the
+	// process is restored here, frozen; Resume (or the end of the stream
+	// without a commit) decides.
+	Receive(context.Context) *connect.BidiStreamForClient[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]
+}
+
+// NewMigrateClient constructs a client for the ssi.v1.Migrate service. By default, it uses the
+// Connect protocol with the binary Protobuf Codec, asks for gzipped responses, and sends
+// uncompressed requests. To use the gRPC or gRPC-Web protocols, supply the connect.WithGRPC() or
+// connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewMigrateClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) MigrateClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	migrateMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Migrate").Methods()
+	return &migrateClient{
+		move: connect.NewClient[ssiv1.MigrateRequest, ssiv1.MigrateResponse](
+			httpClient,
+			baseURL+MigrateMoveProcedure,
+			connect.WithSchema(migrateMethods.ByName("Move")),
+			connect.WithClientOptions(opts...),
+		),
+		receive: connect.NewClient[ssiv1.MigrateChunk, ssiv1.MigrateReceipt](
+			httpClient,
+			baseURL+MigrateReceiveProcedure,
+			connect.WithSchema(migrateMethods.ByName("Receive")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// migrateClient implements MigrateClient.
+type migrateClient struct {
+	move    *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
+	receive *connect.Client[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]
+}
+
+// Move calls ssi.v1.Migrate.Move.
+func (c *migrateClient) Move(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
+	return c.move.CallUnary(ctx, req)
+}
+
+// Receive calls ssi.v1.Migrate.Receive.
+func (c *migrateClient) Receive(ctx context.Context) *connect.BidiStreamForClient[ssiv1.MigrateChunk, ssiv1.MigrateReceipt] {
+	return c.receive.CallBidiStream(ctx)
+}
+
+// MigrateHandler is an implementation of the ssi.v1.Migrate service.
+type MigrateHandler interface {
+	// Move, on the node that runs the process: checkpoint it and restore it
+	// on req.node; the process keeps its cluster PID.
+	Move(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	// Receive, on the target: the checkpoint streams in (a header, then the
+	// bytes of a tar archive of the images and the job's log), and the
+	// process is restored here, frozen; Resume (or the end of the stream
+	// without a commit) decides.
+	Receive(context.Context, *connect.BidiStream[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]) error
+}
+
+// NewMigrateHandler builds an HTTP handler from the service implementation. It returns the path on
+// which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	migrateMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Migrate").Methods()
+	migrateMoveHandler := connect.NewUnaryHandler(
+		MigrateMoveProcedure,
+		svc.Move,
+		connect.WithSchema(migrateMethods.ByName("Move")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrateReceiveHandler := connect.NewBidiStreamHandler(
+		MigrateReceiveProcedure,
+		svc.Receive,
+		connect.WithSchema(migrateMethods.ByName("Receive")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ssi.v1.Migrate/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case MigrateMoveProcedure:
+			migrateMoveHandler.ServeHTTP(w, r)
+		case MigrateReceiveProcedure:
+			migrateReceiveHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedMigrateHandler returns CodeUnimplemented from all methods.
+type UnimplementedMigrateHandler struct{}
+
+func (UnimplementedMigrateHandler) Move(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Move is not implemented"))
+}
+
+func (UnimplementedMigrateHandler) Receive(context.Context, *connect.BidiStream[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Receive is not implemented"))
 }
 
 // PlacementClient is a client for the ssi.v1.Placement service.

@@ -1,0 +1,321 @@
+package migrate
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+
+	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/consensus"
+	"github.com/ssi-cluster/ssi/internal/peer"
+	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/rexec"
+	"github.com/ssi-cluster/ssi/internal/rpcerr"
+	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/transport"
+	"github.com/ssi-cluster/ssi/internal/version"
+	"github.com/ssi-cluster/ssi/internal/vproc"
+)
+
+// Config is what migration needs from the node.
+type Config struct {
+	Self    uint32
+	FSM     *state.FSM
+	Leader  *consensus.Leader
+	Net     peer.Net
+	Jobs    *procs.Manager
+	DataDir string // checkpoints are staged in DataDir/migrate
+	CRIU    string // the criu binary ("": FindCRIU's search)
+	Log     *slog.Logger
+}
+
+// Migrator is one node's part of migration: the source side (Move), the
+// target side (Receive) and the CLI's entry (Control).
+type Migrator struct {
+	cfg     Config
+	log     *slog.Logger
+	clients *peer.Clients[ssiv1connect.MigrateClient]
+}
+
+// New returns the node's migrator.
+func New(cfg Config) *Migrator {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient)}
+}
+
+// Service is the Migrate RPC service.
+func (m *Migrator) Service() *Service { return &Service{m: m} }
+
+// Control is the migration part of the Control service.
+func (m *Migrator) Control() *Control { return &Control{m: m} }
+
+// Service serves Migrate to the other nodes.
+type Service struct{ m *Migrator }
+
+// Control serves the local CLI.
+type Control struct{ m *Migrator }
+
+var _ ssiv1connect.MigrateHandler = (*Service)(nil)
+
+func (m *Migrator) fail(err error) error { return rpcerr.ToConnect(m.cfg.Self, err) }
+
+func (m *Migrator) criu() (string, error) {
+	p, err := FindCRIU(m.cfg.CRIU)
+	if err != nil {
+		return "", connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: %w", m.cfg.Self, err))
+	}
+	return p, nil
+}
+
+// stage makes a private directory for one checkpoint.
+func (m *Migrator) stage(what string, cpid vproc.CPID) (string, error) {
+	base := filepath.Join(m.cfg.DataDir, "migrate")
+	if err := os.MkdirAll(base, 0o700); err != nil {
+		return "", fmt.Errorf("node %d: creating %s: %w", m.cfg.Self, base, err)
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	dir := filepath.Join(base, what+"-"+cpid.String()+"-"+hex.EncodeToString(b[:]))
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return "", fmt.Errorf("node %d: creating %s: %w", m.cfg.Self, dir, err)
+	}
+	return dir, nil
+}
+
+// Migrate moves a process, wherever it runs, to the node asked for.
+func (c *Control) Migrate(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
+	m := c.m
+	tc, ok := transport.CallerFrom(ctx)
+	if !ok {
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("caller unknown: no peer credentials"))
+	}
+	q := req.Msg
+	q.Uid, q.HasUid = tc.UID, true
+	cpid := vproc.CPID(q.Cpid)
+	if !cpid.Valid() {
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%d is not a cluster PID", q.Cpid))
+	}
+	cl := m.cfg.FSM.Cluster()
+	src := locate(cl, cpid)
+	n, ok := cl.Nodes[src]
+	if !ok || n.State != state.Up {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d was on node %d, which is not UP: it cannot move", q.Cpid, src))
+	}
+	if src == m.cfg.Self {
+		return m.Service().Move(ctx, connect.NewRequest(q))
+	}
+	remote, err := m.clients.To(src)
+	if err != nil {
+		return nil, rpcerr.Unavailable("node %d: %w", src, err)
+	}
+	return remote.Move(ctx, connect.NewRequest(q))
+}
+
+// locate is where cpid runs now (as procspace.Locate).
+func locate(c *state.Cluster, cpid vproc.CPID) uint32 {
+	if n, ok := c.Location(int64(cpid)); ok {
+		return n
+	}
+	return uint32(cpid.Node())
+}
+
+// target resolves the node argument of migrate: a number or "home".
+func (m *Migrator) target(cpid vproc.CPID, arg string) (*state.Node, error) {
+	var num uint32
+	if arg == "home" {
+		num = uint32(cpid.Node())
+	} else {
+		v, err := strconv.ParseUint(arg, 10, 32)
+		if err != nil || v == 0 {
+			return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("node %q: want a node number or \"home\"", arg))
+		}
+		num = uint32(v)
+	}
+	n, ok := m.cfg.FSM.Cluster().Nodes[num]
+	if !ok {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("node %d is not in the node table", num))
+	}
+	if n.State != state.Up {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d (%s) is %s: a process can only move to an UP node", num, n.Name, n.State))
+	}
+	if num == m.cfg.Self {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d already runs on node %d", cpid, num))
+	}
+	return n, nil
+}
+
+// Move, on the node that runs the process: freeze, checkpoint, send,
+// restore on the target, record the new location, end the copy here, and
+// let the target's copy run. Until the location is recorded, a failure
+// thaws the job here as it was.
+func (s *Service) Move(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
+	// Reached from this node's Control (the CLI's uid, from its peer
+	// credentials) or from another member's (the peer endpoint requires
+	// a cluster certificate): the uid is the one that member vouches for.
+	m := s.m
+	q := req.Msg
+	if !q.HasUid {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the caller's uid is missing"))
+	}
+	cpid := vproc.CPID(q.Cpid)
+	to, err := m.target(cpid, q.Node)
+	if err != nil {
+		return nil, err
+	}
+	j, err := m.cfg.Jobs.Movable(cpid, procs.Caller{UID: q.Uid})
+	if err != nil {
+		return nil, m.jobsError(err)
+	}
+	criuPath, err := m.criu()
+	if err != nil {
+		return nil, err
+	}
+	ph, err := m.move(ctx, j, to, criuPath)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&ssiv1.MigrateResponse{From: m.cfg.Self, To: to.Num, Phases: ph}), nil
+}
+
+func (m *Migrator) jobsError(err error) error {
+	switch {
+	case errors.Is(err, procs.ErrNoSuchProcess):
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("node %d: %w", m.cfg.Self, err))
+	case errors.Is(err, procs.ErrNotOwner):
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %d: %w", m.cfg.Self, err))
+	case errors.Is(err, procs.ErrNotMovable):
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: %w", m.cfg.Self, err))
+	}
+	return m.fail(err)
+}
+
+func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuPath string) (*ssiv1.MigratePhases, error) {
+	ph := &ssiv1.MigratePhases{}
+	start := time.Now()
+	rj := j.Process()
+	init := rj.InitPid()
+	paths := rj.CgroupPaths()
+	if init == 0 || len(paths) == 0 {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d has no init or cgroup to checkpoint", m.cfg.Self, j.CPID))
+	}
+	if err := refuseInetSockets(rj); err != nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w", m.cfg.Self, j.CPID, err))
+	}
+	statusKey, err := rexec.FileKey(init, rexec.StatusFD)
+	if err != nil {
+		return nil, m.fail(fmt.Errorf("process %d: the init's report channel: %w", j.CPID, err))
+	}
+	dir, err := m.stage("out", j.CPID)
+	if err != nil {
+		return nil, m.fail(err)
+	}
+	defer os.RemoveAll(dir)
+
+	if err := rj.Freeze(); err != nil {
+		return nil, m.fail(fmt.Errorf("process %d: %w", j.CPID, err))
+	}
+	frozen := time.Now()
+	committed := false
+	defer func() {
+		if !committed {
+			if err := rj.Thaw(); err != nil {
+				m.log.Error("the migration failed and the job could not be thawed", "cpid", j.CPID, "err", err)
+			}
+		}
+	}()
+	if err := dump(dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0]}); err != nil {
+		// CRIU could not take this job as it is (a resource it cannot
+		// checkpoint): a refusal, not a failure of ssi.
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
+	}
+	ph.DumpUs = time.Since(frozen).Microseconds()
+
+	cl, err := m.clients.To(to.Num)
+	if err != nil {
+		return nil, rpcerr.Unavailable("node %d (%s): %w", to.Num, to.Name, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st := cl.Receive(ctx)
+	hdr := &ssiv1.MigrateHeader{
+		Cpid: int64(j.CPID), From: m.cfg.Self, Uid: j.UID, Argv: j.Argv, StartedUnixNano: j.Started.UnixNano(),
+		StatusKey: statusKey, Version: version.Version,
+	}
+	if j.LogPath != "" {
+		hdr.LogKey = strings.TrimPrefix(j.LogPath, "/")
+	}
+	sent := time.Now()
+	n, err := send(st, hdr, dir, j.LogPath)
+	ph.Bytes = n
+	if err != nil {
+		_ = st.CloseRequest()
+		_, rerr := st.Receive()
+		return nil, m.peerError(to, fmt.Errorf("sending the checkpoint of process %d: %w", j.CPID, errors.Join(err, ignoreEOF(rerr))))
+	}
+	r, err := st.Receive()
+	if err != nil || !r.Restored {
+		_ = st.CloseRequest()
+		if err == nil {
+			err = errors.New("it did not restore the process")
+		}
+		return nil, m.peerError(to, fmt.Errorf("restoring process %d: %w", j.CPID, err))
+	}
+	ph.TransferUs = time.Since(sent).Microseconds() - r.RestoreUs
+	ph.RestoreUs = r.RestoreUs
+	// The commit point: once the location is recorded, the copy on the
+	// target is the process.
+	// Back on the node that created it, the process needs no record.
+	loc := to.Num
+	if loc == uint32(j.CPID.Node()) {
+		loc = 0
+	}
+	if _, err := m.cfg.Leader.Apply(ctx, state.CmdSetLocation, state.SetLocation{CPID: int64(j.CPID), Node: loc, Time: time.Now()}); err != nil {
+		_ = st.CloseRequest()
+		return nil, m.fail(fmt.Errorf("recording that process %d moved to node %d: %w", j.CPID, to.Num, err))
+	}
+	committed = true
+	if err := m.cfg.Jobs.MoveOut(j); err != nil {
+		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to.Num, "err", err)
+	}
+	if err := st.Send(&ssiv1.MigrateChunk{Commit: true}); err != nil {
+		m.log.Warn("telling the target to resume; it resumes on its own once it sees the location", "cpid", j.CPID, "to", to.Num, "err", err)
+	} else if r, err := st.Receive(); err != nil || !r.Resumed {
+		m.log.Warn("the target did not confirm that the process runs", "cpid", j.CPID, "to", to.Num, "err", err)
+	}
+	_ = st.CloseRequest()
+	ph.FreezeUs = time.Since(frozen).Microseconds()
+	ph.TotalUs = time.Since(start).Microseconds()
+	m.log.Info("process migrated", "cpid", j.CPID, "to", to.Num, "freeze", time.Duration(ph.FreezeUs)*time.Microsecond, "bytes", ph.Bytes)
+	return ph, nil
+}
+
+func ignoreEOF(err error) error {
+	if err == nil || errors.Is(err, errEOF) {
+		return nil
+	}
+	return err
+}
+
+func (m *Migrator) peerError(to *state.Node, err error) error {
+	if rpcerr.IsTransport(err) {
+		return rpcerr.Unavailable("node %d (%s): %w; the process still runs on node %d", to.Num, to.Name, err, m.cfg.Self)
+	}
+	code := connect.CodeOf(err)
+	if code == connect.CodeUnknown {
+		code = connect.CodeInternal
+	}
+	return connect.NewError(code, fmt.Errorf("node %d (%s): %w; the process still runs on node %d", to.Num, to.Name, err, m.cfg.Self))
+}

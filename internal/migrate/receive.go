@@ -1,0 +1,175 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
+
+	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/peer"
+	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/rexec"
+	"github.com/ssi-cluster/ssi/internal/version"
+	"github.com/ssi-cluster/ssi/internal/vproc"
+)
+
+// Receive, on the target: take the checkpoint in, restore the process here
+// frozen, say so, and thaw it once the source commits (or, if the stream
+// ends first, once the replicated state says the process is here).
+func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]) error {
+	m := s.m
+	from, _, _, ok := peer.Origin(ctx, st.RequestHeader())
+	if !ok {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("a cluster certificate is required"))
+	}
+	first, err := st.Receive()
+	if err != nil {
+		return err
+	}
+	h := first.Header
+	switch {
+	case h == nil:
+		return connect.NewError(connect.CodeInvalidArgument, errors.New("the stream must start with a header"))
+	case h.From != from:
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %d sends a process of node %d", from, h.From))
+	case h.Version != version.Version:
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d runs ssi %s and node %d ssi %s: both must run the same version (the jobs' init is the ssi binary)", h.From, h.Version, m.cfg.Self, version.Version))
+	case !vproc.CPID(h.Cpid).Valid() || h.StatusKey == "":
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("bad header for process %d", h.Cpid))
+	}
+	cpid := vproc.CPID(h.Cpid)
+	criuPath, err := m.criu()
+	if err != nil {
+		return err
+	}
+	dir, err := m.stage("in", cpid)
+	if err != nil {
+		return m.fail(err)
+	}
+	defer os.RemoveAll(dir)
+	logPath := ""
+	if h.LogKey != "" {
+		logPath = filepath.Join(m.cfg.Jobs.LogDir(), cpid.String()+".log")
+	}
+	cr := &chunkReader{recv: st.Receive}
+	if err := receive(cr, dir, logPath); err != nil {
+		if logPath != "" {
+			os.Remove(logPath)
+		}
+		return m.fail(fmt.Errorf("process %d from node %d: %w", cpid, h.From, err))
+	}
+	started := time.Now()
+	pj, err := m.restore(criuPath, h, dir, logPath)
+	if err != nil {
+		if logPath != "" {
+			os.Remove(logPath)
+		}
+		// What the job holds does not exist here (a file, a binary of
+		// another version): a refusal of this node.
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: restoring process %d from node %d: %w", m.cfg.Self, cpid, h.From, err))
+	}
+	if err := st.Send(&ssiv1.MigrateReceipt{Restored: true, RestoreUs: time.Since(started).Microseconds()}); err != nil {
+		m.settle(pj, h)
+		return err
+	}
+	c, err := st.Receive()
+	if err != nil || !c.Commit {
+		m.settle(pj, h)
+		return nil
+	}
+	if err := pj.Process().Thaw(); err != nil {
+		return m.fail(fmt.Errorf("process %d: %w", cpid, err))
+	}
+	return st.Send(&ssiv1.MigrateReceipt{Resumed: true})
+}
+
+// settle decides about a restored copy whose source went silent before the
+// commit: the replicated location is the commit point.
+func (m *Migrator) settle(pj *procs.Job, h *ssiv1.MigrateHeader) {
+	if locate(m.cfg.FSM.Cluster(), vproc.CPID(h.Cpid)) == m.cfg.Self {
+		if err := pj.Process().Thaw(); err != nil {
+			m.log.Error("thawing a process that moved here", "cpid", h.Cpid, "err", err)
+		}
+		return
+	}
+	if err := m.cfg.Jobs.MoveOut(pj); err != nil {
+		m.log.Warn("ending a restored copy the source did not commit", "cpid", h.Cpid, "err", err)
+	}
+}
+
+// restore restores the images in dir as process h.Cpid of this node,
+// frozen, with its init reporting to this daemon and its log (if detached)
+// at logPath.
+func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath string) (*procs.Job, error) {
+	cpid := vproc.CPID(h.Cpid)
+	inherit := map[string]*os.File{}
+	var keep []*os.File // the daemon's own ends
+	defer func() {
+		for _, f := range inherit {
+			f.Close()
+		}
+	}()
+	// The init's report channel: a pipe for a job that started its own
+	// init, a socket for one that came from the pool of ready inits.
+	var status *os.File
+	switch {
+	case strings.HasPrefix(h.StatusKey, "pipe:"):
+		r, w, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		status, inherit[h.StatusKey] = r, w
+	case strings.HasPrefix(h.StatusKey, "socket:"):
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("creating the init's socket: %w", err)
+		}
+		status, inherit[h.StatusKey] = os.NewFile(uintptr(fds[0]), "init-status"), os.NewFile(uintptr(fds[1]), "init-status")
+	default:
+		return nil, fmt.Errorf("the init reports on %q, which cannot be re-created here", h.StatusKey)
+	}
+	keep = append(keep, status)
+	fail := func(err error) (*procs.Job, error) {
+		for _, f := range keep {
+			f.Close()
+		}
+		return nil, err
+	}
+	if logPath != "" {
+		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			return fail(fmt.Errorf("opening the job's log: %w", err))
+		}
+		inherit[h.LogKey] = f
+	}
+	cgID := cpid.String() + "-from" + fmt.Sprint(h.From) + "-" + filepath.Base(dir)[len("in-"+cpid.String()+"-"):]
+	roots, err := rexec.CgroupRoots(m.cfg.Jobs.CgroupParent(), cgID)
+	if err != nil {
+		return fail(err)
+	}
+	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots})
+	if err != nil {
+		return fail(err)
+	}
+	rj, err := rexec.Adopt(rexec.AdoptSpec{ID: cpid.String(), Pid: pid, Status: status, CgroupParent: m.cfg.Jobs.CgroupParent(), CgroupID: cgID, LogPath: logPath}, m.log)
+	if err != nil {
+		_ = unix.Kill(pid, unix.SIGKILL)
+		return fail(err)
+	}
+	pj, err := m.cfg.Jobs.Adopt(procs.AdoptRequest{
+		CPID: cpid, UID: h.Uid, Argv: h.Argv, Started: time.Unix(0, h.StartedUnixNano),
+		Detached: logPath != "", LogPath: logPath, Process: rj,
+	})
+	if err != nil {
+		_ = rj.Discard()
+		return nil, err
+	}
+	return pj, nil
+}

@@ -1,0 +1,91 @@
+package procs
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ssi-cluster/ssi/internal/rexec"
+	"github.com/ssi-cluster/ssi/internal/vproc"
+)
+
+// What migration (internal/migrate) needs of the table: a job to move
+// (Movable), taking it out once its copy runs elsewhere (MoveOut), and
+// taking in a job restored here (Adopt).
+
+// Movable returns the job cpid of this node for a caller who wants to move
+// it, or why it cannot move.
+func (m *Manager) Movable(cpid vproc.CPID, c Caller) (*Job, error) {
+	j, err := m.get(cpid)
+	if err != nil {
+		return nil, err
+	}
+	if !c.May(j.UID) {
+		return nil, fmt.Errorf("%w: process %d belongs to uid %d", ErrNotOwner, cpid, j.UID)
+	}
+	select {
+	case <-j.done:
+		return nil, fmt.Errorf("%w: %d has already exited", ErrNoSuchProcess, cpid)
+	default:
+	}
+	switch {
+	case j.Pinned:
+		return nil, fmt.Errorf("%w: process %d is pinned to node %d (started with -p, or by onall)", ErrNotMovable, cpid, m.opts.Node)
+	case !j.job.Migratable():
+		return nil, fmt.Errorf("%w: process %d has no PID namespace and cgroup of its own (its daemon does not run as root)", ErrNotMovable, cpid)
+	case !j.Detached:
+		return nil, fmt.Errorf("%w: process %d is attached to the client that started it; this version moves detached jobs only (ssi run -d)", ErrNotMovable, cpid)
+	}
+	return j, nil
+}
+
+// ErrNotMovable: the job cannot be migrated (pinned, not isolated, ...).
+var ErrNotMovable = fmt.Errorf("cannot migrate")
+
+// MoveOut forgets a job whose copy runs on another node now and ends this
+// copy: its end is not recorded as the job's.
+func (m *Manager) MoveOut(j *Job) error {
+	j.moved.Store(true)
+	m.mu.Lock()
+	delete(m.jobs, j.CPID)
+	m.mu.Unlock()
+	err := j.job.Discard()
+	if j.LogPath != "" {
+		os.Remove(j.LogPath)
+	}
+	return err
+}
+
+// LogDir is where detached jobs' logs are kept.
+func (m *Manager) LogDir() string { return m.logDir() }
+
+// AdoptRequest is a job restored on this node from another one.
+type AdoptRequest struct {
+	CPID     vproc.CPID
+	UID      uint32
+	Argv     []string
+	Started  time.Time
+	Detached bool
+	LogPath  string
+	Process  *rexec.Job
+}
+
+// Adopt puts a job restored here in the table, under its cluster PID.
+func (m *Manager) Adopt(r AdoptRequest) (*Job, error) {
+	m.mu.Lock()
+	_, dup := m.jobs[r.CPID]
+	m.mu.Unlock()
+	if dup {
+		return nil, fmt.Errorf("adopting process %d: this node has a process of that cluster PID already", r.CPID)
+	}
+	if r.LogPath != "" && filepath.Dir(r.LogPath) != m.logDir() {
+		return nil, fmt.Errorf("adopting process %d: its log %s is not in %s", r.CPID, r.LogPath, m.logDir())
+	}
+	j := &Job{CPID: r.CPID, UID: r.UID, Argv: r.Argv, Detached: r.Detached, Started: r.Started, LogPath: r.LogPath, job: r.Process, done: make(chan struct{})}
+	m.track(j)
+	return j, nil
+}
+
+// CgroupParent is where the jobs' cgroups go (rexec.Spec.CgroupParent).
+func (m *Manager) CgroupParent() string { return rexec.DefaultCgroupParent }

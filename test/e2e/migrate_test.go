@@ -1,0 +1,181 @@
+package e2e
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// migrateCluster is a 3-node --isolate cluster: each node in its own PID,
+// mount and network namespace, as on separate machines but for the disk.
+func migrateCluster(t *testing.T) *Cluster {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("migration needs root (namespaces, cgroups, CRIU): run the e2e tests as root")
+	}
+	return StartCluster(t, 3, "--isolate")
+}
+
+// logLines is the log of a detached job, as seen from node k.
+func logLines(c *Cluster, k int, cpid string) []string {
+	r := c.CLI(k, "ssi", "logs", cpid)
+	if r.Code != 0 {
+		return nil
+	}
+	return strings.Fields(r.Stdout)
+}
+
+// checkSequence fails unless lines are exactly 0, 1, ..., n-1.
+func checkSequence(t *testing.T, lines []string, n int) {
+	t.Helper()
+	if len(lines) != n {
+		t.Errorf("%d lines, want %d: %v", len(lines), n, lines)
+	}
+	for i, l := range lines {
+		if l != strconv.Itoa(i) {
+			t.Fatalf("line %d is %q: output lost or repeated across the moves: %v", i, l, lines)
+		}
+	}
+}
+
+// A counter moves from node 2 to node 3 and back home mid-run, through the
+// CLI of node 1: it carries on exactly (no line lost or repeated), keeps
+// its cluster PID, every node sees where it runs at once, and ssi wait gets
+// its own exit status.
+func TestMigrateCounter(t *testing.T) {
+	c := migrateCluster(t)
+	const n = 120
+	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
+		fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 3`, n)))
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, cpid); len(l) < 10 {
+			return fmt.Sprintf("the counter wrote %d lines", len(l))
+		}
+		return ""
+	})
+	out := c.MustCLI(1, "migrate", cpid, "3")
+	if !strings.Contains(out, "from node 2 to node 3") {
+		t.Errorf("migrate printed %q", out)
+	}
+	for k := 1; k <= 3; k++ {
+		if got := strings.TrimSpace(c.MustCLI(k, "where_pid", cpid)); got != "3" {
+			t.Errorf("where_pid on node %d: %q, want 3", k, got)
+		}
+	}
+	if ps := c.MustCLI(2, "ssi", "ps"); !strings.Contains(ps, cpid+"    3 ") {
+		t.Errorf("ps from node 2 does not show %s on node 3:\n%s", cpid, ps)
+	}
+	before := len(logLines(c, 1, cpid))
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, cpid); len(l) <= before+5 {
+			return fmt.Sprintf("no progress on node 3 (%d lines, %d before)", len(l), before)
+		}
+		return ""
+	})
+	if out := c.MustCLI(3, "migrate", cpid, "home"); !strings.Contains(out, "from node 3 to node 2") {
+		t.Errorf("migrate home printed %q", out)
+	}
+	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "2" {
+		t.Errorf("where_pid after migrate home: %q, want 2", got)
+	}
+	Eventually(t, 20*time.Second, func() string {
+		if l := logLines(c, 1, cpid); len(l) < n {
+			return fmt.Sprintf("%d of %d lines", len(l), n)
+		}
+		return ""
+	})
+	checkSequence(t, logLines(c, 3, cpid), n)
+	if r := c.CLI(1, "ssi", "wait", cpid); r.Code != 3 {
+		t.Errorf("ssi wait: %v; want the job's own exit status 3", r)
+	}
+}
+
+// What cannot move is refused with a clear message, exit 1, and goes on
+// running where it was: a pinned job, a job holding an inet socket, a job
+// whose open file does not exist on the target (the restore fails there),
+// a process that does not exist; bad arguments are usage errors.
+func TestMigrateRefusals(t *testing.T) {
+	c := migrateCluster(t)
+	stillOn := func(cpid, node string) {
+		t.Helper()
+		if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != node {
+			t.Errorf("where_pid %s: %q, want %s", cpid, got, node)
+		}
+	}
+	refused := func(want string, args ...string) {
+		t.Helper()
+		r := c.CLI(1, "migrate", args...)
+		if r.Code != 1 || !strings.Contains(r.Stderr, want) {
+			t.Errorf("migrate %v: %v; want exit 1 and %q", args, r, want)
+		}
+	}
+
+	pinned := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-p", "-n", "2", "sleep", "60"))
+	refused("pinned", pinned, "3")
+	stillOn(pinned, "2")
+
+	port := strconv.Itoa(20000 + rand.IntN(20000))
+	listener := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "busybox", "nc", "-l", "-p", port))
+	Eventually(t, 10*time.Second, func() string {
+		if ps := c.MustCLI(1, "ssi", "ps"); !strings.Contains(ps, "nc -l") {
+			return "the listener is not running yet"
+		}
+		return ""
+	})
+	refused("inet", listener, "3")
+	stillOn(listener, "2")
+
+	// A file that exists only in node 2's mount namespace (a tmpfs mounted
+	// there), which the job holds open: the restore on node 3 fails.
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("ssi-migrate-private-%d", rand.IntN(1<<30)))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	node2 := strconv.Itoa(c.PID(2))
+	if out, err := exec.Command("nsenter", "-t", node2, "-m", "sh", "-c", "mount -t tmpfs none "+dir+" && echo x > "+dir+"/f").CombinedOutput(); err != nil {
+		t.Fatalf("mounting a tmpfs in node 2's namespace: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", dir).Run() })
+	holder := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
+		"exec 4<"+dir+"/f; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"))
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, holder); len(l) < 3 {
+			return "the holder has not started"
+		}
+		return ""
+	})
+	refused("restoring process", holder, "3")
+	stillOn(holder, "2")
+	n := len(logLines(c, 1, holder))
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, holder); len(l) <= n+5 {
+			return fmt.Sprintf("the holder does not go on after the failed move (%d lines, %d before)", len(l), n)
+		}
+		return ""
+	})
+	l := logLines(c, 2, holder)
+	checkSequence(t, l, len(l))
+
+	refused("no such process", "2000999", "3")
+	for _, args := range [][]string{{holder}, {holder, "x"}, {holder, "0"}, {"abc", "3"}} {
+		if r := c.CLI(1, "migrate", args...); r.Code != 2 {
+			t.Errorf("migrate %v: %v; want a usage error (exit 2)", args, r)
+		}
+	}
+	if r := c.CLI(1, "migrate", holder, "9"); r.Code != 1 || !strings.Contains(r.Stderr, "not in the node table") {
+		t.Errorf("migrate to node 9: %v", r)
+	}
+	if r := c.CLI(1, "migrate", holder, "2"); r.Code != 1 || !strings.Contains(r.Stderr, "already runs on node 2") {
+		t.Errorf("migrate to its own node: %v", r)
+	}
+	for _, cpid := range []string{pinned, listener, holder} {
+		c.MustCLI(1, "ssi", "kill", "-9", cpid)
+	}
+}
