@@ -53,7 +53,9 @@ Example:
 		}
 		r := resp.Msg
 		ph := r.Phases
-		us := func(v int64) time.Duration { return (time.Duration(v) * time.Microsecond).Round(100 * time.Microsecond) }
+		us := func(v int64) time.Duration {
+			return (time.Duration(v) * time.Microsecond).Round(100 * time.Microsecond)
+		}
 		fmt.Fprintf(env.Stdout, "process %d moved from node %d to node %d in %v (frozen %v: dump %v, transfer %.1f MB %v, restore %v)\n",
 			cpid, r.From, r.To, us(ph.GetTotalUs()), us(ph.GetFreezeUs()), us(ph.GetDumpUs()), float64(ph.GetBytes())/1e6, us(ph.GetTransferUs()), us(ph.GetRestoreUs()))
 		return nil
