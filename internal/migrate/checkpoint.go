@@ -30,6 +30,10 @@ type dumpSpec struct {
 	pid    int    // the job's init (host PID)
 	dir    string // the images go here
 	freeze string // the job's freezer cgroup directory, frozen already
+	// external are the job's unix sockets whose peer is outside it (the
+	// report channel of an init from the pool, "socket:[INODE]"): CRIU
+	// records them as external, and the restore gives a new one.
+	external []string
 }
 
 // dump checkpoints a frozen job into s.dir and leaves it frozen: CRIU uses
@@ -51,6 +55,11 @@ func dump(s dumpSpec) error {
 		NetworkLock: rpc.CriuNetworkLockMethod_SKIP.Enum(),
 		LogLevel:    ptr(int32(criuLogLevel)),
 		LogFile:     ptr("dump.log"),
+	}
+	for _, key := range s.external {
+		if ino, ok := strings.CutPrefix(key, "socket:["); ok {
+			opts.External = append(opts.External, "unix["+strings.TrimSuffix(ino, "]")+"]")
+		}
 	}
 	c := criu.MakeCriu()
 	c.SetCriuPath(s.criu)

@@ -94,6 +94,66 @@ func TestMigrateCounter(t *testing.T) {
 	if r := c.CLI(1, "ssi", "wait", cpid); r.Code != 3 {
 		t.Errorf("ssi wait: %v; want the job's own exit status 3", r)
 	}
+
+	// A job from node 2's pool of ready inits, whose report channel is a
+	// socket to the daemon (a job that starts its own init has a pipe),
+	// moves as well. A migration changes the mount table of the daemon's
+	// namespace (CRIU's own mounts), which drops the pool: wait until it
+	// has a ready init again.
+	// The pool notices the change at the next start (a throwaway job).
+	daemon2 := childOf(t, c.PID(2))
+	readyInit := func() string {
+		for _, p := range procsMatching("-pool-fd") {
+			if ppidOf(p) == daemon2 {
+				return ""
+			}
+		}
+		return "node 2 has no ready init"
+	}
+	// Other tests' mounts on this machine drop the pool too: take a few
+	// chances.
+	const m = 40
+	var pooled string
+	for try := 0; pooled == "" && try < 10; try++ {
+		c.MustCLI(1, "onnode", "2", "true")
+		Eventually(t, 20*time.Second, readyInit)
+		marker := fmt.Sprintf("ssi-pooled-%d", rand.IntN(1<<30))
+		id := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
+			fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; : %s`, m, marker)))
+		warm := true
+		for _, p := range procsMatching(marker) {
+			// A cold init's command line names the job; a warm one's
+			// does not, and it is the job's parent.
+			if !strings.Contains(cmdlineOf(ppidOf(p)), "-pool-fd") {
+				warm = false
+			}
+		}
+		if warm {
+			pooled = id
+		} else {
+			c.MustCLI(1, "ssi", "kill", "-9", id)
+		}
+	}
+	if pooled == "" {
+		t.Fatal("no job came from node 2's pool of ready inits in 10 tries")
+	}
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, pooled); len(l) < 5 {
+			return fmt.Sprintf("the pooled job wrote %d lines", len(l))
+		}
+		return ""
+	})
+	c.MustCLI(1, "migrate", pooled, "3")
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, pooled); len(l) < m {
+			return fmt.Sprintf("the pooled job: %d of %d lines", len(l), m)
+		}
+		return ""
+	})
+	checkSequence(t, logLines(c, 1, pooled), m)
+	if r := c.CLI(1, "ssi", "wait", pooled); r.Code != 0 {
+		t.Fatalf("the pooled job: ssi wait: %v", r)
+	}
 }
 
 // What cannot move is refused with a clear message, exit 1, and goes on
@@ -178,4 +238,48 @@ func TestMigrateRefusals(t *testing.T) {
 	for _, cpid := range []string{pinned, listener, holder} {
 		c.MustCLI(1, "ssi", "kill", "-9", cpid)
 	}
+}
+
+// procsMatching lists the host PIDs whose command line contains s.
+func procsMatching(s string) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err == nil && pid != os.Getpid() && strings.Contains(cmdlineOf(pid), s) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func cmdlineOf(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.ReplaceAll(string(b), "\x00", " ")
+}
+
+func ppidOf(pid int) int {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "PPid:"); ok {
+			n, _ := strconv.Atoi(strings.TrimSpace(v))
+			return n
+		}
+	}
+	return 0
+}
+
+// childOf is the one child of pid (a node's init has one: its daemon).
+func childOf(t *testing.T, pid int) int {
+	t.Helper()
+	var kids []int
+	for _, p := range procsMatching("") {
+		if ppidOf(p) == pid {
+			kids = append(kids, p)
+		}
+	}
+	if len(kids) != 1 {
+		t.Fatalf("process %d has children %v, want one", pid, kids)
+	}
+	return kids[0]
 }
