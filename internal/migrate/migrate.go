@@ -20,6 +20,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/procspace"
 	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/rpcerr"
 	"github.com/ssi-cluster/ssi/internal/state"
@@ -35,9 +36,19 @@ type Config struct {
 	Leader  *consensus.Leader
 	Net     peer.Net
 	Jobs    *procs.Manager
+	Streams Streams
 	DataDir string // checkpoints are staged in DataDir/migrate
 	CRIU    string // the criu binary ("": FindCRIU's search)
 	Log     *slog.Logger
+}
+
+// Streams are the streams of attached jobs (internal/procspace, move.go):
+// stopped and handed over on the source, taken up on the target.
+type Streams interface {
+	Quiesce(cpid vproc.CPID) (*procspace.MoveState, error)
+	Resume(cpid vproc.CPID, st *procspace.MoveState) error
+	Commit(cpid vproc.CPID, node uint32, st *procspace.MoveState)
+	Arrive(j *procs.Job, pipes [3]*os.File, outSeq, stdinAcked uint64, stdinClosed bool)
 }
 
 // Migrator is one node's part of migration: the source side (Move), the
@@ -229,13 +240,31 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	}
 	frozen := time.Now()
 	committed := false
+	var ms *procspace.MoveState // an attached job's stream, stopped
 	defer func() {
 		if !committed {
+			if ms != nil {
+				if err := m.cfg.Streams.Resume(j.CPID, ms); err != nil {
+					m.log.Error("the migration failed and the job's stream could not go on", "cpid", j.CPID, "err", err)
+				}
+			}
 			if err := rj.Thaw(); err != nil {
 				m.log.Error("the migration failed and the job could not be thawed", "cpid", j.CPID, "err", err)
 			}
 		}
 	}()
+	var stdioKeys []string
+	if !j.Detached {
+		if ms, err = m.cfg.Streams.Quiesce(j.CPID); err != nil {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: %w", m.cfg.Self, err))
+		}
+		for _, k := range ms.Keys {
+			if k == "" {
+				return nil, m.fail(fmt.Errorf("process %d: its stdio pipes are unknown", j.CPID))
+			}
+			stdioKeys = append(stdioKeys, k)
+		}
+	}
 	if err := dump(dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
@@ -256,6 +285,10 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	}
 	if j.LogPath != "" {
 		hdr.LogKey = strings.TrimPrefix(j.LogPath, "/")
+	}
+	if ms != nil {
+		hdr.Attached, hdr.StdioKeys = true, stdioKeys
+		hdr.StdinPending, hdr.StdinClosed, hdr.OutSeq = ms.StdinPending, ms.StdinClosed, ms.OutSeq
 	}
 	sent := time.Now()
 	n, err := send(st, hdr, dir, j.LogPath)
@@ -289,6 +322,9 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	committed = true
 	if err := m.cfg.Jobs.MoveOut(j); err != nil {
 		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to.Num, "err", err)
+	}
+	if ms != nil {
+		m.cfg.Streams.Commit(j.CPID, to.Num, ms)
 	}
 	if err := st.Send(&ssiv1.MigrateChunk{Commit: true}); err != nil {
 		m.log.Warn("telling the target to resume; it resumes on its own once it sees the location", "cpid", j.CPID, "to", to.Num, "err", err)

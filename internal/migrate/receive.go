@@ -90,6 +90,10 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 	return st.Send(&ssiv1.MigrateReceipt{Resumed: true})
 }
 
+// stdioPipeSize is the size of an attached job's pipes (as procspace
+// makes them).
+const stdioPipeSize = 1 << 20
+
 // settle decides about a restored copy whose source went silent before the
 // commit: the replicated location is the commit point.
 func (m *Migrator) settle(pj *procs.Job, h *ssiv1.MigrateHeader) {
@@ -149,6 +153,42 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 		}
 		inherit[h.LogKey] = f
 	}
+	// An attached job's stdio: new pipes in place of the old node's, the
+	// daemon keeping the other ends for the stream that follows the job.
+	var pipes [3]*os.File
+	if h.Attached {
+		if len(h.StdioKeys) != 3 {
+			return fail(fmt.Errorf("an attached job with %d stdio pipes, want 3", len(h.StdioKeys)))
+		}
+		for i, key := range h.StdioKeys {
+			r, w, err := os.Pipe()
+			if err != nil {
+				return fail(err)
+			}
+			_, _ = unix.FcntlInt(w.Fd(), unix.F_SETPIPE_SZ, stdioPipeSize)
+			mine, theirs := r, w // stdout, stderr: the job writes
+			if i == 0 {
+				mine, theirs = w, r // stdin: the job reads
+			}
+			if _, dup := inherit[key]; dup {
+				r.Close()
+				w.Close()
+				return fail(fmt.Errorf("the job's stdio pipe %s twice", key))
+			}
+			pipes[i], inherit[key] = mine, theirs
+			keep = append(keep, mine)
+		}
+		// What the job had not read of its stdin goes first (it fits:
+		// it was in a pipe of that size).
+		if len(h.StdinPending) > 0 {
+			if _, err := pipes[0].Write(h.StdinPending); err != nil {
+				return fail(fmt.Errorf("giving back the job's unread stdin: %w", err))
+			}
+		}
+		if h.StdinClosed {
+			pipes[0].Close()
+		}
+	}
 	cgID := cpid.String() + "-from" + fmt.Sprint(h.From) + "-" + filepath.Base(dir)[len("in-"+cpid.String()+"-"):]
 	roots, err := rexec.CgroupRoots(m.cfg.Jobs.CgroupParent(), cgID)
 	if err != nil {
@@ -170,6 +210,9 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	if err != nil {
 		_ = rj.Discard()
 		return nil, err
+	}
+	if h.Attached {
+		m.cfg.Streams.Arrive(pj, pipes, h.OutSeq, 0, h.StdinClosed)
 	}
 	return pj, nil
 }

@@ -34,8 +34,6 @@ func (m *Manager) Movable(cpid vproc.CPID, c Caller) (*Job, error) {
 		return nil, fmt.Errorf("%w: process %d is pinned to node %d (started with -p, or by onall)", ErrNotMovable, cpid, m.opts.Node)
 	case !j.job.Migratable():
 		return nil, fmt.Errorf("%w: process %d has no PID namespace and cgroup of its own (its daemon does not run as root)", ErrNotMovable, cpid)
-	case !j.Detached:
-		return nil, fmt.Errorf("%w: process %d is attached to the client that started it; this version moves detached jobs only (ssi run -d)", ErrNotMovable, cpid)
 	}
 	return j, nil
 }

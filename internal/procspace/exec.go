@@ -137,6 +137,9 @@ func (p *Service) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 	if err != nil {
 		return err
 	}
+	if at := first.GetAttach(); at != nil {
+		return p.s.attach(ctx, at, st)
+	}
 	spec := first.GetStart()
 	if spec == nil || len(spec.Argv) == 0 || !spec.HasCreds {
 		return st.Send(execError(255, "node %d: malformed exec request", p.s.cfg.Self))
@@ -190,6 +193,11 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 	}
 	if stdio != nil {
 		return s.pumpPassed(spec, st, out, j, pipes, stdio)
+	}
+	if ack && pipes != nil && !spec.Tty && rj.Migratable() && !spec.Pin {
+		// Relayed by a client's daemon: the stream can follow the job
+		// when it migrates (move.go).
+		return s.serveMovable(ctx, st, out, j, [3]*os.File{pipes[0], pipes[1], pipes[2]}, 0, false)
 	}
 
 	// Input. Stdin goes through a queue to its own writer, so that signals
@@ -304,6 +312,7 @@ type stdinQueue struct {
 	bytes  int
 	limit  int
 	closed bool
+	paused bool
 }
 
 func newStdinQueue(limit int) *stdinQueue {
@@ -339,6 +348,46 @@ func (q *stdinQueue) pop() (it stdinItem, more, ok bool) {
 	q.bytes -= len(it.data)
 	q.cond.Broadcast()
 	return it, len(q.items) > 0, true
+}
+
+// pause makes popUnlessPaused return at once, keeping the queue.
+func (q *stdinQueue) pause() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.paused = true
+	q.cond.Broadcast()
+}
+
+func (q *stdinQueue) unpause() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.paused = false
+}
+
+// popUnlessPaused is pop that gives up (ok false) when the queue is paused.
+func (q *stdinQueue) popUnlessPaused() (it stdinItem, more, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for len(q.items) == 0 || q.paused {
+		if q.closed && len(q.items) == 0 || q.paused {
+			return stdinItem{}, false, false
+		}
+		q.cond.Wait()
+	}
+	it = q.items[0]
+	q.items = q.items[1:]
+	q.bytes -= len(it.data)
+	q.cond.Broadcast()
+	return it, len(q.items) > 0, true
+}
+
+// pushFront puts an item back first in line.
+func (q *stdinQueue) pushFront(it stdinItem) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.items = append([]stdinItem{it}, q.items...)
+	q.bytes += len(it.data)
+	q.cond.Broadcast()
 }
 
 func (q *stdinQueue) close() {

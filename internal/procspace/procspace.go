@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -58,11 +59,16 @@ type Space struct {
 	cfg     Config
 	log     *slog.Logger
 	clients *peer.Clients[ssiv1connect.ProcessClient]
+
+	movMu    sync.Mutex
+	movables map[vproc.CPID]*movable // attached streams that can follow a move (move.go)
+	arrivals map[vproc.CPID]*arrival // jobs that moved here, waiting for their stream
 }
 
 // New returns the node's process space.
 func New(cfg Config) *Space {
-	return &Space{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient)}
+	return &Space{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient),
+		movables: map[vproc.CPID]*movable{}, arrivals: map[vproc.CPID]*arrival{}}
 }
 
 func (s *Space) fail(err error) error { return rpcerr.ToConnect(s.cfg.Self, err) }

@@ -42,18 +42,27 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		return st.Send(execError(255, "node %d (%s): %v", n.Num, n.Name, err))
 	}
 	remote := client.Exec(ctx)
-	defer remote.CloseResponse()
 	if err := remote.Send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Start{Start: spec}}); err != nil {
+		remote.CloseResponse()
 		return st.Send(execError(255, "node %d (%s): %v", n.Num, n.Name, unwrapEOF(remote, err)))
 	}
+	// The stream to the node that runs the process; after a migration, to
+	// its new node (see the ExecMoved case below).
+	var sendMu sync.Mutex // the client's stream and the stdin reader both send
+	current := func() *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput] {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return remote
+	}
+	defer func() { _ = current().CloseResponse() }()
 	// A target that goes DOWN ends the stream (closing the response
 	// unblocks a Receive that a dead peer would never answer).
-	stop := context.AfterFunc(ctx, func() { _ = remote.CloseResponse() })
+	stop := context.AfterFunc(ctx, func() { _ = current().CloseResponse() })
 	defer stop()
-	s.cancelIfDown(ctx, n, cancel)
+	stopWatch := s.watchNode(ctx, n, cancel)
+	defer func() { stopWatch() }()
 
 	win := newInflight(Window)
-	var sendMu sync.Mutex // the client's stream and the stdin reader both send
 	sendRemote := func(m *ssiv1.ExecInput) error {
 		sendMu.Lock()
 		defer sendMu.Unlock()
@@ -129,8 +138,9 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		*f = nil
 	}
 	var delivered uint64 // the last output seq handed to the client
+	var cpid int64
 	for {
-		m, err := remote.Receive()
+		m, err := current().Receive()
 		if err != nil {
 			if cause := context.Cause(ctx); cause != nil && ctx.Err() != nil {
 				return st.Send(execError(255, "%v; the process is lost", cause))
@@ -140,6 +150,21 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		if a, ok := m.Msg.(*ssiv1.ExecOutput_StdinAck); ok {
 			win.ack(a.StdinAck)
 			continue
+		}
+		if mv := m.GetMoved(); mv != nil {
+			// The process moved: attach to its new node, send again the
+			// stdin it has not acknowledged, and go on from there.
+			to, err := s.follow(ctx, cpid, spec.Uid, mv, delivered, win, &sendMu, &remote)
+			if err != nil {
+				return st.Send(execError(255, "process %d moved to node %d, but its stream could not follow: %v", cpid, mv.Node, err))
+			}
+			stopWatch()
+			stopWatch = s.watchNode(ctx, to, cancel)
+			n = to
+			continue
+		}
+		if started := m.GetStarted(); started != nil {
+			cpid = started.Cpid
 		}
 		if m.Seq != 0 {
 			if m.Seq <= delivered {
@@ -271,4 +296,47 @@ func (w *inflight) pending() []*ssiv1.ExecInput {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]*ssiv1.ExecInput(nil), w.msgs...)
+}
+
+// watchNode cancels ctx (with cancel) if node n leaves the cluster, until
+// the returned function is called.
+func (s *Space) watchNode(ctx context.Context, n *state.Node, cancel context.CancelCauseFunc) func() {
+	watch, stop := context.WithCancel(ctx)
+	s.cancelIfDown(watch, n, cancel)
+	return stop
+}
+
+// follow attaches a relayed stream to the node its process moved to: the
+// new stream replaces *remote (under mu) once the stdin that the old node
+// did not acknowledge has been sent again on it.
+func (s *Space) follow(ctx context.Context, cpid int64, uid uint32, mv *ssiv1.ExecMoved, delivered uint64, win *inflight,
+	mu *sync.Mutex, remote **connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput]) (*state.Node, error) {
+	n, ok := s.cfg.FSM.Cluster().Nodes[mv.Node]
+	if !ok {
+		return nil, fmt.Errorf("node %d is not in the node table", mv.Node)
+	}
+	client, err := s.clients.To(mv.Node)
+	if err != nil {
+		return nil, err
+	}
+	next := client.Exec(ctx)
+	if err := next.Send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Attach{Attach: &ssiv1.ExecAttach{Cpid: cpid, Uid: uid, OutSeq: delivered}}}); err != nil {
+		next.CloseResponse()
+		return nil, unwrapEOF(next, err)
+	}
+	win.ack(mv.StdinAcked)
+	mu.Lock()
+	defer mu.Unlock()
+	for _, m := range win.pending() {
+		if err := next.Send(m); err != nil {
+			next.CloseResponse()
+			return nil, unwrapEOF(next, err)
+		}
+	}
+	old := *remote
+	*remote = next
+	_ = old.CloseRequest()
+	_ = old.CloseResponse()
+	s.log.Debug("the stream follows its process", "cpid", cpid, "to", mv.Node)
+	return n, nil
 }

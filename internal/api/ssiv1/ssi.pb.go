@@ -1211,6 +1211,7 @@ type ExecInput struct {
 	//	*ExecInput_StdinEof
 	//	*ExecInput_Signal
 	//	*ExecInput_Resize
+	//	*ExecInput_Attach
 	Msg           isExecInput_Msg `protobuf_oneof:"msg"`
 	Seq           uint64          `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1299,6 +1300,15 @@ func (x *ExecInput) GetResize() *Resize {
 	return nil
 }
 
+func (x *ExecInput) GetAttach() *ExecAttach {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Attach); ok {
+			return x.Attach
+		}
+	}
+	return nil
+}
+
 func (x *ExecInput) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
@@ -1330,6 +1340,10 @@ type ExecInput_Resize struct {
 	Resize *Resize `protobuf:"bytes,5,opt,name=resize,proto3,oneof"`
 }
 
+type ExecInput_Attach struct {
+	Attach *ExecAttach `protobuf:"bytes,6,opt,name=attach,proto3,oneof"` // first message, instead of start: a process that moved here
+}
+
 func (*ExecInput_Start) isExecInput_Msg() {}
 
 func (*ExecInput_Stdin) isExecInput_Msg() {}
@@ -1339,6 +1353,8 @@ func (*ExecInput_StdinEof) isExecInput_Msg() {}
 func (*ExecInput_Signal) isExecInput_Msg() {}
 
 func (*ExecInput_Resize) isExecInput_Msg() {}
+
+func (*ExecInput_Attach) isExecInput_Msg() {}
 
 type ExecStarted struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -1558,6 +1574,7 @@ type ExecOutput struct {
 	//	*ExecOutput_Exit
 	//	*ExecOutput_Error
 	//	*ExecOutput_StdinAck
+	//	*ExecOutput_Moved
 	Msg           isExecOutput_Msg `protobuf_oneof:"msg"`
 	Seq           uint64           `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1655,6 +1672,15 @@ func (x *ExecOutput) GetStdinAck() uint64 {
 	return 0
 }
 
+func (x *ExecOutput) GetMoved() *ExecMoved {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_Moved); ok {
+			return x.Moved
+		}
+	}
+	return nil
+}
+
 func (x *ExecOutput) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
@@ -1690,6 +1716,10 @@ type ExecOutput_StdinAck struct {
 	StdinAck uint64 `protobuf:"varint,6,opt,name=stdin_ack,json=stdinAck,proto3,oneof"` // every stdin seq up to this one reached the process
 }
 
+type ExecOutput_Moved struct {
+	Moved *ExecMoved `protobuf:"bytes,7,opt,name=moved,proto3,oneof"` // the process moved (internal/migrate): attach to its new node
+}
+
 func (*ExecOutput_Started) isExecOutput_Msg() {}
 
 func (*ExecOutput_Stdout) isExecOutput_Msg() {}
@@ -1701,6 +1731,133 @@ func (*ExecOutput_Exit) isExecOutput_Msg() {}
 func (*ExecOutput_Error) isExecOutput_Msg() {}
 
 func (*ExecOutput_StdinAck) isExecOutput_Msg() {}
+
+func (*ExecOutput_Moved) isExecOutput_Msg() {}
+
+// ExecMoved ends a stream whose process moved to another node: every
+// output chunk up to out_seq was sent on this stream, every stdin message up
+// to stdin_acked reached the process (or goes with it); the client's daemon
+// attaches to node (ExecInput.attach) and sends the rest again.
+type ExecMoved struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	OutSeq        uint64                 `protobuf:"varint,2,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"`
+	StdinAcked    uint64                 `protobuf:"varint,3,opt,name=stdin_acked,json=stdinAcked,proto3" json:"stdin_acked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecMoved) Reset() {
+	*x = ExecMoved{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecMoved) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecMoved) ProtoMessage() {}
+
+func (x *ExecMoved) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecMoved.ProtoReflect.Descriptor instead.
+func (*ExecMoved) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExecMoved) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *ExecMoved) GetOutSeq() uint64 {
+	if x != nil {
+		return x.OutSeq
+	}
+	return 0
+}
+
+func (x *ExecMoved) GetStdinAcked() uint64 {
+	if x != nil {
+		return x.StdinAcked
+	}
+	return 0
+}
+
+// ExecAttach opens a stream to a process that moved here, instead of start.
+type ExecAttach struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Uid           uint32                 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`                     // who the client's daemon speaks for
+	OutSeq        uint64                 `protobuf:"varint,3,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"` // the last output chunk the client has
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecAttach) Reset() {
+	*x = ExecAttach{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecAttach) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecAttach) ProtoMessage() {}
+
+func (x *ExecAttach) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecAttach.ProtoReflect.Descriptor instead.
+func (*ExecAttach) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExecAttach) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *ExecAttach) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ExecAttach) GetOutSeq() uint64 {
+	if x != nil {
+		return x.OutSeq
+	}
+	return 0
+}
 
 type Proc struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1727,7 +1884,7 @@ type Proc struct {
 
 func (x *Proc) Reset() {
 	*x = Proc{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1896,7 @@ func (x *Proc) String() string {
 func (*Proc) ProtoMessage() {}
 
 func (x *Proc) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[21]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1909,7 @@ func (x *Proc) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Proc.ProtoReflect.Descriptor instead.
 func (*Proc) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{21}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Proc) GetCpid() int64 {
@@ -1887,7 +2044,7 @@ type ProcsRequest struct {
 
 func (x *ProcsRequest) Reset() {
 	*x = ProcsRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2056,7 @@ func (x *ProcsRequest) String() string {
 func (*ProcsRequest) ProtoMessage() {}
 
 func (x *ProcsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[22]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2069,7 @@ func (x *ProcsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcsRequest.ProtoReflect.Descriptor instead.
 func (*ProcsRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{22}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ProcsRequest) GetAll() bool {
@@ -1960,7 +2117,7 @@ type ProcsResponse struct {
 
 func (x *ProcsResponse) Reset() {
 	*x = ProcsResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1972,7 +2129,7 @@ func (x *ProcsResponse) String() string {
 func (*ProcsResponse) ProtoMessage() {}
 
 func (x *ProcsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[23]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1985,7 +2142,7 @@ func (x *ProcsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProcsResponse.ProtoReflect.Descriptor instead.
 func (*ProcsResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{23}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ProcsResponse) GetProcs() []*Proc {
@@ -2014,7 +2171,7 @@ type SignalRequest struct {
 
 func (x *SignalRequest) Reset() {
 	*x = SignalRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2026,7 +2183,7 @@ func (x *SignalRequest) String() string {
 func (*SignalRequest) ProtoMessage() {}
 
 func (x *SignalRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[24]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2039,7 +2196,7 @@ func (x *SignalRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalRequest.ProtoReflect.Descriptor instead.
 func (*SignalRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{24}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SignalRequest) GetCpid() int64 {
@@ -2079,7 +2236,7 @@ type SignalResponse struct {
 
 func (x *SignalResponse) Reset() {
 	*x = SignalResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2091,7 +2248,7 @@ func (x *SignalResponse) String() string {
 func (*SignalResponse) ProtoMessage() {}
 
 func (x *SignalResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[25]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2104,7 +2261,7 @@ func (x *SignalResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignalResponse.ProtoReflect.Descriptor instead.
 func (*SignalResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{25}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *SignalResponse) GetNode() uint32 {
@@ -2125,7 +2282,7 @@ type WaitRequest struct {
 
 func (x *WaitRequest) Reset() {
 	*x = WaitRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2137,7 +2294,7 @@ func (x *WaitRequest) String() string {
 func (*WaitRequest) ProtoMessage() {}
 
 func (x *WaitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[26]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2150,7 +2307,7 @@ func (x *WaitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitRequest.ProtoReflect.Descriptor instead.
 func (*WaitRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{26}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WaitRequest) GetCpid() int64 {
@@ -2184,7 +2341,7 @@ type WaitResponse struct {
 
 func (x *WaitResponse) Reset() {
 	*x = WaitResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2353,7 @@ func (x *WaitResponse) String() string {
 func (*WaitResponse) ProtoMessage() {}
 
 func (x *WaitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[27]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2366,7 @@ func (x *WaitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WaitResponse.ProtoReflect.Descriptor instead.
 func (*WaitResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{27}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WaitResponse) GetExit() *ExecExit {
@@ -2238,7 +2395,7 @@ type LogsRequest struct {
 
 func (x *LogsRequest) Reset() {
 	*x = LogsRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2407,7 @@ func (x *LogsRequest) String() string {
 func (*LogsRequest) ProtoMessage() {}
 
 func (x *LogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[28]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2420,7 @@ func (x *LogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsRequest.ProtoReflect.Descriptor instead.
 func (*LogsRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{28}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *LogsRequest) GetCpid() int64 {
@@ -2303,7 +2460,7 @@ type LogsChunk struct {
 
 func (x *LogsChunk) Reset() {
 	*x = LogsChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2472,7 @@ func (x *LogsChunk) String() string {
 func (*LogsChunk) ProtoMessage() {}
 
 func (x *LogsChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[29]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2485,7 @@ func (x *LogsChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogsChunk.ProtoReflect.Descriptor instead.
 func (*LogsChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{29}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *LogsChunk) GetData() []byte {
@@ -2354,7 +2511,7 @@ type NodeLoad struct {
 
 func (x *NodeLoad) Reset() {
 	*x = NodeLoad{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[30]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2366,7 +2523,7 @@ func (x *NodeLoad) String() string {
 func (*NodeLoad) ProtoMessage() {}
 
 func (x *NodeLoad) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[30]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2379,7 +2536,7 @@ func (x *NodeLoad) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeLoad.ProtoReflect.Descriptor instead.
 func (*NodeLoad) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{30}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *NodeLoad) GetNum() uint32 {
@@ -2447,7 +2604,7 @@ type LoadsRequest struct {
 
 func (x *LoadsRequest) Reset() {
 	*x = LoadsRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[31]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2616,7 @@ func (x *LoadsRequest) String() string {
 func (*LoadsRequest) ProtoMessage() {}
 
 func (x *LoadsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[31]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2629,7 @@ func (x *LoadsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadsRequest.ProtoReflect.Descriptor instead.
 func (*LoadsRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{31}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *LoadsRequest) GetPlace() bool {
@@ -2492,7 +2649,7 @@ type LoadsResponse struct {
 
 func (x *LoadsResponse) Reset() {
 	*x = LoadsResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[32]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +2661,7 @@ func (x *LoadsResponse) String() string {
 func (*LoadsResponse) ProtoMessage() {}
 
 func (x *LoadsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[32]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +2674,7 @@ func (x *LoadsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadsResponse.ProtoReflect.Descriptor instead.
 func (*LoadsResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{32}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *LoadsResponse) GetLoads() []*NodeLoad {
@@ -2545,7 +2702,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[33]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2557,7 +2714,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[33]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2570,7 +2727,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{33}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JoinRequest) GetTokenSecret() string {
@@ -2611,7 +2768,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[34]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2623,7 +2780,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[34]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2636,7 +2793,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{34}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *JoinResponse) GetNum() uint32 {
@@ -2718,7 +2875,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2730,7 +2887,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2743,7 +2900,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{35}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *HeartbeatRequest) GetNum() uint32 {
@@ -2811,7 +2968,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2823,7 +2980,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2836,7 +2993,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{36}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *HeartbeatResponse) GetLeaderNum() uint32 {
@@ -2855,7 +3012,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2867,7 +3024,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2880,7 +3037,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{37}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -2900,7 +3057,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2912,7 +3069,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2925,7 +3082,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{38}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ApplyResponse) GetResult() []byte {
@@ -2951,7 +3108,7 @@ type PeerShutdownRequest struct {
 
 func (x *PeerShutdownRequest) Reset() {
 	*x = PeerShutdownRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2963,7 +3120,7 @@ func (x *PeerShutdownRequest) String() string {
 func (*PeerShutdownRequest) ProtoMessage() {}
 
 func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2976,7 +3133,7 @@ func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownRequest.ProtoReflect.Descriptor instead.
 func (*PeerShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{39}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PeerShutdownRequest) GetReason() string {
@@ -2994,7 +3151,7 @@ type PeerShutdownResponse struct {
 
 func (x *PeerShutdownResponse) Reset() {
 	*x = PeerShutdownResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3006,7 +3163,7 @@ func (x *PeerShutdownResponse) String() string {
 func (*PeerShutdownResponse) ProtoMessage() {}
 
 func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3019,7 +3176,7 @@ func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownResponse.ProtoReflect.Descriptor instead.
 func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
 }
 
 type MigrateRequest struct {
@@ -3034,7 +3191,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3046,7 +3203,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3059,7 +3216,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MigrateRequest) GetCpid() int64 {
@@ -3101,7 +3258,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3113,7 +3270,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3126,7 +3283,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *MigrateResponse) GetFrom() uint32 {
@@ -3165,7 +3322,7 @@ type MigratePhases struct {
 
 func (x *MigratePhases) Reset() {
 	*x = MigratePhases{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3177,7 +3334,7 @@ func (x *MigratePhases) String() string {
 func (*MigratePhases) ProtoMessage() {}
 
 func (x *MigratePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3190,7 +3347,7 @@ func (x *MigratePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigratePhases.ProtoReflect.Descriptor instead.
 func (*MigratePhases) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *MigratePhases) GetFreezeUs() int64 {
@@ -3243,16 +3400,25 @@ type MigrateHeader struct {
 	Argv            []string               `protobuf:"bytes,4,rep,name=argv,proto3" json:"argv,omitempty"`
 	StartedUnixNano int64                  `protobuf:"varint,5,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
 	// What the job's files were on the source, for CRIU's --inherit-fd:
-	StatusKey     string `protobuf:"bytes,6,opt,name=status_key,json=statusKey,proto3" json:"status_key,omitempty"` // the init's report channel, e.g. "pipe:[123]"
-	LogKey        string `protobuf:"bytes,7,opt,name=log_key,json=logKey,proto3" json:"log_key,omitempty"`          // the detached job's log as CRIU names it ("" if none)
-	Version       string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`                      // the source's ssi version: both ends must match
+	StatusKey string `protobuf:"bytes,6,opt,name=status_key,json=statusKey,proto3" json:"status_key,omitempty"` // the init's report channel, e.g. "pipe:[123]"
+	LogKey    string `protobuf:"bytes,7,opt,name=log_key,json=logKey,proto3" json:"log_key,omitempty"`          // the detached job's log as CRIU names it ("" if none)
+	Version   string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`                      // the source's ssi version: both ends must match
+	// An attached job (its stream relayed to a client's daemon): its stdio
+	// pipes as CRIU names them, what of its stdin was in the pipe and not yet
+	// read (written into the new pipe before it runs), whether its stdin was
+	// closed, and the last output chunk sent, from which the new node numbers.
+	Attached      bool     `protobuf:"varint,9,opt,name=attached,proto3" json:"attached,omitempty"`
+	StdioKeys     []string `protobuf:"bytes,10,rep,name=stdio_keys,json=stdioKeys,proto3" json:"stdio_keys,omitempty"` // stdin, stdout, stderr
+	StdinPending  []byte   `protobuf:"bytes,11,opt,name=stdin_pending,json=stdinPending,proto3" json:"stdin_pending,omitempty"`
+	StdinClosed   bool     `protobuf:"varint,12,opt,name=stdin_closed,json=stdinClosed,proto3" json:"stdin_closed,omitempty"`
+	OutSeq        uint64   `protobuf:"varint,13,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrateHeader) Reset() {
 	*x = MigrateHeader{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3264,7 +3430,7 @@ func (x *MigrateHeader) String() string {
 func (*MigrateHeader) ProtoMessage() {}
 
 func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3277,7 +3443,7 @@ func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
 func (*MigrateHeader) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *MigrateHeader) GetCpid() int64 {
@@ -3336,6 +3502,41 @@ func (x *MigrateHeader) GetVersion() string {
 	return ""
 }
 
+func (x *MigrateHeader) GetAttached() bool {
+	if x != nil {
+		return x.Attached
+	}
+	return false
+}
+
+func (x *MigrateHeader) GetStdioKeys() []string {
+	if x != nil {
+		return x.StdioKeys
+	}
+	return nil
+}
+
+func (x *MigrateHeader) GetStdinPending() []byte {
+	if x != nil {
+		return x.StdinPending
+	}
+	return nil
+}
+
+func (x *MigrateHeader) GetStdinClosed() bool {
+	if x != nil {
+		return x.StdinClosed
+	}
+	return false
+}
+
+func (x *MigrateHeader) GetOutSeq() uint64 {
+	if x != nil {
+		return x.OutSeq
+	}
+	return 0
+}
+
 type MigrateChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Header        *MigrateHeader         `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"` // first message only
@@ -3347,7 +3548,7 @@ type MigrateChunk struct {
 
 func (x *MigrateChunk) Reset() {
 	*x = MigrateChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3359,7 +3560,7 @@ func (x *MigrateChunk) String() string {
 func (*MigrateChunk) ProtoMessage() {}
 
 func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3372,7 +3573,7 @@ func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
 func (*MigrateChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *MigrateChunk) GetHeader() *MigrateHeader {
@@ -3407,7 +3608,7 @@ type MigrateReceipt struct {
 
 func (x *MigrateReceipt) Reset() {
 	*x = MigrateReceipt{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3419,7 +3620,7 @@ func (x *MigrateReceipt) String() string {
 func (*MigrateReceipt) ProtoMessage() {}
 
 func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3432,7 +3633,7 @@ func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
 func (*MigrateReceipt) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *MigrateReceipt) GetRestored() bool {
@@ -3473,7 +3674,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3485,7 +3686,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3498,7 +3699,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -3573,7 +3774,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3585,7 +3786,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3598,7 +3799,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -3658,7 +3859,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3670,7 +3871,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3683,7 +3884,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
 }
 
 type GetDHCPResponse struct {
@@ -3699,7 +3900,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3711,7 +3912,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3724,7 +3925,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -3774,7 +3975,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3786,7 +3987,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3799,7 +4000,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -3825,7 +4026,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3837,7 +4038,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3850,7 +4051,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -3868,7 +4069,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3880,7 +4081,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3893,7 +4094,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -3910,7 +4111,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3922,7 +4123,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3935,7 +4136,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -4055,13 +4256,14 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\fstdio_passed\x18\x0e \x01(\bR\vstdioPassed\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
-	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xc9\x01\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xf7\x01\n" +
 	"\tExecInput\x12(\n" +
 	"\x05start\x18\x01 \x01(\v2\x10.ssi.v1.ExecSpecH\x00R\x05start\x12\x16\n" +
 	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
 	"\tstdin_eof\x18\x03 \x01(\bH\x00R\bstdinEof\x12\x18\n" +
 	"\x06signal\x18\x04 \x01(\x05H\x00R\x06signal\x12(\n" +
-	"\x06resize\x18\x05 \x01(\v2\x0e.ssi.v1.ResizeH\x00R\x06resize\x12\x10\n" +
+	"\x06resize\x18\x05 \x01(\v2\x0e.ssi.v1.ResizeH\x00R\x06resize\x12,\n" +
+	"\x06attach\x18\x06 \x01(\v2\x12.ssi.v1.ExecAttachH\x00R\x06attach\x12\x10\n" +
 	"\x03seq\x18\n" +
 	" \x01(\x04R\x03seqB\x05\n" +
 	"\x03msg\"\xa7\x01\n" +
@@ -4080,7 +4282,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04core\x18\x03 \x01(\bR\x04core\"B\n" +
 	"\tExecError\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xfc\x01\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xa7\x02\n" +
 	"\n" +
 	"ExecOutput\x12/\n" +
 	"\astarted\x18\x01 \x01(\v2\x13.ssi.v1.ExecStartedH\x00R\astarted\x12\x18\n" +
@@ -4088,10 +4290,21 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12&\n" +
 	"\x04exit\x18\x04 \x01(\v2\x10.ssi.v1.ExecExitH\x00R\x04exit\x12)\n" +
 	"\x05error\x18\x05 \x01(\v2\x11.ssi.v1.ExecErrorH\x00R\x05error\x12\x1d\n" +
-	"\tstdin_ack\x18\x06 \x01(\x04H\x00R\bstdinAck\x12\x10\n" +
+	"\tstdin_ack\x18\x06 \x01(\x04H\x00R\bstdinAck\x12)\n" +
+	"\x05moved\x18\a \x01(\v2\x11.ssi.v1.ExecMovedH\x00R\x05moved\x12\x10\n" +
 	"\x03seq\x18\n" +
 	" \x01(\x04R\x03seqB\x05\n" +
-	"\x03msg\"\x91\x03\n" +
+	"\x03msg\"Y\n" +
+	"\tExecMoved\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\rR\x04node\x12\x17\n" +
+	"\aout_seq\x18\x02 \x01(\x04R\x06outSeq\x12\x1f\n" +
+	"\vstdin_acked\x18\x03 \x01(\x04R\n" +
+	"stdinAcked\"K\n" +
+	"\n" +
+	"ExecAttach\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x17\n" +
+	"\aout_seq\x18\x03 \x01(\x04R\x06outSeq\"\x91\x03\n" +
 	"\x04Proc\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\rR\x04node\x12\x10\n" +
@@ -4209,7 +4422,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
 	"restore_us\x18\x04 \x01(\x03R\trestoreUs\x12\x19\n" +
 	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\x12\x14\n" +
-	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\xdb\x01\n" +
+	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\xf7\x02\n" +
 	"\rMigrateHeader\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
@@ -4219,7 +4432,14 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
 	"status_key\x18\x06 \x01(\tR\tstatusKey\x12\x17\n" +
 	"\alog_key\x18\a \x01(\tR\x06logKey\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion\"i\n" +
+	"\aversion\x18\b \x01(\tR\aversion\x12\x1a\n" +
+	"\battached\x18\t \x01(\bR\battached\x12\x1d\n" +
+	"\n" +
+	"stdio_keys\x18\n" +
+	" \x03(\tR\tstdioKeys\x12#\n" +
+	"\rstdin_pending\x18\v \x01(\fR\fstdinPending\x12!\n" +
+	"\fstdin_closed\x18\f \x01(\bR\vstdinClosed\x12\x17\n" +
+	"\aout_seq\x18\r \x01(\x04R\x06outSeq\"i\n" +
 	"\fMigrateChunk\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.ssi.v1.MigrateHeaderR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
@@ -4331,7 +4551,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -4356,40 +4576,42 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*ExecExit)(nil),              // 20: ssi.v1.ExecExit
 	(*ExecError)(nil),             // 21: ssi.v1.ExecError
 	(*ExecOutput)(nil),            // 22: ssi.v1.ExecOutput
-	(*Proc)(nil),                  // 23: ssi.v1.Proc
-	(*ProcsRequest)(nil),          // 24: ssi.v1.ProcsRequest
-	(*ProcsResponse)(nil),         // 25: ssi.v1.ProcsResponse
-	(*SignalRequest)(nil),         // 26: ssi.v1.SignalRequest
-	(*SignalResponse)(nil),        // 27: ssi.v1.SignalResponse
-	(*WaitRequest)(nil),           // 28: ssi.v1.WaitRequest
-	(*WaitResponse)(nil),          // 29: ssi.v1.WaitResponse
-	(*LogsRequest)(nil),           // 30: ssi.v1.LogsRequest
-	(*LogsChunk)(nil),             // 31: ssi.v1.LogsChunk
-	(*NodeLoad)(nil),              // 32: ssi.v1.NodeLoad
-	(*LoadsRequest)(nil),          // 33: ssi.v1.LoadsRequest
-	(*LoadsResponse)(nil),         // 34: ssi.v1.LoadsResponse
-	(*JoinRequest)(nil),           // 35: ssi.v1.JoinRequest
-	(*JoinResponse)(nil),          // 36: ssi.v1.JoinResponse
-	(*HeartbeatRequest)(nil),      // 37: ssi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 38: ssi.v1.HeartbeatResponse
-	(*ApplyRequest)(nil),          // 39: ssi.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 40: ssi.v1.ApplyResponse
-	(*PeerShutdownRequest)(nil),   // 41: ssi.v1.PeerShutdownRequest
-	(*PeerShutdownResponse)(nil),  // 42: ssi.v1.PeerShutdownResponse
-	(*MigrateRequest)(nil),        // 43: ssi.v1.MigrateRequest
-	(*MigrateResponse)(nil),       // 44: ssi.v1.MigrateResponse
-	(*MigratePhases)(nil),         // 45: ssi.v1.MigratePhases
-	(*MigrateHeader)(nil),         // 46: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 47: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 48: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 49: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 50: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 51: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 52: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 53: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 54: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 55: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 56: ssi.v1.ProvisionInfoResponse
+	(*ExecMoved)(nil),             // 23: ssi.v1.ExecMoved
+	(*ExecAttach)(nil),            // 24: ssi.v1.ExecAttach
+	(*Proc)(nil),                  // 25: ssi.v1.Proc
+	(*ProcsRequest)(nil),          // 26: ssi.v1.ProcsRequest
+	(*ProcsResponse)(nil),         // 27: ssi.v1.ProcsResponse
+	(*SignalRequest)(nil),         // 28: ssi.v1.SignalRequest
+	(*SignalResponse)(nil),        // 29: ssi.v1.SignalResponse
+	(*WaitRequest)(nil),           // 30: ssi.v1.WaitRequest
+	(*WaitResponse)(nil),          // 31: ssi.v1.WaitResponse
+	(*LogsRequest)(nil),           // 32: ssi.v1.LogsRequest
+	(*LogsChunk)(nil),             // 33: ssi.v1.LogsChunk
+	(*NodeLoad)(nil),              // 34: ssi.v1.NodeLoad
+	(*LoadsRequest)(nil),          // 35: ssi.v1.LoadsRequest
+	(*LoadsResponse)(nil),         // 36: ssi.v1.LoadsResponse
+	(*JoinRequest)(nil),           // 37: ssi.v1.JoinRequest
+	(*JoinResponse)(nil),          // 38: ssi.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 39: ssi.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 40: ssi.v1.HeartbeatResponse
+	(*ApplyRequest)(nil),          // 41: ssi.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 42: ssi.v1.ApplyResponse
+	(*PeerShutdownRequest)(nil),   // 43: ssi.v1.PeerShutdownRequest
+	(*PeerShutdownResponse)(nil),  // 44: ssi.v1.PeerShutdownResponse
+	(*MigrateRequest)(nil),        // 45: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 46: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 47: ssi.v1.MigratePhases
+	(*MigrateHeader)(nil),         // 48: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 49: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 50: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 51: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 52: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 53: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 54: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 55: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 56: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 57: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 58: ssi.v1.ProvisionInfoResponse
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -4403,78 +4625,80 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	8,  // 8: ssi.v1.AddNodesResponse.nodes:type_name -> ssi.v1.AddedNode
 	16, // 9: ssi.v1.ExecInput.start:type_name -> ssi.v1.ExecSpec
 	17, // 10: ssi.v1.ExecInput.resize:type_name -> ssi.v1.Resize
-	19, // 11: ssi.v1.ExecOutput.started:type_name -> ssi.v1.ExecStarted
-	20, // 12: ssi.v1.ExecOutput.exit:type_name -> ssi.v1.ExecExit
-	21, // 13: ssi.v1.ExecOutput.error:type_name -> ssi.v1.ExecError
-	23, // 14: ssi.v1.ProcsResponse.procs:type_name -> ssi.v1.Proc
-	20, // 15: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
-	0,  // 16: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
-	32, // 17: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	45, // 18: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	46, // 19: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	49, // 20: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	50, // 21: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	49, // 22: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	49, // 23: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	4,  // 24: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	18, // 25: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	24, // 26: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	26, // 27: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	28, // 28: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	30, // 29: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	33, // 30: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	7,  // 31: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	10, // 32: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	12, // 33: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	14, // 34: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	51, // 35: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	53, // 36: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	55, // 37: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	43, // 38: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	35, // 39: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	37, // 40: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	41, // 41: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	39, // 42: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 43: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	24, // 44: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	26, // 45: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	28, // 46: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	30, // 47: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	43, // 48: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	47, // 49: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	33, // 50: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 51: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 52: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	25, // 53: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	27, // 54: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	29, // 55: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	31, // 56: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	34, // 57: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 58: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 59: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 60: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 61: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	52, // 62: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	54, // 63: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	56, // 64: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	44, // 65: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	36, // 66: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	38, // 67: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	42, // 68: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	40, // 69: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 70: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	25, // 71: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	27, // 72: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	29, // 73: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	31, // 74: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	44, // 75: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	48, // 76: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	34, // 77: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	51, // [51:78] is the sub-list for method output_type
-	24, // [24:51] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	24, // 11: ssi.v1.ExecInput.attach:type_name -> ssi.v1.ExecAttach
+	19, // 12: ssi.v1.ExecOutput.started:type_name -> ssi.v1.ExecStarted
+	20, // 13: ssi.v1.ExecOutput.exit:type_name -> ssi.v1.ExecExit
+	21, // 14: ssi.v1.ExecOutput.error:type_name -> ssi.v1.ExecError
+	23, // 15: ssi.v1.ExecOutput.moved:type_name -> ssi.v1.ExecMoved
+	25, // 16: ssi.v1.ProcsResponse.procs:type_name -> ssi.v1.Proc
+	20, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
+	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
+	34, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
+	47, // 20: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	48, // 21: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	51, // 22: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	52, // 23: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	51, // 24: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	51, // 25: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	4,  // 26: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	18, // 27: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	26, // 28: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 29: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 30: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 31: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	35, // 32: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	7,  // 33: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	10, // 34: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	12, // 35: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	14, // 36: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	53, // 37: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	55, // 38: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	57, // 39: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	45, // 40: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	37, // 41: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	39, // 42: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	43, // 43: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	41, // 44: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 45: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	26, // 46: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 47: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 48: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 49: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	45, // 50: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	49, // 51: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	35, // 52: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 53: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 54: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 55: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 56: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 57: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 58: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	36, // 59: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 60: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 61: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 62: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 63: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	54, // 64: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	56, // 65: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	58, // 66: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	46, // 67: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	38, // 68: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	40, // 69: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	44, // 70: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	42, // 71: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 72: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 73: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 74: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 75: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 76: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	46, // 77: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	50, // 78: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	36, // 79: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	53, // [53:80] is the sub-list for method output_type
+	26, // [26:53] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -4488,6 +4712,7 @@ func file_ssi_v1_ssi_proto_init() {
 		(*ExecInput_StdinEof)(nil),
 		(*ExecInput_Signal)(nil),
 		(*ExecInput_Resize)(nil),
+		(*ExecInput_Attach)(nil),
 	}
 	file_ssi_v1_ssi_proto_msgTypes[20].OneofWrappers = []any{
 		(*ExecOutput_Started)(nil),
@@ -4496,6 +4721,7 @@ func file_ssi_v1_ssi_proto_init() {
 		(*ExecOutput_Exit)(nil),
 		(*ExecOutput_Error)(nil),
 		(*ExecOutput_StdinAck)(nil),
+		(*ExecOutput_Moved)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4503,7 +4729,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   55,
+			NumMessages:   57,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

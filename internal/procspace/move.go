@@ -1,0 +1,469 @@
+package procspace
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/vproc"
+)
+
+// The stream of an attached job that a client's daemon relays from another
+// node can follow the job when it migrates (internal/migrate): the node that
+// runs it stops the job's pumps (Quiesce), hands what is in flight to the
+// job's new node, and ends the stream with ExecMoved (Commit); the client's
+// daemon attaches to the new node (ExecAttach), which numbers the output on
+// from where this node stopped, and sends again the stdin not yet
+// acknowledged. Streams of a CLI on this node itself, and terminals, do not
+// move in this version.
+
+// MoveState is what of a stream is in flight when its job is frozen for a
+// move.
+type MoveState struct {
+	Pipes        [3]*os.File // the daemon's ends: stdin (write), stdout and stderr (read)
+	Keys         [3]string   // the pipes as CRIU names them: "pipe:[INODE]"
+	OutSeq       uint64      // the last output chunk sent
+	StdinAcked   uint64      // the last stdin message written into the job's pipe
+	StdinPending []byte      // written into the pipe, not yet read by the job
+	StdinClosed  bool        // the job's stdin was closed (EOF delivered)
+}
+
+// movable is the stream of one attached job whose client's daemon can
+// follow a move.
+type movable struct {
+	s   *Space
+	j   *procs.Job
+	out *sender
+	q   *stdinQueue
+	ack bool
+
+	pipes [3]*os.File
+	keys  [3]string // "pipe:[INODE]" of each, taken while all are open
+
+	mu      sync.Mutex
+	phase   *stopper       // stops the current pumps and stdin writer
+	running sync.WaitGroup // the current pumps and writer (only Quiesce waits)
+	acked   uint64         // last stdin seq fully written into the pipe
+	closed  bool           // stdin closed
+	eof     [2]bool        // stdout, stderr reached EOF
+	moved   bool           // Commit: the stream ends with ExecMoved
+	phaseClosed bool
+	frozen  bool           // Quiesce: pumps stopped
+	ended   chan struct{}  // the stream's handler may return
+	endOnce sync.Once
+}
+
+func (m *movable) end() { m.endOnce.Do(func() { close(m.ended) }) }
+
+// serveMovable pumps an attached job's pipes for a relaying daemon, as
+// runLocal does, in a form that can stop for a move. outSeq and acked are
+// where the numbering starts (0 for a new job, the old node's for one that
+// moved here).
+func (s *Space) serveMovable(ctx context.Context, st execStream, out *sender, j *procs.Job, pipes [3]*os.File, acked uint64, stdinClosed bool) error {
+	m := &movable{s: s, j: j, out: out, q: newStdinQueue(2 * Window), ack: true, pipes: pipes, acked: acked, closed: stdinClosed, ended: make(chan struct{})}
+	for i, f := range pipes {
+		var st unix.Stat_t
+		if err := unix.Fstat(rawFD(f), &st); err == nil {
+			m.keys[i] = fmt.Sprintf("pipe:[%d]", st.Ino)
+		}
+	}
+	s.movMu.Lock()
+	s.movables[j.CPID] = m
+	s.movMu.Unlock()
+	defer func() {
+		s.movMu.Lock()
+		if s.movables[j.CPID] == m {
+			delete(s.movables, j.CPID)
+		}
+		s.movMu.Unlock()
+	}()
+	defer m.q.close()
+	go func() {
+		var n uint64 // stdin messages seen: their seq when the sender gives none
+		for {
+			in, err := st.Receive()
+			if err != nil {
+				m.mu.Lock()
+				moved := m.moved
+				m.mu.Unlock()
+				if !moved {
+					s.hangUp(j, err)
+				}
+				m.q.close()
+				return
+			}
+			switch v := in.Msg.(type) {
+			case *ssiv1.ExecInput_Stdin:
+				n++
+				m.q.push(stdinItem{seq: max(in.Seq, n), data: v.Stdin})
+			case *ssiv1.ExecInput_StdinEof:
+				n++
+				m.q.push(stdinItem{seq: max(in.Seq, n), eof: true})
+			case *ssiv1.ExecInput_Signal:
+				_ = j.Process().Signal(syscall.Signal(v.Signal))
+			}
+		}
+	}()
+	if err := m.start(); err != nil {
+		return out.Send(execError(255, "node %d: %v", s.cfg.Self, err))
+	}
+	defer m.closePhase()
+	// Ends when both output pipes reached EOF and the job ended, or at
+	// Commit. A client that goes away hangs the job up (above), which
+	// then ends.
+	<-m.ended
+	m.mu.Lock()
+	moved := m.moved
+	m.mu.Unlock()
+	if moved {
+		return nil
+	}
+	<-j.Done()
+	status, werr := j.Status()
+	if werr != nil {
+		return out.Send(execError(255, "node %d: waiting for %d: %v", s.cfg.Self, j.CPID, werr))
+	}
+	return out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Exit{Exit: &ssiv1.ExecExit{
+		Code: int32(status.ExitCode()), Signal: int32(status.Signal), Core: status.Core}}})
+}
+
+// start runs the pumps and the stdin writer until they end or the phase
+// stops.
+func (m *movable) start() error {
+	stop, err := newStopper()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.phase, m.phaseClosed, m.frozen = stop, false, false
+	closed := m.closed
+	eof := m.eof
+	m.mu.Unlock()
+	m.q.unpause()
+	for i, f := range m.pipes[1:] {
+		if eof[i] {
+			continue
+		}
+		m.running.Add(1)
+		go m.pump(i, f, stop)
+	}
+	if !closed {
+		m.running.Add(1)
+		go m.writer(stop)
+	}
+	return nil
+}
+
+func (m *movable) pump(i int, f *os.File, stop *stopper) {
+	defer m.running.Done()
+	fd := rawFD(f)
+	buf := make([]byte, chunkSize)
+	for {
+		n, err := readFD(fd, buf, stop.fd)
+		if errors.Is(err, errStopped) {
+			return
+		}
+		if n > 0 {
+			m.send(i, buf[:n])
+			continue
+		}
+		m.mu.Lock()
+		m.eof[i] = true
+		both := m.eof[0] && m.eof[1]
+		m.mu.Unlock()
+		if both {
+			// Every process of the job closed its output: once the job
+			// has ended, its status ends the stream.
+			go func() { <-m.j.Done(); m.end() }()
+		}
+		return
+	}
+}
+
+// closePhase releases the current phase's stopper.
+func (m *movable) closePhase() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.phase != nil && !m.phaseClosed {
+		m.phase.close()
+		m.phaseClosed = true
+	}
+}
+
+func (m *movable) send(i int, b []byte) {
+	msg := &ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Stdout{Stdout: b}}
+	if i == 1 {
+		msg = &ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Stderr{Stderr: b}}
+	}
+	// Send has marshalled the chunk when it returns: b is reused.
+	if m.out.Send(msg) != nil {
+		_ = m.j.Process().Signal(syscall.SIGHUP)
+	}
+}
+
+// writer writes the queued stdin into the job's pipe, acknowledging it.
+func (m *movable) writer(stop *stopper) {
+	defer m.running.Done()
+	fd := rawFD(m.pipes[0])
+	unacked := 0
+	for {
+		it, more, ok := m.q.popUnlessPaused()
+		if !ok {
+			return
+		}
+		if it.eof {
+			m.mu.Lock()
+			m.closed, m.acked = true, it.seq
+			m.mu.Unlock()
+			_ = m.pipes[0].Close()
+			m.sendAck(it.seq)
+			return
+		}
+		for off := 0; off < len(it.data); {
+			if err := waitFD(fd, unix.POLLOUT, stop.fd); err != nil {
+				if errors.Is(err, errStopped) {
+					// What is left goes back first in line, same seq.
+					m.q.pushFront(stdinItem{seq: it.seq, data: it.data[off:]})
+					return
+				}
+				break
+			}
+			n, err := unix.Write(fd, it.data[off:])
+			if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if err != nil {
+				break // the job closed its stdin: the rest is dropped
+			}
+			off += n
+		}
+		m.mu.Lock()
+		m.acked = it.seq
+		m.mu.Unlock()
+		unacked += len(it.data)
+		if !more || unacked >= Window/4 {
+			m.sendAck(it.seq)
+			unacked = 0
+		}
+	}
+}
+
+func (m *movable) sendAck(seq uint64) {
+	if m.ack {
+		_ = m.out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_StdinAck{StdinAck: seq}})
+	}
+}
+
+// Quiesce stops the stream of a frozen attached job for a move: the pumps
+// stop, what the job wrote is sent, and what it has not read of its stdin
+// is taken back out of the pipe.
+func (s *Space) Quiesce(cpid vproc.CPID) (*MoveState, error) {
+	s.movMu.Lock()
+	m := s.movables[cpid]
+	s.movMu.Unlock()
+	if m == nil {
+		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (a terminal, or a CLI on node %d itself); this version moves detached jobs and jobs started from another node", cpid, s.cfg.Self)
+	}
+	m.mu.Lock()
+	if m.frozen || m.moved {
+		m.mu.Unlock()
+		return nil, fmt.Errorf("process %d is moving already", cpid)
+	}
+	m.frozen = true
+	stop := m.phase
+	m.mu.Unlock()
+	m.q.pause()
+	stop.stop()
+	m.running.Wait()
+	m.closePhase()
+	// The job is frozen: what is in its output pipes is all it wrote.
+	buf := make([]byte, chunkSize)
+	for i, f := range m.pipes[1:] {
+		if m.eof[i] {
+			continue
+		}
+		// FIONREAD (TIOCINQ): the descriptor may be in blocking mode.
+		fd := rawFD(f)
+		for {
+			avail, err := unix.IoctlGetInt(fd, unix.TIOCINQ) // FIONREAD
+			if err != nil || avail <= 0 {
+				break
+			}
+			n, err := unix.Read(fd, buf[:min(avail, len(buf))])
+			if n <= 0 || err != nil {
+				break
+			}
+			m.send(i, buf[:n])
+		}
+	}
+	st := &MoveState{Pipes: m.pipes, Keys: m.keys}
+	m.mu.Lock()
+	st.StdinAcked, st.StdinClosed = m.acked, m.closed
+	m.mu.Unlock()
+	if !st.StdinClosed {
+		// A read end of the job's stdin pipe, opened through our write
+		// end, takes back what the job has not read.
+		r, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", rawFD(m.pipes[0])), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+		if err != nil {
+			_ = m.resume(nil)
+			return nil, fmt.Errorf("process %d: taking back its unread stdin: %w", cpid, err)
+		}
+		pending, err := io.ReadAll(nonBlocking{r})
+		r.Close()
+		if err != nil {
+			_ = m.resume(pending)
+			return nil, fmt.Errorf("process %d: taking back its unread stdin: %w", cpid, err)
+		}
+		st.StdinPending = pending
+	}
+	m.out.mu.Lock()
+	st.OutSeq = m.out.seq
+	m.out.mu.Unlock()
+	return st, nil
+}
+
+// nonBlocking reads until the pipe is empty.
+type nonBlocking struct{ f *os.File }
+
+func (r nonBlocking) Read(b []byte) (int, error) {
+	n, err := unix.Read(rawFD(r.f), b)
+	if errors.Is(err, unix.EAGAIN) || n == 0 && err == nil {
+		return 0, io.EOF
+	}
+	if err != nil {
+		return 0, err
+	}
+	return n, nil
+}
+
+// Resume undoes Quiesce (the move failed): the unread stdin goes back into
+// the pipe, and the pumps go on.
+func (s *Space) Resume(cpid vproc.CPID, st *MoveState) error {
+	s.movMu.Lock()
+	m := s.movables[cpid]
+	s.movMu.Unlock()
+	if m == nil {
+		return fmt.Errorf("process %d: its stream is gone", cpid)
+	}
+	var pending []byte
+	if st != nil {
+		pending = st.StdinPending
+	}
+	return m.resume(pending)
+}
+
+func (m *movable) resume(pending []byte) error {
+	if len(pending) > 0 {
+		if err := writeAll(m.pipes[0], pending); err != nil {
+			return fmt.Errorf("putting back the unread stdin: %w", err)
+		}
+	}
+	return m.start()
+}
+
+// writeAll writes b into a pipe that has room for it (it was in it).
+func writeAll(f *os.File, b []byte) error {
+	fd := rawFD(f)
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// Commit ends the stream of a job that now runs on node: the client's
+// daemon attaches there.
+func (s *Space) Commit(cpid vproc.CPID, node uint32, st *MoveState) {
+	s.movMu.Lock()
+	m := s.movables[cpid]
+	s.movMu.Unlock()
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	m.moved = true
+	m.mu.Unlock()
+	_ = m.out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Moved{Moved: &ssiv1.ExecMoved{Node: node, OutSeq: st.OutSeq, StdinAcked: st.StdinAcked}}})
+	m.end()
+}
+
+// arrival is an attached job restored here, waiting for its client's
+// daemon to attach.
+type arrival struct {
+	j      *procs.Job
+	pipes  [3]*os.File
+	outSeq uint64
+	acked  uint64
+	closed bool
+	timer  *time.Timer
+}
+
+// attachTimeout is how long a job that moved here waits for its client's
+// daemon before it is hung up, as a job whose client went away.
+const attachTimeout = 30 * time.Second
+
+// Arrive registers an attached job restored here (frozen or running), its
+// pipes (the daemon's ends) and where its stream stopped on the old node.
+func (s *Space) Arrive(j *procs.Job, pipes [3]*os.File, outSeq, stdinAcked uint64, stdinClosed bool) {
+	a := &arrival{j: j, pipes: pipes, outSeq: outSeq, acked: stdinAcked, closed: stdinClosed}
+	a.timer = time.AfterFunc(attachTimeout, func() {
+		s.movMu.Lock()
+		mine := s.arrivals[j.CPID] == a
+		if mine {
+			delete(s.arrivals, j.CPID)
+		}
+		s.movMu.Unlock()
+		if mine {
+			s.hangUp(j, errors.New("its client's daemon did not attach after the move"))
+			for _, f := range pipes {
+				f.Close()
+			}
+			go s.cfg.Jobs.Finish(j)
+		}
+	})
+	s.movMu.Lock()
+	s.arrivals[j.CPID] = a
+	s.movMu.Unlock()
+}
+
+// attach serves the stream of a job that moved here (ExecInput.attach).
+func (s *Space) attach(ctx context.Context, at *ssiv1.ExecAttach, st execStream) error {
+	cpid := vproc.CPID(at.Cpid)
+	s.movMu.Lock()
+	a := s.arrivals[cpid]
+	if a != nil && (at.Uid == 0 || at.Uid == a.j.UID) {
+		delete(s.arrivals, cpid)
+	}
+	s.movMu.Unlock()
+	if a == nil {
+		return st.Send(execError(255, "node %d: no process %d waits for its stream here", s.cfg.Self, cpid))
+	}
+	if at.Uid != 0 && at.Uid != a.j.UID {
+		return st.Send(execError(255, "node %d: process %d belongs to uid %d", s.cfg.Self, cpid, a.j.UID))
+	}
+	a.timer.Stop()
+	out := &sender{send: st.Send, seq: a.outSeq}
+	defer out.close()
+	defer s.cfg.Jobs.Finish(a.j)
+	defer func() {
+		for _, f := range a.pipes {
+			f.Close()
+		}
+	}()
+	return s.serveMovable(ctx, st, out, a.j, a.pipes, a.acked, a.closed)
+}
