@@ -21,9 +21,10 @@ created it) and lets it carry on there: it is frozen, checkpointed with
 CRIU, sent to NODE over the cluster's authenticated transport and restored
 there with the same cluster PID and the same PIDs inside its namespace;
 where_pid and ps show the new node at once, from every node. If any step
-fails the job goes on running where it was, as it was. See
-docs/MIGRATION.md for what can move (this version: detached jobs, ssi run
--d, without inet sockets) and what is refused.
+fails the job goes on running where it was, as it was. A job attached to
+a client on another node moves with its stream: the client sees its
+output and stdin go on. See docs/MIGRATION.md for what can move and what
+is refused (pinned jobs, terminals, jobs holding inet sockets, ...).
 
 Example:
   cpid=$(ssi run -d -n 2 ./simulate); migrate $cpid 3; where_pid $cpid`,

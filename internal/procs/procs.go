@@ -457,7 +457,11 @@ func (m *Manager) Shutdown() {
 	}
 	m.mu.Unlock()
 	for _, j := range jobs {
-		_ = j.job.Signal(syscall.SIGKILL)
+		// Through the cgroup where there is one: it reaches a job frozen
+		// for a migration too (SIGKILL alone waits for the thaw).
+		if j.job.Discard() != nil {
+			_ = j.job.Signal(syscall.SIGKILL)
+		}
 	}
 	for _, j := range jobs {
 		select {

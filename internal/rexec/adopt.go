@@ -65,9 +65,9 @@ func (j *Job) InitPid() int {
 // nsinit reports (its -status-fd, or a warm init's -pool-fd).
 const StatusFD = 3
 
-// Discard ends a job whose copy runs on another node now: every process in
-// its cgroup is killed (a frozen cgroup is thawed for that), and the job
-// ends as killed. The caller must not report that status as the job's.
+// Discard kills every process in the job's cgroup, thawing a frozen cgroup
+// for that: for a job whose copy runs on another node now (the caller must
+// not report its status as the job's), and for a node that stops.
 func (j *Job) Discard() error {
 	if j.cg == nil {
 		return fmt.Errorf("discarding job %s: %w: it has no cgroup", j.id, ErrNotSupported)

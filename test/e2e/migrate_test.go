@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -223,6 +224,29 @@ func TestMigrateRefusals(t *testing.T) {
 	l := logLines(c, 2, holder)
 	checkSequence(t, l, len(l))
 
+	// A job attached to a CLI on its own node (the CLI's descriptors are
+	// the job's) cannot follow a move in this version.
+	localMarker := fmt.Sprintf("ssi-local-%d", rand.IntN(1<<30))
+	local := exec.Command(ssiBin, "2", "sh", "-c", "sleep 60; : "+localMarker)
+	local.Args[0] = "onnode"
+	local.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(2))
+	if err := local.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = local.Process.Kill(); _ = local.Wait() })
+	var localCPID string
+	Eventually(t, 10*time.Second, func() string {
+		for _, l := range strings.Split(c.MustCLI(1, "ssi", "ps"), "\n") {
+			if strings.Contains(l, localMarker) && !strings.Contains(l, `\_`) {
+				localCPID = strings.Fields(l)[0]
+				return ""
+			}
+		}
+		return "the local job is not in ps yet"
+	})
+	refused("cannot follow", localCPID, "3")
+	stillOn(localCPID, "2")
+
 	refused("no such process", "2000999", "3")
 	for _, args := range [][]string{{holder}, {holder, "x"}, {holder, "0"}, {"abc", "3"}} {
 		if r := c.CLI(1, "migrate", args...); r.Code != 2 {
@@ -235,7 +259,7 @@ func TestMigrateRefusals(t *testing.T) {
 	if r := c.CLI(1, "migrate", holder, "2"); r.Code != 1 || !strings.Contains(r.Stderr, "already runs on node 2") {
 		t.Errorf("migrate to its own node: %v", r)
 	}
-	for _, cpid := range []string{pinned, listener, holder} {
+	for _, cpid := range []string{pinned, listener, holder, localCPID} {
 		c.MustCLI(1, "ssi", "kill", "-9", cpid)
 	}
 }
@@ -282,4 +306,85 @@ func childOf(t *testing.T, pid int) int {
 		t.Fatalf("process %d has children %v, want one", pid, kids)
 	}
 	return kids[0]
+}
+
+// An attached job (onnode from node 1, running on node 2) moves with its
+// stream: the client sees its output go on without a gap or a repeat
+// across two moves (2 -> 3 -> home), its stdin keeps reaching it, and the
+// client exits with the job's own status.
+func TestMigrateAttached(t *testing.T) {
+	c := migrateCluster(t)
+	marker := fmt.Sprintf("ssi-attached-%d", rand.IntN(1<<30))
+	cmd := exec.Command(ssiBin, "2", "sh", "-c", `while read l; do echo "got $l"; done; echo end; exit 4; : `+marker)
+	cmd.Args[0] = "onnode"
+	cmd.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(1))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line := 0
+	send := func(n int) {
+		t.Helper()
+		for range n {
+			line++
+			if _, err := fmt.Fprintf(stdin, "%d\n", line); err != nil {
+				t.Fatalf("writing line %d to onnode: %v", line, err)
+			}
+		}
+		want := fmt.Sprintf("got %d\n", line)
+		Eventually(t, 10*time.Second, func() string {
+			if !strings.HasSuffix(out.String(), want) {
+				return fmt.Sprintf("the job has not answered %q yet: %q", want, out.String())
+			}
+			return ""
+		})
+	}
+	send(5)
+	var cpid string
+	for _, l := range strings.Split(c.MustCLI(1, "ssi", "ps"), "\n") {
+		if strings.Contains(l, marker) && !strings.Contains(l, `\_`) {
+			cpid = strings.Fields(l)[0]
+		}
+	}
+	if cpid == "" {
+		t.Fatalf("the job is not in ps:\n%s", c.MustCLI(1, "ssi", "ps"))
+	}
+	c.MustCLI(1, "migrate", cpid, "3")
+	if got := strings.TrimSpace(c.MustCLI(2, "where_pid", cpid)); got != "3" {
+		t.Errorf("where_pid after the move: %q", got)
+	}
+	send(5)
+	// Lines written while it moves are not lost either.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 20; i++ {
+			fmt.Fprintf(stdin, "%d\n", line+1+i)
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	c.MustCLI(3, "migrate", cpid, "home")
+	<-done
+	line += 20
+	send(3)
+	stdin.Close()
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
+		t.Errorf("onnode: %v, stderr %q; want the job's exit status 4", err, errb.String())
+	}
+	var want strings.Builder
+	for i := 1; i <= line; i++ {
+		fmt.Fprintf(&want, "got %d\n", i)
+	}
+	want.WriteString("end\n")
+	if out.String() != want.String() {
+		t.Errorf("output across the moves:\n%s\nwant:\n%s", out.String(), want.String())
+	}
 }
