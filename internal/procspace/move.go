@@ -49,17 +49,17 @@ type movable struct {
 	pipes [3]*os.File
 	keys  [3]string // "pipe:[INODE]" of each, taken while all are open
 
-	mu      sync.Mutex
-	phase   *stopper       // stops the current pumps and stdin writer
-	running sync.WaitGroup // the current pumps and writer (only Quiesce waits)
-	acked   uint64         // last stdin seq fully written into the pipe
-	closed  bool           // stdin closed
-	eof     [2]bool        // stdout, stderr reached EOF
-	moved   bool           // Commit: the stream ends with ExecMoved
+	mu          sync.Mutex
+	phase       *stopper       // stops the current pumps and stdin writer
+	running     sync.WaitGroup // the current pumps and writer (only Quiesce waits)
+	acked       uint64         // last stdin seq fully written into the pipe
+	closed      bool           // stdin closed
+	eof         [2]bool        // stdout, stderr reached EOF
+	moved       bool           // Commit: the stream ends with ExecMoved
 	phaseClosed bool
-	frozen  bool           // Quiesce: pumps stopped
-	ended   chan struct{}  // the stream's handler may return
-	endOnce sync.Once
+	frozen      bool          // Quiesce: pumps stopped
+	ended       chan struct{} // the stream's handler may return
+	endOnce     sync.Once
 }
 
 func (m *movable) end() { m.endOnce.Do(func() { close(m.ended) }) }
