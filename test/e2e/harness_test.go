@@ -234,7 +234,11 @@ func (c *Cluster) Kill(k int) {
 	WaitGone(c.t, pid, 10*time.Second)
 }
 
-// WaitGone waits until pid no longer exists (or is a zombie).
+// WaitGone waits until pid no longer exists, or is a zombie whose every
+// thread has ended: the main thread of a killed process can be a zombie
+// while its other threads still exit, and its files (a listening socket)
+// close only with the last one, which once made a restarted daemon fail to
+// bind its port.
 func WaitGone(t *testing.T, pid int, timeout time.Duration) {
 	t.Helper()
 	Eventually(t, timeout, func() string {
@@ -243,7 +247,10 @@ func WaitGone(t *testing.T, pid int, timeout time.Duration) {
 			return ""
 		}
 		if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
-			return ""
+			if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err != nil || len(tasks) <= 1 {
+				return ""
+			}
+			return fmt.Sprintf("process %d is exiting: threads still end", pid)
 		}
 		return fmt.Sprintf("process %d still runs", pid)
 	})
