@@ -64,7 +64,26 @@ func New(cfg Config) *Migrator {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient)}
+	m := &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient)}
+	if cfg.Jobs != nil {
+		cfg.Jobs.OnForget(m.forgotten)
+	}
+	return m
+}
+
+// forgotten drops the location record of a job that moved here once it has
+// ended and been waited for.
+func (m *Migrator) forgotten(cpid vproc.CPID) {
+	if n, ok := m.cfg.FSM.Cluster().Location(int64(cpid)); !ok || n != m.cfg.Self || m.cfg.Leader == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := m.cfg.Leader.Apply(ctx, state.CmdSetLocation, state.SetLocation{CPID: int64(cpid), Node: 0, Time: time.Now()}); err != nil {
+			m.log.Warn("dropping the location record of a job that ended", "cpid", cpid, "err", err)
+		}
+	}()
 }
 
 // Service is the Migrate RPC service.

@@ -97,11 +97,12 @@ type Manager struct {
 	root  bool
 	pool  *rexec.Pool // nil: every migratable job starts its own init
 
-	mu       sync.Mutex
-	reserved uint64
-	jobs     map[vproc.CPID]*Job
-	cleaning map[*rexec.Job]struct{} // ended, the engine's cleanup still under way
-	exited   []vproc.CPID            // detached jobs that ended, oldest first
+	mu        sync.Mutex
+	reserved  uint64
+	jobs      map[vproc.CPID]*Job
+	cleaning  map[*rexec.Job]struct{} // ended, the engine's cleanup still under way
+	exited    []vproc.CPID            // detached jobs that ended, oldest first
+	forgotten func(vproc.CPID)        // see OnForget
 }
 
 // Job is one process tree started through ssi.
@@ -267,13 +268,36 @@ func (m *Manager) track(j *Job) {
 			rj.Close()
 			m.mu.Lock()
 			m.exited = append(m.exited, cpid)
+			var evicted []vproc.CPID
 			for len(m.exited) > maxExited {
 				delete(m.jobs, m.exited[0])
+				evicted = append(evicted, m.exited[0])
 				m.exited = m.exited[1:]
 			}
 			m.mu.Unlock()
+			for _, c := range evicted {
+				m.forget(c)
+			}
 		}
 	}()
+}
+
+// OnForget sets what is told of each job this node forgets once it has
+// ended and been waited for (or its stream ended): not of one that moved
+// away. Migration drops the job's location record then.
+func (m *Manager) OnForget(fn func(vproc.CPID)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forgotten = fn
+}
+
+func (m *Manager) forget(cpid vproc.CPID) {
+	m.mu.Lock()
+	fn := m.forgotten
+	m.mu.Unlock()
+	if fn != nil {
+		fn(cpid)
+	}
 }
 
 // Process gives the streams of an attached job.
@@ -290,8 +314,14 @@ func (m *Manager) Finish(j *Job) {
 	<-j.done
 	j.job.Close()
 	m.mu.Lock()
-	delete(m.jobs, j.CPID)
+	mine := m.jobs[j.CPID] == j
+	if mine {
+		delete(m.jobs, j.CPID)
+	}
 	m.mu.Unlock()
+	if mine && !j.moved.Load() {
+		m.forget(j.CPID)
+	}
 }
 
 func (m *Manager) get(cpid vproc.CPID) (*Job, error) {
@@ -351,6 +381,7 @@ func (m *Manager) Wait(ctx context.Context, cpid vproc.CPID, c Caller) (rexec.St
 		}
 	}
 	m.mu.Unlock()
+	m.forget(cpid)
 	os.Remove(j.LogPath)
 	return j.status, j.err
 }
