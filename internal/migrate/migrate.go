@@ -3,6 +3,7 @@ package migrate
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/sys/unix"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
@@ -65,6 +67,10 @@ func New(cfg Config) *Migrator {
 		cfg.Log = slog.Default()
 	}
 	m := &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient)}
+	// Checkpoints a daemon that died left behind (in memory, on tmpfs).
+	if cfg.DataDir != "" {
+		_ = os.RemoveAll(m.stagingBase())
+	}
 	if cfg.Jobs != nil {
 		cfg.Jobs.OnForget(m.forgotten)
 	}
@@ -112,7 +118,7 @@ func (m *Migrator) criu() (string, error) {
 
 // stage makes a private directory for one checkpoint.
 func (m *Migrator) stage(what string, cpid vproc.CPID) (string, error) {
-	base := filepath.Join(m.cfg.DataDir, "migrate")
+	base := m.stagingBase()
 	if err := os.MkdirAll(base, 0o700); err != nil {
 		return "", fmt.Errorf("node %d: creating %s: %w", m.cfg.Self, base, err)
 	}
@@ -123,6 +129,21 @@ func (m *Migrator) stage(what string, cpid vproc.CPID) (string, error) {
 		return "", fmt.Errorf("node %d: creating %s: %w", m.cfg.Self, dir, err)
 	}
 	return dir, nil
+}
+
+// stagingBase is where checkpoints are staged: in memory (/dev/shm, a
+// tmpfs) where there is one, so that neither CRIU's dump nor its restore
+// waits for a disk (a checkpoint lives there only while the job moves),
+// else DataDir/migrate.
+func (m *Migrator) stagingBase() string {
+	var st unix.Statfs_t
+	if unix.Statfs("/dev/shm", &st) == nil && st.Type == unix.TMPFS_MAGIC {
+		// One per data directory: nodes of several clusters may share
+		// this machine.
+		sum := sha256.Sum256([]byte(m.cfg.DataDir))
+		return filepath.Join("/dev/shm", fmt.Sprintf("ssi-migrate-node%d-%x", m.cfg.Self, sum[:6]))
+	}
+	return filepath.Join(m.cfg.DataDir, "migrate")
 }
 
 // Migrate moves a process, wherever it runs, to the node asked for.
