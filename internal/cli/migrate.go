@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -62,4 +63,103 @@ Example:
 		return nil
 	}
 	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "checkpoint",
+		Summary: "save a running detached job into a directory, to restart it later",
+		Usage:   "ssi checkpoint [--leave-running] [--socket PATH] CPID DIR",
+		Help: `Freezes the job, checkpoints it with CRIU into DIR (an absolute path that
+must not exist yet, in a directory you own, on the node that runs the
+job), with its log, and ends it there (or lets it go on with
+--leave-running). 'ssi restart DIR' brings it back, on any node that sees
+DIR (shared storage survives the node), with the same cluster PID if that
+is free. Only detached jobs (ssi run -d).
+
+Example:
+  ssi checkpoint $cpid /shared/ckpt/sim; ssi restart -n 3 /shared/ckpt/sim`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		leave := fs.Bool("leave-running", false, "keep the job running after the checkpoint")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 2 {
+			return Usagef("want a cluster PID and a directory, got %d arguments", fs.NArg())
+		}
+		cpid, err := parseCPIDArg(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		dir, err := absPathArg(fs.Arg(1))
+		if err != nil {
+			return err
+		}
+		resp, err := control(*socket).Checkpoint(env.Ctx, connect.NewRequest(&ssiv1.CheckpointRequest{Cpid: cpid, Dir: dir, LeaveRunning: *leave}))
+		if err != nil {
+			return err
+		}
+		r := resp.Msg
+		what := "it ended there"
+		if *leave {
+			what = "it goes on"
+		}
+		fmt.Fprintf(env.Stdout, "process %d on node %d saved in %s (%.1f MB, frozen %v); %s\n", cpid, r.Node, dir,
+			float64(r.Bytes)/1e6, (time.Duration(r.FreezeUs) * time.Microsecond).Round(100*time.Microsecond), what)
+		return nil
+	}
+	Register(cmd)
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "restart",
+		Summary: "restart a job saved by ssi checkpoint",
+		Usage:   "ssi restart [-n N] [--socket PATH] DIR",
+		Help: `Restores the job saved in DIR on node N (default: this node), with the
+cluster PID it had if that is free (else a new one of node N), and prints
+its cluster PID. Its log goes on where it stopped; ssi wait gives its exit
+status.
+
+Example:
+  cpid=$(ssi restart -n 3 /shared/ckpt/sim); ssi logs -f $cpid`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		node := nodeNumFlag(fs, "n", "restart on node N (default: this node)")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("want one directory, got %d arguments", fs.NArg())
+		}
+		dir, err := absPathArg(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		resp, err := control(*socket).Restart(env.Ctx, connect.NewRequest(&ssiv1.RestartRequest{Dir: dir, Node: uint32(*node)}))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(env.Stdout, resp.Msg.Cpid)
+		return nil
+	}
+	Register(cmd)
+}
+
+// absPathArg makes a directory argument absolute (the daemon does not share
+// the CLI's working directory).
+func absPathArg(arg string) (string, error) {
+	if arg == "" {
+		return "", Usagef("the directory is empty")
+	}
+	d, err := filepath.Abs(arg)
+	if err != nil {
+		return "", Usagef("%q: %v", arg, err)
+	}
+	return d, nil
 }

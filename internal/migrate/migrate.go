@@ -56,9 +56,10 @@ type Streams interface {
 // Migrator is one node's part of migration: the source side (Move), the
 // target side (Receive) and the CLI's entry (Control).
 type Migrator struct {
-	cfg     Config
-	log     *slog.Logger
-	clients *peer.Clients[ssiv1connect.MigrateClient]
+	cfg         Config
+	log         *slog.Logger
+	clients     *peer.Clients[ssiv1connect.MigrateClient]
+	procClients *peer.Clients[ssiv1connect.ProcessClient]
 }
 
 // New returns the node's migrator.
@@ -66,7 +67,8 @@ func New(cfg Config) *Migrator {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient)}
+	m := &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient),
+		procClients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient)}
 	// Checkpoints a daemon that died left behind (in memory, on tmpfs).
 	if cfg.DataDir != "" {
 		_ = os.RemoveAll(m.stagingBase())
@@ -265,9 +267,9 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	if err := refuseInetSockets(rj); err != nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w", m.cfg.Self, j.CPID, err))
 	}
-	statusKey, err := rexec.FileKey(init, rexec.StatusFD)
+	statusKey, err := rexecFileKey(init)
 	if err != nil {
-		return nil, m.fail(fmt.Errorf("process %d: the init's report channel: %w", j.CPID, err))
+		return nil, m.fail(fmt.Errorf("process %d: %w", j.CPID, err))
 	}
 	dir, err := m.stage("out", j.CPID)
 	if err != nil {
@@ -394,4 +396,13 @@ func (m *Migrator) peerError(to *state.Node, err error) error {
 		code = connect.CodeInternal
 	}
 	return connect.NewError(code, fmt.Errorf("node %d (%s): %w; the process still runs on node %d", to.Num, to.Name, err, m.cfg.Self))
+}
+
+// rexecFileKey is how CRIU names the report channel of the init pid.
+func rexecFileKey(init int) (string, error) {
+	k, err := rexec.FileKey(init, rexec.StatusFD)
+	if err != nil {
+		return "", fmt.Errorf("the init's report channel: %w", err)
+	}
+	return k, nil
 }

@@ -87,3 +87,13 @@ func (m *Manager) Adopt(r AdoptRequest) (*Job, error) {
 
 // CgroupParent is where the jobs' cgroups go (rexec.Spec.CgroupParent).
 func (m *Manager) CgroupParent() string { return rexec.DefaultCgroupParent }
+
+// NewCPID allocates a cluster PID of this node (for a job restarted here
+// whose own is taken).
+func (m *Manager) NewCPID() (vproc.CPID, error) { return m.next() }
+
+// Has reports whether this node's table holds cpid.
+func (m *Manager) Has(cpid vproc.CPID) bool {
+	_, err := m.get(cpid)
+	return err == nil
+}

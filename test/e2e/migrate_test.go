@@ -388,3 +388,60 @@ func TestMigrateAttached(t *testing.T) {
 		t.Errorf("output across the moves:\n%s\nwant:\n%s", out.String(), want.String())
 	}
 }
+
+// A detached job saved with ssi checkpoint survives its node: after the
+// node is killed, ssi restart brings it back on another node with its
+// cluster PID, its log goes on exactly, and ssi wait gets its status. A
+// second restart of the same checkpoint gets a new cluster PID (the first
+// one is taken); a directory that exists is refused.
+func TestCheckpointRestart(t *testing.T) {
+	c := migrateCluster(t)
+	const n = 80
+	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
+		fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 6`, n)))
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, cpid); len(l) < 10 {
+			return fmt.Sprintf("the counter wrote %d lines", len(l))
+		}
+		return ""
+	})
+	base := t.TempDir()
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "ckpt")
+	if out := c.MustCLI(1, "ssi", "checkpoint", cpid, dir); !strings.Contains(out, "saved in "+dir) {
+		t.Errorf("checkpoint printed %q", out)
+	}
+	if r := c.CLI(1, "where_pid", cpid); r.Code == 0 {
+		t.Errorf("the checkpointed job still runs: %v", r)
+	}
+	if r := c.CLI(1, "ssi", "checkpoint", cpid, dir); r.Code == 0 {
+		t.Errorf("a second checkpoint into an existing directory: %v", r)
+	}
+	c.Kill(2)
+	c.WaitState([]int{1, 3}, 2, "DOWN", 10*time.Second)
+	got := strings.TrimSpace(c.MustCLI(1, "ssi", "restart", "-n", "3", dir))
+	if got != cpid {
+		t.Errorf("restart gave cluster PID %q, want the saved %s (its node is DOWN: the number is free)", got, cpid)
+	}
+	if w := strings.TrimSpace(c.MustCLI(1, "where_pid", got)); w != "3" {
+		t.Errorf("where_pid %s: %q, want 3", got, w)
+	}
+	second := strings.TrimSpace(c.MustCLI(1, "ssi", "restart", "-n", "3", dir))
+	if second == got || !strings.HasPrefix(second, "3") {
+		t.Errorf("a second restart of the same checkpoint got cluster PID %q; want a new one of node 3", second)
+	}
+	for _, p := range []string{got, second} {
+		Eventually(t, 20*time.Second, func() string {
+			if l := logLines(c, 1, p); len(l) < n {
+				return fmt.Sprintf("%s: %d of %d lines", p, len(l), n)
+			}
+			return ""
+		})
+		checkSequence(t, logLines(c, 1, p), n)
+		if r := c.CLI(1, "ssi", "wait", p); r.Code != 6 {
+			t.Errorf("ssi wait %s: %v; want the job's own status 6", p, r)
+		}
+	}
+}

@@ -3179,6 +3179,278 @@ func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
 }
 
+type CheckpointRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Dir           string                 `protobuf:"bytes,2,opt,name=dir,proto3" json:"dir,omitempty"`                                        // absolute; created, must not exist
+	LeaveRunning  bool                   `protobuf:"varint,3,opt,name=leave_running,json=leaveRunning,proto3" json:"leave_running,omitempty"` // keep the job running (else it ends, its state in dir)
+	Uid           uint32                 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`                                       // set by the caller's daemon
+	HasUid        bool                   `protobuf:"varint,5,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointRequest) Reset() {
+	*x = CheckpointRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointRequest) ProtoMessage() {}
+
+func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
+func (*CheckpointRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *CheckpointRequest) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *CheckpointRequest) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *CheckpointRequest) GetLeaveRunning() bool {
+	if x != nil {
+		return x.LeaveRunning
+	}
+	return false
+}
+
+func (x *CheckpointRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *CheckpointRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type CheckpointResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	DumpUs        int64                  `protobuf:"varint,3,opt,name=dump_us,json=dumpUs,proto3" json:"dump_us,omitempty"`
+	FreezeUs      int64                  `protobuf:"varint,4,opt,name=freeze_us,json=freezeUs,proto3" json:"freeze_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointResponse) Reset() {
+	*x = CheckpointResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointResponse) ProtoMessage() {}
+
+func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
+func (*CheckpointResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *CheckpointResponse) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *CheckpointResponse) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *CheckpointResponse) GetDumpUs() int64 {
+	if x != nil {
+		return x.DumpUs
+	}
+	return 0
+}
+
+func (x *CheckpointResponse) GetFreezeUs() int64 {
+	if x != nil {
+		return x.FreezeUs
+	}
+	return 0
+}
+
+type RestartRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Dir           string                 `protobuf:"bytes,1,opt,name=dir,proto3" json:"dir,omitempty"`
+	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"` // 0: the caller's node
+	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	HasUid        bool                   `protobuf:"varint,4,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartRequest) Reset() {
+	*x = RestartRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartRequest) ProtoMessage() {}
+
+func (x *RestartRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
+func (*RestartRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *RestartRequest) GetDir() string {
+	if x != nil {
+		return x.Dir
+	}
+	return ""
+}
+
+func (x *RestartRequest) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *RestartRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *RestartRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type RestartResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"` // the saved one if free, else a new one of this node
+	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"`
+	RestoreUs     int64                  `protobuf:"varint,3,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RestartResponse) Reset() {
+	*x = RestartResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RestartResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RestartResponse) ProtoMessage() {}
+
+func (x *RestartResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RestartResponse.ProtoReflect.Descriptor instead.
+func (*RestartResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *RestartResponse) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *RestartResponse) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *RestartResponse) GetRestoreUs() int64 {
+	if x != nil {
+		return x.RestoreUs
+	}
+	return 0
+}
+
 type MigrateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
@@ -3191,7 +3463,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +3475,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +3488,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *MigrateRequest) GetCpid() int64 {
@@ -3258,7 +3530,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3270,7 +3542,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3283,7 +3555,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *MigrateResponse) GetFrom() uint32 {
@@ -3322,7 +3594,7 @@ type MigratePhases struct {
 
 func (x *MigratePhases) Reset() {
 	*x = MigratePhases{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3334,7 +3606,7 @@ func (x *MigratePhases) String() string {
 func (*MigratePhases) ProtoMessage() {}
 
 func (x *MigratePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3347,7 +3619,7 @@ func (x *MigratePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigratePhases.ProtoReflect.Descriptor instead.
 func (*MigratePhases) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *MigratePhases) GetFreezeUs() int64 {
@@ -3418,7 +3690,7 @@ type MigrateHeader struct {
 
 func (x *MigrateHeader) Reset() {
 	*x = MigrateHeader{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3430,7 +3702,7 @@ func (x *MigrateHeader) String() string {
 func (*MigrateHeader) ProtoMessage() {}
 
 func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3443,7 +3715,7 @@ func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
 func (*MigrateHeader) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *MigrateHeader) GetCpid() int64 {
@@ -3548,7 +3820,7 @@ type MigrateChunk struct {
 
 func (x *MigrateChunk) Reset() {
 	*x = MigrateChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3560,7 +3832,7 @@ func (x *MigrateChunk) String() string {
 func (*MigrateChunk) ProtoMessage() {}
 
 func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3573,7 +3845,7 @@ func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
 func (*MigrateChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *MigrateChunk) GetHeader() *MigrateHeader {
@@ -3608,7 +3880,7 @@ type MigrateReceipt struct {
 
 func (x *MigrateReceipt) Reset() {
 	*x = MigrateReceipt{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3620,7 +3892,7 @@ func (x *MigrateReceipt) String() string {
 func (*MigrateReceipt) ProtoMessage() {}
 
 func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3633,7 +3905,7 @@ func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
 func (*MigrateReceipt) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *MigrateReceipt) GetRestored() bool {
@@ -3674,7 +3946,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3686,7 +3958,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3699,7 +3971,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -3774,7 +4046,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3786,7 +4058,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3799,7 +4071,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -3859,7 +4131,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3871,7 +4143,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3884,7 +4156,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
 }
 
 type GetDHCPResponse struct {
@@ -3900,7 +4172,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3912,7 +4184,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3925,7 +4197,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -3975,7 +4247,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3987,7 +4259,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4000,7 +4272,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -4026,7 +4298,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4038,7 +4310,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4051,7 +4323,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4069,7 +4341,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4081,7 +4353,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4094,7 +4366,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -4111,7 +4383,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4123,7 +4395,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4136,7 +4408,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -4404,7 +4676,28 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"-\n" +
 	"\x13PeerShutdownRequest\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x16\n" +
-	"\x14PeerShutdownResponse\"c\n" +
+	"\x14PeerShutdownResponse\"\x89\x01\n" +
+	"\x11CheckpointRequest\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x10\n" +
+	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
+	"\rleave_running\x18\x03 \x01(\bR\fleaveRunning\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x05 \x01(\bR\x06hasUid\"t\n" +
+	"\x12CheckpointResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\rR\x04node\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x17\n" +
+	"\adump_us\x18\x03 \x01(\x03R\x06dumpUs\x12\x1b\n" +
+	"\tfreeze_us\x18\x04 \x01(\x03R\bfreezeUs\"a\n" +
+	"\x0eRestartRequest\x12\x10\n" +
+	"\x03dir\x18\x01 \x01(\tR\x03dir\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\rR\x04node\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x04 \x01(\bR\x06hasUid\"X\n" +
+	"\x0fRestartResponse\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\rR\x04node\x12\x1d\n" +
+	"\n" +
+	"restore_us\x18\x03 \x01(\x03R\trestoreUs\"c\n" +
 	"\x0eMigrateRequest\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x10\n" +
@@ -4500,7 +4793,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
-	"\x10NODE_ROLE_LEADER\x10\x032\xff\x06\n" +
+	"\x10NODE_ROLE_LEADER\x10\x032\x80\b\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -4518,7 +4811,10 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\aGetDHCP\x12\x16.ssi.v1.GetDHCPRequest\x1a\x17.ssi.v1.GetDHCPResponse\x12:\n" +
 	"\aSetDHCP\x12\x16.ssi.v1.SetDHCPRequest\x1a\x17.ssi.v1.SetDHCPResponse\x12L\n" +
 	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse\x12:\n" +
-	"\aMigrate\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse2\xc8\x01\n" +
+	"\aMigrate\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12C\n" +
+	"\n" +
+	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
+	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse2\xc8\x01\n" +
 	"\n" +
 	"Membership\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
@@ -4531,10 +4827,13 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
 	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
 	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
-	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\x7f\n" +
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\x80\x02\n" +
 	"\aMigrate\x127\n" +
 	"\x04Move\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12;\n" +
-	"\aReceive\x12\x14.ssi.v1.MigrateChunk\x1a\x16.ssi.v1.MigrateReceipt(\x010\x012A\n" +
+	"\aReceive\x12\x14.ssi.v1.MigrateChunk\x1a\x16.ssi.v1.MigrateReceipt(\x010\x01\x12C\n" +
+	"\n" +
+	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
+	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse2A\n" +
 	"\tPlacement\x124\n" +
 	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
 
@@ -4551,7 +4850,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 57)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -4598,20 +4897,24 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*ApplyResponse)(nil),         // 42: ssi.v1.ApplyResponse
 	(*PeerShutdownRequest)(nil),   // 43: ssi.v1.PeerShutdownRequest
 	(*PeerShutdownResponse)(nil),  // 44: ssi.v1.PeerShutdownResponse
-	(*MigrateRequest)(nil),        // 45: ssi.v1.MigrateRequest
-	(*MigrateResponse)(nil),       // 46: ssi.v1.MigrateResponse
-	(*MigratePhases)(nil),         // 47: ssi.v1.MigratePhases
-	(*MigrateHeader)(nil),         // 48: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 49: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 50: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 51: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 52: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 53: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 54: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 55: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 56: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 57: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 58: ssi.v1.ProvisionInfoResponse
+	(*CheckpointRequest)(nil),     // 45: ssi.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),    // 46: ssi.v1.CheckpointResponse
+	(*RestartRequest)(nil),        // 47: ssi.v1.RestartRequest
+	(*RestartResponse)(nil),       // 48: ssi.v1.RestartResponse
+	(*MigrateRequest)(nil),        // 49: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 50: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 51: ssi.v1.MigratePhases
+	(*MigrateHeader)(nil),         // 52: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 53: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 54: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 55: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 56: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 57: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 58: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 59: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 60: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 61: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 62: ssi.v1.ProvisionInfoResponse
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -4634,12 +4937,12 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	20, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
 	34, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	47, // 20: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	48, // 21: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	51, // 22: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	52, // 23: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	51, // 24: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	51, // 25: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	51, // 20: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	52, // 21: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	55, // 22: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	56, // 23: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	55, // 24: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	55, // 25: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
 	4,  // 26: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
 	18, // 27: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
 	26, // 28: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
@@ -4651,51 +4954,59 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	10, // 34: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
 	12, // 35: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
 	14, // 36: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	53, // 37: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	55, // 38: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	57, // 39: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	45, // 40: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	37, // 41: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	39, // 42: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	43, // 43: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	41, // 44: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 45: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	26, // 46: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 47: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 48: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 49: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	45, // 50: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	49, // 51: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	35, // 52: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 53: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 54: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 55: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 56: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 57: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 58: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	36, // 59: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 60: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 61: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 62: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 63: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	54, // 64: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	56, // 65: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	58, // 66: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	46, // 67: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	38, // 68: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	40, // 69: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	44, // 70: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	42, // 71: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 72: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 73: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 74: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 75: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 76: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	46, // 77: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	50, // 78: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	36, // 79: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	53, // [53:80] is the sub-list for method output_type
-	26, // [26:53] is the sub-list for method input_type
+	57, // 37: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	59, // 38: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	61, // 39: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	49, // 40: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	45, // 41: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	47, // 42: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	37, // 43: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	39, // 44: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	43, // 45: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	41, // 46: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 47: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	26, // 48: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 49: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 50: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 51: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	49, // 52: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	53, // 53: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	45, // 54: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	47, // 55: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	35, // 56: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 57: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 58: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 59: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 60: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 61: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 62: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	36, // 63: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 64: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 65: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 66: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 67: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	58, // 68: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	60, // 69: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	62, // 70: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	50, // 71: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	46, // 72: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	48, // 73: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	38, // 74: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	40, // 75: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	44, // 76: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	42, // 77: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 78: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 79: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 80: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 81: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 82: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	50, // 83: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	54, // 84: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	46, // 85: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	48, // 86: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	36, // 87: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	57, // [57:88] is the sub-list for method output_type
+	26, // [26:57] is the sub-list for method input_type
 	26, // [26:26] is the sub-list for extension type_name
 	26, // [26:26] is the sub-list for extension extendee
 	0,  // [0:26] is the sub-list for field type_name
@@ -4729,7 +5040,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   57,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -84,6 +84,10 @@ const (
 	ControlProvisionInfoProcedure = "/ssi.v1.Control/ProvisionInfo"
 	// ControlMigrateProcedure is the fully-qualified name of the Control's Migrate RPC.
 	ControlMigrateProcedure = "/ssi.v1.Control/Migrate"
+	// ControlCheckpointProcedure is the fully-qualified name of the Control's Checkpoint RPC.
+	ControlCheckpointProcedure = "/ssi.v1.Control/Checkpoint"
+	// ControlRestartProcedure is the fully-qualified name of the Control's Restart RPC.
+	ControlRestartProcedure = "/ssi.v1.Control/Restart"
 	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
 	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
 	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
@@ -106,6 +110,10 @@ const (
 	MigrateMoveProcedure = "/ssi.v1.Migrate/Move"
 	// MigrateReceiveProcedure is the fully-qualified name of the Migrate's Receive RPC.
 	MigrateReceiveProcedure = "/ssi.v1.Migrate/Receive"
+	// MigrateCheckpointProcedure is the fully-qualified name of the Migrate's Checkpoint RPC.
+	MigrateCheckpointProcedure = "/ssi.v1.Migrate/Checkpoint"
+	// MigrateRestartProcedure is the fully-qualified name of the Migrate's Restart RPC.
+	MigrateRestartProcedure = "/ssi.v1.Migrate/Restart"
 	// PlacementLoadsProcedure is the fully-qualified name of the Placement's Loads RPC.
 	PlacementLoadsProcedure = "/ssi.v1.Placement/Loads"
 )
@@ -127,6 +135,8 @@ type ControlClient interface {
 	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
 	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
 	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
+	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -230,6 +240,18 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("Migrate")),
 			connect.WithClientOptions(opts...),
 		),
+		checkpoint: connect.NewClient[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse](
+			httpClient,
+			baseURL+ControlCheckpointProcedure,
+			connect.WithSchema(controlMethods.ByName("Checkpoint")),
+			connect.WithClientOptions(opts...),
+		),
+		restart: connect.NewClient[ssiv1.RestartRequest, ssiv1.RestartResponse](
+			httpClient,
+			baseURL+ControlRestartProcedure,
+			connect.WithSchema(controlMethods.ByName("Restart")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -250,6 +272,8 @@ type controlClient struct {
 	setDHCP       *connect.Client[ssiv1.SetDHCPRequest, ssiv1.SetDHCPResponse]
 	provisionInfo *connect.Client[ssiv1.ProvisionInfoRequest, ssiv1.ProvisionInfoResponse]
 	migrate       *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
+	checkpoint    *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
+	restart       *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -327,6 +351,16 @@ func (c *controlClient) Migrate(ctx context.Context, req *connect.Request[ssiv1.
 	return c.migrate.CallUnary(ctx, req)
 }
 
+// Checkpoint calls ssi.v1.Control.Checkpoint.
+func (c *controlClient) Checkpoint(ctx context.Context, req *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error) {
+	return c.checkpoint.CallUnary(ctx, req)
+}
+
+// Restart calls ssi.v1.Control.Restart.
+func (c *controlClient) Restart(ctx context.Context, req *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error) {
+	return c.restart.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -344,6 +378,8 @@ type ControlHandler interface {
 	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
 	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
 	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
+	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -443,6 +479,18 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("Migrate")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlCheckpointHandler := connect.NewUnaryHandler(
+		ControlCheckpointProcedure,
+		svc.Checkpoint,
+		connect.WithSchema(controlMethods.ByName("Checkpoint")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlRestartHandler := connect.NewUnaryHandler(
+		ControlRestartProcedure,
+		svc.Restart,
+		connect.WithSchema(controlMethods.ByName("Restart")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -475,6 +523,10 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlProvisionInfoHandler.ServeHTTP(w, r)
 		case ControlMigrateProcedure:
 			controlMigrateHandler.ServeHTTP(w, r)
+		case ControlCheckpointProcedure:
+			controlCheckpointHandler.ServeHTTP(w, r)
+		case ControlRestartProcedure:
+			controlRestartHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -542,6 +594,14 @@ func (UnimplementedControlHandler) ProvisionInfo(context.Context, *connect.Reque
 
 func (UnimplementedControlHandler) Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Migrate is not implemented"))
+}
+
+func (UnimplementedControlHandler) Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Checkpoint is not implemented"))
+}
+
+func (UnimplementedControlHandler) Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Restart is not implemented"))
 }
 
 // MembershipClient is a client for the ssi.v1.Membership service.
@@ -920,6 +980,11 @@ type MigrateClient interface {
 	// process is restored here, frozen; Resume (or the end of the stream
 	// without a commit) decides.
 	Receive(context.Context) *connect.BidiStreamForClient[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]
+	// Checkpoint, on the node that runs the process: save it into a
+	// directory of that node (to restart it later, elsewhere).
+	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
+	// Restart, on the node to run it: a saved process back to life.
+	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 }
 
 // NewMigrateClient constructs a client for the ssi.v1.Migrate service. By default, it uses the
@@ -945,13 +1010,27 @@ func NewMigrateClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(migrateMethods.ByName("Receive")),
 			connect.WithClientOptions(opts...),
 		),
+		checkpoint: connect.NewClient[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse](
+			httpClient,
+			baseURL+MigrateCheckpointProcedure,
+			connect.WithSchema(migrateMethods.ByName("Checkpoint")),
+			connect.WithClientOptions(opts...),
+		),
+		restart: connect.NewClient[ssiv1.RestartRequest, ssiv1.RestartResponse](
+			httpClient,
+			baseURL+MigrateRestartProcedure,
+			connect.WithSchema(migrateMethods.ByName("Restart")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // migrateClient implements MigrateClient.
 type migrateClient struct {
-	move    *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
-	receive *connect.Client[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]
+	move       *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
+	receive    *connect.Client[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]
+	checkpoint *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
+	restart    *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
 }
 
 // Move calls ssi.v1.Migrate.Move.
@@ -964,6 +1043,16 @@ func (c *migrateClient) Receive(ctx context.Context) *connect.BidiStreamForClien
 	return c.receive.CallBidiStream(ctx)
 }
 
+// Checkpoint calls ssi.v1.Migrate.Checkpoint.
+func (c *migrateClient) Checkpoint(ctx context.Context, req *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error) {
+	return c.checkpoint.CallUnary(ctx, req)
+}
+
+// Restart calls ssi.v1.Migrate.Restart.
+func (c *migrateClient) Restart(ctx context.Context, req *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error) {
+	return c.restart.CallUnary(ctx, req)
+}
+
 // MigrateHandler is an implementation of the ssi.v1.Migrate service.
 type MigrateHandler interface {
 	// Move, on the node that runs the process: checkpoint it and restore it
@@ -974,6 +1063,11 @@ type MigrateHandler interface {
 	// process is restored here, frozen; Resume (or the end of the stream
 	// without a commit) decides.
 	Receive(context.Context, *connect.BidiStream[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]) error
+	// Checkpoint, on the node that runs the process: save it into a
+	// directory of that node (to restart it later, elsewhere).
+	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
+	// Restart, on the node to run it: a saved process back to life.
+	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 }
 
 // NewMigrateHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -995,12 +1089,28 @@ func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(migrateMethods.ByName("Receive")),
 		connect.WithHandlerOptions(opts...),
 	)
+	migrateCheckpointHandler := connect.NewUnaryHandler(
+		MigrateCheckpointProcedure,
+		svc.Checkpoint,
+		connect.WithSchema(migrateMethods.ByName("Checkpoint")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrateRestartHandler := connect.NewUnaryHandler(
+		MigrateRestartProcedure,
+		svc.Restart,
+		connect.WithSchema(migrateMethods.ByName("Restart")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Migrate/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MigrateMoveProcedure:
 			migrateMoveHandler.ServeHTTP(w, r)
 		case MigrateReceiveProcedure:
 			migrateReceiveHandler.ServeHTTP(w, r)
+		case MigrateCheckpointProcedure:
+			migrateCheckpointHandler.ServeHTTP(w, r)
+		case MigrateRestartProcedure:
+			migrateRestartHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1016,6 +1126,14 @@ func (UnimplementedMigrateHandler) Move(context.Context, *connect.Request[ssiv1.
 
 func (UnimplementedMigrateHandler) Receive(context.Context, *connect.BidiStream[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]) error {
 	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Receive is not implemented"))
+}
+
+func (UnimplementedMigrateHandler) Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Checkpoint is not implemented"))
+}
+
+func (UnimplementedMigrateHandler) Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Restart is not implemented"))
 }
 
 // PlacementClient is a client for the ssi.v1.Placement service.
