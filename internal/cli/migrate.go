@@ -163,3 +163,62 @@ func absPathArg(arg string) (string, error) {
 	}
 	return d, nil
 }
+
+func init() {
+	cmd := &Command{
+		Name:    "node",
+		Summary: "act on a node's jobs: ssi node expel N",
+		Usage:   "ssi node expel [--socket PATH] N",
+		Help: `'ssi node expel N' moves every job of node N to the least-loaded other
+node, one after another (as migrate would), and prints where each went or
+why it could not move; exit 1 if one could not. Root only.
+clusternode_shutdown --drain does this before the node leaves.
+
+Example:
+  ssi node expel 2`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		if len(args) == 0 || args[0] != "expel" {
+			return Usagef("want a subcommand: expel")
+		}
+		fs := NewFlags(env, cmd)
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return Usagef("want one node number")
+		}
+		num, err := parseNodeNum(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		return expel(env, *socket, num)
+	}
+	Register(cmd)
+}
+
+// expel moves every job of node num (0: the local node) away and prints
+// each one's fate; an error if one did not move.
+func expel(env *Env, socket string, num uint32) error {
+	resp, err := control(socket).Expel(env.Ctx, connect.NewRequest(&ssiv1.ExpelRequest{Node: num}))
+	if err != nil {
+		return err
+	}
+	stuck := 0
+	for _, j := range resp.Msg.Jobs {
+		if j.To != 0 {
+			fmt.Fprintf(env.Stdout, "process %d moved to node %d\n", j.Cpid, j.To)
+			continue
+		}
+		stuck++
+		fmt.Fprintf(env.Stderr, "process %d stays on node %d: %s\n", j.Cpid, resp.Msg.Node, j.Error)
+	}
+	if stuck > 0 {
+		return &ExitError{Code: ExitFailure, Err: fmt.Errorf("%d of the %d jobs of node %d could not move", stuck, len(resp.Msg.Jobs), resp.Msg.Node)}
+	}
+	if len(resp.Msg.Jobs) == 0 {
+		fmt.Fprintf(env.Stdout, "node %d has no jobs\n", resp.Msg.Node)
+	}
+	return nil
+}

@@ -514,15 +514,21 @@ func init() {
 		Name:    "clusternode_shutdown",
 		Link:    true,
 		Summary: "take one node out of the cluster gracefully (default: this node)",
-		Usage:   "clusternode_shutdown [N] [--socket PATH]",
+		Usage:   "clusternode_shutdown [--drain] [--socket PATH] [N]",
 		Help: `The node goes GOINGDOWN, hands over leadership if it leads, is recorded
-DOWN, and its daemon exits; the rest of the cluster keeps running.
+DOWN, and its daemon exits; the rest of the cluster keeps running. Its
+jobs end with it, unless --drain: every job first moves to the
+least-loaded other node (as 'ssi node expel N'), and if one cannot move
+(pinned, a terminal, ...) the node stays up and the command says which
+(exit 1).
 
 Example:
-  clusternode_shutdown 3`,
+  clusternode_shutdown 3
+  clusternode_shutdown --drain 3`,
 	}
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
+		drain := fs.Bool("drain", false, "move every job away first; stay up if one cannot move")
 		socket := socketFlag(fs)
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -534,6 +540,11 @@ Example:
 		if fs.NArg() == 1 {
 			var err error
 			if num, err = parseNodeNum(fs.Arg(0)); err != nil {
+				return err
+			}
+		}
+		if *drain {
+			if err := expel(env, *socket, num); err != nil {
 				return err
 			}
 		}

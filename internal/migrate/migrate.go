@@ -39,6 +39,7 @@ type Config struct {
 	Net     peer.Net
 	Jobs    *procs.Manager
 	Streams Streams
+	Placer  Placer
 	DataDir string // checkpoints are staged in DataDir/migrate
 	CRIU    string // the criu binary ("": FindCRIU's search)
 	Log     *slog.Logger

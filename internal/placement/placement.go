@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -58,7 +59,13 @@ func New(cfg Config) *Placer {
 // Fastest returns the least-loaded UP node, as the leader knows from
 // heartbeats, and counts the job the caller is about to start there.
 func (p *Placer) Fastest(ctx context.Context) (uint32, error) {
-	resp, err := p.Loads(ctx, consensus.Inbound{Origin: p.cfg.Self}, true)
+	return p.FastestExcept(ctx)
+}
+
+// FastestExcept is Fastest among the UP nodes but those given (a node
+// sending its jobs away).
+func (p *Placer) FastestExcept(ctx context.Context, except ...uint32) (uint32, error) {
+	resp, err := p.loads(ctx, consensus.Inbound{Origin: p.cfg.Self}, true, except)
 	if err != nil {
 		return 0, err
 	}
@@ -71,9 +78,13 @@ func (p *Placer) Fastest(ctx context.Context) (uint32, error) {
 // Loads asks the leader for every node's load (and, with place, picks and
 // counts the least-loaded node).
 func (p *Placer) Loads(ctx context.Context, in consensus.Inbound, place bool) (*ssiv1.LoadsResponse, error) {
-	resp, err := consensus.Forward(ctx, p.cfg.Leader, in, &ssiv1.LoadsRequest{Place: place},
+	return p.loads(ctx, in, place, nil)
+}
+
+func (p *Placer) loads(ctx context.Context, in consensus.Inbound, place bool, except []uint32) (*ssiv1.LoadsResponse, error) {
+	resp, err := consensus.Forward(ctx, p.cfg.Leader, in, &ssiv1.LoadsRequest{Place: place, Exclude: except},
 		func(_ context.Context, req *ssiv1.LoadsRequest) (*ssiv1.LoadsResponse, error) {
-			return p.leaderLoads(req.Place, time.Now()), nil
+			return p.leaderLoads(req.Place, time.Now(), req.Exclude...), nil
 		},
 		func(leader uint32) (func(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error), error) {
 			c, err := p.clients.To(leader)
@@ -122,7 +133,7 @@ func (p *placements) add(num uint32, now time.Time) {
 }
 
 // leaderLoads is the leader's answer.
-func (p *Placer) leaderLoads(place bool, now time.Time) *ssiv1.LoadsResponse {
+func (p *Placer) leaderLoads(place bool, now time.Time, except ...uint32) *ssiv1.LoadsResponse {
 	hbs := p.cfg.Heartbeats(now)
 	c := p.cfg.FSM.Cluster()
 	out := &ssiv1.LoadsResponse{}
@@ -132,7 +143,7 @@ func (p *Placer) leaderLoads(place bool, now time.Time) *ssiv1.LoadsResponse {
 		nl := &ssiv1.NodeLoad{Num: n.Num, Name: n.Name, State: ssiv1.StateToWire(n.State)}
 		if heard {
 			nl.Load, nl.RunQueue, nl.CpuBusy, nl.Ncpu, nl.MemFree = hb.Load, hb.RunQueue, hb.CPUBusy, uint32(hb.NCPU), hb.MemFree
-			if n.State == state.Up {
+			if n.State == state.Up && !slices.Contains(except, n.Num) {
 				v := hb.Load
 				if hb.NCPU > 0 {
 					v += p.placed.recent(n.Num, now) / float64(hb.NCPU)
@@ -159,7 +170,7 @@ var _ ssiv1connect.PlacementHandler = (*Service)(nil)
 
 // Loads answers for the leader, forwarding if this node does not lead.
 func (s *Service) Loads(ctx context.Context, req *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
-	resp, err := s.p.Loads(ctx, consensus.InboundOf(ctx, req.Header()), req.Msg.Place)
+	resp, err := s.p.loads(ctx, consensus.InboundOf(ctx, req.Header()), req.Msg.Place, req.Msg.Exclude)
 	if err != nil {
 		return nil, rpcerr.ToConnect(s.p.cfg.Self, err)
 	}

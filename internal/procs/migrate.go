@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/rexec"
@@ -96,4 +97,20 @@ func (m *Manager) NewCPID() (vproc.CPID, error) { return m.next() }
 func (m *Manager) Has(cpid vproc.CPID) bool {
 	_, err := m.get(cpid)
 	return err == nil
+}
+
+// Running lists the cluster PIDs of this node's jobs that have not ended.
+func (m *Manager) Running() []vproc.CPID {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []vproc.CPID
+	for c, j := range m.jobs {
+		select {
+		case <-j.done:
+		default:
+			out = append(out, c)
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a] < out[b] })
+	return out
 }

@@ -445,3 +445,67 @@ func TestCheckpointRestart(t *testing.T) {
 		}
 	}
 }
+
+// ssi node expel sends a node's jobs to the least-loaded other nodes (a
+// pinned one stays, and says why: exit 1), and clusternode_shutdown
+// --drain empties the node before it leaves: no job is killed, each goes
+// on exactly elsewhere.
+func TestExpelAndDrain(t *testing.T) {
+	c := migrateCluster(t)
+	const n = 150
+	var jobs []string
+	for range 3 {
+		jobs = append(jobs, strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
+			fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 9`, n))))
+	}
+	pinned := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-p", "-n", "2", "sleep", "60"))
+	for _, j := range jobs {
+		Eventually(t, 10*time.Second, func() string {
+			if l := logLines(c, 1, j); len(l) < 3 {
+				return j + " has not started"
+			}
+			return ""
+		})
+	}
+	r := c.CLI(1, "ssi", "node", "expel", "2")
+	if r.Code != 1 || !strings.Contains(r.Stderr, "process "+pinned+" stays on node 2") || !strings.Contains(r.Stderr, "pinned") {
+		t.Errorf("expel: %v; want exit 1 naming the pinned job", r)
+	}
+	moved := map[string]bool{}
+	for _, j := range jobs {
+		w := strings.TrimSpace(c.MustCLI(1, "where_pid", j))
+		if w == "2" || !strings.Contains(r.Stdout, "process "+j+" moved to node "+w) {
+			t.Errorf("%s is on node %q after expel:\n%s", j, w, r.Stdout)
+		}
+		moved[w] = true
+	}
+	if len(moved) < 2 {
+		t.Errorf("the three jobs all went to node(s) %v: placement should spread them", moved)
+	}
+	c.MustCLI(1, "ssi", "kill", "-9", pinned)
+	// A new job there, then the node leaves without killing it.
+	late := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
+		fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 9`, n)))
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, late); len(l) < 3 {
+			return late + " has not started"
+		}
+		return ""
+	})
+	if r := c.CLI(1, "clusternode_shutdown", "--drain", "2"); r.Code != 0 || !strings.Contains(r.Stdout, "process "+late+" moved to node") {
+		t.Fatalf("clusternode_shutdown --drain 2: %v", r)
+	}
+	c.WaitState([]int{1, 3}, 2, "DOWN", 10*time.Second)
+	for _, j := range append(jobs, late) {
+		Eventually(t, 20*time.Second, func() string {
+			if l := logLines(c, 1, j); len(l) < n {
+				return fmt.Sprintf("%s: %d of %d lines", j, len(l), n)
+			}
+			return ""
+		})
+		checkSequence(t, logLines(c, 1, j), n)
+		if r := c.CLI(1, "ssi", "wait", j); r.Code != 9 {
+			t.Errorf("ssi wait %s: %v; want 9", j, r)
+		}
+	}
+}

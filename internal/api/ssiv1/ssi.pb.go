@@ -2597,7 +2597,8 @@ func (x *NodeLoad) GetState() NodeState {
 
 type LoadsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Place         bool                   `protobuf:"varint,1,opt,name=place,proto3" json:"place,omitempty"` // the caller is about to start a job on Fastest: count it
+	Place         bool                   `protobuf:"varint,1,opt,name=place,proto3" json:"place,omitempty"`            // the caller is about to start a job on Fastest: count it
+	Exclude       []uint32               `protobuf:"varint,2,rep,packed,name=exclude,proto3" json:"exclude,omitempty"` // nodes Fastest must not be (a node sending its jobs away)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2637,6 +2638,13 @@ func (x *LoadsRequest) GetPlace() bool {
 		return x.Place
 	}
 	return false
+}
+
+func (x *LoadsRequest) GetExclude() []uint32 {
+	if x != nil {
+		return x.Exclude
+	}
+	return nil
 }
 
 type LoadsResponse struct {
@@ -3179,6 +3187,178 @@ func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
 }
 
+type ExpelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"` // 0: the caller's node
+	Uid           uint32                 `protobuf:"varint,2,opt,name=uid,proto3" json:"uid,omitempty"`   // set by the caller's daemon (only root may expel)
+	HasUid        bool                   `protobuf:"varint,3,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpelRequest) Reset() {
+	*x = ExpelRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpelRequest) ProtoMessage() {}
+
+func (x *ExpelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpelRequest.ProtoReflect.Descriptor instead.
+func (*ExpelRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ExpelRequest) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *ExpelRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *ExpelRequest) GetHasUid() bool {
+	if x != nil {
+		return x.HasUid
+	}
+	return false
+}
+
+type ExpelResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	To            uint32                 `protobuf:"varint,2,opt,name=to,proto3" json:"to,omitempty"`      // 0: it did not move
+	Error         string                 `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"` // why not
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpelResult) Reset() {
+	*x = ExpelResult{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpelResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpelResult) ProtoMessage() {}
+
+func (x *ExpelResult) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpelResult.ProtoReflect.Descriptor instead.
+func (*ExpelResult) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ExpelResult) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *ExpelResult) GetTo() uint32 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *ExpelResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type ExpelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	Jobs          []*ExpelResult         `protobuf:"bytes,2,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExpelResponse) Reset() {
+	*x = ExpelResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExpelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExpelResponse) ProtoMessage() {}
+
+func (x *ExpelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExpelResponse.ProtoReflect.Descriptor instead.
+func (*ExpelResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ExpelResponse) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *ExpelResponse) GetJobs() []*ExpelResult {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
 type CheckpointRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
@@ -3192,7 +3372,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3204,7 +3384,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3217,7 +3397,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *CheckpointRequest) GetCpid() int64 {
@@ -3267,7 +3447,7 @@ type CheckpointResponse struct {
 
 func (x *CheckpointResponse) Reset() {
 	*x = CheckpointResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3279,7 +3459,7 @@ func (x *CheckpointResponse) String() string {
 func (*CheckpointResponse) ProtoMessage() {}
 
 func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3292,7 +3472,7 @@ func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *CheckpointResponse) GetNode() uint32 {
@@ -3335,7 +3515,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3347,7 +3527,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3360,7 +3540,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RestartRequest) GetDir() string {
@@ -3402,7 +3582,7 @@ type RestartResponse struct {
 
 func (x *RestartResponse) Reset() {
 	*x = RestartResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3414,7 +3594,7 @@ func (x *RestartResponse) String() string {
 func (*RestartResponse) ProtoMessage() {}
 
 func (x *RestartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3427,7 +3607,7 @@ func (x *RestartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartResponse.ProtoReflect.Descriptor instead.
 func (*RestartResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RestartResponse) GetCpid() int64 {
@@ -3463,7 +3643,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3475,7 +3655,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3488,7 +3668,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *MigrateRequest) GetCpid() int64 {
@@ -3530,7 +3710,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3542,7 +3722,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3555,7 +3735,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *MigrateResponse) GetFrom() uint32 {
@@ -3594,7 +3774,7 @@ type MigratePhases struct {
 
 func (x *MigratePhases) Reset() {
 	*x = MigratePhases{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3606,7 +3786,7 @@ func (x *MigratePhases) String() string {
 func (*MigratePhases) ProtoMessage() {}
 
 func (x *MigratePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3619,7 +3799,7 @@ func (x *MigratePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigratePhases.ProtoReflect.Descriptor instead.
 func (*MigratePhases) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *MigratePhases) GetFreezeUs() int64 {
@@ -3690,7 +3870,7 @@ type MigrateHeader struct {
 
 func (x *MigrateHeader) Reset() {
 	*x = MigrateHeader{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3702,7 +3882,7 @@ func (x *MigrateHeader) String() string {
 func (*MigrateHeader) ProtoMessage() {}
 
 func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3715,7 +3895,7 @@ func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
 func (*MigrateHeader) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *MigrateHeader) GetCpid() int64 {
@@ -3820,7 +4000,7 @@ type MigrateChunk struct {
 
 func (x *MigrateChunk) Reset() {
 	*x = MigrateChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3832,7 +4012,7 @@ func (x *MigrateChunk) String() string {
 func (*MigrateChunk) ProtoMessage() {}
 
 func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3845,7 +4025,7 @@ func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
 func (*MigrateChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *MigrateChunk) GetHeader() *MigrateHeader {
@@ -3880,7 +4060,7 @@ type MigrateReceipt struct {
 
 func (x *MigrateReceipt) Reset() {
 	*x = MigrateReceipt{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3892,7 +4072,7 @@ func (x *MigrateReceipt) String() string {
 func (*MigrateReceipt) ProtoMessage() {}
 
 func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3905,7 +4085,7 @@ func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
 func (*MigrateReceipt) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *MigrateReceipt) GetRestored() bool {
@@ -3946,7 +4126,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3958,7 +4138,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3971,7 +4151,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -4046,7 +4226,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4058,7 +4238,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4071,7 +4251,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -4131,7 +4311,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4143,7 +4323,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4156,7 +4336,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
 }
 
 type GetDHCPResponse struct {
@@ -4172,7 +4352,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4184,7 +4364,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4197,7 +4377,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4247,7 +4427,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4259,7 +4439,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4272,7 +4452,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -4298,7 +4478,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4310,7 +4490,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4323,7 +4503,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4341,7 +4521,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4353,7 +4533,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4366,7 +4546,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -4383,7 +4563,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4395,7 +4575,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4408,7 +4588,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -4636,9 +4816,10 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\bcpu_busy\x18\x05 \x01(\x01R\acpuBusy\x12\x12\n" +
 	"\x04ncpu\x18\x06 \x01(\rR\x04ncpu\x12\x19\n" +
 	"\bmem_free\x18\a \x01(\x04R\amemFree\x12'\n" +
-	"\x05state\x18\t \x01(\x0e2\x11.ssi.v1.NodeStateR\x05stateJ\x04\b\b\x10\t\"$\n" +
+	"\x05state\x18\t \x01(\x0e2\x11.ssi.v1.NodeStateR\x05stateJ\x04\b\b\x10\t\">\n" +
 	"\fLoadsRequest\x12\x14\n" +
-	"\x05place\x18\x01 \x01(\bR\x05place\"Q\n" +
+	"\x05place\x18\x01 \x01(\bR\x05place\x12\x18\n" +
+	"\aexclude\x18\x02 \x03(\rR\aexclude\"Q\n" +
 	"\rLoadsResponse\x12&\n" +
 	"\x05loads\x18\x01 \x03(\v2\x10.ssi.v1.NodeLoadR\x05loads\x12\x18\n" +
 	"\afastest\x18\x02 \x01(\rR\afastest\"a\n" +
@@ -4676,7 +4857,18 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"-\n" +
 	"\x13PeerShutdownRequest\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x16\n" +
-	"\x14PeerShutdownResponse\"\x89\x01\n" +
+	"\x14PeerShutdownResponse\"M\n" +
+	"\fExpelRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\rR\x04node\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x17\n" +
+	"\ahas_uid\x18\x03 \x01(\bR\x06hasUid\"G\n" +
+	"\vExpelResult\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x0e\n" +
+	"\x02to\x18\x02 \x01(\rR\x02to\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"L\n" +
+	"\rExpelResponse\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\rR\x04node\x12'\n" +
+	"\x04jobs\x18\x02 \x03(\v2\x13.ssi.v1.ExpelResultR\x04jobs\"\x89\x01\n" +
 	"\x11CheckpointRequest\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x10\n" +
 	"\x03dir\x18\x02 \x01(\tR\x03dir\x12#\n" +
@@ -4793,7 +4985,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
-	"\x10NODE_ROLE_LEADER\x10\x032\x80\b\n" +
+	"\x10NODE_ROLE_LEADER\x10\x032\xb6\b\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -4814,7 +5006,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\aMigrate\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12C\n" +
 	"\n" +
 	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
-	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse2\xc8\x01\n" +
+	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse\x124\n" +
+	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse2\xc8\x01\n" +
 	"\n" +
 	"Membership\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
@@ -4827,13 +5020,14 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
 	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
 	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
-	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\x80\x02\n" +
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\xb6\x02\n" +
 	"\aMigrate\x127\n" +
 	"\x04Move\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12;\n" +
 	"\aReceive\x12\x14.ssi.v1.MigrateChunk\x1a\x16.ssi.v1.MigrateReceipt(\x010\x01\x12C\n" +
 	"\n" +
 	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
-	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse2A\n" +
+	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse\x124\n" +
+	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse2A\n" +
 	"\tPlacement\x124\n" +
 	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
 
@@ -4850,7 +5044,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -4897,24 +5091,27 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*ApplyResponse)(nil),         // 42: ssi.v1.ApplyResponse
 	(*PeerShutdownRequest)(nil),   // 43: ssi.v1.PeerShutdownRequest
 	(*PeerShutdownResponse)(nil),  // 44: ssi.v1.PeerShutdownResponse
-	(*CheckpointRequest)(nil),     // 45: ssi.v1.CheckpointRequest
-	(*CheckpointResponse)(nil),    // 46: ssi.v1.CheckpointResponse
-	(*RestartRequest)(nil),        // 47: ssi.v1.RestartRequest
-	(*RestartResponse)(nil),       // 48: ssi.v1.RestartResponse
-	(*MigrateRequest)(nil),        // 49: ssi.v1.MigrateRequest
-	(*MigrateResponse)(nil),       // 50: ssi.v1.MigrateResponse
-	(*MigratePhases)(nil),         // 51: ssi.v1.MigratePhases
-	(*MigrateHeader)(nil),         // 52: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 53: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 54: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 55: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 56: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 57: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 58: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 59: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 60: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 61: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 62: ssi.v1.ProvisionInfoResponse
+	(*ExpelRequest)(nil),          // 45: ssi.v1.ExpelRequest
+	(*ExpelResult)(nil),           // 46: ssi.v1.ExpelResult
+	(*ExpelResponse)(nil),         // 47: ssi.v1.ExpelResponse
+	(*CheckpointRequest)(nil),     // 48: ssi.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),    // 49: ssi.v1.CheckpointResponse
+	(*RestartRequest)(nil),        // 50: ssi.v1.RestartRequest
+	(*RestartResponse)(nil),       // 51: ssi.v1.RestartResponse
+	(*MigrateRequest)(nil),        // 52: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 53: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 54: ssi.v1.MigratePhases
+	(*MigrateHeader)(nil),         // 55: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 56: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 57: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 58: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 59: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 60: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 61: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 62: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 63: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 64: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 65: ssi.v1.ProvisionInfoResponse
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -4937,79 +5134,84 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	20, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
 	34, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	51, // 20: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	52, // 21: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	55, // 22: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	56, // 23: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	55, // 24: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	55, // 25: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	4,  // 26: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	18, // 27: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	26, // 28: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 29: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 30: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 31: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	35, // 32: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	7,  // 33: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	10, // 34: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	12, // 35: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	14, // 36: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	57, // 37: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	59, // 38: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	61, // 39: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	49, // 40: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	45, // 41: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	47, // 42: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	37, // 43: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	39, // 44: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	43, // 45: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	41, // 46: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 47: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	26, // 48: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 49: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 50: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 51: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	49, // 52: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	53, // 53: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	45, // 54: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	47, // 55: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	35, // 56: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 57: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 58: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 59: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 60: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 61: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 62: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	36, // 63: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 64: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 65: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 66: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 67: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	58, // 68: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	60, // 69: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	62, // 70: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	50, // 71: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	46, // 72: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	48, // 73: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	38, // 74: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	40, // 75: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	44, // 76: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	42, // 77: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 78: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 79: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 80: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 81: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 82: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	50, // 83: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	54, // 84: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	46, // 85: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	48, // 86: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	36, // 87: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	57, // [57:88] is the sub-list for method output_type
-	26, // [26:57] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	46, // 20: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
+	54, // 21: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	55, // 22: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	58, // 23: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	59, // 24: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	58, // 25: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	58, // 26: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	4,  // 27: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	18, // 28: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	26, // 29: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 30: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 31: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 32: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	35, // 33: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	7,  // 34: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	10, // 35: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	12, // 36: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	14, // 37: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	60, // 38: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	62, // 39: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	64, // 40: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	52, // 41: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	48, // 42: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	50, // 43: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	45, // 44: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	37, // 45: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	39, // 46: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	43, // 47: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	41, // 48: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 49: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	26, // 50: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 51: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 52: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 53: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	52, // 54: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	56, // 55: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	48, // 56: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	50, // 57: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	45, // 58: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	35, // 59: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 60: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 61: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 62: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 63: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 64: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 65: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	36, // 66: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 67: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 68: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 69: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 70: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	61, // 71: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	63, // 72: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	65, // 73: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	53, // 74: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	49, // 75: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	51, // 76: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	47, // 77: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	38, // 78: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	40, // 79: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	44, // 80: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	42, // 81: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 82: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 83: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 84: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 85: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 86: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	53, // 87: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	57, // 88: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	49, // 89: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	51, // 90: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	47, // 91: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	36, // 92: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	60, // [60:93] is the sub-list for method output_type
+	27, // [27:60] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -5040,7 +5242,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   61,
+			NumMessages:   64,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

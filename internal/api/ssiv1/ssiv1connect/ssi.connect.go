@@ -88,6 +88,8 @@ const (
 	ControlCheckpointProcedure = "/ssi.v1.Control/Checkpoint"
 	// ControlRestartProcedure is the fully-qualified name of the Control's Restart RPC.
 	ControlRestartProcedure = "/ssi.v1.Control/Restart"
+	// ControlExpelProcedure is the fully-qualified name of the Control's Expel RPC.
+	ControlExpelProcedure = "/ssi.v1.Control/Expel"
 	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
 	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
 	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
@@ -114,6 +116,8 @@ const (
 	MigrateCheckpointProcedure = "/ssi.v1.Migrate/Checkpoint"
 	// MigrateRestartProcedure is the fully-qualified name of the Migrate's Restart RPC.
 	MigrateRestartProcedure = "/ssi.v1.Migrate/Restart"
+	// MigrateExpelProcedure is the fully-qualified name of the Migrate's Expel RPC.
+	MigrateExpelProcedure = "/ssi.v1.Migrate/Expel"
 	// PlacementLoadsProcedure is the fully-qualified name of the Placement's Loads RPC.
 	PlacementLoadsProcedure = "/ssi.v1.Placement/Loads"
 )
@@ -137,6 +141,7 @@ type ControlClient interface {
 	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
+	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -252,6 +257,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("Restart")),
 			connect.WithClientOptions(opts...),
 		),
+		expel: connect.NewClient[ssiv1.ExpelRequest, ssiv1.ExpelResponse](
+			httpClient,
+			baseURL+ControlExpelProcedure,
+			connect.WithSchema(controlMethods.ByName("Expel")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -274,6 +285,7 @@ type controlClient struct {
 	migrate       *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
 	checkpoint    *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
 	restart       *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
+	expel         *connect.Client[ssiv1.ExpelRequest, ssiv1.ExpelResponse]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -361,6 +373,11 @@ func (c *controlClient) Restart(ctx context.Context, req *connect.Request[ssiv1.
 	return c.restart.CallUnary(ctx, req)
 }
 
+// Expel calls ssi.v1.Control.Expel.
+func (c *controlClient) Expel(ctx context.Context, req *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error) {
+	return c.expel.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -380,6 +397,7 @@ type ControlHandler interface {
 	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
+	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -491,6 +509,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("Restart")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlExpelHandler := connect.NewUnaryHandler(
+		ControlExpelProcedure,
+		svc.Expel,
+		connect.WithSchema(controlMethods.ByName("Expel")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -527,6 +551,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlCheckpointHandler.ServeHTTP(w, r)
 		case ControlRestartProcedure:
 			controlRestartHandler.ServeHTTP(w, r)
+		case ControlExpelProcedure:
+			controlExpelHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -602,6 +628,10 @@ func (UnimplementedControlHandler) Checkpoint(context.Context, *connect.Request[
 
 func (UnimplementedControlHandler) Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Restart is not implemented"))
+}
+
+func (UnimplementedControlHandler) Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Expel is not implemented"))
 }
 
 // MembershipClient is a client for the ssi.v1.Membership service.
@@ -985,6 +1015,9 @@ type MigrateClient interface {
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	// Restart, on the node to run it: a saved process back to life.
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
+	// Expel, on the node to empty: move every job away, each to the
+	// least-loaded other node.
+	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 }
 
 // NewMigrateClient constructs a client for the ssi.v1.Migrate service. By default, it uses the
@@ -1022,6 +1055,12 @@ func NewMigrateClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(migrateMethods.ByName("Restart")),
 			connect.WithClientOptions(opts...),
 		),
+		expel: connect.NewClient[ssiv1.ExpelRequest, ssiv1.ExpelResponse](
+			httpClient,
+			baseURL+MigrateExpelProcedure,
+			connect.WithSchema(migrateMethods.ByName("Expel")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -1031,6 +1070,7 @@ type migrateClient struct {
 	receive    *connect.Client[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]
 	checkpoint *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
 	restart    *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
+	expel      *connect.Client[ssiv1.ExpelRequest, ssiv1.ExpelResponse]
 }
 
 // Move calls ssi.v1.Migrate.Move.
@@ -1053,6 +1093,11 @@ func (c *migrateClient) Restart(ctx context.Context, req *connect.Request[ssiv1.
 	return c.restart.CallUnary(ctx, req)
 }
 
+// Expel calls ssi.v1.Migrate.Expel.
+func (c *migrateClient) Expel(ctx context.Context, req *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error) {
+	return c.expel.CallUnary(ctx, req)
+}
+
 // MigrateHandler is an implementation of the ssi.v1.Migrate service.
 type MigrateHandler interface {
 	// Move, on the node that runs the process: checkpoint it and restore it
@@ -1068,6 +1113,9 @@ type MigrateHandler interface {
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	// Restart, on the node to run it: a saved process back to life.
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
+	// Expel, on the node to empty: move every job away, each to the
+	// least-loaded other node.
+	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 }
 
 // NewMigrateHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -1101,6 +1149,12 @@ func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(migrateMethods.ByName("Restart")),
 		connect.WithHandlerOptions(opts...),
 	)
+	migrateExpelHandler := connect.NewUnaryHandler(
+		MigrateExpelProcedure,
+		svc.Expel,
+		connect.WithSchema(migrateMethods.ByName("Expel")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Migrate/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MigrateMoveProcedure:
@@ -1111,6 +1165,8 @@ func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (strin
 			migrateCheckpointHandler.ServeHTTP(w, r)
 		case MigrateRestartProcedure:
 			migrateRestartHandler.ServeHTTP(w, r)
+		case MigrateExpelProcedure:
+			migrateExpelHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1134,6 +1190,10 @@ func (UnimplementedMigrateHandler) Checkpoint(context.Context, *connect.Request[
 
 func (UnimplementedMigrateHandler) Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Restart is not implemented"))
+}
+
+func (UnimplementedMigrateHandler) Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Expel is not implemented"))
 }
 
 // PlacementClient is a client for the ssi.v1.Placement service.
