@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"time"
 
@@ -221,4 +222,74 @@ func expel(env *Env, socket string, num uint32) error {
 		fmt.Fprintf(env.Stdout, "node %d has no jobs\n", resp.Msg.Node)
 	}
 	return nil
+}
+
+func init() {
+	cmd := &Command{
+		Name:    "loadlevel",
+		Link:    true,
+		Summary: "show or turn on/off automatic load leveling (moving jobs off busy nodes)",
+		Usage:   "loadlevel [-a on|off] [-n N on|off|default] [--socket PATH]",
+		Help: `With leveling on, the cluster's leader compares the nodes' loads every 2
+seconds; when the busiest node that levels is busier than the least-loaded
+one by more than one and a half runnable processes, that node moves its
+job using the most CPU (that ran 3 s or more, and did not move in the last
+30 s) there with migrate. Off by default. -a sets it for the cluster;
+-n N on|off gives node N a setting of its own, -n N default drops it.
+Root only to change it.
+
+Example:
+  loadlevel -a on; loadlevel -n 1 off; loadlevel`,
+	}
+	cmd.Run = func(env *Env, args []string) error {
+		fs := NewFlags(env, cmd)
+		all := fs.String("a", "", "on or off: the cluster's setting")
+		node := nodeNumFlag(fs, "n", "set node N's own setting: loadlevel -n N on|off|default")
+		socket := socketFlag(fs)
+		if err := Parse(env, cmd, fs, args); err != nil {
+			return err
+		}
+		req := &ssiv1.LoadLevelRequest{}
+		switch {
+		case *all != "" && *node != 0:
+			return Usagef("-a and -n go one at a time")
+		case *all != "":
+			if fs.NArg() != 0 || *all != "on" && *all != "off" {
+				return Usagef("-a wants on or off")
+			}
+			req.Set, req.On = true, *all == "on"
+		case *node != 0:
+			if fs.NArg() != 1 {
+				return Usagef("-n N wants on, off or default")
+			}
+			switch fs.Arg(0) {
+			case "on", "off":
+				req.Set, req.Node, req.On = true, uint32(*node), fs.Arg(0) == "on"
+			case "default":
+				req.Set, req.Node, req.Clear = true, uint32(*node), true
+			default:
+				return Usagef("-n N wants on, off or default, not %q", fs.Arg(0))
+			}
+		default:
+			if fs.NArg() != 0 {
+				return Usagef("unexpected arguments: %v", fs.Args())
+			}
+		}
+		resp, err := control(*socket).LoadLevel(env.Ctx, connect.NewRequest(req))
+		if err != nil {
+			return err
+		}
+		onOff := map[bool]string{true: "on", false: "off"}
+		fmt.Fprintf(env.Stdout, "load leveling: %s for the cluster\n", onOff[resp.Msg.All])
+		var nums []int
+		for n := range resp.Msg.Nodes {
+			nums = append(nums, int(n))
+		}
+		sort.Ints(nums)
+		for _, n := range nums {
+			fmt.Fprintf(env.Stdout, "node %d: %s (its own setting)\n", n, onOff[resp.Msg.Nodes[uint32(n)]])
+		}
+		return nil
+	}
+	Register(cmd)
 }

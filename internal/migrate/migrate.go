@@ -40,6 +40,7 @@ type Config struct {
 	Jobs    *procs.Manager
 	Streams Streams
 	Placer  Placer
+	Loads   Loads
 	DataDir string // checkpoints are staged in DataDir/migrate
 	CRIU    string // the criu binary ("": FindCRIU's search)
 	Log     *slog.Logger
@@ -61,6 +62,7 @@ type Migrator struct {
 	log         *slog.Logger
 	clients     *peer.Clients[ssiv1connect.MigrateClient]
 	procClients *peer.Clients[ssiv1connect.ProcessClient]
+	arr         arrivals
 }
 
 // New returns the node's migrator.
@@ -76,6 +78,9 @@ func New(cfg Config) *Migrator {
 	}
 	if cfg.Jobs != nil {
 		cfg.Jobs.OnForget(m.forgotten)
+	}
+	if cfg.Leader != nil {
+		cfg.Leader.OnLeading(m.leveler)
 	}
 	return m
 }

@@ -87,6 +87,7 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 	if err := pj.Process().Thaw(); err != nil {
 		return m.fail(fmt.Errorf("process %d: %w", cpid, err))
 	}
+	m.arrived(cpid)
 	return st.Send(&ssiv1.MigrateReceipt{Resumed: true})
 }
 

@@ -191,3 +191,8 @@ func (s *Control) Loads(ctx context.Context, _ *connect.Request[ssiv1.LoadsReque
 	}
 	return connect.NewResponse(resp), nil
 }
+
+// Current is every node's load, as the leader sees it (nothing is placed).
+func (p *Placer) Current(ctx context.Context) (*ssiv1.LoadsResponse, error) {
+	return p.Loads(ctx, consensus.Inbound{Origin: p.cfg.Self}, false)
+}

@@ -138,7 +138,11 @@ var commands = map[CommandType]commandInfo{
 	CmdRecordLease:     {"RecordLease", v0_1_0},
 	CmdReplaceVoter:    {"ReplaceVoter", v0_1_0},
 	CmdSetLocation:     {"SetLocation", v0_1_0},
+	CmdSetLoadLevel:    {"SetLoadLevel", v0_2_0},
 }
+
+// v0_2_0 added load leveling (CmdSetLoadLevel).
+var v0_2_0 = version.MustParse("0.2.0")
 
 // Introduced returns the release that introduced command type t, and false
 // if this version does not know t.

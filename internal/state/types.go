@@ -132,6 +132,10 @@ type Cluster struct {
 	// (location.go). A process without a record runs where it was created.
 	Locations map[int64]uint32 `json:"locations,omitempty"`
 
+	// LoadLevel: whether the leveler moves jobs off busy nodes
+	// (loadlevel.go).
+	LoadLevel LoadLevel `json:"load_level"`
+
 	// Requests: the outcomes of the last commands that carried a request
 	// ID, oldest first (requests.go), so that a retried command returns the
 	// first outcome instead of being applied twice.
@@ -168,6 +172,7 @@ func (c *Cluster) Clone() *Cluster {
 	out.DHCP = c.DHCP.clone()
 	out.Leases = cloneLeases(c.Leases)
 	out.Locations = cloneLocations(c.Locations)
+	out.LoadLevel = c.LoadLevel.clone()
 	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out
 }

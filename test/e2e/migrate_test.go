@@ -509,3 +509,58 @@ func TestExpelAndDrain(t *testing.T) {
 		}
 	}
 }
+
+// With load leveling off nothing moves; turned on, three CPU-bound jobs
+// started on one node spread over the three nodes, and stay put once
+// balanced.
+func TestLoadLeveling(t *testing.T) {
+	c := migrateCluster(t)
+	var jobs []string
+	for range 3 {
+		jobs = append(jobs, strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", "while :; do :; done")))
+	}
+	t.Cleanup(func() {
+		for _, j := range jobs {
+			c.CLI(1, "ssi", "kill", "-9", j)
+		}
+	})
+	where := func() []string {
+		var out []string
+		for _, j := range jobs {
+			out = append(out, strings.TrimSpace(c.MustCLI(1, "where_pid", j)))
+		}
+		return out
+	}
+	if out := c.MustCLI(1, "loadlevel"); !strings.Contains(out, "off for the cluster") {
+		t.Errorf("loadlevel: %q; want off by default", out)
+	}
+	time.Sleep(5 * time.Second) // the leader looks every 2 s: nothing must move while off
+	if w := where(); strings.Join(w, " ") != "2 2 2" {
+		t.Fatalf("with leveling off the jobs moved: %v", w)
+	}
+	if out := c.MustCLI(1, "loadlevel", "-a", "on"); !strings.Contains(out, "on for the cluster") {
+		t.Errorf("loadlevel -a on: %q", out)
+	}
+	Eventually(t, 90*time.Second, func() string {
+		w := where()
+		seen := map[string]bool{}
+		for _, n := range w {
+			seen[n] = true
+		}
+		if len(seen) != 3 {
+			return fmt.Sprintf("the jobs are on nodes %v", w)
+		}
+		return ""
+	})
+	balanced := where()
+	time.Sleep(10 * time.Second)
+	if w := where(); strings.Join(w, " ") != strings.Join(balanced, " ") {
+		t.Errorf("balanced on %v, then moved again to %v", balanced, w)
+	}
+	if r := c.CLI(1, "loadlevel", "-n", "2", "maybe"); r.Code != 2 {
+		t.Errorf("loadlevel -n 2 maybe: %v; want a usage error", r)
+	}
+	if out := c.MustCLI(1, "loadlevel", "-n", "2", "off"); !strings.Contains(out, "node 2: off") {
+		t.Errorf("loadlevel -n 2 off: %q", out)
+	}
+}

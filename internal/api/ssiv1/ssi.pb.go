@@ -3187,6 +3187,230 @@ func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
 }
 
+type LoadLevelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           bool                   `protobuf:"varint,1,opt,name=set,proto3" json:"set,omitempty"`   // change it (root only); else only show it
+	Node          uint32                 `protobuf:"varint,2,opt,name=node,proto3" json:"node,omitempty"` // 0: the cluster's setting
+	On            bool                   `protobuf:"varint,3,opt,name=on,proto3" json:"on,omitempty"`
+	Clear         bool                   `protobuf:"varint,4,opt,name=clear,proto3" json:"clear,omitempty"` // drop node's own setting
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadLevelRequest) Reset() {
+	*x = LoadLevelRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadLevelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadLevelRequest) ProtoMessage() {}
+
+func (x *LoadLevelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadLevelRequest.ProtoReflect.Descriptor instead.
+func (*LoadLevelRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *LoadLevelRequest) GetSet() bool {
+	if x != nil {
+		return x.Set
+	}
+	return false
+}
+
+func (x *LoadLevelRequest) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *LoadLevelRequest) GetOn() bool {
+	if x != nil {
+		return x.On
+	}
+	return false
+}
+
+func (x *LoadLevelRequest) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
+}
+
+type LoadLevelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	All           bool                   `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
+	Nodes         map[uint32]bool        `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"` // nodes with a setting of their own
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LoadLevelResponse) Reset() {
+	*x = LoadLevelResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadLevelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadLevelResponse) ProtoMessage() {}
+
+func (x *LoadLevelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadLevelResponse.ProtoReflect.Descriptor instead.
+func (*LoadLevelResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *LoadLevelResponse) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *LoadLevelResponse) GetNodes() map[uint32]bool {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type LevelRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	To            uint32                 `protobuf:"varint,1,opt,name=to,proto3" json:"to,omitempty"`
+	Resting       []int64                `protobuf:"varint,2,rep,packed,name=resting,proto3" json:"resting,omitempty"` // jobs that moved lately: they stay put
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LevelRequest) Reset() {
+	*x = LevelRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LevelRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LevelRequest) ProtoMessage() {}
+
+func (x *LevelRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LevelRequest.ProtoReflect.Descriptor instead.
+func (*LevelRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *LevelRequest) GetTo() uint32 {
+	if x != nil {
+		return x.To
+	}
+	return 0
+}
+
+func (x *LevelRequest) GetResting() []int64 {
+	if x != nil {
+		return x.Resting
+	}
+	return nil
+}
+
+type LevelResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"` // 0: nothing moved
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LevelResponse) Reset() {
+	*x = LevelResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LevelResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LevelResponse) ProtoMessage() {}
+
+func (x *LevelResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LevelResponse.ProtoReflect.Descriptor instead.
+func (*LevelResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *LevelResponse) GetCpid() int64 {
+	if x != nil {
+		return x.Cpid
+	}
+	return 0
+}
+
+func (x *LevelResponse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type ExpelRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"` // 0: the caller's node
@@ -3198,7 +3422,7 @@ type ExpelRequest struct {
 
 func (x *ExpelRequest) Reset() {
 	*x = ExpelRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3210,7 +3434,7 @@ func (x *ExpelRequest) String() string {
 func (*ExpelRequest) ProtoMessage() {}
 
 func (x *ExpelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3223,7 +3447,7 @@ func (x *ExpelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelRequest.ProtoReflect.Descriptor instead.
 func (*ExpelRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ExpelRequest) GetNode() uint32 {
@@ -3258,7 +3482,7 @@ type ExpelResult struct {
 
 func (x *ExpelResult) Reset() {
 	*x = ExpelResult{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3270,7 +3494,7 @@ func (x *ExpelResult) String() string {
 func (*ExpelResult) ProtoMessage() {}
 
 func (x *ExpelResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3283,7 +3507,7 @@ func (x *ExpelResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelResult.ProtoReflect.Descriptor instead.
 func (*ExpelResult) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ExpelResult) GetCpid() int64 {
@@ -3317,7 +3541,7 @@ type ExpelResponse struct {
 
 func (x *ExpelResponse) Reset() {
 	*x = ExpelResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3553,7 @@ func (x *ExpelResponse) String() string {
 func (*ExpelResponse) ProtoMessage() {}
 
 func (x *ExpelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3566,7 @@ func (x *ExpelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelResponse.ProtoReflect.Descriptor instead.
 func (*ExpelResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ExpelResponse) GetNode() uint32 {
@@ -3372,7 +3596,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3384,7 +3608,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3397,7 +3621,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *CheckpointRequest) GetCpid() int64 {
@@ -3447,7 +3671,7 @@ type CheckpointResponse struct {
 
 func (x *CheckpointResponse) Reset() {
 	*x = CheckpointResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3459,7 +3683,7 @@ func (x *CheckpointResponse) String() string {
 func (*CheckpointResponse) ProtoMessage() {}
 
 func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3472,7 +3696,7 @@ func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CheckpointResponse) GetNode() uint32 {
@@ -3515,7 +3739,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +3751,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3764,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RestartRequest) GetDir() string {
@@ -3582,7 +3806,7 @@ type RestartResponse struct {
 
 func (x *RestartResponse) Reset() {
 	*x = RestartResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3594,7 +3818,7 @@ func (x *RestartResponse) String() string {
 func (*RestartResponse) ProtoMessage() {}
 
 func (x *RestartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3607,7 +3831,7 @@ func (x *RestartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartResponse.ProtoReflect.Descriptor instead.
 func (*RestartResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RestartResponse) GetCpid() int64 {
@@ -3643,7 +3867,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3655,7 +3879,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3668,7 +3892,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *MigrateRequest) GetCpid() int64 {
@@ -3710,7 +3934,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3722,7 +3946,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3735,7 +3959,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *MigrateResponse) GetFrom() uint32 {
@@ -3774,7 +3998,7 @@ type MigratePhases struct {
 
 func (x *MigratePhases) Reset() {
 	*x = MigratePhases{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3786,7 +4010,7 @@ func (x *MigratePhases) String() string {
 func (*MigratePhases) ProtoMessage() {}
 
 func (x *MigratePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3799,7 +4023,7 @@ func (x *MigratePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigratePhases.ProtoReflect.Descriptor instead.
 func (*MigratePhases) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *MigratePhases) GetFreezeUs() int64 {
@@ -3870,7 +4094,7 @@ type MigrateHeader struct {
 
 func (x *MigrateHeader) Reset() {
 	*x = MigrateHeader{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3882,7 +4106,7 @@ func (x *MigrateHeader) String() string {
 func (*MigrateHeader) ProtoMessage() {}
 
 func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3895,7 +4119,7 @@ func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
 func (*MigrateHeader) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *MigrateHeader) GetCpid() int64 {
@@ -4000,7 +4224,7 @@ type MigrateChunk struct {
 
 func (x *MigrateChunk) Reset() {
 	*x = MigrateChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4012,7 +4236,7 @@ func (x *MigrateChunk) String() string {
 func (*MigrateChunk) ProtoMessage() {}
 
 func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4025,7 +4249,7 @@ func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
 func (*MigrateChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *MigrateChunk) GetHeader() *MigrateHeader {
@@ -4060,7 +4284,7 @@ type MigrateReceipt struct {
 
 func (x *MigrateReceipt) Reset() {
 	*x = MigrateReceipt{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4072,7 +4296,7 @@ func (x *MigrateReceipt) String() string {
 func (*MigrateReceipt) ProtoMessage() {}
 
 func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4085,7 +4309,7 @@ func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
 func (*MigrateReceipt) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *MigrateReceipt) GetRestored() bool {
@@ -4126,7 +4350,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4138,7 +4362,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4151,7 +4375,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -4226,7 +4450,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4238,7 +4462,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4251,7 +4475,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -4311,7 +4535,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4323,7 +4547,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4336,7 +4560,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
 }
 
 type GetDHCPResponse struct {
@@ -4352,7 +4576,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4364,7 +4588,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4377,7 +4601,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4427,7 +4651,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4439,7 +4663,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4452,7 +4676,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -4478,7 +4702,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4490,7 +4714,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4503,7 +4727,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4521,7 +4745,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4533,7 +4757,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4546,7 +4770,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{66}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -4563,7 +4787,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4575,7 +4799,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4588,7 +4812,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -4857,7 +5081,25 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\"-\n" +
 	"\x13PeerShutdownRequest\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x16\n" +
-	"\x14PeerShutdownResponse\"M\n" +
+	"\x14PeerShutdownResponse\"^\n" +
+	"\x10LoadLevelRequest\x12\x10\n" +
+	"\x03set\x18\x01 \x01(\bR\x03set\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\rR\x04node\x12\x0e\n" +
+	"\x02on\x18\x03 \x01(\bR\x02on\x12\x14\n" +
+	"\x05clear\x18\x04 \x01(\bR\x05clear\"\x9b\x01\n" +
+	"\x11LoadLevelResponse\x12\x10\n" +
+	"\x03all\x18\x01 \x01(\bR\x03all\x12:\n" +
+	"\x05nodes\x18\x02 \x03(\v2$.ssi.v1.LoadLevelResponse.NodesEntryR\x05nodes\x1a8\n" +
+	"\n" +
+	"NodesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\bR\x05value:\x028\x01\"8\n" +
+	"\fLevelRequest\x12\x0e\n" +
+	"\x02to\x18\x01 \x01(\rR\x02to\x12\x18\n" +
+	"\aresting\x18\x02 \x03(\x03R\aresting\";\n" +
+	"\rLevelResponse\x12\x12\n" +
+	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"M\n" +
 	"\fExpelRequest\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\rR\x04node\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\rR\x03uid\x12\x17\n" +
@@ -4985,7 +5227,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
-	"\x10NODE_ROLE_LEADER\x10\x032\xb6\b\n" +
+	"\x10NODE_ROLE_LEADER\x10\x032\xf8\b\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -5007,7 +5249,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
 	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
 	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse\x124\n" +
-	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse2\xc8\x01\n" +
+	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse\x12@\n" +
+	"\tLoadLevel\x12\x18.ssi.v1.LoadLevelRequest\x1a\x19.ssi.v1.LoadLevelResponse2\xc8\x01\n" +
 	"\n" +
 	"Membership\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
@@ -5020,14 +5263,15 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
 	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
 	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
-	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\xb6\x02\n" +
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\xec\x02\n" +
 	"\aMigrate\x127\n" +
 	"\x04Move\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12;\n" +
 	"\aReceive\x12\x14.ssi.v1.MigrateChunk\x1a\x16.ssi.v1.MigrateReceipt(\x010\x01\x12C\n" +
 	"\n" +
 	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
 	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse\x124\n" +
-	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse2A\n" +
+	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse\x124\n" +
+	"\x05Level\x12\x14.ssi.v1.LevelRequest\x1a\x15.ssi.v1.LevelResponse2A\n" +
 	"\tPlacement\x124\n" +
 	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
 
@@ -5044,7 +5288,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 64)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -5091,27 +5335,32 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*ApplyResponse)(nil),         // 42: ssi.v1.ApplyResponse
 	(*PeerShutdownRequest)(nil),   // 43: ssi.v1.PeerShutdownRequest
 	(*PeerShutdownResponse)(nil),  // 44: ssi.v1.PeerShutdownResponse
-	(*ExpelRequest)(nil),          // 45: ssi.v1.ExpelRequest
-	(*ExpelResult)(nil),           // 46: ssi.v1.ExpelResult
-	(*ExpelResponse)(nil),         // 47: ssi.v1.ExpelResponse
-	(*CheckpointRequest)(nil),     // 48: ssi.v1.CheckpointRequest
-	(*CheckpointResponse)(nil),    // 49: ssi.v1.CheckpointResponse
-	(*RestartRequest)(nil),        // 50: ssi.v1.RestartRequest
-	(*RestartResponse)(nil),       // 51: ssi.v1.RestartResponse
-	(*MigrateRequest)(nil),        // 52: ssi.v1.MigrateRequest
-	(*MigrateResponse)(nil),       // 53: ssi.v1.MigrateResponse
-	(*MigratePhases)(nil),         // 54: ssi.v1.MigratePhases
-	(*MigrateHeader)(nil),         // 55: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 56: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 57: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 58: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 59: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 60: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 61: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 62: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 63: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 64: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 65: ssi.v1.ProvisionInfoResponse
+	(*LoadLevelRequest)(nil),      // 45: ssi.v1.LoadLevelRequest
+	(*LoadLevelResponse)(nil),     // 46: ssi.v1.LoadLevelResponse
+	(*LevelRequest)(nil),          // 47: ssi.v1.LevelRequest
+	(*LevelResponse)(nil),         // 48: ssi.v1.LevelResponse
+	(*ExpelRequest)(nil),          // 49: ssi.v1.ExpelRequest
+	(*ExpelResult)(nil),           // 50: ssi.v1.ExpelResult
+	(*ExpelResponse)(nil),         // 51: ssi.v1.ExpelResponse
+	(*CheckpointRequest)(nil),     // 52: ssi.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),    // 53: ssi.v1.CheckpointResponse
+	(*RestartRequest)(nil),        // 54: ssi.v1.RestartRequest
+	(*RestartResponse)(nil),       // 55: ssi.v1.RestartResponse
+	(*MigrateRequest)(nil),        // 56: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 57: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 58: ssi.v1.MigratePhases
+	(*MigrateHeader)(nil),         // 59: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 60: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 61: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 62: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 63: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 64: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 65: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 66: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 67: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 68: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 69: ssi.v1.ProvisionInfoResponse
+	nil,                           // 70: ssi.v1.LoadLevelResponse.NodesEntry
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -5134,84 +5383,89 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	20, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
 	34, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	46, // 20: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
-	54, // 21: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	55, // 22: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	58, // 23: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	59, // 24: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	58, // 25: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	58, // 26: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	4,  // 27: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	18, // 28: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	26, // 29: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 30: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 31: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 32: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	35, // 33: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	7,  // 34: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	10, // 35: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	12, // 36: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	14, // 37: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	60, // 38: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	62, // 39: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	64, // 40: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	52, // 41: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	48, // 42: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	50, // 43: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	45, // 44: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
-	37, // 45: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	39, // 46: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	43, // 47: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	41, // 48: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 49: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	26, // 50: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 51: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 52: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 53: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	52, // 54: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	56, // 55: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	48, // 56: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	50, // 57: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	45, // 58: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
-	35, // 59: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 60: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 61: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 62: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 63: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 64: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 65: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	36, // 66: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 67: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 68: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 69: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 70: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	61, // 71: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	63, // 72: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	65, // 73: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	53, // 74: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	49, // 75: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	51, // 76: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	47, // 77: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
-	38, // 78: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	40, // 79: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	44, // 80: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	42, // 81: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 82: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 83: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 84: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 85: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 86: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	53, // 87: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	57, // 88: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	49, // 89: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	51, // 90: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	47, // 91: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
-	36, // 92: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	60, // [60:93] is the sub-list for method output_type
-	27, // [27:60] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	70, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
+	50, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
+	58, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	59, // 23: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	62, // 24: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	63, // 25: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	62, // 26: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	62, // 27: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	4,  // 28: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	18, // 29: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	26, // 30: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 31: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 32: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 33: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	35, // 34: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	7,  // 35: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	10, // 36: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	12, // 37: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	14, // 38: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	64, // 39: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	66, // 40: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	68, // 41: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	56, // 42: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	52, // 43: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	54, // 44: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	49, // 45: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	45, // 46: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
+	37, // 47: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	39, // 48: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	43, // 49: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	41, // 50: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 51: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	26, // 52: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 53: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 54: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 55: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	56, // 56: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	60, // 57: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	52, // 58: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	54, // 59: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	49, // 60: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	47, // 61: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
+	35, // 62: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 63: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 64: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 65: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 66: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 67: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 68: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	36, // 69: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 70: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 71: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 72: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 73: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	65, // 74: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	67, // 75: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	69, // 76: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	57, // 77: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	53, // 78: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	55, // 79: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	51, // 80: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	46, // 81: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
+	38, // 82: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	40, // 83: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	44, // 84: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	42, // 85: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 86: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 87: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 88: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 89: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 90: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	57, // 91: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	61, // 92: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	53, // 93: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	55, // 94: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	51, // 95: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	48, // 96: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
+	36, // 97: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	63, // [63:98] is the sub-list for method output_type
+	28, // [28:63] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -5242,7 +5496,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   64,
+			NumMessages:   69,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

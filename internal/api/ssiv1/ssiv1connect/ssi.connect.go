@@ -90,6 +90,8 @@ const (
 	ControlRestartProcedure = "/ssi.v1.Control/Restart"
 	// ControlExpelProcedure is the fully-qualified name of the Control's Expel RPC.
 	ControlExpelProcedure = "/ssi.v1.Control/Expel"
+	// ControlLoadLevelProcedure is the fully-qualified name of the Control's LoadLevel RPC.
+	ControlLoadLevelProcedure = "/ssi.v1.Control/LoadLevel"
 	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
 	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
 	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
@@ -118,6 +120,8 @@ const (
 	MigrateRestartProcedure = "/ssi.v1.Migrate/Restart"
 	// MigrateExpelProcedure is the fully-qualified name of the Migrate's Expel RPC.
 	MigrateExpelProcedure = "/ssi.v1.Migrate/Expel"
+	// MigrateLevelProcedure is the fully-qualified name of the Migrate's Level RPC.
+	MigrateLevelProcedure = "/ssi.v1.Migrate/Level"
 	// PlacementLoadsProcedure is the fully-qualified name of the Placement's Loads RPC.
 	PlacementLoadsProcedure = "/ssi.v1.Placement/Loads"
 )
@@ -142,6 +146,7 @@ type ControlClient interface {
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
+	LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -263,6 +268,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("Expel")),
 			connect.WithClientOptions(opts...),
 		),
+		loadLevel: connect.NewClient[ssiv1.LoadLevelRequest, ssiv1.LoadLevelResponse](
+			httpClient,
+			baseURL+ControlLoadLevelProcedure,
+			connect.WithSchema(controlMethods.ByName("LoadLevel")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -286,6 +297,7 @@ type controlClient struct {
 	checkpoint    *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
 	restart       *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
 	expel         *connect.Client[ssiv1.ExpelRequest, ssiv1.ExpelResponse]
+	loadLevel     *connect.Client[ssiv1.LoadLevelRequest, ssiv1.LoadLevelResponse]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -378,6 +390,11 @@ func (c *controlClient) Expel(ctx context.Context, req *connect.Request[ssiv1.Ex
 	return c.expel.CallUnary(ctx, req)
 }
 
+// LoadLevel calls ssi.v1.Control.LoadLevel.
+func (c *controlClient) LoadLevel(ctx context.Context, req *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error) {
+	return c.loadLevel.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -398,6 +415,7 @@ type ControlHandler interface {
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
+	LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -515,6 +533,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("Expel")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlLoadLevelHandler := connect.NewUnaryHandler(
+		ControlLoadLevelProcedure,
+		svc.LoadLevel,
+		connect.WithSchema(controlMethods.ByName("LoadLevel")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -553,6 +577,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlRestartHandler.ServeHTTP(w, r)
 		case ControlExpelProcedure:
 			controlExpelHandler.ServeHTTP(w, r)
+		case ControlLoadLevelProcedure:
+			controlLoadLevelHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -632,6 +658,10 @@ func (UnimplementedControlHandler) Restart(context.Context, *connect.Request[ssi
 
 func (UnimplementedControlHandler) Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Expel is not implemented"))
+}
+
+func (UnimplementedControlHandler) LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.LoadLevel is not implemented"))
 }
 
 // MembershipClient is a client for the ssi.v1.Membership service.
@@ -1018,6 +1048,9 @@ type MigrateClient interface {
 	// Expel, on the node to empty: move every job away, each to the
 	// least-loaded other node.
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
+	// Level, asked by the leader's leveler of a busy node: move its best
+	// candidate (the job using most CPU that ran long enough) to node to.
+	Level(context.Context, *connect.Request[ssiv1.LevelRequest]) (*connect.Response[ssiv1.LevelResponse], error)
 }
 
 // NewMigrateClient constructs a client for the ssi.v1.Migrate service. By default, it uses the
@@ -1061,6 +1094,12 @@ func NewMigrateClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(migrateMethods.ByName("Expel")),
 			connect.WithClientOptions(opts...),
 		),
+		level: connect.NewClient[ssiv1.LevelRequest, ssiv1.LevelResponse](
+			httpClient,
+			baseURL+MigrateLevelProcedure,
+			connect.WithSchema(migrateMethods.ByName("Level")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -1071,6 +1110,7 @@ type migrateClient struct {
 	checkpoint *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
 	restart    *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
 	expel      *connect.Client[ssiv1.ExpelRequest, ssiv1.ExpelResponse]
+	level      *connect.Client[ssiv1.LevelRequest, ssiv1.LevelResponse]
 }
 
 // Move calls ssi.v1.Migrate.Move.
@@ -1098,6 +1138,11 @@ func (c *migrateClient) Expel(ctx context.Context, req *connect.Request[ssiv1.Ex
 	return c.expel.CallUnary(ctx, req)
 }
 
+// Level calls ssi.v1.Migrate.Level.
+func (c *migrateClient) Level(ctx context.Context, req *connect.Request[ssiv1.LevelRequest]) (*connect.Response[ssiv1.LevelResponse], error) {
+	return c.level.CallUnary(ctx, req)
+}
+
 // MigrateHandler is an implementation of the ssi.v1.Migrate service.
 type MigrateHandler interface {
 	// Move, on the node that runs the process: checkpoint it and restore it
@@ -1116,6 +1161,9 @@ type MigrateHandler interface {
 	// Expel, on the node to empty: move every job away, each to the
 	// least-loaded other node.
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
+	// Level, asked by the leader's leveler of a busy node: move its best
+	// candidate (the job using most CPU that ran long enough) to node to.
+	Level(context.Context, *connect.Request[ssiv1.LevelRequest]) (*connect.Response[ssiv1.LevelResponse], error)
 }
 
 // NewMigrateHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -1155,6 +1203,12 @@ func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(migrateMethods.ByName("Expel")),
 		connect.WithHandlerOptions(opts...),
 	)
+	migrateLevelHandler := connect.NewUnaryHandler(
+		MigrateLevelProcedure,
+		svc.Level,
+		connect.WithSchema(migrateMethods.ByName("Level")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Migrate/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MigrateMoveProcedure:
@@ -1167,6 +1221,8 @@ func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (strin
 			migrateRestartHandler.ServeHTTP(w, r)
 		case MigrateExpelProcedure:
 			migrateExpelHandler.ServeHTTP(w, r)
+		case MigrateLevelProcedure:
+			migrateLevelHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -1194,6 +1250,10 @@ func (UnimplementedMigrateHandler) Restart(context.Context, *connect.Request[ssi
 
 func (UnimplementedMigrateHandler) Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Expel is not implemented"))
+}
+
+func (UnimplementedMigrateHandler) Level(context.Context, *connect.Request[ssiv1.LevelRequest]) (*connect.Response[ssiv1.LevelResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Level is not implemented"))
 }
 
 // PlacementClient is a client for the ssi.v1.Placement service.
