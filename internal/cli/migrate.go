@@ -179,11 +179,15 @@ Example:
   ssi node expel 2`,
 	}
 	cmd.Run = func(env *Env, args []string) error {
-		if len(args) == 0 || args[0] != "expel" {
-			return Usagef("want a subcommand: expel")
-		}
 		fs := NewFlags(env, cmd)
 		socket := socketFlag(fs)
+		if len(args) == 0 || args[0] != "expel" {
+			// -h and the like: the command's own help; else a usage error.
+			if err := Parse(env, cmd, fs, args); err != nil {
+				return err
+			}
+			return Usagef("want a subcommand: expel")
+		}
 		if err := Parse(env, cmd, fs, args[1:]); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/placement"
 	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/state"
 	"github.com/ssi-cluster/ssi/internal/transport"
 )
@@ -92,7 +94,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	defer st.Close()
 	fsm := state.NewFSM(lg)
-	jobs, err := procs.NewManager(procs.Options{Node: int(meta.Num), DataDir: string(o.DataDir), Log: lg})
+	jobs, err := procs.NewManager(procs.Options{Node: int(meta.Num), DataDir: string(o.DataDir), Log: lg, CgroupParent: jobCgroupParent(meta.Num, o.DataDir)})
 	if err != nil {
 		return fail(err)
 	}
@@ -270,4 +272,16 @@ func seeds(r *raft.Raft, m Meta) []string {
 		out = m.Seeds
 	}
 	return out
+}
+
+// jobCgroupParent is where this node's jobs' cgroups go: below ssi's own,
+// one per node and data directory, since the nodes of several clusters may
+// share a machine (ssi up) and a job's cgroup is named after its CPID.
+func jobCgroupParent(num uint32, dir DataDir) string {
+	abs, err := filepath.Abs(string(dir))
+	if err != nil {
+		abs = string(dir)
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return fmt.Sprintf("%s/node%d-%x", rexec.DefaultCgroupParent, num, sum[:4])
 }

@@ -87,7 +87,12 @@ func (m *Manager) Adopt(r AdoptRequest) (*Job, error) {
 }
 
 // CgroupParent is where the jobs' cgroups go (rexec.Spec.CgroupParent).
-func (m *Manager) CgroupParent() string { return rexec.DefaultCgroupParent }
+func (m *Manager) CgroupParent() string {
+	if m.opts.CgroupParent != "" {
+		return m.opts.CgroupParent
+	}
+	return rexec.DefaultCgroupParent
+}
 
 // NewCPID allocates a cluster PID of this node (for a job restarted here
 // whose own is taken).

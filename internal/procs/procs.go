@@ -84,6 +84,10 @@ type Options struct {
 	DataDir  string // the sequence file and detached jobs' logs live here
 	InitPath string // binary that runs nsinit (default /proc/self/exe)
 	Log      *slog.Logger
+	// CgroupParent is where the jobs' cgroups go (rexec.Spec.CgroupParent;
+	// "" for rexec.DefaultCgroupParent). Daemons sharing a machine need
+	// parents of their own: a job's cgroup is named after its CPID.
+	CgroupParent string
 	// PoolSize is how many inits a root daemon keeps ready for migratable
 	// jobs (rexec.Pool; they start once the first such job comes): 0 means
 	// rexec.DefaultPoolSize, a negative number none.
@@ -144,7 +148,7 @@ func NewManager(o Options) (*Manager, error) {
 		return nil, fmt.Errorf("create job log directory: %w", err)
 	}
 	if m.root && o.PoolSize >= 0 {
-		pool, err := rexec.NewPool(rexec.PoolOptions{Size: o.PoolSize, InitPath: o.InitPath, Log: o.Log})
+		pool, err := rexec.NewPool(rexec.PoolOptions{Size: o.PoolSize, InitPath: o.InitPath, Log: o.Log, CgroupParent: o.CgroupParent})
 		if err != nil {
 			o.Log.Warn("no ready inits: every migratable job starts its own", "err", err)
 		} else {
@@ -211,7 +215,7 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 		// namespace nor the cgroup migration relies on: it starts as fast
 		// as a plain fork+exec (docs/PROCESSES.md).
 		Namespaces: m.root && !r.Pin, Cgroup: m.root && !r.Pin, InitPath: m.opts.InitPath,
-		Pool: m.pool,
+		CgroupParent: m.opts.CgroupParent, Pool: m.pool,
 	}
 	j := &Job{CPID: cpid, UID: r.Caller.UID, Argv: r.Argv, Detached: r.Detach, Pinned: r.Pin, done: make(chan struct{})}
 	if r.Detach {
@@ -518,6 +522,7 @@ func (m *Manager) Shutdown() {
 	if m.pool != nil {
 		_ = m.pool.Close()
 	}
+	rexec.RemoveCgroupParent(m.opts.CgroupParent)
 }
 
 var userCache sync.Map

@@ -176,3 +176,18 @@ func FileKey(pid, fd int) (string, error) {
 	}
 	return strings.TrimPrefix(l, "/"), nil
 }
+
+// RemoveCgroupParent removes the (empty) directories of a cgroup parent,
+// for a daemon that stops; one still in use stays.
+func RemoveCgroupParent(parent string) {
+	if parent == "" || parent == DefaultCgroupParent {
+		return
+	}
+	cg, err := placeCgroup(parent, "x")
+	if err != nil {
+		return
+	}
+	for _, d := range cg.dirs {
+		_ = os.Remove(filepath.Dir(d))
+	}
+}
