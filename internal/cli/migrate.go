@@ -168,25 +168,33 @@ func absPathArg(arg string) (string, error) {
 func init() {
 	cmd := &Command{
 		Name:    "node",
-		Summary: "act on a node's jobs: ssi node expel N",
-		Usage:   "ssi node expel [--socket PATH] N",
+		Summary: "act on a node's jobs: ssi node expel|block|unblock N",
+		Usage:   "ssi node expel|block|unblock [--socket PATH] N",
 		Help: `'ssi node expel N' moves every job of node N to the least-loaded other
 node, one after another (as migrate would), and prints where each went or
-why it could not move; exit 1 if one could not. Root only.
+why it could not move; exit 1 if one could not.
 clusternode_shutdown --drain does this before the node leaves.
+'ssi node block N' makes node N refuse new jobs: placement (ssi run,
+fastnode) leaves it out, onnode N and migrate to it are refused, the
+leveler moves nothing there; its own jobs run on and may still move away.
+'ssi node unblock N' undoes it. Root only.
 
 Example:
-  ssi node expel 2`,
+  ssi node block 2; ssi node expel 2`,
 	}
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
 		socket := socketFlag(fs)
-		if len(args) == 0 || args[0] != "expel" {
+		sub := ""
+		if len(args) > 0 {
+			sub = args[0]
+		}
+		if sub != "expel" && sub != "block" && sub != "unblock" {
 			// -h and the like: the command's own help; else a usage error.
 			if err := Parse(env, cmd, fs, args); err != nil {
 				return err
 			}
-			return Usagef("want a subcommand: expel")
+			return Usagef("want a subcommand: expel, block or unblock")
 		}
 		if err := Parse(env, cmd, fs, args[1:]); err != nil {
 			return err
@@ -198,7 +206,22 @@ Example:
 		if err != nil {
 			return err
 		}
-		return expel(env, *socket, num)
+		if sub == "expel" {
+			return expel(env, *socket, num)
+		}
+		resp, err := control(*socket).BlockNode(env.Ctx, connect.NewRequest(&ssiv1.BlockNodeRequest{Node: num, Blocked: sub == "block"}))
+		if err != nil {
+			return err
+		}
+		if sub == "block" {
+			fmt.Fprintf(env.Stdout, "node %d is blocked: it takes no new jobs\n", num)
+		} else {
+			fmt.Fprintf(env.Stdout, "node %d takes jobs again\n", num)
+		}
+		if len(resp.Msg.Blocked) > 0 {
+			fmt.Fprintf(env.Stdout, "blocked nodes: %s\n", joinNums(resp.Msg.Blocked))
+		}
+		return nil
 	}
 	Register(cmd)
 }

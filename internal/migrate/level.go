@@ -112,10 +112,23 @@ func (m *Migrator) levelPair(ctx context.Context) (from, to uint32, ok bool) {
 	if len(up) < 2 {
 		return 0, 0, false
 	}
-	sort.Slice(up, func(i, j int) bool {
-		return up[i].Load > up[j].Load || up[i].Load == up[j].Load && up[i].Num < up[j].Num
-	})
-	least := up[len(up)-1]
+	byLoad := func(ls []*ssiv1.NodeLoad) {
+		sort.Slice(ls, func(i, j int) bool {
+			return ls[i].Load > ls[j].Load || ls[i].Load == ls[j].Load && ls[i].Num < ls[j].Num
+		})
+	}
+	byLoad(up)
+	// A blocked node gives jobs away but takes none.
+	var takers []*ssiv1.NodeLoad
+	for _, l := range up {
+		if !cl.IsBlocked(l.Num) {
+			takers = append(takers, l)
+		}
+	}
+	if len(takers) == 0 {
+		return 0, 0, false
+	}
+	least := takers[len(takers)-1]
 	for _, b := range up {
 		if b.Num == least.Num || !cl.Levels(b.Num) {
 			continue
@@ -256,4 +269,38 @@ func applySetLoadLevelView(ll *state.LoadLevel, q *ssiv1.LoadLevelRequest) error
 		c.LoadLevel.Nodes[k] = v
 	}
 	return state.ApplyLoadLevel(c, state.SetLoadLevel{Node: q.Node, On: q.On, Clear: q.Clear}, func(l state.LoadLevel) { *ll = l })
+}
+
+// BlockNode blocks or unblocks a node (ssi node block|unblock): a blocked
+// node takes no new jobs (placement, onnode, migration), it may still send
+// its jobs away.
+func (c *Control) BlockNode(ctx context.Context, req *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error) {
+	m := c.m
+	uid, err := callerUID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if uid != 0 {
+		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only root may block or unblock a node"))
+	}
+	q := req.Msg
+	if _, err := m.cfg.Leader.Apply(ctx, state.CmdSetBlocked, state.SetBlocked{Node: q.Node, Blocked: q.Blocked}); err != nil {
+		return nil, m.fail(err)
+	}
+	blocked := map[uint32]bool{}
+	for n := range m.cfg.FSM.Cluster().Blocked {
+		blocked[n] = true
+	}
+	// This node's copy of the state may not have the change yet.
+	if q.Blocked {
+		blocked[q.Node] = true
+	} else {
+		delete(blocked, q.Node)
+	}
+	out := &ssiv1.BlockNodeResponse{}
+	for n := range blocked {
+		out.Blocked = append(out.Blocked, n)
+	}
+	sort.Slice(out.Blocked, func(i, j int) bool { return out.Blocked[i] < out.Blocked[j] })
+	return connect.NewResponse(out), nil
 }

@@ -213,6 +213,9 @@ func (m *Migrator) target(cpid vproc.CPID, arg string) (*state.Node, error) {
 	if num == m.cfg.Self {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d already runs on node %d", cpid, num))
 	}
+	if m.cfg.FSM.Cluster().IsBlocked(num) {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d (%s) is blocked: it takes no new jobs (ssi node unblock %d)", num, n.Name, num))
+	}
 	return n, nil
 }
 

@@ -143,7 +143,7 @@ func (p *Placer) leaderLoads(place bool, now time.Time, except ...uint32) *ssiv1
 		nl := &ssiv1.NodeLoad{Num: n.Num, Name: n.Name, State: ssiv1.StateToWire(n.State)}
 		if heard {
 			nl.Load, nl.RunQueue, nl.CpuBusy, nl.Ncpu, nl.MemFree = hb.Load, hb.RunQueue, hb.CPUBusy, uint32(hb.NCPU), hb.MemFree
-			if n.State == state.Up && !slices.Contains(except, n.Num) {
+			if n.State == state.Up && !c.IsBlocked(n.Num) && !slices.Contains(except, n.Num) {
 				v := hb.Load
 				if hb.NCPU > 0 {
 					v += p.placed.recent(n.Num, now) / float64(hb.NCPU)

@@ -125,6 +125,9 @@ func (c *Control) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 	if n.State != state.Up {
 		return st.Send(execError(255, "node %d (%s) is %s; run it elsewhere or bring the node up", target, n.Name, n.State))
 	}
+	if cl.IsBlocked(target) {
+		return st.Send(execError(1, "node %d (%s) is blocked: it takes no new jobs (ssi node unblock %d)", target, n.Name, target))
+	}
 	if target == s.cfg.Self {
 		return s.runLocal(ctx, spec, st, false, stdio)
 	}

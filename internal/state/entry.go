@@ -139,9 +139,10 @@ var commands = map[CommandType]commandInfo{
 	CmdReplaceVoter:    {"ReplaceVoter", v0_1_0},
 	CmdSetLocation:     {"SetLocation", v0_1_0},
 	CmdSetLoadLevel:    {"SetLoadLevel", v0_2_0},
+	CmdSetBlocked:      {"SetBlocked", v0_2_0},
 }
 
-// v0_2_0 added load leveling (CmdSetLoadLevel).
+// v0_2_0 added load leveling (CmdSetLoadLevel) and blocked nodes (CmdSetBlocked).
 var v0_2_0 = version.MustParse("0.2.0")
 
 // Introduced returns the release that introduced command type t, and false

@@ -324,6 +324,12 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applySetLoadLevel(c, cmd)
+	case CmdSetBlocked:
+		var cmd SetBlocked
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applySetBlocked(c, cmd)
 	default:
 		return nil, fmt.Errorf("command type %d is in the version table but this version cannot apply it (a bug: add it to state.apply)", byte(t))
 	}

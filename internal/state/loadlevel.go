@@ -70,3 +70,42 @@ func ApplyLoadLevel(c *Cluster, cmd SetLoadLevel, set func(LoadLevel)) error {
 	set(c.LoadLevel)
 	return nil
 }
+
+// CmdSetBlocked blocks a node (it takes no new jobs: no placement, no
+// onnode, no migration to it) or unblocks it (ssi node block|unblock N).
+const CmdSetBlocked CommandType = 13
+
+// SetBlocked blocks or unblocks node Node.
+type SetBlocked struct {
+	Node    uint32 `json:"node"`
+	Blocked bool   `json:"blocked"`
+}
+
+// IsBlocked reports whether node num takes no new jobs.
+func (c *Cluster) IsBlocked(num uint32) bool { return c.Blocked[num] }
+
+func applySetBlocked(c *Cluster, cmd SetBlocked) error {
+	if _, ok := c.Nodes[cmd.Node]; !ok {
+		return Errorf(CodeNotFound, "node %d is not in the node table", cmd.Node)
+	}
+	if !cmd.Blocked {
+		delete(c.Blocked, cmd.Node)
+		return nil
+	}
+	if c.Blocked == nil {
+		c.Blocked = map[uint32]bool{}
+	}
+	c.Blocked[cmd.Node] = true
+	return nil
+}
+
+func cloneBlocked(m map[uint32]bool) map[uint32]bool {
+	if m == nil {
+		return nil
+	}
+	out := make(map[uint32]bool, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}

@@ -37,3 +37,20 @@ func TestSetLoadLevel(t *testing.T) {
 		t.Error("Clone shares the per-node settings")
 	}
 }
+
+func TestSetBlocked(t *testing.T) {
+	c := &Cluster{Nodes: map[uint32]*Node{1: {Num: 1}, 2: {Num: 2}}}
+	if err := applySetBlocked(c, SetBlocked{Node: 2, Blocked: true}); err != nil || !c.IsBlocked(2) || c.IsBlocked(1) {
+		t.Fatalf("block 2: %v, blocked %v", err, c.Blocked)
+	}
+	cp := c.Clone()
+	if err := applySetBlocked(c, SetBlocked{Node: 2}); err != nil || c.IsBlocked(2) {
+		t.Errorf("unblock 2: %v, blocked %v", err, c.Blocked)
+	}
+	if !cp.IsBlocked(2) {
+		t.Error("Clone shares the blocked set")
+	}
+	if err := applySetBlocked(c, SetBlocked{Node: 7, Blocked: true}); err == nil {
+		t.Error("blocked an unknown node")
+	}
+}

@@ -136,6 +136,9 @@ type Cluster struct {
 	// (loadlevel.go).
 	LoadLevel LoadLevel `json:"load_level"`
 
+	// Blocked: nodes that take no new jobs (loadlevel.go).
+	Blocked map[uint32]bool `json:"blocked,omitempty"`
+
 	// Requests: the outcomes of the last commands that carried a request
 	// ID, oldest first (requests.go), so that a retried command returns the
 	// first outcome instead of being applied twice.
@@ -173,6 +176,7 @@ func (c *Cluster) Clone() *Cluster {
 	out.Leases = cloneLeases(c.Leases)
 	out.Locations = cloneLocations(c.Locations)
 	out.LoadLevel = c.LoadLevel.clone()
+	out.Blocked = cloneBlocked(c.Blocked)
 	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out
 }

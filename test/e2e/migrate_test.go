@@ -564,3 +564,46 @@ func TestLoadLeveling(t *testing.T) {
 		t.Errorf("loadlevel -n 2 off: %q", out)
 	}
 }
+
+// A blocked node takes no new jobs: onnode and migrate to it are refused
+// (exit 1), ssi run never places a job there; its own jobs may still move
+// away; unblocked, it takes jobs again.
+func TestBlockNode(t *testing.T) {
+	c := migrateCluster(t)
+	mine := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "3", "sleep", "60"))
+	if out := c.MustCLI(1, "ssi", "node", "block", "3"); !strings.Contains(out, "node 3 is blocked") {
+		t.Errorf("ssi node block 3: %q", out)
+	}
+	// Node 2 learns it through the log: at once, or a moment later.
+	Eventually(t, 5*time.Second, func() string {
+		if r := c.CLI(2, "onnode", "3", "true"); r.Code != 1 || !strings.Contains(r.Stderr, "blocked") {
+			return fmt.Sprintf("onnode 3 true on a blocked node: %v", r)
+		}
+		return ""
+	})
+	other := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sleep", "60"))
+	if r := c.CLI(1, "migrate", other, "3"); r.Code != 1 || !strings.Contains(r.Stderr, "blocked") {
+		t.Errorf("migrate to a blocked node: %v", r)
+	}
+	for i := range 6 {
+		cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "true"))
+		if w := c.CLI(1, "where_pid", cpid); strings.TrimSpace(w.Stdout) == "3" || strings.HasPrefix(cpid, "3") {
+			t.Errorf("run %d: placed %s on the blocked node 3", i, cpid)
+		}
+	}
+	// Its own job may still leave.
+	c.MustCLI(1, "migrate", mine, "1")
+	c.MustCLI(1, "ssi", "node", "unblock", "3")
+	Eventually(t, 5*time.Second, func() string {
+		if r := c.CLI(2, "onnode", "3", "true"); r.Code != 0 {
+			return fmt.Sprintf("onnode 3 true after unblock: %v", r)
+		}
+		return ""
+	})
+	if r := c.CLI(1, "ssi", "node", "block", "9"); r.Code != 1 {
+		t.Errorf("block an unknown node: %v", r)
+	}
+	for _, j := range []string{mine, other} {
+		c.CLI(1, "ssi", "kill", "-9", j)
+	}
+}

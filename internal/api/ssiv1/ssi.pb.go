@@ -2699,6 +2699,102 @@ func (x *LoadsResponse) GetFastest() uint32 {
 	return 0
 }
 
+type BlockNodeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	Blocked       bool                   `protobuf:"varint,2,opt,name=blocked,proto3" json:"blocked,omitempty"` // false: unblock
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockNodeRequest) Reset() {
+	*x = BlockNodeRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockNodeRequest) ProtoMessage() {}
+
+func (x *BlockNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockNodeRequest.ProtoReflect.Descriptor instead.
+func (*BlockNodeRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *BlockNodeRequest) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *BlockNodeRequest) GetBlocked() bool {
+	if x != nil {
+		return x.Blocked
+	}
+	return false
+}
+
+type BlockNodeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blocked       []uint32               `protobuf:"varint,1,rep,packed,name=blocked,proto3" json:"blocked,omitempty"` // every blocked node, after the change
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BlockNodeResponse) Reset() {
+	*x = BlockNodeResponse{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BlockNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BlockNodeResponse) ProtoMessage() {}
+
+func (x *BlockNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BlockNodeResponse.ProtoReflect.Descriptor instead.
+func (*BlockNodeResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *BlockNodeResponse) GetBlocked() []uint32 {
+	if x != nil {
+		return x.Blocked
+	}
+	return nil
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TokenSecret   string                 `protobuf:"bytes,1,opt,name=token_secret,json=tokenSecret,proto3" json:"token_secret,omitempty"`
@@ -2710,7 +2806,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2722,7 +2818,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[35]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2735,7 +2831,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{35}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *JoinRequest) GetTokenSecret() string {
@@ -2776,7 +2872,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2788,7 +2884,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[36]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2801,7 +2897,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{36}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *JoinResponse) GetNum() uint32 {
@@ -2883,7 +2979,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2895,7 +2991,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2908,7 +3004,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{37}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *HeartbeatRequest) GetNum() uint32 {
@@ -2976,7 +3072,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2988,7 +3084,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3001,7 +3097,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{38}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *HeartbeatResponse) GetLeaderNum() uint32 {
@@ -3020,7 +3116,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3032,7 +3128,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3045,7 +3141,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{39}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -3065,7 +3161,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3077,7 +3173,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3090,7 +3186,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ApplyResponse) GetResult() []byte {
@@ -3116,7 +3212,7 @@ type PeerShutdownRequest struct {
 
 func (x *PeerShutdownRequest) Reset() {
 	*x = PeerShutdownRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3128,7 +3224,7 @@ func (x *PeerShutdownRequest) String() string {
 func (*PeerShutdownRequest) ProtoMessage() {}
 
 func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3141,7 +3237,7 @@ func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownRequest.ProtoReflect.Descriptor instead.
 func (*PeerShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PeerShutdownRequest) GetReason() string {
@@ -3159,7 +3255,7 @@ type PeerShutdownResponse struct {
 
 func (x *PeerShutdownResponse) Reset() {
 	*x = PeerShutdownResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3171,7 +3267,7 @@ func (x *PeerShutdownResponse) String() string {
 func (*PeerShutdownResponse) ProtoMessage() {}
 
 func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3184,7 +3280,7 @@ func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownResponse.ProtoReflect.Descriptor instead.
 func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
 }
 
 type LoadLevelRequest struct {
@@ -3199,7 +3295,7 @@ type LoadLevelRequest struct {
 
 func (x *LoadLevelRequest) Reset() {
 	*x = LoadLevelRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3211,7 +3307,7 @@ func (x *LoadLevelRequest) String() string {
 func (*LoadLevelRequest) ProtoMessage() {}
 
 func (x *LoadLevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3224,7 +3320,7 @@ func (x *LoadLevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadLevelRequest.ProtoReflect.Descriptor instead.
 func (*LoadLevelRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *LoadLevelRequest) GetSet() bool {
@@ -3265,7 +3361,7 @@ type LoadLevelResponse struct {
 
 func (x *LoadLevelResponse) Reset() {
 	*x = LoadLevelResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3277,7 +3373,7 @@ func (x *LoadLevelResponse) String() string {
 func (*LoadLevelResponse) ProtoMessage() {}
 
 func (x *LoadLevelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3290,7 +3386,7 @@ func (x *LoadLevelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadLevelResponse.ProtoReflect.Descriptor instead.
 func (*LoadLevelResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *LoadLevelResponse) GetAll() bool {
@@ -3317,7 +3413,7 @@ type LevelRequest struct {
 
 func (x *LevelRequest) Reset() {
 	*x = LevelRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3425,7 @@ func (x *LevelRequest) String() string {
 func (*LevelRequest) ProtoMessage() {}
 
 func (x *LevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3438,7 @@ func (x *LevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelRequest.ProtoReflect.Descriptor instead.
 func (*LevelRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *LevelRequest) GetTo() uint32 {
@@ -3369,7 +3465,7 @@ type LevelResponse struct {
 
 func (x *LevelResponse) Reset() {
 	*x = LevelResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3381,7 +3477,7 @@ func (x *LevelResponse) String() string {
 func (*LevelResponse) ProtoMessage() {}
 
 func (x *LevelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3394,7 +3490,7 @@ func (x *LevelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelResponse.ProtoReflect.Descriptor instead.
 func (*LevelResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *LevelResponse) GetCpid() int64 {
@@ -3422,7 +3518,7 @@ type ExpelRequest struct {
 
 func (x *ExpelRequest) Reset() {
 	*x = ExpelRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3434,7 +3530,7 @@ func (x *ExpelRequest) String() string {
 func (*ExpelRequest) ProtoMessage() {}
 
 func (x *ExpelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3447,7 +3543,7 @@ func (x *ExpelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelRequest.ProtoReflect.Descriptor instead.
 func (*ExpelRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ExpelRequest) GetNode() uint32 {
@@ -3482,7 +3578,7 @@ type ExpelResult struct {
 
 func (x *ExpelResult) Reset() {
 	*x = ExpelResult{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3494,7 +3590,7 @@ func (x *ExpelResult) String() string {
 func (*ExpelResult) ProtoMessage() {}
 
 func (x *ExpelResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3507,7 +3603,7 @@ func (x *ExpelResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelResult.ProtoReflect.Descriptor instead.
 func (*ExpelResult) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ExpelResult) GetCpid() int64 {
@@ -3541,7 +3637,7 @@ type ExpelResponse struct {
 
 func (x *ExpelResponse) Reset() {
 	*x = ExpelResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3553,7 +3649,7 @@ func (x *ExpelResponse) String() string {
 func (*ExpelResponse) ProtoMessage() {}
 
 func (x *ExpelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3566,7 +3662,7 @@ func (x *ExpelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelResponse.ProtoReflect.Descriptor instead.
 func (*ExpelResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ExpelResponse) GetNode() uint32 {
@@ -3596,7 +3692,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3608,7 +3704,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3621,7 +3717,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CheckpointRequest) GetCpid() int64 {
@@ -3671,7 +3767,7 @@ type CheckpointResponse struct {
 
 func (x *CheckpointResponse) Reset() {
 	*x = CheckpointResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3683,7 +3779,7 @@ func (x *CheckpointResponse) String() string {
 func (*CheckpointResponse) ProtoMessage() {}
 
 func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3696,7 +3792,7 @@ func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CheckpointResponse) GetNode() uint32 {
@@ -3739,7 +3835,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3751,7 +3847,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3764,7 +3860,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *RestartRequest) GetDir() string {
@@ -3806,7 +3902,7 @@ type RestartResponse struct {
 
 func (x *RestartResponse) Reset() {
 	*x = RestartResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3818,7 +3914,7 @@ func (x *RestartResponse) String() string {
 func (*RestartResponse) ProtoMessage() {}
 
 func (x *RestartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3831,7 +3927,7 @@ func (x *RestartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartResponse.ProtoReflect.Descriptor instead.
 func (*RestartResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RestartResponse) GetCpid() int64 {
@@ -3867,7 +3963,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3879,7 +3975,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3892,7 +3988,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *MigrateRequest) GetCpid() int64 {
@@ -3934,7 +4030,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3946,7 +4042,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3959,7 +4055,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *MigrateResponse) GetFrom() uint32 {
@@ -3998,7 +4094,7 @@ type MigratePhases struct {
 
 func (x *MigratePhases) Reset() {
 	*x = MigratePhases{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4010,7 +4106,7 @@ func (x *MigratePhases) String() string {
 func (*MigratePhases) ProtoMessage() {}
 
 func (x *MigratePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4023,7 +4119,7 @@ func (x *MigratePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigratePhases.ProtoReflect.Descriptor instead.
 func (*MigratePhases) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *MigratePhases) GetFreezeUs() int64 {
@@ -4094,7 +4190,7 @@ type MigrateHeader struct {
 
 func (x *MigrateHeader) Reset() {
 	*x = MigrateHeader{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4106,7 +4202,7 @@ func (x *MigrateHeader) String() string {
 func (*MigrateHeader) ProtoMessage() {}
 
 func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4119,7 +4215,7 @@ func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
 func (*MigrateHeader) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *MigrateHeader) GetCpid() int64 {
@@ -4224,7 +4320,7 @@ type MigrateChunk struct {
 
 func (x *MigrateChunk) Reset() {
 	*x = MigrateChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4236,7 +4332,7 @@ func (x *MigrateChunk) String() string {
 func (*MigrateChunk) ProtoMessage() {}
 
 func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4249,7 +4345,7 @@ func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
 func (*MigrateChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *MigrateChunk) GetHeader() *MigrateHeader {
@@ -4284,7 +4380,7 @@ type MigrateReceipt struct {
 
 func (x *MigrateReceipt) Reset() {
 	*x = MigrateReceipt{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4296,7 +4392,7 @@ func (x *MigrateReceipt) String() string {
 func (*MigrateReceipt) ProtoMessage() {}
 
 func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4309,7 +4405,7 @@ func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
 func (*MigrateReceipt) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *MigrateReceipt) GetRestored() bool {
@@ -4350,7 +4446,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4362,7 +4458,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4375,7 +4471,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -4450,7 +4546,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4462,7 +4558,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4475,7 +4571,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -4535,7 +4631,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4547,7 +4643,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4560,7 +4656,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{64}
 }
 
 type GetDHCPResponse struct {
@@ -4576,7 +4672,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4588,7 +4684,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4601,7 +4697,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4651,7 +4747,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4663,7 +4759,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4676,7 +4772,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{64}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -4702,7 +4798,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4714,7 +4810,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4727,7 +4823,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{65}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4745,7 +4841,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4757,7 +4853,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4770,7 +4866,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{66}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{68}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -4787,7 +4883,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4799,7 +4895,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4812,7 +4908,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{67}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -5046,7 +5142,12 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\aexclude\x18\x02 \x03(\rR\aexclude\"Q\n" +
 	"\rLoadsResponse\x12&\n" +
 	"\x05loads\x18\x01 \x03(\v2\x10.ssi.v1.NodeLoadR\x05loads\x12\x18\n" +
-	"\afastest\x18\x02 \x01(\rR\afastest\"a\n" +
+	"\afastest\x18\x02 \x01(\rR\afastest\"@\n" +
+	"\x10BlockNodeRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\rR\x04node\x12\x18\n" +
+	"\ablocked\x18\x02 \x01(\bR\ablocked\"-\n" +
+	"\x11BlockNodeResponse\x12\x18\n" +
+	"\ablocked\x18\x01 \x03(\rR\ablocked\"a\n" +
 	"\vJoinRequest\x12!\n" +
 	"\ftoken_secret\x18\x01 \x01(\tR\vtokenSecret\x12\x16\n" +
 	"\x06hwaddr\x18\x02 \x01(\tR\x06hwaddr\x12\x17\n" +
@@ -5227,7 +5328,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
-	"\x10NODE_ROLE_LEADER\x10\x032\xf8\b\n" +
+	"\x10NODE_ROLE_LEADER\x10\x032\xba\t\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -5250,7 +5351,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
 	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse\x124\n" +
 	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse\x12@\n" +
-	"\tLoadLevel\x12\x18.ssi.v1.LoadLevelRequest\x1a\x19.ssi.v1.LoadLevelResponse2\xc8\x01\n" +
+	"\tLoadLevel\x12\x18.ssi.v1.LoadLevelRequest\x1a\x19.ssi.v1.LoadLevelResponse\x12@\n" +
+	"\tBlockNode\x12\x18.ssi.v1.BlockNodeRequest\x1a\x19.ssi.v1.BlockNodeResponse2\xc8\x01\n" +
 	"\n" +
 	"Membership\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
@@ -5288,7 +5390,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 69)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -5327,40 +5429,42 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*NodeLoad)(nil),              // 34: ssi.v1.NodeLoad
 	(*LoadsRequest)(nil),          // 35: ssi.v1.LoadsRequest
 	(*LoadsResponse)(nil),         // 36: ssi.v1.LoadsResponse
-	(*JoinRequest)(nil),           // 37: ssi.v1.JoinRequest
-	(*JoinResponse)(nil),          // 38: ssi.v1.JoinResponse
-	(*HeartbeatRequest)(nil),      // 39: ssi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 40: ssi.v1.HeartbeatResponse
-	(*ApplyRequest)(nil),          // 41: ssi.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 42: ssi.v1.ApplyResponse
-	(*PeerShutdownRequest)(nil),   // 43: ssi.v1.PeerShutdownRequest
-	(*PeerShutdownResponse)(nil),  // 44: ssi.v1.PeerShutdownResponse
-	(*LoadLevelRequest)(nil),      // 45: ssi.v1.LoadLevelRequest
-	(*LoadLevelResponse)(nil),     // 46: ssi.v1.LoadLevelResponse
-	(*LevelRequest)(nil),          // 47: ssi.v1.LevelRequest
-	(*LevelResponse)(nil),         // 48: ssi.v1.LevelResponse
-	(*ExpelRequest)(nil),          // 49: ssi.v1.ExpelRequest
-	(*ExpelResult)(nil),           // 50: ssi.v1.ExpelResult
-	(*ExpelResponse)(nil),         // 51: ssi.v1.ExpelResponse
-	(*CheckpointRequest)(nil),     // 52: ssi.v1.CheckpointRequest
-	(*CheckpointResponse)(nil),    // 53: ssi.v1.CheckpointResponse
-	(*RestartRequest)(nil),        // 54: ssi.v1.RestartRequest
-	(*RestartResponse)(nil),       // 55: ssi.v1.RestartResponse
-	(*MigrateRequest)(nil),        // 56: ssi.v1.MigrateRequest
-	(*MigrateResponse)(nil),       // 57: ssi.v1.MigrateResponse
-	(*MigratePhases)(nil),         // 58: ssi.v1.MigratePhases
-	(*MigrateHeader)(nil),         // 59: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 60: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 61: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 62: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 63: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 64: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 65: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 66: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 67: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 68: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 69: ssi.v1.ProvisionInfoResponse
-	nil,                           // 70: ssi.v1.LoadLevelResponse.NodesEntry
+	(*BlockNodeRequest)(nil),      // 37: ssi.v1.BlockNodeRequest
+	(*BlockNodeResponse)(nil),     // 38: ssi.v1.BlockNodeResponse
+	(*JoinRequest)(nil),           // 39: ssi.v1.JoinRequest
+	(*JoinResponse)(nil),          // 40: ssi.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 41: ssi.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 42: ssi.v1.HeartbeatResponse
+	(*ApplyRequest)(nil),          // 43: ssi.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 44: ssi.v1.ApplyResponse
+	(*PeerShutdownRequest)(nil),   // 45: ssi.v1.PeerShutdownRequest
+	(*PeerShutdownResponse)(nil),  // 46: ssi.v1.PeerShutdownResponse
+	(*LoadLevelRequest)(nil),      // 47: ssi.v1.LoadLevelRequest
+	(*LoadLevelResponse)(nil),     // 48: ssi.v1.LoadLevelResponse
+	(*LevelRequest)(nil),          // 49: ssi.v1.LevelRequest
+	(*LevelResponse)(nil),         // 50: ssi.v1.LevelResponse
+	(*ExpelRequest)(nil),          // 51: ssi.v1.ExpelRequest
+	(*ExpelResult)(nil),           // 52: ssi.v1.ExpelResult
+	(*ExpelResponse)(nil),         // 53: ssi.v1.ExpelResponse
+	(*CheckpointRequest)(nil),     // 54: ssi.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),    // 55: ssi.v1.CheckpointResponse
+	(*RestartRequest)(nil),        // 56: ssi.v1.RestartRequest
+	(*RestartResponse)(nil),       // 57: ssi.v1.RestartResponse
+	(*MigrateRequest)(nil),        // 58: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 59: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 60: ssi.v1.MigratePhases
+	(*MigrateHeader)(nil),         // 61: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 62: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 63: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 64: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 65: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 66: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 67: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 68: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 69: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 70: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 71: ssi.v1.ProvisionInfoResponse
+	nil,                           // 72: ssi.v1.LoadLevelResponse.NodesEntry
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -5383,14 +5487,14 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	20, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
 	34, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	70, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
-	50, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
-	58, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	59, // 23: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	62, // 24: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	63, // 25: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	62, // 26: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	62, // 27: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	72, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
+	52, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
+	60, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	61, // 23: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	64, // 24: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	65, // 25: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	64, // 26: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	64, // 27: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
 	4,  // 28: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
 	18, // 29: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
 	26, // 30: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
@@ -5402,67 +5506,69 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	10, // 36: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
 	12, // 37: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
 	14, // 38: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	64, // 39: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	66, // 40: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	68, // 41: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	56, // 42: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	52, // 43: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	54, // 44: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	49, // 45: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
-	45, // 46: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
-	37, // 47: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	39, // 48: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	43, // 49: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	41, // 50: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 51: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	26, // 52: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 53: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 54: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 55: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	56, // 56: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	60, // 57: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	52, // 58: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	54, // 59: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	49, // 60: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
-	47, // 61: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
-	35, // 62: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 63: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 64: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 65: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 66: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 67: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 68: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	36, // 69: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 70: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 71: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 72: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 73: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	65, // 74: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	67, // 75: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	69, // 76: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	57, // 77: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	53, // 78: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	55, // 79: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	51, // 80: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
-	46, // 81: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
-	38, // 82: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	40, // 83: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	44, // 84: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	42, // 85: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 86: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 87: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 88: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 89: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 90: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	57, // 91: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	61, // 92: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	53, // 93: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	55, // 94: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	51, // 95: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
-	48, // 96: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
-	36, // 97: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	63, // [63:98] is the sub-list for method output_type
-	28, // [28:63] is the sub-list for method input_type
+	66, // 39: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	68, // 40: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	70, // 41: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	58, // 42: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	54, // 43: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	56, // 44: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	51, // 45: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	47, // 46: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
+	37, // 47: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
+	39, // 48: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	41, // 49: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	45, // 50: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	43, // 51: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 52: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	26, // 53: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 54: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 55: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 56: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	58, // 57: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	62, // 58: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	54, // 59: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	56, // 60: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	51, // 61: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	49, // 62: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
+	35, // 63: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 64: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 65: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 66: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 67: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 68: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 69: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	36, // 70: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 71: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 72: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 73: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 74: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	67, // 75: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	69, // 76: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	71, // 77: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	59, // 78: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	55, // 79: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	57, // 80: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	53, // 81: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	48, // 82: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
+	38, // 83: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
+	40, // 84: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	42, // 85: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	46, // 86: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	44, // 87: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 88: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 89: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 90: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 91: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 92: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	59, // 93: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	63, // 94: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	55, // 95: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	57, // 96: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	53, // 97: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	50, // 98: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
+	36, // 99: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	64, // [64:100] is the sub-list for method output_type
+	28, // [28:64] is the sub-list for method input_type
 	28, // [28:28] is the sub-list for extension type_name
 	28, // [28:28] is the sub-list for extension extendee
 	0,  // [0:28] is the sub-list for field type_name
@@ -5496,7 +5602,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   69,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

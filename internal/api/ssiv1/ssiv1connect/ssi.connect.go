@@ -92,6 +92,8 @@ const (
 	ControlExpelProcedure = "/ssi.v1.Control/Expel"
 	// ControlLoadLevelProcedure is the fully-qualified name of the Control's LoadLevel RPC.
 	ControlLoadLevelProcedure = "/ssi.v1.Control/LoadLevel"
+	// ControlBlockNodeProcedure is the fully-qualified name of the Control's BlockNode RPC.
+	ControlBlockNodeProcedure = "/ssi.v1.Control/BlockNode"
 	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
 	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
 	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
@@ -147,6 +149,7 @@ type ControlClient interface {
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 	LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error)
+	BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -274,6 +277,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("LoadLevel")),
 			connect.WithClientOptions(opts...),
 		),
+		blockNode: connect.NewClient[ssiv1.BlockNodeRequest, ssiv1.BlockNodeResponse](
+			httpClient,
+			baseURL+ControlBlockNodeProcedure,
+			connect.WithSchema(controlMethods.ByName("BlockNode")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -298,6 +307,7 @@ type controlClient struct {
 	restart       *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
 	expel         *connect.Client[ssiv1.ExpelRequest, ssiv1.ExpelResponse]
 	loadLevel     *connect.Client[ssiv1.LoadLevelRequest, ssiv1.LoadLevelResponse]
+	blockNode     *connect.Client[ssiv1.BlockNodeRequest, ssiv1.BlockNodeResponse]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -395,6 +405,11 @@ func (c *controlClient) LoadLevel(ctx context.Context, req *connect.Request[ssiv
 	return c.loadLevel.CallUnary(ctx, req)
 }
 
+// BlockNode calls ssi.v1.Control.BlockNode.
+func (c *controlClient) BlockNode(ctx context.Context, req *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error) {
+	return c.blockNode.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -416,6 +431,7 @@ type ControlHandler interface {
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 	LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error)
+	BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -539,6 +555,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("LoadLevel")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlBlockNodeHandler := connect.NewUnaryHandler(
+		ControlBlockNodeProcedure,
+		svc.BlockNode,
+		connect.WithSchema(controlMethods.ByName("BlockNode")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -579,6 +601,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlExpelHandler.ServeHTTP(w, r)
 		case ControlLoadLevelProcedure:
 			controlLoadLevelHandler.ServeHTTP(w, r)
+		case ControlBlockNodeProcedure:
+			controlBlockNodeHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -662,6 +686,10 @@ func (UnimplementedControlHandler) Expel(context.Context, *connect.Request[ssiv1
 
 func (UnimplementedControlHandler) LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.LoadLevel is not implemented"))
+}
+
+func (UnimplementedControlHandler) BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.BlockNode is not implemented"))
 }
 
 // MembershipClient is a client for the ssi.v1.Membership service.
