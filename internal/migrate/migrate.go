@@ -245,7 +245,7 @@ func (s *Service) Move(ctx context.Context, req *connect.Request[ssiv1.MigrateRe
 	if err != nil {
 		return nil, err
 	}
-	ph, err := m.move(ctx, j, to, criuPath)
+	ph, err := m.move(ctx, j, to, criuPath, "migrate")
 	if err != nil {
 		return nil, err
 	}
@@ -264,7 +264,7 @@ func (m *Migrator) jobsError(err error) error {
 	return m.fail(err)
 }
 
-func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuPath string) (*ssiv1.MigratePhases, error) {
+func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuPath, why string) (*ssiv1.MigratePhases, error) {
 	ph := &ssiv1.MigratePhases{}
 	start := time.Now()
 	rj := j.Process()
@@ -366,7 +366,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	if loc == uint32(j.CPID.Node()) {
 		loc = 0
 	}
-	if _, err := m.cfg.Leader.Apply(ctx, state.CmdSetLocation, state.SetLocation{CPID: int64(j.CPID), Node: loc, Time: time.Now()}); err != nil {
+	if _, err := m.cfg.Leader.Apply(ctx, state.CmdMoved, state.Moved{CPID: int64(j.CPID), From: m.cfg.Self, To: to.Num, Record: loc, Why: why, Time: time.Now()}); err != nil {
 		_ = st.CloseRequest()
 		return nil, m.fail(fmt.Errorf("recording that process %d moved to node %d: %w", j.CPID, to.Num, err))
 	}

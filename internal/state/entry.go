@@ -140,9 +140,10 @@ var commands = map[CommandType]commandInfo{
 	CmdSetLocation:     {"SetLocation", v0_1_0},
 	CmdSetLoadLevel:    {"SetLoadLevel", v0_2_0},
 	CmdSetBlocked:      {"SetBlocked", v0_2_0},
+	CmdMoved:           {"Moved", v0_2_0},
 }
 
-// v0_2_0 added load leveling (CmdSetLoadLevel) and blocked nodes (CmdSetBlocked).
+// v0_2_0 added load leveling (CmdSetLoadLevel) blocked nodes (CmdSetBlocked) and moves in the history (CmdMoved).
 var v0_2_0 = version.MustParse("0.2.0")
 
 // Introduced returns the release that introduced command type t, and false

@@ -324,6 +324,12 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applySetLoadLevel(c, cmd)
+	case CmdMoved:
+		var cmd Moved
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applyMoved(c, cmd, index)
 	case CmdSetBlocked:
 		var cmd SetBlocked
 		if err := decode(&cmd); err != nil {

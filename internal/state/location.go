@@ -1,6 +1,9 @@
 package state
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // CmdSetLocation records where a process that moved runs now.
 const CmdSetLocation CommandType = 11
@@ -49,4 +52,46 @@ func cloneLocations(m map[int64]uint32) map[int64]uint32 {
 		out[k] = v
 	}
 	return out
+}
+
+// CmdMoved records that a process moved (migrate, the leveler, expel,
+// restart): its location as SetLocation does, and an event in the
+// cluster's history (cluster --events) on the node it moved to.
+const CmdMoved CommandType = 14
+
+// Moved is a process that moved from node From to node To. Record is the
+// location to keep: To, or 0 when To is the node that created it.
+type Moved struct {
+	CPID   int64     `json:"cpid"`
+	From   uint32    `json:"from"`
+	To     uint32    `json:"to"`
+	Record uint32    `json:"record"`
+	Why    string    `json:"why"`
+	Time   time.Time `json:"time"`
+}
+
+func applyMoved(c *Cluster, cmd Moved, index uint64) error {
+	to, ok := c.Nodes[cmd.To]
+	switch {
+	case !ok:
+		return Errorf(CodeNotFound, "node %d is not in the node table", cmd.To)
+	case cmd.Record != 0 && cmd.Record != cmd.To:
+		return Errorf(CodeInvalid, "the location of process %d must be the node it moved to or none", cmd.CPID)
+	}
+	if err := applySetLocation(c, SetLocation{CPID: cmd.CPID, Node: cmd.Record, Time: cmd.Time}); err != nil {
+		return err
+	}
+	why := cmd.Why
+	if why == "" {
+		why = "migrate"
+	}
+	reason := fmt.Sprintf("process %d moved here from node %d (%s)", cmd.CPID, cmd.From, why)
+	if cmd.From == 0 {
+		reason = fmt.Sprintf("process %d restarted here (%s)", cmd.CPID, why)
+	}
+	c.Events = append(c.Events, Event{Time: cmd.Time, Num: cmd.To, From: to.State, To: to.State, Reason: reason, Index: index})
+	if len(c.Events) > MaxEvents {
+		c.Events = append([]Event(nil), c.Events[len(c.Events)-MaxEvents:]...)
+	}
+	return nil
 }

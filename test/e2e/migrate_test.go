@@ -69,6 +69,9 @@ func TestMigrateCounter(t *testing.T) {
 			t.Errorf("where_pid on node %d: %q, want 3", k, got)
 		}
 	}
+	if ev := c.MustCLI(1, "cluster", "--events"); !strings.Contains(ev, "process "+cpid+" moved here from node 2 (migrate)") {
+		t.Errorf("cluster --events does not show the move:\n%s", ev)
+	}
 	if ps := c.MustCLI(2, "ssi", "ps"); !strings.Contains(ps, cpid+"    3 ") {
 		t.Errorf("ps from node 2 does not show %s on node 3:\n%s", cpid, ps)
 	}
@@ -553,6 +556,9 @@ func TestLoadLeveling(t *testing.T) {
 		return ""
 	})
 	balanced := where()
+	if ev := c.MustCLI(1, "cluster", "--events"); strings.Count(ev, "(load leveling)") != 2 {
+		t.Errorf("cluster --events should show the leveler's two moves:\n%s", ev)
+	}
 	time.Sleep(10 * time.Second)
 	if w := where(); strings.Join(w, " ") != strings.Join(balanced, " ") {
 		t.Errorf("balanced on %v, then moved again to %v", balanced, w)
