@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -32,6 +33,7 @@ type execOpts struct {
 	tty    bool
 	pin    bool
 	detach bool
+	nodes  []uint32 // the nodes it may run on (ssi run --nodes)
 	argv   []string
 }
 
@@ -69,7 +71,7 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	}
 	stderr := &syncWriter{w: env.Stderr} // the output pump and the signal forwarder both write
 	dir, _ := os.Getwd()
-	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node, StdioPassed: stdio != nil}
+	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node, Nodes: o.nodes, StdioPassed: stdio != nil}
 	stdinFile, _ := env.Stdin.(*os.File)
 	var restore func()
 	if o.tty {
@@ -345,14 +347,18 @@ func init() {
 	cmd := &Command{
 		Name:    "run",
 		Summary: "run a command on the least-loaded node (detached with -d)",
-		Usage:   "ssi run [-d] [-t] [-p] [--] CMD [ARGS...]",
+		Usage:   "ssi run [-d] [-t] [-p] [-n N] [--nodes N,M,...] [--] CMD [ARGS...]",
 		Help: `Like onnode, on the node fastnode names. With -d the command runs as a
 detached job: ssi prints its cluster PID and returns; the output goes to a
 log that 'ssi logs CPID [-f]' shows, and 'ssi wait CPID' returns its status.
 
+--nodes limits the job to those nodes, now and after any move (migrate,
+load leveling, expel keep it there).
+
 Examples:
   ssi run make -j4
-  cpid=$(ssi run -d ./simulate --steps 1000); ssi logs -f $cpid; ssi wait $cpid`,
+  cpid=$(ssi run -d ./simulate --steps 1000); ssi logs -f $cpid; ssi wait $cpid
+  ssi run -d --nodes 2,3 ./simulate`,
 	}
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
@@ -360,9 +366,17 @@ Examples:
 		tty := fs.Bool("t", false, "allocate a terminal on the node")
 		pin := fs.Bool("p", false, "pin the process to its node")
 		node := fs.Uint("n", 0, "run on this node instead of the least-loaded one")
+		nodesArg := fs.String("nodes", "", "the nodes the job may run on, now and after moves: N,M,...")
 		socket := socketFlag(fs)
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
+		}
+		nodes, err := parseNodeList(*nodesArg)
+		if err != nil {
+			return err
+		}
+		if *node != 0 && len(nodes) > 0 && !slices.Contains(nodes, uint32(*node)) {
+			return Usagef("-n %d is not one of --nodes %s", *node, *nodesArg)
 		}
 		argv := fs.Args()
 		if len(argv) > 0 && argv[0] == "--" {
@@ -374,9 +388,27 @@ Examples:
 		if *detach && *tty {
 			return Usagef("-d and -t do not go together")
 		}
-		return runRemote(env, *socket, execOpts{node: uint32(*node), tty: *tty, pin: *pin, detach: *detach, argv: argv})
+		return runRemote(env, *socket, execOpts{node: uint32(*node), tty: *tty, pin: *pin, detach: *detach, nodes: nodes, argv: argv})
 	}
 	Register(cmd)
+}
+
+// parseNodeList parses "2,3,5" ("" is none).
+func parseNodeList(s string) ([]uint32, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []uint32
+	for _, f := range strings.Split(s, ",") {
+		n, err := parseNodeNum(strings.TrimSpace(f))
+		if err != nil {
+			return nil, Usagef("--nodes %q: %v", s, err)
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 func loadsResp(env *Env, socket string) (*ssiv1.LoadsResponse, error) {

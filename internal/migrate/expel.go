@@ -79,7 +79,7 @@ func (s *Service) Expel(ctx context.Context, req *connect.Request[ssiv1.ExpelReq
 			r.Error = err.Error()
 			continue
 		}
-		to, err := m.cfg.Placer.FastestExcept(ctx, m.cfg.Self)
+		to, err := m.cfg.Placer.FastestExcept(ctx, m.outside(j)...)
 		if err != nil {
 			r.Error = fmt.Sprintf("no node to move it to: %v", err)
 			continue

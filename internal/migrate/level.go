@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -189,7 +190,7 @@ func (s *Service) Level(ctx context.Context, req *connect.Request[ssiv1.LevelReq
 			continue
 		}
 		j, err := m.cfg.Jobs.Movable(cpid, procs.Caller{UID: 0})
-		if err != nil || time.Since(j.Started) < levelMinAge {
+		if err != nil || time.Since(j.Started) < levelMinAge || len(j.Nodes) > 0 && !slices.Contains(j.Nodes, to.Num) {
 			continue
 		}
 		cpu := 0.0

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -241,6 +242,9 @@ func (s *Service) Move(ctx context.Context, req *connect.Request[ssiv1.MigrateRe
 	if err != nil {
 		return nil, m.jobsError(err)
 	}
+	if len(j.Nodes) > 0 && !slices.Contains(j.Nodes, to.Num) {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d may run only on nodes %v (ssi run --nodes)", cpid, j.Nodes))
+	}
 	criuPath, err := m.criu()
 	if err != nil {
 		return nil, err
@@ -332,7 +336,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	st := cl.Receive(ctx)
 	hdr := &ssiv1.MigrateHeader{
 		Cpid: int64(j.CPID), From: m.cfg.Self, Uid: j.UID, Argv: j.Argv, StartedUnixNano: j.Started.UnixNano(),
-		StatusKey: statusKey, Version: version.Version,
+		StatusKey: statusKey, Version: version.Version, Nodes: j.Nodes,
 	}
 	if j.LogPath != "" {
 		hdr.LogKey = strings.TrimPrefix(j.LogPath, "/")
@@ -414,4 +418,19 @@ func rexecFileKey(init int) (string, error) {
 		return "", fmt.Errorf("the init's report channel: %w", err)
 	}
 	return k, nil
+}
+
+// outside is what FastestExcept must leave out for job j leaving this
+// node: this node, and the nodes j may not run on.
+func (m *Migrator) outside(j *procs.Job) []uint32 {
+	except := []uint32{m.cfg.Self}
+	if len(j.Nodes) == 0 {
+		return except
+	}
+	for num := range m.cfg.FSM.Cluster().Nodes {
+		if !slices.Contains(j.Nodes, num) {
+			except = append(except, num)
+		}
+	}
+	return except
 }

@@ -206,7 +206,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	}
 	pj, err := m.cfg.Jobs.Adopt(procs.AdoptRequest{
 		CPID: cpid, UID: h.Uid, Argv: h.Argv, Started: time.Unix(0, h.StartedUnixNano),
-		Detached: logPath != "", LogPath: logPath, Process: rj,
+		Detached: logPath != "", LogPath: logPath, Nodes: h.Nodes, Process: rj,
 	})
 	if err != nil {
 		_ = rj.Discard()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -182,7 +183,7 @@ func (s *Service) Checkpoint(ctx context.Context, req *connect.Request[ssiv1.Che
 	dumped := time.Since(frozen)
 	hdr := &ssiv1.MigrateHeader{
 		Cpid: int64(cpid), From: m.cfg.Self, Uid: j.UID, Argv: j.Argv, StartedUnixNano: j.Started.UnixNano(),
-		StatusKey: statusKey, LogKey: strings.TrimPrefix(j.LogPath, "/"), Version: version.Version,
+		StatusKey: statusKey, LogKey: strings.TrimPrefix(j.LogPath, "/"), Version: version.Version, Nodes: j.Nodes,
 	}
 	if err := copyFile(j.LogPath, filepath.Join(q.Dir, logEntry)); err != nil {
 		return nil, m.fail(fmt.Errorf("saving the log of process %d: %w", cpid, err))
@@ -249,6 +250,8 @@ func (s *Service) Restart(ctx context.Context, req *connect.Request[ssiv1.Restar
 		return nil, refused("the checkpoint was made by ssi %s, this node runs %s", h.Version, version.Version)
 	case !vproc.CPID(h.Cpid).Valid() || h.StatusKey == "" || h.LogKey == "":
 		return nil, refused("%s: incomplete", savedHeader)
+	case len(h.Nodes) > 0 && !slices.Contains(h.Nodes, m.cfg.Self):
+		return nil, refused("process %d may run only on nodes %v (ssi run --nodes), not on node %d", h.Cpid, h.Nodes, m.cfg.Self)
 	}
 	criuPath, err := m.criu()
 	if err != nil {

@@ -67,6 +67,7 @@ type AdoptRequest struct {
 	Started  time.Time
 	Detached bool
 	LogPath  string
+	Nodes    []uint32
 	Process  *rexec.Job
 }
 
@@ -81,7 +82,7 @@ func (m *Manager) Adopt(r AdoptRequest) (*Job, error) {
 	if r.LogPath != "" && filepath.Dir(r.LogPath) != m.logDir() {
 		return nil, fmt.Errorf("adopting process %d: its log %s is not in %s", r.CPID, r.LogPath, m.logDir())
 	}
-	j := &Job{CPID: r.CPID, UID: r.UID, Argv: r.Argv, Detached: r.Detached, Started: r.Started, LogPath: r.LogPath, job: r.Process, done: make(chan struct{})}
+	j := &Job{CPID: r.CPID, UID: r.UID, Argv: r.Argv, Detached: r.Detached, Started: r.Started, LogPath: r.LogPath, Nodes: r.Nodes, job: r.Process, done: make(chan struct{})}
 	m.track(j)
 	return j, nil
 }

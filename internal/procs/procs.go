@@ -118,6 +118,7 @@ type Job struct {
 	Pinned   bool
 	Started  time.Time
 	LogPath  string
+	Nodes    []uint32 // the nodes it may run on, also after moves (empty: any)
 
 	job    *rexec.Job
 	moved  atomic.Bool // its copy runs on another node now (MoveOut)
@@ -194,6 +195,7 @@ type StartRequest struct {
 	Detach     bool
 	Pin        bool
 	Hostname   string
+	Nodes      []uint32 // the nodes the job may run on (empty: any)
 }
 
 // Start runs a job. The caller of an attached job must read its output,
@@ -217,7 +219,7 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 		Namespaces: m.root && !r.Pin, Cgroup: m.root && !r.Pin, InitPath: m.opts.InitPath,
 		CgroupParent: m.opts.CgroupParent, Pool: m.pool,
 	}
-	j := &Job{CPID: cpid, UID: r.Caller.UID, Argv: r.Argv, Detached: r.Detach, Pinned: r.Pin, done: make(chan struct{})}
+	j := &Job{CPID: cpid, UID: r.Caller.UID, Argv: r.Argv, Detached: r.Detach, Pinned: r.Pin, Nodes: r.Nodes, done: make(chan struct{})}
 	if r.Detach {
 		j.LogPath = filepath.Join(m.logDir(), cpid.String()+".log")
 		f, err := os.OpenFile(j.LogPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)

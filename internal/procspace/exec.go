@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -111,13 +112,28 @@ func (c *Control) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 		}
 	}
 	target := spec.Node
+	cl := s.cfg.FSM.Cluster()
 	if target == 0 {
-		if target, err = s.cfg.Placer.Fastest(ctx); err != nil {
+		if len(spec.Nodes) > 0 {
+			// The least-loaded of the nodes the job may run on.
+			var except []uint32
+			for num := range cl.Nodes {
+				if !slices.Contains(spec.Nodes, num) {
+					except = append(except, num)
+				}
+			}
+			target, err = s.cfg.Placer.FastestExcept(ctx, except...)
+		} else {
+			target, err = s.cfg.Placer.Fastest(ctx)
+		}
+		if err != nil {
 			return st.Send(execError(255, "%v", err))
 		}
 		spec.Node = target
 	}
-	cl := s.cfg.FSM.Cluster()
+	if len(spec.Nodes) > 0 && !slices.Contains(spec.Nodes, target) {
+		return st.Send(execError(2, "node %d is not one of the nodes the job may run on (%v)", target, spec.Nodes))
+	}
 	n, ok := cl.Nodes[target]
 	if !ok {
 		return st.Send(execError(255, "node %d is not in the node table of cluster %s (see 'cluster -V')", target, cl.Name))
@@ -160,7 +176,7 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 	defer out.close() // the stdin writer may still want to acknowledge
 	j, err := s.cfg.Jobs.Start(ctx, procs.StartRequest{
 		Argv: spec.Argv, Env: spec.Env, Dir: spec.Dir, Caller: procs.Caller{UID: spec.Uid, GID: spec.Gid, Groups: spec.Groups},
-		TTY: spec.Tty, Rows: uint16(spec.Rows), Cols: uint16(spec.Cols), Detach: spec.Detach, Pin: spec.Pin,
+		TTY: spec.Tty, Rows: uint16(spec.Rows), Cols: uint16(spec.Cols), Detach: spec.Detach, Pin: spec.Pin, Nodes: spec.Nodes,
 	})
 	if err != nil {
 		code := int32(255)

@@ -41,6 +41,7 @@ import (
 // Placer picks the node for a process started without one (`ssi run`).
 type Placer interface {
 	Fastest(ctx context.Context) (uint32, error)
+	FastestExcept(ctx context.Context, except ...uint32) (uint32, error)
 }
 
 // Config is what the process space needs from the node.

@@ -613,3 +613,52 @@ func TestBlockNode(t *testing.T) {
 		c.CLI(1, "ssi", "kill", "-9", j)
 	}
 }
+
+// A job started with --nodes runs on those nodes only, and stays there
+// through every move: migrate elsewhere is refused, expel sends it to
+// another node of its mask.
+func TestNodeMask(t *testing.T) {
+	c := migrateCluster(t)
+	var jobs []string
+	for range 4 {
+		cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "--nodes", "2,3", "sleep", "60"))
+		jobs = append(jobs, cpid)
+		if w := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); w != "2" && w != "3" {
+			t.Errorf("%s placed on node %s, outside --nodes 2,3", cpid, w)
+		}
+	}
+	t.Cleanup(func() {
+		for _, j := range jobs {
+			c.CLI(1, "ssi", "kill", "-9", j)
+		}
+	})
+	if r := c.CLI(1, "ssi", "run", "-d", "-n", "1", "--nodes", "2,3", "true"); r.Code != 2 {
+		t.Errorf("-n 1 with --nodes 2,3: %v; want a usage error", r)
+	}
+	if r := c.CLI(1, "ssi", "run", "-d", "--nodes", "2,x", "true"); r.Code != 2 {
+		t.Errorf("--nodes 2,x: %v; want a usage error", r)
+	}
+	var on2 string
+	for _, j := range jobs {
+		if strings.TrimSpace(c.MustCLI(1, "where_pid", j)) == "2" {
+			on2 = j
+			break
+		}
+	}
+	if on2 == "" {
+		c.MustCLI(1, "migrate", jobs[0], "2")
+		on2 = jobs[0]
+	}
+	if r := c.CLI(1, "migrate", on2, "1"); r.Code != 1 || !strings.Contains(r.Stderr, "may run only on nodes [2 3]") {
+		t.Errorf("migrate outside the mask: %v", r)
+	}
+	r := c.CLI(1, "ssi", "node", "expel", "2")
+	if r.Code != 0 {
+		t.Fatalf("expel 2: %v", r)
+	}
+	for _, j := range jobs {
+		if w := strings.TrimSpace(c.MustCLI(1, "where_pid", j)); w != "3" {
+			t.Errorf("after expel 2, %s is on node %s; want 3, the only other node of its mask", j, w)
+		}
+	}
+}

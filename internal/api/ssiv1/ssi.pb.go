@@ -1009,7 +1009,10 @@ type ExecSpec struct {
 	// (SCM_RIGHTS, internal/transport): the local daemon reads and writes
 	// them itself and the stream carries no stdin or output. Set only by the
 	// CLI towards its own daemon; never forwarded to another node.
-	StdioPassed   bool `protobuf:"varint,14,opt,name=stdio_passed,json=stdioPassed,proto3" json:"stdio_passed,omitempty"`
+	StdioPassed bool `protobuf:"varint,14,opt,name=stdio_passed,json=stdioPassed,proto3" json:"stdio_passed,omitempty"`
+	// The nodes the process may run on, now and after any move (ssi run
+	// --nodes); empty: any.
+	Nodes         []uint32 `protobuf:"varint,15,rep,packed,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1140,6 +1143,13 @@ func (x *ExecSpec) GetStdioPassed() bool {
 		return x.StdioPassed
 	}
 	return false
+}
+
+func (x *ExecSpec) GetNodes() []uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 type Resize struct {
@@ -4184,6 +4194,7 @@ type MigrateHeader struct {
 	StdinPending  []byte   `protobuf:"bytes,11,opt,name=stdin_pending,json=stdinPending,proto3" json:"stdin_pending,omitempty"`
 	StdinClosed   bool     `protobuf:"varint,12,opt,name=stdin_closed,json=stdinClosed,proto3" json:"stdin_closed,omitempty"`
 	OutSeq        uint64   `protobuf:"varint,13,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"`
+	Nodes         []uint32 `protobuf:"varint,14,rep,packed,name=nodes,proto3" json:"nodes,omitempty"` // the job's node mask (ExecSpec.nodes)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4307,6 +4318,13 @@ func (x *MigrateHeader) GetOutSeq() uint64 {
 		return x.OutSeq
 	}
 	return 0
+}
+
+func (x *MigrateHeader) GetNodes() []uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 type MigrateChunk struct {
@@ -5009,7 +5027,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x03num\x18\x01 \x01(\rR\x03num\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\bR\acluster\",\n" +
 	"\x10ShutdownResponse\x12\x18\n" +
-	"\astopped\x18\x01 \x03(\rR\astopped\"\xb6\x02\n" +
+	"\astopped\x18\x01 \x03(\rR\astopped\"\xcc\x02\n" +
 	"\bExecSpec\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
@@ -5025,7 +5043,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x03gid\x18\v \x01(\rR\x03gid\x12\x16\n" +
 	"\x06groups\x18\f \x03(\rR\x06groups\x12\x1b\n" +
 	"\thas_creds\x18\r \x01(\bR\bhasCreds\x12!\n" +
-	"\fstdio_passed\x18\x0e \x01(\bR\vstdioPassed\"0\n" +
+	"\fstdio_passed\x18\x0e \x01(\bR\vstdioPassed\x12\x14\n" +
+	"\x05nodes\x18\x0f \x03(\rR\x05nodes\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xf7\x01\n" +
@@ -5250,7 +5269,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
 	"restore_us\x18\x04 \x01(\x03R\trestoreUs\x12\x19\n" +
 	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\x12\x14\n" +
-	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\xf7\x02\n" +
+	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\x8d\x03\n" +
 	"\rMigrateHeader\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
@@ -5267,7 +5286,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	" \x03(\tR\tstdioKeys\x12#\n" +
 	"\rstdin_pending\x18\v \x01(\fR\fstdinPending\x12!\n" +
 	"\fstdin_closed\x18\f \x01(\bR\vstdinClosed\x12\x17\n" +
-	"\aout_seq\x18\r \x01(\x04R\x06outSeq\"i\n" +
+	"\aout_seq\x18\r \x01(\x04R\x06outSeq\x12\x14\n" +
+	"\x05nodes\x18\x0e \x03(\rR\x05nodes\"i\n" +
 	"\fMigrateChunk\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.ssi.v1.MigrateHeaderR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
