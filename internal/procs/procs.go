@@ -148,6 +148,11 @@ func NewManager(o Options) (*Manager, error) {
 	if err := os.MkdirAll(m.logDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("create job log directory: %w", err)
 	}
+	if m.root {
+		// A daemon of this node that died left its jobs (and any job it
+		// was migrating, frozen): they are nobody's now.
+		rexec.EndLeftovers(o.CgroupParent, o.Log)
+	}
 	if m.root && o.PoolSize >= 0 {
 		pool, err := rexec.NewPool(rexec.PoolOptions{Size: o.PoolSize, InitPath: o.InitPath, Log: o.Log, CgroupParent: o.CgroupParent})
 		if err != nil {

@@ -191,3 +191,57 @@ func RemoveCgroupParent(parent string) {
 		_ = os.Remove(filepath.Dir(d))
 	}
 }
+
+// EndLeftovers kills and removes the job cgroups left under parent, by a
+// daemon of this node that died: their processes are nobody's now (their
+// node forgot them; their cluster PIDs may be given again), and one frozen
+// in the middle of a migration would stay frozen, and unkillable, for
+// ever. parent must be this daemon's own (never a parent other daemons
+// use). It returns how many it ended.
+func EndLeftovers(parent string, log *slog.Logger) int {
+	if parent == "" || parent == DefaultCgroupParent {
+		return 0
+	}
+	probe, err := placeCgroup(parent, "x")
+	if err != nil {
+		return 0
+	}
+	leaves := map[string]bool{}
+	for _, d := range probe.dirs {
+		ents, err := os.ReadDir(filepath.Dir(d))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() && strings.HasPrefix(e.Name(), "job-") {
+				leaves[e.Name()] = true
+			}
+		}
+	}
+	n := 0
+	for leaf := range leaves {
+		cg, err := placeCgroup(parent, strings.TrimPrefix(leaf, "job-"))
+		if err != nil {
+			continue
+		}
+		var dirs []string
+		for _, d := range cg.dirs {
+			if _, err := os.Stat(d); err == nil {
+				dirs = append(dirs, d)
+			}
+		}
+		cg.dirs = dirs
+		if len(dirs) == 0 {
+			continue
+		}
+		if pids, _ := cg.procs(); len(pids) > 0 {
+			log.Warn("ending the processes a previous daemon of this node left", "cgroup", leaf, "pids", pids)
+		}
+		if err := cg.destroy(); err != nil {
+			log.Warn("removing a cgroup a previous daemon left", "cgroup", leaf, "err", err)
+			continue
+		}
+		n++
+	}
+	return n
+}

@@ -662,3 +662,63 @@ func TestNodeMask(t *testing.T) {
 		}
 	}
 }
+
+// A daemon killed while one of its jobs is frozen (as in the middle of a
+// migration) leaves the job frozen, and SIGKILL cannot end a frozen
+// process: the node's next daemon ends what its predecessor left.
+func TestRestartedNodeEndsItsLeftovers(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("needs root (cgroups): run the e2e tests as root")
+	}
+	c := StartCluster(t, 3)
+	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sleep", "600"))
+	var dir, freeze, frozen string
+	Eventually(t, 10*time.Second, func() string {
+		for _, pat := range []string{"/sys/fs/cgroup/freezer/*/ssi/node2-*/job-" + cpid, "/sys/fs/cgroup/freezer/ssi/node2-*/job-" + cpid,
+			"/sys/fs/cgroup/*/ssi/node2-*/job-" + cpid, "/sys/fs/cgroup/ssi/node2-*/job-" + cpid} {
+			if m, _ := filepath.Glob(pat); len(m) == 1 {
+				dir = m[0]
+				break
+			}
+		}
+		if dir == "" {
+			return "the job's cgroup is not there"
+		}
+		return ""
+	})
+	// Only this cluster's node 2 has that data directory's hash: check it
+	// is ours by the job it holds.
+	if _, err := os.Stat(filepath.Join(dir, "freezer.state")); err == nil {
+		freeze, frozen = filepath.Join(dir, "freezer.state"), "FROZEN"
+	} else {
+		freeze, frozen = filepath.Join(dir, "cgroup.freeze"), "1"
+	}
+	procsB, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil || len(strings.Fields(string(procsB))) == 0 {
+		t.Fatalf("the job's cgroup %s holds no process: %q %v", dir, procsB, err)
+	}
+	pids := strings.Fields(string(procsB))
+	if err := os.WriteFile(freeze, []byte(frozen), 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.WriteFile(freeze, []byte(map[string]string{"FROZEN": "THAWED", "1": "0"}[frozen]), 0) })
+	c.Kill(2)
+	time.Sleep(200 * time.Millisecond)
+	for _, p := range pids {
+		if _, err := os.Stat("/proc/" + p); err != nil {
+			t.Fatalf("process %s of the frozen job died with its daemon: the test proves nothing", p)
+		}
+	}
+	c.StartDaemon(2)
+	Eventually(t, 20*time.Second, func() string {
+		for _, p := range pids {
+			if b, err := os.ReadFile("/proc/" + p + "/stat"); err == nil && !strings.Contains(string(b), ") Z ") {
+				return "process " + p + " of the frozen job still exists"
+			}
+		}
+		if _, err := os.Stat(dir); err == nil {
+			return dir + " is still there"
+		}
+		return ""
+	})
+}
