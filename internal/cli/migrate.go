@@ -2,12 +2,15 @@ package cli
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
+	"golang.org/x/term"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 )
@@ -50,11 +53,28 @@ Example:
 				return Usagef("node %q: want a node number (1, 2, ...) or \"home\"", node)
 			}
 		}
-		resp, err := control(*socket).Migrate(env.Ctx, connect.NewRequest(&ssiv1.MigrateRequest{Cpid: cpid, Node: node}))
+		st, err := control(*socket).MigrateWatch(env.Ctx, connect.NewRequest(&ssiv1.MigrateRequest{Cpid: cpid, Node: node}))
 		if err != nil {
 			return err
 		}
-		r := resp.Msg
+		defer st.Close()
+		prog := newProgress(env)
+		var r *ssiv1.MigrateResponse
+		for st.Receive() {
+			p := st.Msg()
+			if p.Done != nil {
+				r = p.Done
+				break
+			}
+			prog.show(p)
+		}
+		prog.end()
+		if err := st.Err(); err != nil {
+			return err
+		}
+		if r == nil {
+			return &RemoteError{Err: fmt.Errorf("the migration of process %d ended without a result", cpid)}
+		}
 		ph := r.Phases
 		us := func(v int64) time.Duration {
 			return (time.Duration(v) * time.Microsecond).Round(100 * time.Microsecond)
@@ -319,4 +339,57 @@ Example:
 		return nil
 	}
 	Register(cmd)
+}
+
+// progress shows the phases of a migration that takes more than a second,
+// on stderr: one line updated in place on a terminal, a line per phase
+// otherwise.
+type progress struct {
+	env      *Env
+	tty      bool
+	shown    bool
+	phase    string
+	lastLine int
+}
+
+const progressAfter = time.Second
+
+func newProgress(env *Env) *progress {
+	p := &progress{env: env}
+	if f, ok := env.Stderr.(*os.File); ok {
+		p.tty = term.IsTerminal(int(f.Fd()))
+	}
+	return p
+}
+
+func (p *progress) show(m *ssiv1.MigrateProgress) {
+	el := time.Duration(m.ElapsedUs) * time.Microsecond
+	if el < progressAfter {
+		p.phase = m.Phase
+		return
+	}
+	line := fmt.Sprintf("migrate: %s, %.1fs", m.Phase, el.Seconds())
+	if m.Phase == "transfer" && m.Bytes > 0 {
+		line = fmt.Sprintf("migrate: transfer %.1f MB, %.1fs", float64(m.Bytes)/1e6, el.Seconds())
+	}
+	switch {
+	case p.tty:
+		pad := ""
+		if n := p.lastLine - len(line); n > 0 {
+			pad = strings.Repeat(" ", n)
+		}
+		fmt.Fprintf(p.env.Stderr, "\r%s%s", line, pad)
+		p.lastLine = len(line)
+		p.shown = true
+	case m.Phase != p.phase || !p.shown:
+		fmt.Fprintln(p.env.Stderr, line)
+		p.shown = true
+	}
+	p.phase = m.Phase
+}
+
+func (p *progress) end() {
+	if p.tty && p.shown {
+		fmt.Fprintln(p.env.Stderr)
+	}
 }

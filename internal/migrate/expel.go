@@ -89,7 +89,7 @@ func (s *Service) Expel(ctx context.Context, req *connect.Request[ssiv1.ExpelReq
 			r.Error = "no other node is UP"
 			continue
 		}
-		if _, err := m.move(ctx, j, n, criuPath, "expel"); err != nil {
+		if _, err := m.move(ctx, j, n, criuPath, "expel", nil); err != nil {
 			r.Error = err.Error()
 			continue
 		}

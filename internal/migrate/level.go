@@ -204,7 +204,7 @@ func (s *Service) Level(ctx context.Context, req *connect.Request[ssiv1.LevelReq
 	if best == nil {
 		return connect.NewResponse(&ssiv1.LevelResponse{Reason: "no job here can move"}), nil
 	}
-	if _, err := m.move(ctx, best, to, criuPath, "load leveling"); err != nil {
+	if _, err := m.move(ctx, best, to, criuPath, "load leveling", nil); err != nil {
 		return nil, err
 	}
 	return connect.NewResponse(&ssiv1.LevelResponse{Cpid: int64(best.CPID)}), nil

@@ -158,21 +158,9 @@ func (m *Migrator) stagingBase() string {
 // Migrate moves a process, wherever it runs, to the node asked for.
 func (c *Control) Migrate(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
 	m := c.m
-	tc, ok := transport.CallerFrom(ctx)
-	if !ok {
-		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("caller unknown: no peer credentials"))
-	}
-	q := req.Msg
-	q.Uid, q.HasUid = tc.UID, true
-	cpid := vproc.CPID(q.Cpid)
-	if !cpid.Valid() {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%d is not a cluster PID", q.Cpid))
-	}
-	cl := m.cfg.FSM.Cluster()
-	src := locate(cl, cpid)
-	n, ok := cl.Nodes[src]
-	if !ok || n.State != state.Up {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d was on node %d, which is not UP: it cannot move", q.Cpid, src))
+	q, src, err := m.route(ctx, req.Msg)
+	if err != nil {
+		return nil, err
 	}
 	if src == m.cfg.Self {
 		return m.Service().Move(ctx, connect.NewRequest(q))
@@ -182,6 +170,26 @@ func (c *Control) Migrate(ctx context.Context, req *connect.Request[ssiv1.Migrat
 		return nil, rpcerr.Unavailable("node %d: %w", src, err)
 	}
 	return remote.Move(ctx, connect.NewRequest(q))
+}
+
+// route authorizes a migration the local CLI asks for and finds the node
+// that runs the process.
+func (m *Migrator) route(ctx context.Context, q *ssiv1.MigrateRequest) (*ssiv1.MigrateRequest, uint32, error) {
+	tc, ok := transport.CallerFrom(ctx)
+	if !ok {
+		return nil, 0, connect.NewError(connect.CodePermissionDenied, errors.New("caller unknown: no peer credentials"))
+	}
+	q.Uid, q.HasUid = tc.UID, true
+	cpid := vproc.CPID(q.Cpid)
+	if !cpid.Valid() {
+		return nil, 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%d is not a cluster PID", q.Cpid))
+	}
+	cl := m.cfg.FSM.Cluster()
+	src := locate(cl, cpid)
+	if n, ok := cl.Nodes[src]; !ok || n.State != state.Up {
+		return nil, 0, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d was on node %d, which is not UP: it cannot move", q.Cpid, src))
+	}
+	return q, src, nil
 }
 
 // locate is where cpid runs now (as procspace.Locate).
@@ -225,11 +233,57 @@ func (m *Migrator) target(cpid vproc.CPID, arg string) (*state.Node, error) {
 // let the target's copy run. Until the location is recorded, a failure
 // thaws the job here as it was.
 func (s *Service) Move(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
-	// Reached from this node's Control (the CLI's uid, from its peer
-	// credentials) or from another member's (the peer endpoint requires
-	// a cluster certificate): the uid is the one that member vouches for.
-	m := s.m
-	q := req.Msg
+	resp, err := s.m.moveRequest(ctx, req.Msg, nil)
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(resp), nil
+}
+
+// MoveWatch is Move reporting its phases on the stream.
+func (s *Service) MoveWatch(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest], st *connect.ServerStream[ssiv1.MigrateProgress]) error {
+	resp, err := s.m.moveRequest(ctx, req.Msg, func(p *ssiv1.MigrateProgress) { _ = st.Send(p) })
+	if err != nil {
+		return err
+	}
+	return st.Send(&ssiv1.MigrateProgress{Phase: "done", Done: resp})
+}
+
+// MigrateWatch (Control) is Migrate reporting its phases as it goes.
+func (c *Control) MigrateWatch(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest], st *connect.ServerStream[ssiv1.MigrateProgress]) error {
+	m := c.m
+	q, src, err := m.route(ctx, req.Msg)
+	if err != nil {
+		return err
+	}
+	if src == m.cfg.Self {
+		return m.Service().MoveWatch(ctx, connect.NewRequest(q), st)
+	}
+	remote, err := m.clients.To(src)
+	if err != nil {
+		return rpcerr.Unavailable("node %d: %w", src, err)
+	}
+	in, err := remote.MoveWatch(ctx, connect.NewRequest(q))
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	for in.Receive() {
+		if err := st.Send(in.Msg()); err != nil {
+			return err
+		}
+	}
+	return in.Err()
+}
+
+// progressFunc receives the phases of a move (nil: nobody watches).
+type progressFunc func(*ssiv1.MigrateProgress)
+
+// moveRequest is Move: reached from this node's Control (the CLI's uid,
+// from its peer credentials) or from another member's (the peer endpoint
+// requires a cluster certificate): the uid is the one that member vouches
+// for.
+func (m *Migrator) moveRequest(ctx context.Context, q *ssiv1.MigrateRequest, report progressFunc) (*ssiv1.MigrateResponse, error) {
 	if !q.HasUid {
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the caller's uid is missing"))
 	}
@@ -249,11 +303,11 @@ func (s *Service) Move(ctx context.Context, req *connect.Request[ssiv1.MigrateRe
 	if err != nil {
 		return nil, err
 	}
-	ph, err := m.move(ctx, j, to, criuPath, "migrate")
+	ph, err := m.move(ctx, j, to, criuPath, "migrate", report)
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&ssiv1.MigrateResponse{From: m.cfg.Self, To: to.Num, Phases: ph}), nil
+	return &ssiv1.MigrateResponse{From: m.cfg.Self, To: to.Num, Phases: ph}, nil
 }
 
 func (m *Migrator) jobsError(err error) error {
@@ -268,9 +322,14 @@ func (m *Migrator) jobsError(err error) error {
 	return m.fail(err)
 }
 
-func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuPath, why string) (*ssiv1.MigratePhases, error) {
+func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuPath, why string, report progressFunc) (*ssiv1.MigratePhases, error) {
 	ph := &ssiv1.MigratePhases{}
 	start := time.Now()
+	step := func(phase string, bytes int64) {
+		if report != nil {
+			report(&ssiv1.MigrateProgress{Phase: phase, Bytes: bytes, ElapsedUs: time.Since(start).Microseconds()})
+		}
+	}
 	rj := j.Process()
 	init := rj.InitPid()
 	paths := rj.CgroupPaths()
@@ -290,6 +349,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	}
 	defer os.RemoveAll(dir)
 
+	step("freeze", 0)
 	if err := rj.Freeze(); err != nil {
 		return nil, m.fail(fmt.Errorf("process %d: %w", j.CPID, err))
 	}
@@ -320,6 +380,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 			stdioKeys = append(stdioKeys, k)
 		}
 	}
+	step("dump", 0)
 	if err := dump(dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
@@ -346,13 +407,15 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 		hdr.StdinPending, hdr.StdinClosed, hdr.OutSeq = ms.StdinPending, ms.StdinClosed, ms.OutSeq
 	}
 	sent := time.Now()
-	n, err := send(st, hdr, dir, j.LogPath)
+	step("transfer", 0)
+	n, err := send(st, hdr, dir, j.LogPath, func(b int64) { step("transfer", b) })
 	ph.Bytes = n
 	if err != nil {
 		_ = st.CloseRequest()
 		_, rerr := st.Receive()
 		return nil, m.peerError(to, fmt.Errorf("sending the checkpoint of process %d: %w", j.CPID, errors.Join(err, ignoreEOF(rerr))))
 	}
+	step("restore", n)
 	r, err := st.Receive()
 	if err != nil || !r.Restored {
 		_ = st.CloseRequest()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 )
@@ -32,11 +33,11 @@ type chunkSender interface {
 
 // send writes the header and the archive of dir (and the log) to st; it
 // returns the bytes sent.
-func send(st chunkSender, hdr *ssiv1.MigrateHeader, dir, logPath string) (int64, error) {
+func send(st chunkSender, hdr *ssiv1.MigrateHeader, dir, logPath string, progress func(int64)) (int64, error) {
 	if err := st.Send(&ssiv1.MigrateChunk{Header: hdr}); err != nil {
 		return 0, err
 	}
-	cw := &chunkWriter{st: st}
+	cw := &chunkWriter{st: st, progress: progress}
 	bw := bufio.NewWriterSize(cw, chunkSize)
 	tw := tar.NewWriter(bw)
 	ents, err := os.ReadDir(dir)
@@ -81,9 +82,14 @@ func send(st chunkSender, hdr *ssiv1.MigrateHeader, dir, logPath string) (int64,
 }
 
 type chunkWriter struct {
-	st chunkSender
-	n  int64
+	st       chunkSender
+	n        int64
+	progress func(int64) // told the bytes sent, at most every progressEvery
+	told     time.Time
 }
+
+// progressEvery bounds how often a transfer reports its bytes.
+const progressEvery = 250 * time.Millisecond
 
 func (w *chunkWriter) Write(b []byte) (int, error) {
 	for off := 0; off < len(b); off += chunkSize {
@@ -92,6 +98,10 @@ func (w *chunkWriter) Write(b []byte) (int, error) {
 			return off, err
 		}
 		w.n += int64(end - off)
+		if w.progress != nil && time.Since(w.told) >= progressEvery {
+			w.told = time.Now()
+			w.progress(w.n)
+		}
 	}
 	return len(b), nil
 }

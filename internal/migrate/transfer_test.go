@@ -46,7 +46,8 @@ func TestTransferRoundTrip(t *testing.T) {
 	os.WriteFile(logPath, []byte("1\n2\n3\n"), 0o600)
 
 	st := &chunks{}
-	n, err := send(st, &ssiv1.MigrateHeader{Cpid: 2000001}, src, logPath)
+	var told []int64
+	n, err := send(st, &ssiv1.MigrateHeader{Cpid: 2000001}, src, logPath, func(b int64) { told = append(told, b) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +63,9 @@ func TestTransferRoundTrip(t *testing.T) {
 	}
 	if sum != n || n < int64(len(big)) {
 		t.Errorf("send reported %d bytes, the chunks hold %d", n, sum)
+	}
+	if len(told) == 0 || told[len(told)-1] > n {
+		t.Errorf("progress told %v of %d bytes", told, n)
 	}
 	st.Send(&ssiv1.MigrateChunk{Commit: true})
 	st.msgs = st.msgs[1:]

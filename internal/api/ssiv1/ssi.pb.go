@@ -4174,6 +4174,76 @@ func (x *MigratePhases) GetBytes() int64 {
 	return 0
 }
 
+// MigrateProgress is one step of a migration: a phase starts ("freeze",
+// "dump", "transfer", "restore", "commit"), or bytes went out; done ends it.
+type MigrateProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Phase         string                 `protobuf:"bytes,1,opt,name=phase,proto3" json:"phase,omitempty"`
+	Bytes         int64                  `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`                          // sent so far
+	ElapsedUs     int64                  `protobuf:"varint,3,opt,name=elapsed_us,json=elapsedUs,proto3" json:"elapsed_us,omitempty"` // since the freeze
+	Done          *MigrateResponse       `protobuf:"bytes,4,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateProgress) Reset() {
+	*x = MigrateProgress{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateProgress) ProtoMessage() {}
+
+func (x *MigrateProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateProgress.ProtoReflect.Descriptor instead.
+func (*MigrateProgress) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *MigrateProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *MigrateProgress) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *MigrateProgress) GetElapsedUs() int64 {
+	if x != nil {
+		return x.ElapsedUs
+	}
+	return 0
+}
+
+func (x *MigrateProgress) GetDone() *MigrateResponse {
+	if x != nil {
+		return x.Done
+	}
+	return nil
+}
+
 type MigrateHeader struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Cpid            int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
@@ -4201,7 +4271,7 @@ type MigrateHeader struct {
 
 func (x *MigrateHeader) Reset() {
 	*x = MigrateHeader{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4213,7 +4283,7 @@ func (x *MigrateHeader) String() string {
 func (*MigrateHeader) ProtoMessage() {}
 
 func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4226,7 +4296,7 @@ func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
 func (*MigrateHeader) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *MigrateHeader) GetCpid() int64 {
@@ -4338,7 +4408,7 @@ type MigrateChunk struct {
 
 func (x *MigrateChunk) Reset() {
 	*x = MigrateChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4350,7 +4420,7 @@ func (x *MigrateChunk) String() string {
 func (*MigrateChunk) ProtoMessage() {}
 
 func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4363,7 +4433,7 @@ func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
 func (*MigrateChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *MigrateChunk) GetHeader() *MigrateHeader {
@@ -4398,7 +4468,7 @@ type MigrateReceipt struct {
 
 func (x *MigrateReceipt) Reset() {
 	*x = MigrateReceipt{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4410,7 +4480,7 @@ func (x *MigrateReceipt) String() string {
 func (*MigrateReceipt) ProtoMessage() {}
 
 func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4423,7 +4493,7 @@ func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
 func (*MigrateReceipt) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *MigrateReceipt) GetRestored() bool {
@@ -4464,7 +4534,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4476,7 +4546,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4489,7 +4559,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -4564,7 +4634,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4576,7 +4646,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4589,7 +4659,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -4649,7 +4719,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4661,7 +4731,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4674,7 +4744,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{64}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{65}
 }
 
 type GetDHCPResponse struct {
@@ -4690,7 +4760,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4702,7 +4772,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4715,7 +4785,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{65}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4765,7 +4835,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4777,7 +4847,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4790,7 +4860,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{66}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -4816,7 +4886,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4828,7 +4898,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4841,7 +4911,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{67}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -4859,7 +4929,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4871,7 +4941,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4884,7 +4954,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{68}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{69}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -4901,7 +4971,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4913,7 +4983,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4926,7 +4996,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{69}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -5269,7 +5339,13 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
 	"restore_us\x18\x04 \x01(\x03R\trestoreUs\x12\x19\n" +
 	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\x12\x14\n" +
-	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\x8d\x03\n" +
+	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\x89\x01\n" +
+	"\x0fMigrateProgress\x12\x14\n" +
+	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x1d\n" +
+	"\n" +
+	"elapsed_us\x18\x03 \x01(\x03R\telapsedUs\x12+\n" +
+	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\x8d\x03\n" +
 	"\rMigrateHeader\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
@@ -5348,7 +5424,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
-	"\x10NODE_ROLE_LEADER\x10\x032\xba\t\n" +
+	"\x10NODE_ROLE_LEADER\x10\x032\xfd\t\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -5366,7 +5442,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\aGetDHCP\x12\x16.ssi.v1.GetDHCPRequest\x1a\x17.ssi.v1.GetDHCPResponse\x12:\n" +
 	"\aSetDHCP\x12\x16.ssi.v1.SetDHCPRequest\x1a\x17.ssi.v1.SetDHCPResponse\x12L\n" +
 	"\rProvisionInfo\x12\x1c.ssi.v1.ProvisionInfoRequest\x1a\x1d.ssi.v1.ProvisionInfoResponse\x12:\n" +
-	"\aMigrate\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12C\n" +
+	"\aMigrate\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12A\n" +
+	"\fMigrateWatch\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateProgress0\x01\x12C\n" +
 	"\n" +
 	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
 	"\aRestart\x12\x16.ssi.v1.RestartRequest\x1a\x17.ssi.v1.RestartResponse\x124\n" +
@@ -5385,9 +5462,10 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05Procs\x12\x14.ssi.v1.ProcsRequest\x1a\x15.ssi.v1.ProcsResponse\x127\n" +
 	"\x06Signal\x12\x15.ssi.v1.SignalRequest\x1a\x16.ssi.v1.SignalResponse\x121\n" +
 	"\x04Wait\x12\x13.ssi.v1.WaitRequest\x1a\x14.ssi.v1.WaitResponse\x120\n" +
-	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\xec\x02\n" +
+	"\x04Logs\x12\x13.ssi.v1.LogsRequest\x1a\x11.ssi.v1.LogsChunk0\x012\xac\x03\n" +
 	"\aMigrate\x127\n" +
-	"\x04Move\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12;\n" +
+	"\x04Move\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateResponse\x12>\n" +
+	"\tMoveWatch\x12\x16.ssi.v1.MigrateRequest\x1a\x17.ssi.v1.MigrateProgress0\x01\x12;\n" +
 	"\aReceive\x12\x14.ssi.v1.MigrateChunk\x1a\x16.ssi.v1.MigrateReceipt(\x010\x01\x12C\n" +
 	"\n" +
 	"Checkpoint\x12\x19.ssi.v1.CheckpointRequest\x1a\x1a.ssi.v1.CheckpointResponse\x12:\n" +
@@ -5410,7 +5488,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -5473,18 +5551,19 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*MigrateRequest)(nil),        // 58: ssi.v1.MigrateRequest
 	(*MigrateResponse)(nil),       // 59: ssi.v1.MigrateResponse
 	(*MigratePhases)(nil),         // 60: ssi.v1.MigratePhases
-	(*MigrateHeader)(nil),         // 61: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 62: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 63: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 64: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 65: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 66: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 67: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 68: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 69: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 70: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 71: ssi.v1.ProvisionInfoResponse
-	nil,                           // 72: ssi.v1.LoadLevelResponse.NodesEntry
+	(*MigrateProgress)(nil),       // 61: ssi.v1.MigrateProgress
+	(*MigrateHeader)(nil),         // 62: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 63: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 64: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 65: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 66: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 67: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 68: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 69: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 70: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 71: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 72: ssi.v1.ProvisionInfoResponse
+	nil,                           // 73: ssi.v1.LoadLevelResponse.NodesEntry
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -5507,91 +5586,96 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	20, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
 	34, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	72, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
+	73, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
 	52, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
 	60, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	61, // 23: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	64, // 24: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	65, // 25: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	64, // 26: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	64, // 27: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	4,  // 28: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	18, // 29: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	26, // 30: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 31: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 32: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 33: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	35, // 34: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	7,  // 35: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	10, // 36: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	12, // 37: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	14, // 38: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	66, // 39: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	68, // 40: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	70, // 41: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	58, // 42: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	54, // 43: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	56, // 44: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	51, // 45: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
-	47, // 46: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
-	37, // 47: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
-	39, // 48: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	41, // 49: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	45, // 50: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	43, // 51: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 52: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	26, // 53: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 54: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 55: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 56: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	58, // 57: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	62, // 58: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	54, // 59: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	56, // 60: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	51, // 61: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
-	49, // 62: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
-	35, // 63: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 64: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 65: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 66: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 67: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 68: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 69: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	36, // 70: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 71: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 72: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 73: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 74: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	67, // 75: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	69, // 76: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	71, // 77: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	59, // 78: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	55, // 79: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	57, // 80: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	53, // 81: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
-	48, // 82: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
-	38, // 83: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
-	40, // 84: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	42, // 85: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	46, // 86: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	44, // 87: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 88: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 89: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 90: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 91: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 92: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	59, // 93: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	63, // 94: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	55, // 95: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	57, // 96: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	53, // 97: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
-	50, // 98: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
-	36, // 99: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	64, // [64:100] is the sub-list for method output_type
-	28, // [28:64] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	59, // 23: ssi.v1.MigrateProgress.done:type_name -> ssi.v1.MigrateResponse
+	62, // 24: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	65, // 25: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	66, // 26: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	65, // 27: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	65, // 28: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	4,  // 29: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	18, // 30: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	26, // 31: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 32: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 33: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 34: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	35, // 35: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	7,  // 36: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	10, // 37: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	12, // 38: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	14, // 39: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	67, // 40: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	69, // 41: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	71, // 42: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	58, // 43: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	58, // 44: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
+	54, // 45: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	56, // 46: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	51, // 47: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	47, // 48: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
+	37, // 49: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
+	39, // 50: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	41, // 51: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	45, // 52: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	43, // 53: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	18, // 54: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	26, // 55: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	28, // 56: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	30, // 57: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	32, // 58: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	58, // 59: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	58, // 60: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
+	63, // 61: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	54, // 62: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	56, // 63: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	51, // 64: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	49, // 65: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
+	35, // 66: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	5,  // 67: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	22, // 68: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 69: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 70: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 71: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 72: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	36, // 73: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	9,  // 74: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	11, // 75: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	13, // 76: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	15, // 77: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	68, // 78: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	70, // 79: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	72, // 80: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	59, // 81: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	61, // 82: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
+	55, // 83: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	57, // 84: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	53, // 85: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	48, // 86: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
+	38, // 87: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
+	40, // 88: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	42, // 89: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	46, // 90: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	44, // 91: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	22, // 92: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	27, // 93: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	29, // 94: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	31, // 95: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	33, // 96: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	59, // 97: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	61, // 98: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
+	64, // 99: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	55, // 100: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	57, // 101: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	53, // 102: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	50, // 103: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
+	36, // 104: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	67, // [67:105] is the sub-list for method output_type
+	29, // [29:67] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -5622,7 +5706,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   71,
+			NumMessages:   72,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -84,6 +84,8 @@ const (
 	ControlProvisionInfoProcedure = "/ssi.v1.Control/ProvisionInfo"
 	// ControlMigrateProcedure is the fully-qualified name of the Control's Migrate RPC.
 	ControlMigrateProcedure = "/ssi.v1.Control/Migrate"
+	// ControlMigrateWatchProcedure is the fully-qualified name of the Control's MigrateWatch RPC.
+	ControlMigrateWatchProcedure = "/ssi.v1.Control/MigrateWatch"
 	// ControlCheckpointProcedure is the fully-qualified name of the Control's Checkpoint RPC.
 	ControlCheckpointProcedure = "/ssi.v1.Control/Checkpoint"
 	// ControlRestartProcedure is the fully-qualified name of the Control's Restart RPC.
@@ -114,6 +116,8 @@ const (
 	ProcessLogsProcedure = "/ssi.v1.Process/Logs"
 	// MigrateMoveProcedure is the fully-qualified name of the Migrate's Move RPC.
 	MigrateMoveProcedure = "/ssi.v1.Migrate/Move"
+	// MigrateMoveWatchProcedure is the fully-qualified name of the Migrate's MoveWatch RPC.
+	MigrateMoveWatchProcedure = "/ssi.v1.Migrate/MoveWatch"
 	// MigrateReceiveProcedure is the fully-qualified name of the Migrate's Receive RPC.
 	MigrateReceiveProcedure = "/ssi.v1.Migrate/Receive"
 	// MigrateCheckpointProcedure is the fully-qualified name of the Migrate's Checkpoint RPC.
@@ -145,6 +149,7 @@ type ControlClient interface {
 	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
 	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
 	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	MigrateWatch(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.ServerStreamForClient[ssiv1.MigrateProgress], error)
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
@@ -253,6 +258,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("Migrate")),
 			connect.WithClientOptions(opts...),
 		),
+		migrateWatch: connect.NewClient[ssiv1.MigrateRequest, ssiv1.MigrateProgress](
+			httpClient,
+			baseURL+ControlMigrateWatchProcedure,
+			connect.WithSchema(controlMethods.ByName("MigrateWatch")),
+			connect.WithClientOptions(opts...),
+		),
 		checkpoint: connect.NewClient[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse](
 			httpClient,
 			baseURL+ControlCheckpointProcedure,
@@ -303,6 +314,7 @@ type controlClient struct {
 	setDHCP       *connect.Client[ssiv1.SetDHCPRequest, ssiv1.SetDHCPResponse]
 	provisionInfo *connect.Client[ssiv1.ProvisionInfoRequest, ssiv1.ProvisionInfoResponse]
 	migrate       *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
+	migrateWatch  *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateProgress]
 	checkpoint    *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
 	restart       *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
 	expel         *connect.Client[ssiv1.ExpelRequest, ssiv1.ExpelResponse]
@@ -385,6 +397,11 @@ func (c *controlClient) Migrate(ctx context.Context, req *connect.Request[ssiv1.
 	return c.migrate.CallUnary(ctx, req)
 }
 
+// MigrateWatch calls ssi.v1.Control.MigrateWatch.
+func (c *controlClient) MigrateWatch(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.ServerStreamForClient[ssiv1.MigrateProgress], error) {
+	return c.migrateWatch.CallServerStream(ctx, req)
+}
+
 // Checkpoint calls ssi.v1.Control.Checkpoint.
 func (c *controlClient) Checkpoint(ctx context.Context, req *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error) {
 	return c.checkpoint.CallUnary(ctx, req)
@@ -427,6 +444,7 @@ type ControlHandler interface {
 	SetDHCP(context.Context, *connect.Request[ssiv1.SetDHCPRequest]) (*connect.Response[ssiv1.SetDHCPResponse], error)
 	ProvisionInfo(context.Context, *connect.Request[ssiv1.ProvisionInfoRequest]) (*connect.Response[ssiv1.ProvisionInfoResponse], error)
 	Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	MigrateWatch(context.Context, *connect.Request[ssiv1.MigrateRequest], *connect.ServerStream[ssiv1.MigrateProgress]) error
 	Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error)
 	Restart(context.Context, *connect.Request[ssiv1.RestartRequest]) (*connect.Response[ssiv1.RestartResponse], error)
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
@@ -531,6 +549,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("Migrate")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlMigrateWatchHandler := connect.NewServerStreamHandler(
+		ControlMigrateWatchProcedure,
+		svc.MigrateWatch,
+		connect.WithSchema(controlMethods.ByName("MigrateWatch")),
+		connect.WithHandlerOptions(opts...),
+	)
 	controlCheckpointHandler := connect.NewUnaryHandler(
 		ControlCheckpointProcedure,
 		svc.Checkpoint,
@@ -593,6 +617,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlProvisionInfoHandler.ServeHTTP(w, r)
 		case ControlMigrateProcedure:
 			controlMigrateHandler.ServeHTTP(w, r)
+		case ControlMigrateWatchProcedure:
+			controlMigrateWatchHandler.ServeHTTP(w, r)
 		case ControlCheckpointProcedure:
 			controlCheckpointHandler.ServeHTTP(w, r)
 		case ControlRestartProcedure:
@@ -670,6 +696,10 @@ func (UnimplementedControlHandler) ProvisionInfo(context.Context, *connect.Reque
 
 func (UnimplementedControlHandler) Migrate(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.Migrate is not implemented"))
+}
+
+func (UnimplementedControlHandler) MigrateWatch(context.Context, *connect.Request[ssiv1.MigrateRequest], *connect.ServerStream[ssiv1.MigrateProgress]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.MigrateWatch is not implemented"))
 }
 
 func (UnimplementedControlHandler) Checkpoint(context.Context, *connect.Request[ssiv1.CheckpointRequest]) (*connect.Response[ssiv1.CheckpointResponse], error) {
@@ -1063,6 +1093,9 @@ type MigrateClient interface {
 	// Move, on the node that runs the process: checkpoint it and restore it
 	// on req.node; the process keeps its cluster PID.
 	Move(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	// MoveWatch is Move that reports its phases as it goes (the last
+	// message carries the result).
+	MoveWatch(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.ServerStreamForClient[ssiv1.MigrateProgress], error)
 	// Receive, on the target: the checkpoint streams in (a header, then the
 	// bytes of a tar archive of the images and the job's log), and the
 	// process is restored here, frozen; Resume (or the end of the stream
@@ -1096,6 +1129,12 @@ func NewMigrateClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			httpClient,
 			baseURL+MigrateMoveProcedure,
 			connect.WithSchema(migrateMethods.ByName("Move")),
+			connect.WithClientOptions(opts...),
+		),
+		moveWatch: connect.NewClient[ssiv1.MigrateRequest, ssiv1.MigrateProgress](
+			httpClient,
+			baseURL+MigrateMoveWatchProcedure,
+			connect.WithSchema(migrateMethods.ByName("MoveWatch")),
 			connect.WithClientOptions(opts...),
 		),
 		receive: connect.NewClient[ssiv1.MigrateChunk, ssiv1.MigrateReceipt](
@@ -1134,6 +1173,7 @@ func NewMigrateClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 // migrateClient implements MigrateClient.
 type migrateClient struct {
 	move       *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateResponse]
+	moveWatch  *connect.Client[ssiv1.MigrateRequest, ssiv1.MigrateProgress]
 	receive    *connect.Client[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]
 	checkpoint *connect.Client[ssiv1.CheckpointRequest, ssiv1.CheckpointResponse]
 	restart    *connect.Client[ssiv1.RestartRequest, ssiv1.RestartResponse]
@@ -1144,6 +1184,11 @@ type migrateClient struct {
 // Move calls ssi.v1.Migrate.Move.
 func (c *migrateClient) Move(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
 	return c.move.CallUnary(ctx, req)
+}
+
+// MoveWatch calls ssi.v1.Migrate.MoveWatch.
+func (c *migrateClient) MoveWatch(ctx context.Context, req *connect.Request[ssiv1.MigrateRequest]) (*connect.ServerStreamForClient[ssiv1.MigrateProgress], error) {
+	return c.moveWatch.CallServerStream(ctx, req)
 }
 
 // Receive calls ssi.v1.Migrate.Receive.
@@ -1176,6 +1221,9 @@ type MigrateHandler interface {
 	// Move, on the node that runs the process: checkpoint it and restore it
 	// on req.node; the process keeps its cluster PID.
 	Move(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error)
+	// MoveWatch is Move that reports its phases as it goes (the last
+	// message carries the result).
+	MoveWatch(context.Context, *connect.Request[ssiv1.MigrateRequest], *connect.ServerStream[ssiv1.MigrateProgress]) error
 	// Receive, on the target: the checkpoint streams in (a header, then the
 	// bytes of a tar archive of the images and the job's log), and the
 	// process is restored here, frozen; Resume (or the end of the stream
@@ -1205,6 +1253,12 @@ func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (strin
 		MigrateMoveProcedure,
 		svc.Move,
 		connect.WithSchema(migrateMethods.ByName("Move")),
+		connect.WithHandlerOptions(opts...),
+	)
+	migrateMoveWatchHandler := connect.NewServerStreamHandler(
+		MigrateMoveWatchProcedure,
+		svc.MoveWatch,
+		connect.WithSchema(migrateMethods.ByName("MoveWatch")),
 		connect.WithHandlerOptions(opts...),
 	)
 	migrateReceiveHandler := connect.NewBidiStreamHandler(
@@ -1241,6 +1295,8 @@ func NewMigrateHandler(svc MigrateHandler, opts ...connect.HandlerOption) (strin
 		switch r.URL.Path {
 		case MigrateMoveProcedure:
 			migrateMoveHandler.ServeHTTP(w, r)
+		case MigrateMoveWatchProcedure:
+			migrateMoveWatchHandler.ServeHTTP(w, r)
 		case MigrateReceiveProcedure:
 			migrateReceiveHandler.ServeHTTP(w, r)
 		case MigrateCheckpointProcedure:
@@ -1262,6 +1318,10 @@ type UnimplementedMigrateHandler struct{}
 
 func (UnimplementedMigrateHandler) Move(context.Context, *connect.Request[ssiv1.MigrateRequest]) (*connect.Response[ssiv1.MigrateResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.Move is not implemented"))
+}
+
+func (UnimplementedMigrateHandler) MoveWatch(context.Context, *connect.Request[ssiv1.MigrateRequest], *connect.ServerStream[ssiv1.MigrateProgress]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Migrate.MoveWatch is not implemented"))
 }
 
 func (UnimplementedMigrateHandler) Receive(context.Context, *connect.BidiStream[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]) error {
