@@ -251,17 +251,29 @@ func removeTestCgroupParents() error {
 	if h.v2 != "" {
 		dirs = append(dirs, filepath.Join(h.v2, h.v2own, testCgroupParent))
 	}
+	// A job's cleanup (its init reaped, then its cgroup removed) may still
+	// be under way on a loaded machine when the last test returns: give it
+	// a moment before calling what is left a leak.
 	var problems []string
-	for _, d := range dirs {
-		ents, err := os.ReadDir(d)
-		if err != nil {
-			continue
-		}
-		for _, e := range ents {
-			if e.IsDir() {
-				problems = append(problems, filepath.Join(d, e.Name()))
+	for deadline := time.Now().Add(cgroupTimeout); ; time.Sleep(50 * time.Millisecond) {
+		problems = problems[:0]
+		for _, d := range dirs {
+			ents, err := os.ReadDir(d)
+			if err != nil {
+				continue
+			}
+			for _, e := range ents {
+				if e.IsDir() {
+					procs, _ := os.ReadFile(filepath.Join(d, e.Name(), "cgroup.procs"))
+					problems = append(problems, fmt.Sprintf("%s (processes: %q)", filepath.Join(d, e.Name()), strings.Fields(string(procs))))
+				}
 			}
 		}
+		if len(problems) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, d := range dirs {
 		_ = syscall.Rmdir(d)
 	}
 	if len(problems) > 0 {
