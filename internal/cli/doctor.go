@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/ssi-cluster/ssi/internal/migrate"
+	"github.com/ssi-cluster/ssi/internal/rexec"
 )
 
 // Outcomes of a doctor check.
@@ -123,7 +124,7 @@ func doctorChecks(ctx context.Context, configured string) []doctorCheck {
 		add("pipe-max-size", checkOK, "%d", n)
 	}
 
-	if d, err := migrate.Freezer(); err != nil {
+	if d, err := rexec.Freezer(); err != nil {
 		add("freezer", checkFail, "%v", err)
 	} else {
 		add("freezer", checkOK, "%s", d)
