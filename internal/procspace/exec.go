@@ -295,6 +295,11 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 	go pump(rj.Stdout(), func(b []byte) *ssiv1.ExecOutput { return &ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Stdout{Stdout: b}} })
 	go pump(rj.Stderr(), func(b []byte) *ssiv1.ExecOutput { return &ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Stderr{Stderr: b}} })
 	wg.Wait()
+	return s.sendExit(out, j)
+}
+
+// sendExit waits for the job's end and sends its status.
+func (s *Space) sendExit(out *sender, j *procs.Job) error {
 	<-j.Done()
 	status, werr := j.Status()
 	if werr != nil {
@@ -354,19 +359,7 @@ func (q *stdinQueue) push(it stdinItem) {
 // pop returns the next item and whether more are queued; ok is false once
 // the queue is closed and empty.
 func (q *stdinQueue) pop() (it stdinItem, more, ok bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	for len(q.items) == 0 {
-		if q.closed {
-			return stdinItem{}, false, false
-		}
-		q.cond.Wait()
-	}
-	it = q.items[0]
-	q.items = q.items[1:]
-	q.bytes -= len(it.data)
-	q.cond.Broadcast()
-	return it, len(q.items) > 0, true
+	return q.popUnlessPaused() // a queue nobody pauses
 }
 
 // pause makes popUnlessPaused return at once, keeping the queue.

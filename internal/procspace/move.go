@@ -127,13 +127,7 @@ func (s *Space) serveMovable(ctx context.Context, st execStream, out *sender, j 
 	if moved {
 		return nil
 	}
-	<-j.Done()
-	status, werr := j.Status()
-	if werr != nil {
-		return out.Send(execError(255, "node %d: waiting for %d: %v", s.cfg.Self, j.CPID, werr))
-	}
-	return out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Exit{Exit: &ssiv1.ExecExit{
-		Code: int32(status.ExitCode()), Signal: int32(status.Signal), Core: status.Core}}})
+	return s.sendExit(out, j)
 }
 
 // start runs the pumps and the stdin writer until they end or the phase
