@@ -169,7 +169,11 @@ func (c *Control) Migrate(ctx context.Context, req *connect.Request[ssiv1.Migrat
 	if err != nil {
 		return nil, rpcerr.Unavailable("node %d: %w", src, err)
 	}
-	return remote.Move(ctx, connect.NewRequest(q))
+	resp, err := remote.Move(ctx, connect.NewRequest(q))
+	if err == nil {
+		m.awaitLocation(ctx, vproc.CPID(q.Cpid), resp.Msg.To)
+	}
+	return resp, err
 }
 
 // route authorizes a migration the local CLI asks for and finds the node
@@ -269,7 +273,11 @@ func (c *Control) MigrateWatch(ctx context.Context, req *connect.Request[ssiv1.M
 	}
 	defer in.Close()
 	for in.Receive() {
-		if err := st.Send(in.Msg()); err != nil {
+		p := in.Msg()
+		if p.Done != nil {
+			m.awaitLocation(ctx, vproc.CPID(q.Cpid), p.Done.To)
+		}
+		if err := st.Send(p); err != nil {
 			return err
 		}
 	}
@@ -438,6 +446,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 		return nil, m.fail(fmt.Errorf("recording that process %d moved to node %d: %w", j.CPID, to.Num, err))
 	}
 	committed = true
+	m.awaitLocation(ctx, j.CPID, to.Num)
 	if err := m.cfg.Jobs.MoveOut(j); err != nil {
 		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to.Num, "err", err)
 	}
@@ -496,4 +505,25 @@ func (m *Migrator) outside(j *procs.Job) []uint32 {
 		}
 	}
 	return except
+}
+
+// awaitLocation waits (a few seconds at most) until this node's copy of the
+// state says that cpid runs on node want: the commit reached the leader,
+// and what this node answers next (where_pid, kill, wait, logs routed from
+// here) must already follow the move.
+func (m *Migrator) awaitLocation(ctx context.Context, cpid vproc.CPID, want uint32) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for {
+		changed := m.cfg.FSM.Changed()
+		if locate(m.cfg.FSM.Cluster(), cpid) == want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			m.log.Warn("this node has not learnt where a moved process runs yet", "cpid", cpid, "node", want)
+			return
+		case <-changed:
+		}
+	}
 }

@@ -117,6 +117,19 @@ func (c *Control) Procs(ctx context.Context, req *connect.Request[ssiv1.ProcsReq
 	if q.Cpid != 0 {
 		q.Node = Locate(cl, vproc.CPID(q.Cpid))
 	}
+	out := s.gather(ctx, q)
+	if q.Cpid != 0 && len(out.Procs) == 0 && len(out.Unreachable) == 0 {
+		// Not where this node's copy of the state says: it may have just
+		// moved (the record is committed, not yet applied here). Ask
+		// every node.
+		q.Node = 0
+		out = s.gather(ctx, q)
+	}
+	return connect.NewResponse(out), nil
+}
+
+// gather asks the nodes q names (one, or every UP node) for their rows.
+func (s *Space) gather(ctx context.Context, q *ssiv1.ProcsRequest) *ssiv1.ProcsResponse {
 	var mu sync.Mutex
 	out := &ssiv1.ProcsResponse{}
 	out.Unreachable = s.fanOut(ctx, q.Node, func(ctx context.Context, n *state.Node) error {
@@ -139,7 +152,7 @@ func (c *Control) Procs(ctx context.Context, req *connect.Request[ssiv1.ProcsReq
 		mu.Unlock()
 		return nil
 	})
-	return connect.NewResponse(out), nil
+	return out
 }
 
 // route authorizes the local caller and finds the node that runs cpid: it

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -32,6 +33,50 @@ func logLines(c *Cluster, k int, cpid string) []string {
 	return strings.Fields(r.Stdout)
 }
 
+// counter is a job that prints 0, 1, 2, ... every 20 ms until the file
+// stop exists, then "end", and exits with code: it runs as long as the
+// test needs, however slow the machine.
+func counter(stop string, code int, marker string) string {
+	return fmt.Sprintf(`i=0; while [ ! -e %s ]; do echo $i; i=$((i+1)); sleep 0.02; done; echo end; exit %d; : %s`, stop, code, marker)
+}
+
+// stopFile is a path for counter's stop file (created by stopNow).
+func stopFile(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(dir, "stop")
+}
+
+func stopNow(t *testing.T, stop string) {
+	t.Helper()
+	if err := os.WriteFile(stop, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// counted waits until counter job cpid has ended its output ("end") and
+// checks that what came before is 0, 1, ..., with nothing lost or repeated,
+// at least min lines.
+func counted(t *testing.T, c *Cluster, cpid string, min int) {
+	t.Helper()
+	var lines []string
+	Eventually(t, 30*time.Second, func() string {
+		lines = logLines(c, 1, cpid)
+		if len(lines) == 0 || lines[len(lines)-1] != "end" {
+			return fmt.Sprintf("%s has not ended its output: %d lines", cpid, len(lines))
+		}
+		return ""
+	})
+	lines = lines[:len(lines)-1]
+	if len(lines) < min {
+		t.Errorf("%s wrote %d lines, want at least %d", cpid, len(lines), min)
+	}
+	checkSequence(t, lines, len(lines))
+}
+
 // checkSequence fails unless lines are exactly 0, 1, ..., n-1.
 func checkSequence(t *testing.T, lines []string, n int) {
 	t.Helper()
@@ -51,9 +96,8 @@ func checkSequence(t *testing.T, lines []string, n int) {
 // its own exit status.
 func TestMigrateCounter(t *testing.T) {
 	c := migrateCluster(t)
-	const n = 120
-	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
-		fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 3`, n)))
+	stop := stopFile(t)
+	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", counter(stop, 3, "")))
 	Eventually(t, 10*time.Second, func() string {
 		if l := logLines(c, 1, cpid); len(l) < 10 {
 			return fmt.Sprintf("the counter wrote %d lines", len(l))
@@ -88,13 +132,15 @@ func TestMigrateCounter(t *testing.T) {
 	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "2" {
 		t.Errorf("where_pid after migrate home: %q, want 2", got)
 	}
-	Eventually(t, 20*time.Second, func() string {
-		if l := logLines(c, 1, cpid); len(l) < n {
-			return fmt.Sprintf("%d of %d lines", len(l), n)
+	n := len(logLines(c, 1, cpid))
+	Eventually(t, 10*time.Second, func() string {
+		if l := logLines(c, 1, cpid); len(l) <= n+5 {
+			return fmt.Sprintf("no progress back home (%d lines, %d before)", len(l), n)
 		}
 		return ""
 	})
-	checkSequence(t, logLines(c, 3, cpid), n)
+	stopNow(t, stop)
+	counted(t, c, cpid, n+5)
 	if r := c.CLI(1, "ssi", "wait", cpid); r.Code != 3 {
 		t.Errorf("ssi wait: %v; want the job's own exit status 3", r)
 	}
@@ -116,14 +162,13 @@ func TestMigrateCounter(t *testing.T) {
 	}
 	// Other tests' mounts on this machine drop the pool too: take a few
 	// chances.
-	const m = 40
+	pooledStop := stopFile(t)
 	var pooled string
 	for try := 0; pooled == "" && try < 10; try++ {
 		c.MustCLI(1, "onnode", "2", "true")
 		Eventually(t, 20*time.Second, readyInit)
 		marker := fmt.Sprintf("ssi-pooled-%d", rand.IntN(1<<30))
-		id := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
-			fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; : %s`, m, marker)))
+		id := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", counter(pooledStop, 0, marker)))
 		warm := true
 		for _, p := range procsMatching(marker) {
 			// A cold init's command line names the job; a warm one's
@@ -148,13 +193,15 @@ func TestMigrateCounter(t *testing.T) {
 		return ""
 	})
 	c.MustCLI(1, "migrate", pooled, "3")
+	n = len(logLines(c, 1, pooled))
 	Eventually(t, 10*time.Second, func() string {
-		if l := logLines(c, 1, pooled); len(l) < m {
-			return fmt.Sprintf("the pooled job: %d of %d lines", len(l), m)
+		if l := logLines(c, 1, pooled); len(l) <= n+5 {
+			return fmt.Sprintf("the pooled job makes no progress on node 3 (%d lines)", len(l))
 		}
 		return ""
 	})
-	checkSequence(t, logLines(c, 1, pooled), m)
+	stopNow(t, pooledStop)
+	counted(t, c, pooled, n+5)
 	if r := c.CLI(1, "ssi", "wait", pooled); r.Code != 0 {
 		t.Fatalf("the pooled job: ssi wait: %v", r)
 	}
@@ -399,9 +446,8 @@ func TestMigrateAttached(t *testing.T) {
 // one is taken); a directory that exists is refused.
 func TestCheckpointRestart(t *testing.T) {
 	c := migrateCluster(t)
-	const n = 80
-	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
-		fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 6`, n)))
+	stop := stopFile(t)
+	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", counter(stop, 6, "")))
 	Eventually(t, 10*time.Second, func() string {
 		if l := logLines(c, 1, cpid); len(l) < 10 {
 			return fmt.Sprintf("the counter wrote %d lines", len(l))
@@ -413,6 +459,7 @@ func TestCheckpointRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Join(base, "ckpt")
+	saved := len(logLines(c, 1, cpid)) // the checkpoint has these and more
 	if out := c.MustCLI(1, "ssi", "checkpoint", cpid, dir); !strings.Contains(out, "saved in "+dir) {
 		t.Errorf("checkpoint printed %q", out)
 	}
@@ -436,13 +483,16 @@ func TestCheckpointRestart(t *testing.T) {
 		t.Errorf("a second restart of the same checkpoint got cluster PID %q; want a new one of node 3", second)
 	}
 	for _, p := range []string{got, second} {
-		Eventually(t, 20*time.Second, func() string {
-			if l := logLines(c, 1, p); len(l) < n {
-				return fmt.Sprintf("%s: %d of %d lines", p, len(l), n)
+		Eventually(t, 10*time.Second, func() string {
+			if l := logLines(c, 1, p); len(l) <= saved+5 {
+				return fmt.Sprintf("%s makes no progress after its restart (%d lines, %d saved)", p, len(l), saved)
 			}
 			return ""
 		})
-		checkSequence(t, logLines(c, 1, p), n)
+	}
+	stopNow(t, stop)
+	for _, p := range []string{got, second} {
+		counted(t, c, p, saved+5)
 		if r := c.CLI(1, "ssi", "wait", p); r.Code != 6 {
 			t.Errorf("ssi wait %s: %v; want the job's own status 6", p, r)
 		}
@@ -455,11 +505,10 @@ func TestCheckpointRestart(t *testing.T) {
 // on exactly elsewhere.
 func TestExpelAndDrain(t *testing.T) {
 	c := migrateCluster(t)
-	const n = 150
+	stop := stopFile(t)
 	var jobs []string
 	for range 3 {
-		jobs = append(jobs, strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
-			fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 9`, n))))
+		jobs = append(jobs, strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", counter(stop, 9, ""))))
 	}
 	pinned := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-p", "-n", "2", "sleep", "60"))
 	for _, j := range jobs {
@@ -478,7 +527,7 @@ func TestExpelAndDrain(t *testing.T) {
 	for _, j := range jobs {
 		w := strings.TrimSpace(c.MustCLI(1, "where_pid", j))
 		if w == "2" || !strings.Contains(r.Stdout, "process "+j+" moved to node "+w) {
-			t.Errorf("%s is on node %q after expel:\n%s", j, w, r.Stdout)
+			t.Errorf("%s is on node %q after expel:\n%v", j, w, r)
 		}
 		moved[w] = true
 	}
@@ -487,8 +536,7 @@ func TestExpelAndDrain(t *testing.T) {
 	}
 	c.MustCLI(1, "ssi", "kill", "-9", pinned)
 	// A new job there, then the node leaves without killing it.
-	late := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
-		fmt.Sprintf(`i=0; while [ $i -lt %d ]; do echo $i; i=$((i+1)); sleep 0.02; done; exit 9`, n)))
+	late := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", counter(stop, 9, "")))
 	Eventually(t, 10*time.Second, func() string {
 		if l := logLines(c, 1, late); len(l) < 3 {
 			return late + " has not started"
@@ -499,14 +547,9 @@ func TestExpelAndDrain(t *testing.T) {
 		t.Fatalf("clusternode_shutdown --drain 2: %v", r)
 	}
 	c.WaitState([]int{1, 3}, 2, "DOWN", 10*time.Second)
+	stopNow(t, stop)
 	for _, j := range append(jobs, late) {
-		Eventually(t, 20*time.Second, func() string {
-			if l := logLines(c, 1, j); len(l) < n {
-				return fmt.Sprintf("%s: %d of %d lines", j, len(l), n)
-			}
-			return ""
-		})
-		checkSequence(t, logLines(c, 1, j), n)
+		counted(t, c, j, 3)
 		if r := c.CLI(1, "ssi", "wait", j); r.Code != 9 {
 			t.Errorf("ssi wait %s: %v; want 9", j, r)
 		}
@@ -674,13 +717,7 @@ func TestRestartedNodeEndsItsLeftovers(t *testing.T) {
 	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sleep", "600"))
 	var dir, freeze, frozen string
 	Eventually(t, 10*time.Second, func() string {
-		for _, pat := range []string{"/sys/fs/cgroup/freezer/*/ssi/node2-*/job-" + cpid, "/sys/fs/cgroup/freezer/ssi/node2-*/job-" + cpid,
-			"/sys/fs/cgroup/*/ssi/node2-*/job-" + cpid, "/sys/fs/cgroup/ssi/node2-*/job-" + cpid} {
-			if m, _ := filepath.Glob(pat); len(m) == 1 {
-				dir = m[0]
-				break
-			}
-		}
+		dir = findJobCgroup(filepath.Join(c.Dir, "node2"), cpid)
 		if dir == "" {
 			return "the job's cgroup is not there"
 		}
@@ -721,4 +758,34 @@ func TestRestartedNodeEndsItsLeftovers(t *testing.T) {
 		}
 		return ""
 	})
+}
+
+// findJobCgroup finds the cgroup directory of job cpid of node 2, whose
+// data directory is dataDir: ssi/node2-HASH/job-CPID below the daemon's
+// own cgroup, at any depth (HASH as internal/node's jobCgroupParent makes
+// it), in the freezer hierarchy when cgroup v1's freezer is there, else in
+// cgroup v2's.
+func findJobCgroup(dataDir, cpid string) string {
+	sum := sha256.Sum256([]byte(dataDir))
+	parent := fmt.Sprintf("node2-%x", sum[:4])
+	var found []string
+	for _, root := range []string{"/sys/fs/cgroup/freezer", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"} {
+		_ = filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err != nil || !d.IsDir() {
+				return nil
+			}
+			if strings.Count(strings.TrimPrefix(p, root), "/") > 8 {
+				return filepath.SkipDir
+			}
+			if d.Name() == "job-"+cpid && filepath.Base(filepath.Dir(p)) == parent {
+				found = append(found, p)
+				return filepath.SkipDir
+			}
+			return nil
+		})
+		if len(found) > 0 {
+			return found[0]
+		}
+	}
+	return ""
 }
