@@ -389,7 +389,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 		}
 	}
 	step("dump", 0)
-	if err := dump(dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
+	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -526,4 +526,27 @@ func (m *Migrator) awaitLocation(ctx context.Context, cpid vproc.CPID, want uint
 		case <-changed:
 		}
 	}
+}
+
+// dumpFrozen runs dump on a frozen job, and once more if CRIU could not
+// seize one of its tasks (a rehearsal on a loaded machine saw "Unseizable
+// non-zombie ... state D" once in a while; a thaw and a new freeze let it
+// through). The images directory is emptied between the two.
+func (m *Migrator) dumpFrozen(rj *rexec.Job, s dumpSpec) error {
+	err := dump(s)
+	if err == nil || !strings.Contains(err.Error(), "Unseizable") && !strings.Contains(err.Error(), "Timeout reached") {
+		return err
+	}
+	m.log.Warn("CRIU could not seize the job; thawing, freezing and trying once more", "err", err)
+	if terr := rj.Thaw(); terr != nil {
+		return errors.Join(err, terr)
+	}
+	if ferr := rj.Freeze(); ferr != nil {
+		return errors.Join(err, ferr)
+	}
+	ents, _ := os.ReadDir(s.dir)
+	for _, e := range ents {
+		os.Remove(filepath.Join(s.dir, e.Name()))
+	}
+	return dump(s)
 }

@@ -189,16 +189,54 @@ func (p *Service) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalR
 
 // Signal signals a process wherever it runs.
 func (c *Control) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
-	uid, _, remote, err := c.route(ctx, req.Msg.Cpid)
+	uid, n, remote, err := c.route(ctx, req.Msg.Cpid)
 	if err != nil {
 		return nil, err
 	}
 	q := req.Msg
 	q.Uid, q.HasUid = uid, true
-	if remote == nil {
-		return c.s.Service().Signal(ctx, connect.NewRequest(q))
+	for try := 0; ; try++ {
+		var resp *connect.Response[ssiv1.SignalResponse]
+		if remote == nil {
+			resp, err = c.s.Service().Signal(ctx, connect.NewRequest(q))
+		} else {
+			resp, err = remote.Signal(ctx, connect.NewRequest(q))
+		}
+		if try > 0 || connect.CodeOf(err) != connect.CodeNotFound {
+			return resp, err
+		}
+		var ok bool
+		if n, remote, ok = c.relocate(ctx, q.Cpid, uid, n.Num); !ok {
+			return resp, err
+		}
 	}
-	return remote.Signal(ctx, connect.NewRequest(q))
+}
+
+// relocate finds the node that runs cpid by asking every node, for a call
+// that the located node answered with "no such process": the process may
+// have just moved, the move committed and not yet applied here. ok is
+// false when no node has it (or only the one asked already).
+func (c *Control) relocate(ctx context.Context, cpid int64, uid uint32, asked uint32) (*state.Node, ssiv1connect.ProcessClient, bool) {
+	s := c.s
+	out := s.gather(ctx, &ssiv1.ProcsRequest{Cpid: cpid, All: true, Uid: uid, HasUid: true})
+	for _, p := range out.Procs {
+		if p.Cpid != cpid || p.Node == asked {
+			continue
+		}
+		n, ok := s.cfg.FSM.Cluster().Nodes[p.Node]
+		if !ok {
+			return nil, nil, false
+		}
+		if p.Node == s.cfg.Self {
+			return n, nil, true
+		}
+		cl, err := s.clients.To(p.Node)
+		if err != nil {
+			return nil, nil, false
+		}
+		return n, cl, true
+	}
+	return nil, nil, false
 }
 
 // Wait waits for a detached process of this node.
@@ -214,13 +252,33 @@ func (p *Service) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitReque
 // Wait waits for a detached process wherever it runs; if its node goes
 // DOWN meanwhile, the process is lost and Wait says so.
 func (c *Control) Wait(ctx context.Context, req *connect.Request[ssiv1.WaitRequest]) (*connect.Response[ssiv1.WaitResponse], error) {
-	s := c.s
 	uid, n, remote, err := c.route(ctx, req.Msg.Cpid)
 	if err != nil {
 		return nil, err
 	}
 	q := req.Msg
 	q.Uid, q.HasUid = uid, true
+	// A process that moves while one waits (or moved just before, and
+	// this node has not applied it yet) is waited for where it runs now,
+	// move after move.
+	for moves := 0; ; moves++ {
+		resp, err := c.waitAt(ctx, q, n, remote)
+		if connect.CodeOf(err) != connect.CodeNotFound || moves == maxFollow {
+			return resp, err
+		}
+		var ok bool
+		if n, remote, ok = c.relocate(ctx, q.Cpid, uid, n.Num); !ok {
+			return resp, err
+		}
+	}
+}
+
+// maxFollow bounds how many moves a wait follows.
+const maxFollow = 64
+
+// waitAt waits for process q.Cpid on node n (remote nil: this node).
+func (c *Control) waitAt(ctx context.Context, q *ssiv1.WaitRequest, n *state.Node, remote ssiv1connect.ProcessClient) (*connect.Response[ssiv1.WaitResponse], error) {
+	s := c.s
 	if remote == nil {
 		return s.Service().Wait(ctx, connect.NewRequest(q))
 	}

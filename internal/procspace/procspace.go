@@ -170,7 +170,7 @@ func callerFrom(ctx context.Context) (procs.Caller, error) {
 // procsError maps the job table's errors to wire codes.
 func (s *Space) procsError(err error) error {
 	switch {
-	case errors.Is(err, procs.ErrNoSuchProcess):
+	case errors.Is(err, procs.ErrNoSuchProcess), errors.Is(err, procs.ErrMoved):
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("node %d: %w", s.cfg.Self, err))
 	case errors.Is(err, procs.ErrNotOwner):
 		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("node %d: %w", s.cfg.Self, err))

@@ -145,6 +145,27 @@ func TestMigrateCounter(t *testing.T) {
 		t.Errorf("ssi wait: %v; want the job's own exit status 3", r)
 	}
 
+	// A wait begun before two moves follows the job and gets its status.
+	waitStop := stopFile(t)
+	waited := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", counter(waitStop, 5, "")))
+	waiter := exec.Command(ssiBin, "wait", waited)
+	waiter.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(1))
+	var waitOut syncBuffer
+	waiter.Stdout, waiter.Stderr = &waitOut, &waitOut
+	if err := waiter.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = waiter.Process.Kill(); _ = waiter.Wait() })
+	time.Sleep(300 * time.Millisecond) // let it reach node 2 (were it late, it would find the job on node 3: also fine)
+	c.MustCLI(1, "migrate", waited, "3")
+	c.MustCLI(1, "migrate", waited, "home")
+	stopNow(t, waitStop)
+	err := waiter.Wait()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 5 {
+		t.Errorf("ssi wait begun before the moves: %v %q; want the job's own exit status 5", err, waitOut.String())
+	}
+
 	// A job from node 2's pool of ready inits, whose report channel is a
 	// socket to the daemon (a job that starts its own init has a pipe),
 	// moves as well. A migration changes the mount table of the daemon's
