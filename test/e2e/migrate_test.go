@@ -445,7 +445,13 @@ func TestMigrateAttached(t *testing.T) {
 	line += 20
 	send(3)
 	stdin.Close()
-	err = cmd.Wait()
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	select {
+	case err = <-waited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("onnode did not end 30s after its stdin closed (the job never saw EOF?); output so far:\n%s", out.String())
+	}
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
 		t.Errorf("onnode: %v, stderr %q; want the job's exit status 4", err, errb.String())
