@@ -445,8 +445,10 @@ func (s *Space) attach(ctx context.Context, at *ssiv1.ExecAttach, st execStream)
 	}
 	s.movMu.Unlock()
 	if a == nil {
+		s.log.Warn("a client's daemon attaches to a process that does not wait for it here", "cpid", cpid)
 		return st.Send(execError(255, "node %d: no process %d waits for its stream here", s.cfg.Self, cpid))
 	}
+	s.log.Info("the stream of a process that moved here follows it", "cpid", cpid, "out_seq", a.outSeq)
 	if at.Uid != 0 && at.Uid != a.j.UID {
 		return st.Send(execError(255, "node %d: process %d belongs to uid %d", s.cfg.Self, cpid, a.j.UID))
 	}

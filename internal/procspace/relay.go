@@ -337,6 +337,6 @@ func (s *Space) follow(ctx context.Context, cpid int64, uid uint32, mv *ssiv1.Ex
 	*remote = next
 	_ = old.CloseRequest()
 	_ = old.CloseResponse()
-	s.log.Debug("the stream follows its process", "cpid", cpid, "to", mv.Node)
+	s.log.Info("the stream follows its process", "cpid", cpid, "to", mv.Node, "stdin_acked", mv.StdinAcked, "out_seq", delivered)
 	return n, nil
 }
