@@ -156,7 +156,7 @@ func TestPoolJob(t *testing.T) {
 			if v2 {
 				cgLine = `grep ^0:: /proc/self/cgroup`
 			}
-			spec := poolSpec(t, p, "sh", "-c", `echo $$; readlink /proc/self/ns/pid /proc/self/ns/mnt; `+cgLine+`
+			spec := poolSpec(t, p, "sh", "-c", `read _; echo $$; readlink /proc/self/ns/pid /proc/self/ns/mnt; `+cgLine+`
 id -u; id -g; id -G; pwd; echo "$FOO"; env | grep -c .; grep NSpid /proc/self/status
 cat /proc/self/autogroup 2>/dev/null || echo none`)
 			spec.UID, spec.GID, spec.Groups = 65534, 65534, []uint32{65534, 100}
@@ -164,13 +164,15 @@ cat /proc/self/autogroup 2>/dev/null || echo none`)
 			spec.Env = append(spec.Env, "FOO=bar", "FOO=baz") // the last one wins, as with os/exec
 			j := startWarm(t, p, spec)
 			c := collect(j)
+			// The job waits for its stdin to close: its init is there to
+			// be looked at until then.
+			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", j.pid))
+			initCmdline := string(b)
 			j.Stdin().Close()
 			if !j.Migratable() || !j.Namespaced() {
 				t.Errorf("Migratable %v, Namespaced %v; want both", j.Migratable(), j.Namespaced())
 			}
 			paths := j.CgroupPaths()
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", j.pid))
-			initCmdline := string(b)
 			st := wait(t, j)
 			c.done(t)
 			if st.ExitCode() != 0 {
