@@ -2,6 +2,7 @@ package procs
 
 import (
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -18,3 +19,8 @@ func TestMain(m *testing.M) {
 	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	os.Exit(m.Run())
 }
+
+// testCgroupParent is where this test binary's jobs' cgroups go: its own,
+// as each daemon has (several test runs may share the machine, and job
+// cgroups are named after CPIDs). Manager.Shutdown removes it.
+func testCgroupParent() string { return "ssi-test-procs-" + strconv.Itoa(os.Getpid()) }

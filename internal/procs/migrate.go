@@ -34,7 +34,7 @@ func (m *Manager) Movable(cpid vproc.CPID, c Caller) (*Job, error) {
 	case j.Pinned:
 		return nil, fmt.Errorf("%w: process %d is pinned to node %d (started with -p, or by onall)", ErrNotMovable, cpid, m.opts.Node)
 	case !j.job.Migratable():
-		return nil, fmt.Errorf("%w: process %d has no PID namespace and cgroup of its own (its daemon does not run as root)", ErrNotMovable, cpid)
+		return nil, fmt.Errorf("%w: process %d has no PID namespace and cgroup of its own (its daemon does not run as root, or could not create its cgroup: see the node's log)", ErrNotMovable, cpid)
 	}
 	return j, nil
 }

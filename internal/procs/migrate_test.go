@@ -16,7 +16,7 @@ func TestMovable(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("needs root (jobs with a PID namespace and a cgroup): run the tests as root")
 	}
-	m, err := NewManager(Options{Node: 6, DataDir: t.TempDir(), PoolSize: -1})
+	m, err := NewManager(Options{Node: 6, DataDir: t.TempDir(), PoolSize: -1, CgroupParent: testCgroupParent()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -39,7 +39,7 @@ func TestMigratableJobsUseThePool(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: namespaces and cgroups")
 	}
-	m, err := NewManager(Options{Node: 5, DataDir: t.TempDir(), PoolSize: 2})
+	m, err := NewManager(Options{Node: 5, DataDir: t.TempDir(), PoolSize: 2, CgroupParent: testCgroupParent()})
 	if err != nil {
 		t.Fatal(err)
 	}
