@@ -398,7 +398,10 @@ func TestMigrateAttached(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	// One Wait, here; the cleanup only kills.
+	waited := make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
 	line := 0
 	send := func(n int) {
 		t.Helper()
@@ -445,12 +448,11 @@ func TestMigrateAttached(t *testing.T) {
 	line += 20
 	send(3)
 	stdin.Close()
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
 	select {
 	case err = <-waited:
+		waited <- err // for the cleanup
 	case <-time.After(30 * time.Second):
-		t.Fatalf("onnode did not end 30s after its stdin closed (the job never saw EOF?); output so far:\n%s", out.String())
+		t.Fatalf("onnode did not end 30s after its stdin closed (the job never saw EOF?); who holds the job's stdin:\n%s\noutput so far:\n%s", stdinHolders(marker), out.String())
 	}
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 4 {
@@ -815,4 +817,33 @@ func findJobCgroup(dataDir, cpid string) string {
 		}
 	}
 	return ""
+}
+
+// stdinHolders lists, for a failure message, the processes that hold the
+// pipe the job marked marker reads as its stdin, with their open flags.
+func stdinHolders(marker string) string {
+	var b strings.Builder
+	for _, p := range procsMatching(marker) {
+		pipe, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/0", p))
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(&b, "job process %d (%s) reads %s; held by:\n", p, cmdlineOf(p), pipe)
+		for _, q := range procsMatching("") {
+			fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", q))
+			for _, fd := range fds {
+				if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", q, fd.Name())); l == pipe {
+					info, _ := os.ReadFile(fmt.Sprintf("/proc/%d/fdinfo/%s", q, fd.Name()))
+					flags := ""
+					for _, line := range strings.Split(string(info), "\n") {
+						if strings.HasPrefix(line, "flags:") {
+							flags = strings.TrimSpace(strings.TrimPrefix(line, "flags:"))
+						}
+					}
+					fmt.Fprintf(&b, "  pid %d fd %s flags %s (%s)\n", q, fd.Name(), flags, cmdlineOf(q))
+				}
+			}
+		}
+	}
+	return b.String()
 }
