@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -466,7 +467,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 }
 
 func ignoreEOF(err error) error {
-	if err == nil || errors.Is(err, errEOF) {
+	if err == nil || errors.Is(err, io.EOF) {
 		return nil
 	}
 	return err

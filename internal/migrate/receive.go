@@ -199,7 +199,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	if err != nil {
 		return fail(err)
 	}
-	rj, err := rexec.Adopt(rexec.AdoptSpec{ID: cpid.String(), Pid: pid, Status: status, CgroupParent: m.cfg.Jobs.CgroupParent(), CgroupID: cgID, LogPath: logPath}, m.log)
+	rj, err := rexec.Adopt(rexec.AdoptSpec{ID: cpid.String(), Pid: pid, Status: status, CgroupParent: m.cfg.Jobs.CgroupParent(), CgroupID: cgID}, m.log)
 	if err != nil {
 		_ = unix.Kill(pid, unix.SIGKILL)
 		return fail(err)

@@ -296,11 +296,9 @@ func (s *Service) Restart(ctx context.Context, req *connect.Request[ssiv1.Restar
 	if loc == uint32(cpid.Node()) {
 		loc = 0
 	}
-	{
-		if _, err := m.cfg.Leader.Apply(ctx, state.CmdMoved, state.Moved{CPID: int64(cpid), To: m.cfg.Self, Record: loc, Why: "ssi restart " + q.Dir, Time: time.Now()}); err != nil {
-			_ = m.cfg.Jobs.MoveOut(pj)
-			return nil, m.fail(fmt.Errorf("recording that process %d runs on node %d: %w", cpid, m.cfg.Self, err))
-		}
+	if _, err := m.cfg.Leader.Apply(ctx, state.CmdMoved, state.Moved{CPID: int64(cpid), To: m.cfg.Self, Record: loc, Why: "ssi restart " + q.Dir, Time: time.Now()}); err != nil {
+		_ = m.cfg.Jobs.MoveOut(pj)
+		return nil, m.fail(fmt.Errorf("recording that process %d runs on node %d: %w", cpid, m.cfg.Self, err))
 	}
 	if err := pj.Process().Thaw(); err != nil {
 		return nil, m.fail(fmt.Errorf("process %d: %w", cpid, err))

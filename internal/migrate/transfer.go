@@ -25,8 +25,6 @@ const chunkSize = 256 << 10
 // logEntry is the archive's name of the detached job's log.
 const logEntry = "ssi-job.log"
 
-var errEOF = io.EOF
-
 type chunkSender interface {
 	Send(*ssiv1.MigrateChunk) error
 }
@@ -109,10 +107,9 @@ func (w *chunkWriter) Write(b []byte) (int, error) {
 // chunkReader reads the archive's bytes from the stream's messages; a
 // message without data (the commit) ends it.
 type chunkReader struct {
-	recv   func() (*ssiv1.MigrateChunk, error)
-	buf    []byte
-	commit bool
-	err    error
+	recv func() (*ssiv1.MigrateChunk, error)
+	buf  []byte
+	err  error
 }
 
 func (r *chunkReader) Read(p []byte) (int, error) {
@@ -130,7 +127,6 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 			continue
 		}
 		if len(c.Data) == 0 {
-			r.commit = c.Commit
 			r.err = io.ErrUnexpectedEOF
 			continue
 		}

@@ -91,7 +91,6 @@ type AdoptSpec struct {
 	Status       *os.File // the read end of what the init reports on
 	CgroupParent string   // its cgroup is CgroupParent/job-<CgroupID>
 	CgroupID     string
-	LogPath      string // a detached job's log (informational)
 }
 
 // Adopt makes a restored job a Job of this engine, as if Start had started
