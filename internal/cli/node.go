@@ -23,6 +23,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/cfs"
 	"github.com/ssi-cluster/ssi/internal/migrate"
 	"github.com/ssi-cluster/ssi/internal/node"
 	"github.com/ssi-cluster/ssi/internal/nodeaddr"
@@ -99,10 +100,14 @@ func init() {
 	cmd := &Command{
 		Name:    "daemon",
 		Summary: "run this node (the ssi daemon)",
-		Usage:   "ssi daemon [--data-dir DIR] [--socket PATH] [--listen ADDR] [--pid-file PATH] [--log-level info]",
+		Usage:   "ssi daemon [--data-dir DIR] [--socket PATH] [--listen ADDR] [--pid-file PATH] [--log-level info] [--cfs-mount PATH] [--cfs-export DIR] [--cfs-server N]",
 		Help: `Runs the node whose data directory was made by 'ssi init' or 'ssi join'
 until it is shut down (clusternode_shutdown, ssi shutdown --cluster) or
 receives SIGTERM/SIGINT. A systemd unit is in dist/ssi.service.
+
+Every node mounts the cluster filesystem at --cfs-mount (default /cluster;
+'' for none); the node --cfs-server (default 1) serves it from --cfs-export
+(default /var/lib/ssi/root; '/' for a diskless cluster). docs/CFS.md.
 
 Example:
   ssi daemon --data-dir /var/lib/ssi`,
@@ -117,6 +122,9 @@ Example:
 		raftHB := fs.Duration("raft-heartbeat-timeout", node.DefaultRaftHeartbeatTimeout, "Raft follower heartbeat timeout (raise for large or slow clusters)")
 		raftEl := fs.Duration("raft-election-timeout", node.DefaultRaftElectionTimeout, "Raft election timeout")
 		criuPath := fs.String("criu", "", "the criu binary migration uses (default: $SSI_CRIU, then "+migrate.DefaultCRIUPrefix+"/bin/criu, then criu in PATH)")
+		cfsMount := fs.String("cfs-mount", cfs.DefaultMount, "where this node mounts the cluster filesystem ('' for none)")
+		cfsExport := fs.String("cfs-export", cfs.DefaultExport, "the directory the serving node exports as the cluster filesystem")
+		cfsServer := fs.Uint("cfs-server", cfs.DefaultServer, "the node that serves the cluster filesystem")
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -140,7 +148,8 @@ Example:
 		// A data directory that holds no node (node.ErrNotInitialized) is a
 		// plain local error: exit 1 (see errors.go).
 		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath,
-			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl}})
+			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl},
+			CFS:  node.CFSOptions{Mount: *cfsMount, Export: *cfsExport, Server: uint32(*cfsServer)}})
 		if errors.Is(err, state.ErrHalted) {
 			// The node met a log entry of a newer ssi: restarting would
 			// halt again (the unit does not restart on this status).

@@ -61,6 +61,12 @@ func NodeDir(dir string, k int) string { return filepath.Join(dir, "node"+strcon
 // Socket is node k's control socket.
 func Socket(dir string, k int) string { return filepath.Join(NodeDir(dir, k), "ssi.sock") }
 
+// MountDir is where node k mounts the cluster filesystem.
+func MountDir(dir string, k int) string { return filepath.Join(dir, "mnt", "node"+strconv.Itoa(k)) }
+
+// ExportDir is the directory node 1 exports as the cluster filesystem.
+func ExportDir(dir string) string { return filepath.Join(dir, "root") }
+
 // PIDFile is node k's PID file.
 func PIDFile(dir string, k int) string { return filepath.Join(NodeDir(dir, k), "ssi.pid") }
 
@@ -218,7 +224,8 @@ func start(o Options, net *isolation, k int, joinArgs []string) error {
 	}
 	defer logf.Close()
 	// Nodes on one machine share its kernel: count each node's own processes.
-	args := []string{"daemon", "--data-dir", dir, "--socket", Socket(o.Dir, k), "--pid-file", PIDFile(o.Dir, k), "--load-source", "jobs"}
+	args := []string{"daemon", "--data-dir", dir, "--socket", Socket(o.Dir, k), "--pid-file", PIDFile(o.Dir, k), "--load-source", "jobs",
+		"--cfs-mount", MountDir(o.Dir, k), "--cfs-export", ExportDir(o.Dir)}
 	if o.Raft.HeartbeatTimeout > 0 {
 		args = append(args, "--raft-heartbeat-timeout", o.Raft.HeartbeatTimeout.String())
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
+	"github.com/ssi-cluster/ssi/internal/cfs"
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/membership"
 	"github.com/ssi-cluster/ssi/internal/peer"
@@ -46,7 +47,15 @@ type Options struct {
 	Load    string // load source: LoadMachine (default) or LoadJobs
 	CRIU    string // the criu binary for migration ("": migrate.FindCRIU's search)
 	Raft    RaftTiming
+	CFS     CFSOptions
 	Log     *slog.Logger
+}
+
+// CFSOptions place the cluster filesystem (docs/CFS.md).
+type CFSOptions struct {
+	Mount  string // where this node mounts it ("": not mounted)
+	Export string // what the serving node exports
+	Server uint32 // the node that serves (0: node 1)
 }
 
 // Run starts the node and blocks until ctx ends or the node is shut down.
@@ -139,6 +148,8 @@ func Run(ctx context.Context, o Options) (err error) {
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
 		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU,
 		net:       &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
+		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount,
+			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}},
 		seeds:     func() []string { return seeds(r, meta) },
 		bootstrap: meta.Bootstrap,
 		bootstrapped: func() error {

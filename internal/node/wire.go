@@ -11,6 +11,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/cfs"
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/dhcpd"
 	"github.com/ssi-cluster/ssi/internal/membership"
@@ -37,6 +38,7 @@ type wiring struct {
 	dataDir      string // checkpoints of migrating jobs are staged below it
 	criu         string // the criu binary ("": found as migrate.FindCRIU does)
 	load         placement.Source
+	cfs          cfs.Config // the cluster filesystem's placement (Net, FSM and Log are filled in)
 	seeds        func() []string
 	raftAddr     func(num uint32) string // nil: ip:port
 	startIndex   uint64                  // the last log index held at start
@@ -55,6 +57,7 @@ type parts struct {
 	space  *procspace.Space
 	dhcp   *dhcpd.Service
 	mig    *migrate.Migrator
+	cfs    *cfs.FS
 	load   placement.Source
 
 	peerHandler    http.Handler // the node-to-node services (cluster certificate required)
@@ -87,6 +90,7 @@ const (
 	smallMessage   = 64 << 10
 	streamMessage  = 1 << 20  // exec stream chunks are at most 256 KiB
 	commandMessage = 16 << 20 // a state-machine command (AddNodes of many nodes)
+	cfsMessage     = 2 << 20  // a cluster filesystem WRITE of 1 MiB and its fields
 )
 
 // noGzip turns response compression off: cluster traffic is loopback or LAN,
@@ -105,6 +109,8 @@ func wire(w wiring) *parts {
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
 	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
 	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, Log: w.log})
+	w.cfs.Net, w.cfs.FSM, w.cfs.Log = w.net, w.fsm, w.log
+	p.cfs = cfs.New(w.cfs)
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
 	// Every endpoint bounds the messages it reads (connect refuses a larger
@@ -115,6 +121,7 @@ func wire(w wiring) *parts {
 	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
 	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, connect.WithReadMaxBytes(cfsMessage)))
 	p.peerHandler = mux
 
 	join := http.NewServeMux()
@@ -141,6 +148,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.leader.Run,
 		p.mem.Run,
 		p.dhcp.Run,
+		p.cfs.Run,
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()

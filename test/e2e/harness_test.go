@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ssi-cluster/ssi/internal/devcluster"
 )
 
 var ssiBin string
@@ -266,7 +268,8 @@ func (c *Cluster) StartDaemon(k int) *exec.Cmd {
 		c.t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(ssiBin, "daemon", "--data-dir", dir, "--socket", c.Socket(k), "--pid-file", filepath.Join(dir, "ssi.pid"))
+	cmd := exec.Command(ssiBin, "daemon", "--data-dir", dir, "--socket", c.Socket(k), "--pid-file", filepath.Join(dir, "ssi.pid"),
+		"--cfs-mount", devcluster.MountDir(c.Dir, k), "--cfs-export", devcluster.ExportDir(c.Dir))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

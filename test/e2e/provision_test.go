@@ -500,7 +500,7 @@ func TestDHCPWithRealDaemonAndUdhcpc(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	daemon := exec.Command("ip", "netns", "exec", e.srvNS, ssiBin, "daemon", "--data-dir", dataDir, "--socket", c.Socket(1))
+	daemon := exec.Command("ip", "netns", "exec", e.srvNS, ssiBin, "daemon", "--data-dir", dataDir, "--socket", c.Socket(1), "--cfs-mount", "")
 	daemon.Stdout, daemon.Stderr = logf, logf
 	daemon.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := daemon.Start(); err != nil {

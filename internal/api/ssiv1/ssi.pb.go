@@ -145,6 +145,144 @@ func (NodeRole) EnumDescriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{1}
 }
 
+// FsOp is one filesystem operation. The fields of FsRequest each uses are
+// listed in internal/cfs/wire.go.
+type FsOp int32
+
+const (
+	FsOp_FS_OP_UNSPECIFIED FsOp = 0
+	FsOp_FS_OP_LOOKUP      FsOp = 1
+	FsOp_FS_OP_GETATTR     FsOp = 2
+	FsOp_FS_OP_SETATTR     FsOp = 3
+	FsOp_FS_OP_OPEN        FsOp = 4
+	FsOp_FS_OP_CREATE      FsOp = 5
+	FsOp_FS_OP_READ        FsOp = 6
+	FsOp_FS_OP_WRITE       FsOp = 7
+	FsOp_FS_OP_FSYNC       FsOp = 8
+	FsOp_FS_OP_RELEASE     FsOp = 9
+	FsOp_FS_OP_MKDIR       FsOp = 10
+	FsOp_FS_OP_MKNOD       FsOp = 11
+	FsOp_FS_OP_SYMLINK     FsOp = 12
+	FsOp_FS_OP_LINK        FsOp = 13
+	FsOp_FS_OP_UNLINK      FsOp = 14
+	FsOp_FS_OP_RMDIR       FsOp = 15
+	FsOp_FS_OP_RENAME      FsOp = 16
+	FsOp_FS_OP_READLINK    FsOp = 17
+	FsOp_FS_OP_READDIR     FsOp = 18
+	FsOp_FS_OP_STATFS      FsOp = 19
+	FsOp_FS_OP_GETXATTR    FsOp = 20
+	FsOp_FS_OP_SETXATTR    FsOp = 21
+	FsOp_FS_OP_LISTXATTR   FsOp = 22
+	FsOp_FS_OP_REMOVEXATTR FsOp = 23
+	FsOp_FS_OP_GETLK       FsOp = 24
+	FsOp_FS_OP_SETLK       FsOp = 25
+	FsOp_FS_OP_SETLKW      FsOp = 26
+	FsOp_FS_OP_CANCEL      FsOp = 27 // cancel the request `ack` names (a blocked SETLKW)
+	FsOp_FS_OP_ACK         FsOp = 28 // acknowledge the invalidation `ack` names
+	FsOp_FS_OP_ALLOCATE    FsOp = 29
+	FsOp_FS_OP_LSEEK       FsOp = 30
+	FsOp_FS_OP_HELLO       FsOp = 31 // first message of a session: who the client is
+)
+
+// Enum value maps for FsOp.
+var (
+	FsOp_name = map[int32]string{
+		0:  "FS_OP_UNSPECIFIED",
+		1:  "FS_OP_LOOKUP",
+		2:  "FS_OP_GETATTR",
+		3:  "FS_OP_SETATTR",
+		4:  "FS_OP_OPEN",
+		5:  "FS_OP_CREATE",
+		6:  "FS_OP_READ",
+		7:  "FS_OP_WRITE",
+		8:  "FS_OP_FSYNC",
+		9:  "FS_OP_RELEASE",
+		10: "FS_OP_MKDIR",
+		11: "FS_OP_MKNOD",
+		12: "FS_OP_SYMLINK",
+		13: "FS_OP_LINK",
+		14: "FS_OP_UNLINK",
+		15: "FS_OP_RMDIR",
+		16: "FS_OP_RENAME",
+		17: "FS_OP_READLINK",
+		18: "FS_OP_READDIR",
+		19: "FS_OP_STATFS",
+		20: "FS_OP_GETXATTR",
+		21: "FS_OP_SETXATTR",
+		22: "FS_OP_LISTXATTR",
+		23: "FS_OP_REMOVEXATTR",
+		24: "FS_OP_GETLK",
+		25: "FS_OP_SETLK",
+		26: "FS_OP_SETLKW",
+		27: "FS_OP_CANCEL",
+		28: "FS_OP_ACK",
+		29: "FS_OP_ALLOCATE",
+		30: "FS_OP_LSEEK",
+		31: "FS_OP_HELLO",
+	}
+	FsOp_value = map[string]int32{
+		"FS_OP_UNSPECIFIED": 0,
+		"FS_OP_LOOKUP":      1,
+		"FS_OP_GETATTR":     2,
+		"FS_OP_SETATTR":     3,
+		"FS_OP_OPEN":        4,
+		"FS_OP_CREATE":      5,
+		"FS_OP_READ":        6,
+		"FS_OP_WRITE":       7,
+		"FS_OP_FSYNC":       8,
+		"FS_OP_RELEASE":     9,
+		"FS_OP_MKDIR":       10,
+		"FS_OP_MKNOD":       11,
+		"FS_OP_SYMLINK":     12,
+		"FS_OP_LINK":        13,
+		"FS_OP_UNLINK":      14,
+		"FS_OP_RMDIR":       15,
+		"FS_OP_RENAME":      16,
+		"FS_OP_READLINK":    17,
+		"FS_OP_READDIR":     18,
+		"FS_OP_STATFS":      19,
+		"FS_OP_GETXATTR":    20,
+		"FS_OP_SETXATTR":    21,
+		"FS_OP_LISTXATTR":   22,
+		"FS_OP_REMOVEXATTR": 23,
+		"FS_OP_GETLK":       24,
+		"FS_OP_SETLK":       25,
+		"FS_OP_SETLKW":      26,
+		"FS_OP_CANCEL":      27,
+		"FS_OP_ACK":         28,
+		"FS_OP_ALLOCATE":    29,
+		"FS_OP_LSEEK":       30,
+		"FS_OP_HELLO":       31,
+	}
+)
+
+func (x FsOp) Enum() *FsOp {
+	p := new(FsOp)
+	*p = x
+	return p
+}
+
+func (x FsOp) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FsOp) Descriptor() protoreflect.EnumDescriptor {
+	return file_ssi_v1_ssi_proto_enumTypes[2].Descriptor()
+}
+
+func (FsOp) Type() protoreflect.EnumType {
+	return &file_ssi_v1_ssi_proto_enumTypes[2]
+}
+
+func (x FsOp) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FsOp.Descriptor instead.
+func (FsOp) EnumDescriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{2}
+}
+
 type Node struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	Num              uint32                 `protobuf:"varint,1,opt,name=num,proto3" json:"num,omitempty"`
@@ -5034,6 +5172,872 @@ func (x *ProvisionInfoResponse) GetMaxNodes() uint32 {
 	return 0
 }
 
+type FsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Op            FsOp                   `protobuf:"varint,2,opt,name=op,proto3,enum=ssi.v1.FsOp" json:"op,omitempty"`
+	Path          string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`      // relative to the export root, "" is the root
+	Path2         string                 `protobuf:"bytes,4,opt,name=path2,proto3" json:"path2,omitempty"`    // rename/link: the new path; symlink: the target
+	Name          string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`      // xattr name
+	Handle        uint64                 `protobuf:"varint,6,opt,name=handle,proto3" json:"handle,omitempty"` // an open file
+	Offset        int64                  `protobuf:"varint,7,opt,name=offset,proto3" json:"offset,omitempty"`
+	Size          uint32                 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
+	Data          []byte                 `protobuf:"bytes,9,opt,name=data,proto3" json:"data,omitempty"`
+	Flags         uint32                 `protobuf:"varint,10,opt,name=flags,proto3" json:"flags,omitempty"` // open flags, rename flags, xattr flags, lock flags, fsync flags
+	Mode          uint32                 `protobuf:"varint,11,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid           uint32                 `protobuf:"varint,12,opt,name=uid,proto3" json:"uid,omitempty"` // the caller on the client node
+	Gid           uint32                 `protobuf:"varint,13,opt,name=gid,proto3" json:"gid,omitempty"`
+	Set           *FsSetAttr             `protobuf:"bytes,14,opt,name=set,proto3" json:"set,omitempty"`
+	Lock          *FsLock                `protobuf:"bytes,15,opt,name=lock,proto3" json:"lock,omitempty"`
+	Ack           uint64                 `protobuf:"varint,16,opt,name=ack,proto3" json:"ack,omitempty"`
+	Owner         uint64                 `protobuf:"varint,17,opt,name=owner,proto3" json:"owner,omitempty"` // lock owner
+	Rdev          uint32                 `protobuf:"varint,18,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	Node          uint32                 `protobuf:"varint,19,opt,name=node,proto3" json:"node,omitempty"`     // HELLO: the client's node number
+	Ino           uint64                 `protobuf:"varint,20,opt,name=ino,proto3" json:"ino,omitempty"`       // the id the client knows the file by (0: unknown)
+	Parent        uint64                 `protobuf:"varint,21,opt,name=parent,proto3" json:"parent,omitempty"` // the id of the file's directory, as the client knows it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsRequest) Reset() {
+	*x = FsRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsRequest) ProtoMessage() {}
+
+func (x *FsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsRequest.ProtoReflect.Descriptor instead.
+func (*FsRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *FsRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *FsRequest) GetOp() FsOp {
+	if x != nil {
+		return x.Op
+	}
+	return FsOp_FS_OP_UNSPECIFIED
+}
+
+func (x *FsRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *FsRequest) GetPath2() string {
+	if x != nil {
+		return x.Path2
+	}
+	return ""
+}
+
+func (x *FsRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FsRequest) GetHandle() uint64 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *FsRequest) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *FsRequest) GetSize() uint32 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FsRequest) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *FsRequest) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *FsRequest) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *FsRequest) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *FsRequest) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *FsRequest) GetSet() *FsSetAttr {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *FsRequest) GetLock() *FsLock {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
+func (x *FsRequest) GetAck() uint64 {
+	if x != nil {
+		return x.Ack
+	}
+	return 0
+}
+
+func (x *FsRequest) GetOwner() uint64 {
+	if x != nil {
+		return x.Owner
+	}
+	return 0
+}
+
+func (x *FsRequest) GetRdev() uint32 {
+	if x != nil {
+		return x.Rdev
+	}
+	return 0
+}
+
+func (x *FsRequest) GetNode() uint32 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *FsRequest) GetIno() uint64 {
+	if x != nil {
+		return x.Ino
+	}
+	return 0
+}
+
+func (x *FsRequest) GetParent() uint64 {
+	if x != nil {
+		return x.Parent
+	}
+	return 0
+}
+
+type FsSetAttr struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Valid         uint32                 `protobuf:"varint,1,opt,name=valid,proto3" json:"valid,omitempty"` // FATTR_* bits (the kernel's)
+	Mode          uint32                 `protobuf:"varint,2,opt,name=mode,proto3" json:"mode,omitempty"`
+	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,4,opt,name=gid,proto3" json:"gid,omitempty"`
+	Size          uint64                 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	AtimeNs       int64                  `protobuf:"varint,6,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
+	MtimeNs       int64                  `protobuf:"varint,7,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsSetAttr) Reset() {
+	*x = FsSetAttr{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsSetAttr) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsSetAttr) ProtoMessage() {}
+
+func (x *FsSetAttr) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsSetAttr.ProtoReflect.Descriptor instead.
+func (*FsSetAttr) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *FsSetAttr) GetValid() uint32 {
+	if x != nil {
+		return x.Valid
+	}
+	return 0
+}
+
+func (x *FsSetAttr) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *FsSetAttr) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *FsSetAttr) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *FsSetAttr) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FsSetAttr) GetAtimeNs() int64 {
+	if x != nil {
+		return x.AtimeNs
+	}
+	return 0
+}
+
+func (x *FsSetAttr) GetMtimeNs() int64 {
+	if x != nil {
+		return x.MtimeNs
+	}
+	return 0
+}
+
+type FsAttr struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ino           uint64                 `protobuf:"varint,1,opt,name=ino,proto3" json:"ino,omitempty"` // the file's identity in the export (st_dev folded in)
+	Mode          uint32                 `protobuf:"varint,2,opt,name=mode,proto3" json:"mode,omitempty"`
+	Nlink         uint32                 `protobuf:"varint,3,opt,name=nlink,proto3" json:"nlink,omitempty"`
+	Uid           uint32                 `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	Gid           uint32                 `protobuf:"varint,5,opt,name=gid,proto3" json:"gid,omitempty"`
+	Rdev          uint32                 `protobuf:"varint,6,opt,name=rdev,proto3" json:"rdev,omitempty"`
+	Size          uint64                 `protobuf:"varint,7,opt,name=size,proto3" json:"size,omitempty"`
+	Blocks        uint64                 `protobuf:"varint,8,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	AtimeNs       int64                  `protobuf:"varint,9,opt,name=atime_ns,json=atimeNs,proto3" json:"atime_ns,omitempty"`
+	MtimeNs       int64                  `protobuf:"varint,10,opt,name=mtime_ns,json=mtimeNs,proto3" json:"mtime_ns,omitempty"`
+	CtimeNs       int64                  `protobuf:"varint,11,opt,name=ctime_ns,json=ctimeNs,proto3" json:"ctime_ns,omitempty"`
+	Blksize       uint32                 `protobuf:"varint,12,opt,name=blksize,proto3" json:"blksize,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsAttr) Reset() {
+	*x = FsAttr{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[73]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsAttr) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsAttr) ProtoMessage() {}
+
+func (x *FsAttr) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[73]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsAttr.ProtoReflect.Descriptor instead.
+func (*FsAttr) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{73}
+}
+
+func (x *FsAttr) GetIno() uint64 {
+	if x != nil {
+		return x.Ino
+	}
+	return 0
+}
+
+func (x *FsAttr) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+func (x *FsAttr) GetNlink() uint32 {
+	if x != nil {
+		return x.Nlink
+	}
+	return 0
+}
+
+func (x *FsAttr) GetUid() uint32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *FsAttr) GetGid() uint32 {
+	if x != nil {
+		return x.Gid
+	}
+	return 0
+}
+
+func (x *FsAttr) GetRdev() uint32 {
+	if x != nil {
+		return x.Rdev
+	}
+	return 0
+}
+
+func (x *FsAttr) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FsAttr) GetBlocks() uint64 {
+	if x != nil {
+		return x.Blocks
+	}
+	return 0
+}
+
+func (x *FsAttr) GetAtimeNs() int64 {
+	if x != nil {
+		return x.AtimeNs
+	}
+	return 0
+}
+
+func (x *FsAttr) GetMtimeNs() int64 {
+	if x != nil {
+		return x.MtimeNs
+	}
+	return 0
+}
+
+func (x *FsAttr) GetCtimeNs() int64 {
+	if x != nil {
+		return x.CtimeNs
+	}
+	return 0
+}
+
+func (x *FsAttr) GetBlksize() uint32 {
+	if x != nil {
+		return x.Blksize
+	}
+	return 0
+}
+
+type FsDirEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Ino           uint64                 `protobuf:"varint,2,opt,name=ino,proto3" json:"ino,omitempty"`
+	Mode          uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"` // file type bits
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsDirEntry) Reset() {
+	*x = FsDirEntry{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[74]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsDirEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsDirEntry) ProtoMessage() {}
+
+func (x *FsDirEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[74]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsDirEntry.ProtoReflect.Descriptor instead.
+func (*FsDirEntry) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{74}
+}
+
+func (x *FsDirEntry) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FsDirEntry) GetIno() uint64 {
+	if x != nil {
+		return x.Ino
+	}
+	return 0
+}
+
+func (x *FsDirEntry) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+type FsLock struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Start         uint64                 `protobuf:"varint,1,opt,name=start,proto3" json:"start,omitempty"`
+	End           uint64                 `protobuf:"varint,2,opt,name=end,proto3" json:"end,omitempty"`
+	Type          uint32                 `protobuf:"varint,3,opt,name=type,proto3" json:"type,omitempty"` // F_RDLCK, F_WRLCK, F_UNLCK
+	Pid           uint32                 `protobuf:"varint,4,opt,name=pid,proto3" json:"pid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsLock) Reset() {
+	*x = FsLock{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[75]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsLock) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsLock) ProtoMessage() {}
+
+func (x *FsLock) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[75]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsLock.ProtoReflect.Descriptor instead.
+func (*FsLock) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{75}
+}
+
+func (x *FsLock) GetStart() uint64 {
+	if x != nil {
+		return x.Start
+	}
+	return 0
+}
+
+func (x *FsLock) GetEnd() uint64 {
+	if x != nil {
+		return x.End
+	}
+	return 0
+}
+
+func (x *FsLock) GetType() uint32 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *FsLock) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+type FsStatfs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Blocks        uint64                 `protobuf:"varint,1,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	Bfree         uint64                 `protobuf:"varint,2,opt,name=bfree,proto3" json:"bfree,omitempty"`
+	Bavail        uint64                 `protobuf:"varint,3,opt,name=bavail,proto3" json:"bavail,omitempty"`
+	Files         uint64                 `protobuf:"varint,4,opt,name=files,proto3" json:"files,omitempty"`
+	Ffree         uint64                 `protobuf:"varint,5,opt,name=ffree,proto3" json:"ffree,omitempty"`
+	Bsize         uint32                 `protobuf:"varint,6,opt,name=bsize,proto3" json:"bsize,omitempty"`
+	Namelen       uint32                 `protobuf:"varint,7,opt,name=namelen,proto3" json:"namelen,omitempty"`
+	Frsize        uint32                 `protobuf:"varint,8,opt,name=frsize,proto3" json:"frsize,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsStatfs) Reset() {
+	*x = FsStatfs{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[76]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsStatfs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsStatfs) ProtoMessage() {}
+
+func (x *FsStatfs) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[76]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsStatfs.ProtoReflect.Descriptor instead.
+func (*FsStatfs) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{76}
+}
+
+func (x *FsStatfs) GetBlocks() uint64 {
+	if x != nil {
+		return x.Blocks
+	}
+	return 0
+}
+
+func (x *FsStatfs) GetBfree() uint64 {
+	if x != nil {
+		return x.Bfree
+	}
+	return 0
+}
+
+func (x *FsStatfs) GetBavail() uint64 {
+	if x != nil {
+		return x.Bavail
+	}
+	return 0
+}
+
+func (x *FsStatfs) GetFiles() uint64 {
+	if x != nil {
+		return x.Files
+	}
+	return 0
+}
+
+func (x *FsStatfs) GetFfree() uint64 {
+	if x != nil {
+		return x.Ffree
+	}
+	return 0
+}
+
+func (x *FsStatfs) GetBsize() uint32 {
+	if x != nil {
+		return x.Bsize
+	}
+	return 0
+}
+
+func (x *FsStatfs) GetNamelen() uint32 {
+	if x != nil {
+		return x.Namelen
+	}
+	return 0
+}
+
+func (x *FsStatfs) GetFrsize() uint32 {
+	if x != nil {
+		return x.Frsize
+	}
+	return 0
+}
+
+// FsInval names what a client must drop from its kernel caches: an inode's
+// attributes and data (ino), or a name in a directory (parent, name).
+type FsInval struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Ino           uint64                 `protobuf:"varint,1,opt,name=ino,proto3" json:"ino,omitempty"`
+	Parent        uint64                 `protobuf:"varint,2,opt,name=parent,proto3" json:"parent,omitempty"`
+	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsInval) Reset() {
+	*x = FsInval{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[77]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsInval) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsInval) ProtoMessage() {}
+
+func (x *FsInval) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[77]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsInval.ProtoReflect.Descriptor instead.
+func (*FsInval) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{77}
+}
+
+func (x *FsInval) GetIno() uint64 {
+	if x != nil {
+		return x.Ino
+	}
+	return 0
+}
+
+func (x *FsInval) GetParent() uint64 {
+	if x != nil {
+		return x.Parent
+	}
+	return 0
+}
+
+func (x *FsInval) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type FsMessage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`       // the request answered; 0 for a pushed invalidation
+	Errno         int32                  `protobuf:"varint,2,opt,name=errno,proto3" json:"errno,omitempty"` // 0 on success
+	Attr          *FsAttr                `protobuf:"bytes,3,opt,name=attr,proto3" json:"attr,omitempty"`
+	Entries       []*FsDirEntry          `protobuf:"bytes,4,rep,name=entries,proto3" json:"entries,omitempty"`
+	Data          []byte                 `protobuf:"bytes,5,opt,name=data,proto3" json:"data,omitempty"`
+	Handle        uint64                 `protobuf:"varint,6,opt,name=handle,proto3" json:"handle,omitempty"`
+	Count         uint32                 `protobuf:"varint,7,opt,name=count,proto3" json:"count,omitempty"` // bytes written; xattr size; lseek offset low bits
+	Statfs        *FsStatfs              `protobuf:"bytes,8,opt,name=statfs,proto3" json:"statfs,omitempty"`
+	Lock          *FsLock                `protobuf:"bytes,9,opt,name=lock,proto3" json:"lock,omitempty"`
+	InvalId       uint64                 `protobuf:"varint,10,opt,name=inval_id,json=invalId,proto3" json:"inval_id,omitempty"` // a pushed invalidation: acknowledge with FS_OP_ACK
+	Inval         []*FsInval             `protobuf:"bytes,11,rep,name=inval,proto3" json:"inval,omitempty"`
+	More          bool                   `protobuf:"varint,12,opt,name=more,proto3" json:"more,omitempty"`     // READDIR: more entries follow at offset+len(entries)
+	Offset        int64                  `protobuf:"varint,13,opt,name=offset,proto3" json:"offset,omitempty"` // LSEEK result
+	Attr2         *FsAttr                `protobuf:"bytes,14,opt,name=attr2,proto3" json:"attr2,omitempty"`    // LINK/RENAME: the parent's attributes after the change
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FsMessage) Reset() {
+	*x = FsMessage{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[78]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FsMessage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FsMessage) ProtoMessage() {}
+
+func (x *FsMessage) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[78]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FsMessage.ProtoReflect.Descriptor instead.
+func (*FsMessage) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{78}
+}
+
+func (x *FsMessage) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *FsMessage) GetErrno() int32 {
+	if x != nil {
+		return x.Errno
+	}
+	return 0
+}
+
+func (x *FsMessage) GetAttr() *FsAttr {
+	if x != nil {
+		return x.Attr
+	}
+	return nil
+}
+
+func (x *FsMessage) GetEntries() []*FsDirEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *FsMessage) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *FsMessage) GetHandle() uint64 {
+	if x != nil {
+		return x.Handle
+	}
+	return 0
+}
+
+func (x *FsMessage) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *FsMessage) GetStatfs() *FsStatfs {
+	if x != nil {
+		return x.Statfs
+	}
+	return nil
+}
+
+func (x *FsMessage) GetLock() *FsLock {
+	if x != nil {
+		return x.Lock
+	}
+	return nil
+}
+
+func (x *FsMessage) GetInvalId() uint64 {
+	if x != nil {
+		return x.InvalId
+	}
+	return 0
+}
+
+func (x *FsMessage) GetInval() []*FsInval {
+	if x != nil {
+		return x.Inval
+	}
+	return nil
+}
+
+func (x *FsMessage) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+func (x *FsMessage) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *FsMessage) GetAttr2() *FsAttr {
+	if x != nil {
+		return x.Attr2
+	}
+	return nil
+}
+
 var File_ssi_v1_ssi_proto protoreflect.FileDescriptor
 
 const file_ssi_v1_ssi_proto_rawDesc = "" +
@@ -5412,7 +6416,91 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\vname_prefix\x18\x03 \x01(\tR\n" +
 	"namePrefix\x12\x19\n" +
 	"\bnext_num\x18\x04 \x01(\rR\anextNum\x12\x1b\n" +
-	"\tmax_nodes\x18\x05 \x01(\rR\bmaxNodes*\x9a\x01\n" +
+	"\tmax_nodes\x18\x05 \x01(\rR\bmaxNodes\"\xe0\x03\n" +
+	"\tFsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1c\n" +
+	"\x02op\x18\x02 \x01(\x0e2\f.ssi.v1.FsOpR\x02op\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x14\n" +
+	"\x05path2\x18\x04 \x01(\tR\x05path2\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\tR\x04name\x12\x16\n" +
+	"\x06handle\x18\x06 \x01(\x04R\x06handle\x12\x16\n" +
+	"\x06offset\x18\a \x01(\x03R\x06offset\x12\x12\n" +
+	"\x04size\x18\b \x01(\rR\x04size\x12\x12\n" +
+	"\x04data\x18\t \x01(\fR\x04data\x12\x14\n" +
+	"\x05flags\x18\n" +
+	" \x01(\rR\x05flags\x12\x12\n" +
+	"\x04mode\x18\v \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\f \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\r \x01(\rR\x03gid\x12#\n" +
+	"\x03set\x18\x0e \x01(\v2\x11.ssi.v1.FsSetAttrR\x03set\x12\"\n" +
+	"\x04lock\x18\x0f \x01(\v2\x0e.ssi.v1.FsLockR\x04lock\x12\x10\n" +
+	"\x03ack\x18\x10 \x01(\x04R\x03ack\x12\x14\n" +
+	"\x05owner\x18\x11 \x01(\x04R\x05owner\x12\x12\n" +
+	"\x04rdev\x18\x12 \x01(\rR\x04rdev\x12\x12\n" +
+	"\x04node\x18\x13 \x01(\rR\x04node\x12\x10\n" +
+	"\x03ino\x18\x14 \x01(\x04R\x03ino\x12\x16\n" +
+	"\x06parent\x18\x15 \x01(\x04R\x06parent\"\xa3\x01\n" +
+	"\tFsSetAttr\x12\x14\n" +
+	"\x05valid\x18\x01 \x01(\rR\x05valid\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x04 \x01(\rR\x03gid\x12\x12\n" +
+	"\x04size\x18\x05 \x01(\x04R\x04size\x12\x19\n" +
+	"\batime_ns\x18\x06 \x01(\x03R\aatimeNs\x12\x19\n" +
+	"\bmtime_ns\x18\a \x01(\x03R\amtimeNs\"\x93\x02\n" +
+	"\x06FsAttr\x12\x10\n" +
+	"\x03ino\x18\x01 \x01(\x04R\x03ino\x12\x12\n" +
+	"\x04mode\x18\x02 \x01(\rR\x04mode\x12\x14\n" +
+	"\x05nlink\x18\x03 \x01(\rR\x05nlink\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\rR\x03uid\x12\x10\n" +
+	"\x03gid\x18\x05 \x01(\rR\x03gid\x12\x12\n" +
+	"\x04rdev\x18\x06 \x01(\rR\x04rdev\x12\x12\n" +
+	"\x04size\x18\a \x01(\x04R\x04size\x12\x16\n" +
+	"\x06blocks\x18\b \x01(\x04R\x06blocks\x12\x19\n" +
+	"\batime_ns\x18\t \x01(\x03R\aatimeNs\x12\x19\n" +
+	"\bmtime_ns\x18\n" +
+	" \x01(\x03R\amtimeNs\x12\x19\n" +
+	"\bctime_ns\x18\v \x01(\x03R\actimeNs\x12\x18\n" +
+	"\ablksize\x18\f \x01(\rR\ablksize\"F\n" +
+	"\n" +
+	"FsDirEntry\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\"V\n" +
+	"\x06FsLock\x12\x14\n" +
+	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
+	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
+	"\x04type\x18\x03 \x01(\rR\x04type\x12\x10\n" +
+	"\x03pid\x18\x04 \x01(\rR\x03pid\"\xc4\x01\n" +
+	"\bFsStatfs\x12\x16\n" +
+	"\x06blocks\x18\x01 \x01(\x04R\x06blocks\x12\x14\n" +
+	"\x05bfree\x18\x02 \x01(\x04R\x05bfree\x12\x16\n" +
+	"\x06bavail\x18\x03 \x01(\x04R\x06bavail\x12\x14\n" +
+	"\x05files\x18\x04 \x01(\x04R\x05files\x12\x14\n" +
+	"\x05ffree\x18\x05 \x01(\x04R\x05ffree\x12\x14\n" +
+	"\x05bsize\x18\x06 \x01(\rR\x05bsize\x12\x18\n" +
+	"\anamelen\x18\a \x01(\rR\anamelen\x12\x16\n" +
+	"\x06frsize\x18\b \x01(\rR\x06frsize\"G\n" +
+	"\aFsInval\x12\x10\n" +
+	"\x03ino\x18\x01 \x01(\x04R\x03ino\x12\x16\n" +
+	"\x06parent\x18\x02 \x01(\x04R\x06parent\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\xa7\x03\n" +
+	"\tFsMessage\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
+	"\x05errno\x18\x02 \x01(\x05R\x05errno\x12\"\n" +
+	"\x04attr\x18\x03 \x01(\v2\x0e.ssi.v1.FsAttrR\x04attr\x12,\n" +
+	"\aentries\x18\x04 \x03(\v2\x12.ssi.v1.FsDirEntryR\aentries\x12\x12\n" +
+	"\x04data\x18\x05 \x01(\fR\x04data\x12\x16\n" +
+	"\x06handle\x18\x06 \x01(\x04R\x06handle\x12\x14\n" +
+	"\x05count\x18\a \x01(\rR\x05count\x12(\n" +
+	"\x06statfs\x18\b \x01(\v2\x10.ssi.v1.FsStatfsR\x06statfs\x12\"\n" +
+	"\x04lock\x18\t \x01(\v2\x0e.ssi.v1.FsLockR\x04lock\x12\x19\n" +
+	"\binval_id\x18\n" +
+	" \x01(\x04R\ainvalId\x12%\n" +
+	"\x05inval\x18\v \x03(\v2\x0f.ssi.v1.FsInvalR\x05inval\x12\x12\n" +
+	"\x04more\x18\f \x01(\bR\x04more\x12\x16\n" +
+	"\x06offset\x18\r \x01(\x03R\x06offset\x12$\n" +
+	"\x05attr2\x18\x0e \x01(\v2\x0e.ssi.v1.FsAttrR\x05attr2*\x9a\x01\n" +
 	"\tNodeState\x12\x1a\n" +
 	"\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12NODE_STATE_NEVERUP\x10\x01\x12\x17\n" +
@@ -5424,7 +6512,44 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x15NODE_ROLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10NODE_ROLE_MEMBER\x10\x01\x12\x13\n" +
 	"\x0fNODE_ROLE_VOTER\x10\x02\x12\x14\n" +
-	"\x10NODE_ROLE_LEADER\x10\x032\xfd\t\n" +
+	"\x10NODE_ROLE_LEADER\x10\x03*\xce\x04\n" +
+	"\x04FsOp\x12\x15\n" +
+	"\x11FS_OP_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fFS_OP_LOOKUP\x10\x01\x12\x11\n" +
+	"\rFS_OP_GETATTR\x10\x02\x12\x11\n" +
+	"\rFS_OP_SETATTR\x10\x03\x12\x0e\n" +
+	"\n" +
+	"FS_OP_OPEN\x10\x04\x12\x10\n" +
+	"\fFS_OP_CREATE\x10\x05\x12\x0e\n" +
+	"\n" +
+	"FS_OP_READ\x10\x06\x12\x0f\n" +
+	"\vFS_OP_WRITE\x10\a\x12\x0f\n" +
+	"\vFS_OP_FSYNC\x10\b\x12\x11\n" +
+	"\rFS_OP_RELEASE\x10\t\x12\x0f\n" +
+	"\vFS_OP_MKDIR\x10\n" +
+	"\x12\x0f\n" +
+	"\vFS_OP_MKNOD\x10\v\x12\x11\n" +
+	"\rFS_OP_SYMLINK\x10\f\x12\x0e\n" +
+	"\n" +
+	"FS_OP_LINK\x10\r\x12\x10\n" +
+	"\fFS_OP_UNLINK\x10\x0e\x12\x0f\n" +
+	"\vFS_OP_RMDIR\x10\x0f\x12\x10\n" +
+	"\fFS_OP_RENAME\x10\x10\x12\x12\n" +
+	"\x0eFS_OP_READLINK\x10\x11\x12\x11\n" +
+	"\rFS_OP_READDIR\x10\x12\x12\x10\n" +
+	"\fFS_OP_STATFS\x10\x13\x12\x12\n" +
+	"\x0eFS_OP_GETXATTR\x10\x14\x12\x12\n" +
+	"\x0eFS_OP_SETXATTR\x10\x15\x12\x13\n" +
+	"\x0fFS_OP_LISTXATTR\x10\x16\x12\x15\n" +
+	"\x11FS_OP_REMOVEXATTR\x10\x17\x12\x0f\n" +
+	"\vFS_OP_GETLK\x10\x18\x12\x0f\n" +
+	"\vFS_OP_SETLK\x10\x19\x12\x10\n" +
+	"\fFS_OP_SETLKW\x10\x1a\x12\x10\n" +
+	"\fFS_OP_CANCEL\x10\x1b\x12\r\n" +
+	"\tFS_OP_ACK\x10\x1c\x12\x12\n" +
+	"\x0eFS_OP_ALLOCATE\x10\x1d\x12\x0f\n" +
+	"\vFS_OP_LSEEK\x10\x1e\x12\x0f\n" +
+	"\vFS_OP_HELLO\x10\x1f2\xfd\t\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -5473,7 +6598,9 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05Expel\x12\x14.ssi.v1.ExpelRequest\x1a\x15.ssi.v1.ExpelResponse\x124\n" +
 	"\x05Level\x12\x14.ssi.v1.LevelRequest\x1a\x15.ssi.v1.LevelResponse2A\n" +
 	"\tPlacement\x124\n" +
-	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponseB5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
+	"\x05Loads\x12\x14.ssi.v1.LoadsRequest\x1a\x15.ssi.v1.LoadsResponse2:\n" +
+	"\x03Cfs\x123\n" +
+	"\aSession\x12\x11.ssi.v1.FsRequest\x1a\x11.ssi.v1.FsMessage(\x010\x01B5Z3github.com/ssi-cluster/ssi/internal/api/ssiv1;ssiv1b\x06proto3"
 
 var (
 	file_ssi_v1_ssi_proto_rawDescOnce sync.Once
@@ -5487,195 +6614,215 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 	return file_ssi_v1_ssi_proto_rawDescData
 }
 
-var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 72)
+var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 80)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
-	(*Node)(nil),                  // 2: ssi.v1.Node
-	(*Event)(nil),                 // 3: ssi.v1.Event
-	(*StatusRequest)(nil),         // 4: ssi.v1.StatusRequest
-	(*StatusResponse)(nil),        // 5: ssi.v1.StatusResponse
-	(*NodeSpec)(nil),              // 6: ssi.v1.NodeSpec
-	(*AddNodesRequest)(nil),       // 7: ssi.v1.AddNodesRequest
-	(*AddedNode)(nil),             // 8: ssi.v1.AddedNode
-	(*AddNodesResponse)(nil),      // 9: ssi.v1.AddNodesResponse
-	(*TokenRequest)(nil),          // 10: ssi.v1.TokenRequest
-	(*TokenResponse)(nil),         // 11: ssi.v1.TokenResponse
-	(*RemoveNodeRequest)(nil),     // 12: ssi.v1.RemoveNodeRequest
-	(*RemoveNodeResponse)(nil),    // 13: ssi.v1.RemoveNodeResponse
-	(*ShutdownRequest)(nil),       // 14: ssi.v1.ShutdownRequest
-	(*ShutdownResponse)(nil),      // 15: ssi.v1.ShutdownResponse
-	(*ExecSpec)(nil),              // 16: ssi.v1.ExecSpec
-	(*Resize)(nil),                // 17: ssi.v1.Resize
-	(*ExecInput)(nil),             // 18: ssi.v1.ExecInput
-	(*ExecStarted)(nil),           // 19: ssi.v1.ExecStarted
-	(*ExecExit)(nil),              // 20: ssi.v1.ExecExit
-	(*ExecError)(nil),             // 21: ssi.v1.ExecError
-	(*ExecOutput)(nil),            // 22: ssi.v1.ExecOutput
-	(*ExecMoved)(nil),             // 23: ssi.v1.ExecMoved
-	(*ExecAttach)(nil),            // 24: ssi.v1.ExecAttach
-	(*Proc)(nil),                  // 25: ssi.v1.Proc
-	(*ProcsRequest)(nil),          // 26: ssi.v1.ProcsRequest
-	(*ProcsResponse)(nil),         // 27: ssi.v1.ProcsResponse
-	(*SignalRequest)(nil),         // 28: ssi.v1.SignalRequest
-	(*SignalResponse)(nil),        // 29: ssi.v1.SignalResponse
-	(*WaitRequest)(nil),           // 30: ssi.v1.WaitRequest
-	(*WaitResponse)(nil),          // 31: ssi.v1.WaitResponse
-	(*LogsRequest)(nil),           // 32: ssi.v1.LogsRequest
-	(*LogsChunk)(nil),             // 33: ssi.v1.LogsChunk
-	(*NodeLoad)(nil),              // 34: ssi.v1.NodeLoad
-	(*LoadsRequest)(nil),          // 35: ssi.v1.LoadsRequest
-	(*LoadsResponse)(nil),         // 36: ssi.v1.LoadsResponse
-	(*BlockNodeRequest)(nil),      // 37: ssi.v1.BlockNodeRequest
-	(*BlockNodeResponse)(nil),     // 38: ssi.v1.BlockNodeResponse
-	(*JoinRequest)(nil),           // 39: ssi.v1.JoinRequest
-	(*JoinResponse)(nil),          // 40: ssi.v1.JoinResponse
-	(*HeartbeatRequest)(nil),      // 41: ssi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 42: ssi.v1.HeartbeatResponse
-	(*ApplyRequest)(nil),          // 43: ssi.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 44: ssi.v1.ApplyResponse
-	(*PeerShutdownRequest)(nil),   // 45: ssi.v1.PeerShutdownRequest
-	(*PeerShutdownResponse)(nil),  // 46: ssi.v1.PeerShutdownResponse
-	(*LoadLevelRequest)(nil),      // 47: ssi.v1.LoadLevelRequest
-	(*LoadLevelResponse)(nil),     // 48: ssi.v1.LoadLevelResponse
-	(*LevelRequest)(nil),          // 49: ssi.v1.LevelRequest
-	(*LevelResponse)(nil),         // 50: ssi.v1.LevelResponse
-	(*ExpelRequest)(nil),          // 51: ssi.v1.ExpelRequest
-	(*ExpelResult)(nil),           // 52: ssi.v1.ExpelResult
-	(*ExpelResponse)(nil),         // 53: ssi.v1.ExpelResponse
-	(*CheckpointRequest)(nil),     // 54: ssi.v1.CheckpointRequest
-	(*CheckpointResponse)(nil),    // 55: ssi.v1.CheckpointResponse
-	(*RestartRequest)(nil),        // 56: ssi.v1.RestartRequest
-	(*RestartResponse)(nil),       // 57: ssi.v1.RestartResponse
-	(*MigrateRequest)(nil),        // 58: ssi.v1.MigrateRequest
-	(*MigrateResponse)(nil),       // 59: ssi.v1.MigrateResponse
-	(*MigratePhases)(nil),         // 60: ssi.v1.MigratePhases
-	(*MigrateProgress)(nil),       // 61: ssi.v1.MigrateProgress
-	(*MigrateHeader)(nil),         // 62: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 63: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 64: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 65: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 66: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 67: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 68: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 69: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 70: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 71: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 72: ssi.v1.ProvisionInfoResponse
-	nil,                           // 73: ssi.v1.LoadLevelResponse.NodesEntry
+	(FsOp)(0),                     // 2: ssi.v1.FsOp
+	(*Node)(nil),                  // 3: ssi.v1.Node
+	(*Event)(nil),                 // 4: ssi.v1.Event
+	(*StatusRequest)(nil),         // 5: ssi.v1.StatusRequest
+	(*StatusResponse)(nil),        // 6: ssi.v1.StatusResponse
+	(*NodeSpec)(nil),              // 7: ssi.v1.NodeSpec
+	(*AddNodesRequest)(nil),       // 8: ssi.v1.AddNodesRequest
+	(*AddedNode)(nil),             // 9: ssi.v1.AddedNode
+	(*AddNodesResponse)(nil),      // 10: ssi.v1.AddNodesResponse
+	(*TokenRequest)(nil),          // 11: ssi.v1.TokenRequest
+	(*TokenResponse)(nil),         // 12: ssi.v1.TokenResponse
+	(*RemoveNodeRequest)(nil),     // 13: ssi.v1.RemoveNodeRequest
+	(*RemoveNodeResponse)(nil),    // 14: ssi.v1.RemoveNodeResponse
+	(*ShutdownRequest)(nil),       // 15: ssi.v1.ShutdownRequest
+	(*ShutdownResponse)(nil),      // 16: ssi.v1.ShutdownResponse
+	(*ExecSpec)(nil),              // 17: ssi.v1.ExecSpec
+	(*Resize)(nil),                // 18: ssi.v1.Resize
+	(*ExecInput)(nil),             // 19: ssi.v1.ExecInput
+	(*ExecStarted)(nil),           // 20: ssi.v1.ExecStarted
+	(*ExecExit)(nil),              // 21: ssi.v1.ExecExit
+	(*ExecError)(nil),             // 22: ssi.v1.ExecError
+	(*ExecOutput)(nil),            // 23: ssi.v1.ExecOutput
+	(*ExecMoved)(nil),             // 24: ssi.v1.ExecMoved
+	(*ExecAttach)(nil),            // 25: ssi.v1.ExecAttach
+	(*Proc)(nil),                  // 26: ssi.v1.Proc
+	(*ProcsRequest)(nil),          // 27: ssi.v1.ProcsRequest
+	(*ProcsResponse)(nil),         // 28: ssi.v1.ProcsResponse
+	(*SignalRequest)(nil),         // 29: ssi.v1.SignalRequest
+	(*SignalResponse)(nil),        // 30: ssi.v1.SignalResponse
+	(*WaitRequest)(nil),           // 31: ssi.v1.WaitRequest
+	(*WaitResponse)(nil),          // 32: ssi.v1.WaitResponse
+	(*LogsRequest)(nil),           // 33: ssi.v1.LogsRequest
+	(*LogsChunk)(nil),             // 34: ssi.v1.LogsChunk
+	(*NodeLoad)(nil),              // 35: ssi.v1.NodeLoad
+	(*LoadsRequest)(nil),          // 36: ssi.v1.LoadsRequest
+	(*LoadsResponse)(nil),         // 37: ssi.v1.LoadsResponse
+	(*BlockNodeRequest)(nil),      // 38: ssi.v1.BlockNodeRequest
+	(*BlockNodeResponse)(nil),     // 39: ssi.v1.BlockNodeResponse
+	(*JoinRequest)(nil),           // 40: ssi.v1.JoinRequest
+	(*JoinResponse)(nil),          // 41: ssi.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 42: ssi.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 43: ssi.v1.HeartbeatResponse
+	(*ApplyRequest)(nil),          // 44: ssi.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 45: ssi.v1.ApplyResponse
+	(*PeerShutdownRequest)(nil),   // 46: ssi.v1.PeerShutdownRequest
+	(*PeerShutdownResponse)(nil),  // 47: ssi.v1.PeerShutdownResponse
+	(*LoadLevelRequest)(nil),      // 48: ssi.v1.LoadLevelRequest
+	(*LoadLevelResponse)(nil),     // 49: ssi.v1.LoadLevelResponse
+	(*LevelRequest)(nil),          // 50: ssi.v1.LevelRequest
+	(*LevelResponse)(nil),         // 51: ssi.v1.LevelResponse
+	(*ExpelRequest)(nil),          // 52: ssi.v1.ExpelRequest
+	(*ExpelResult)(nil),           // 53: ssi.v1.ExpelResult
+	(*ExpelResponse)(nil),         // 54: ssi.v1.ExpelResponse
+	(*CheckpointRequest)(nil),     // 55: ssi.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),    // 56: ssi.v1.CheckpointResponse
+	(*RestartRequest)(nil),        // 57: ssi.v1.RestartRequest
+	(*RestartResponse)(nil),       // 58: ssi.v1.RestartResponse
+	(*MigrateRequest)(nil),        // 59: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 60: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 61: ssi.v1.MigratePhases
+	(*MigrateProgress)(nil),       // 62: ssi.v1.MigrateProgress
+	(*MigrateHeader)(nil),         // 63: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 64: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 65: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 66: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 67: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 68: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 69: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 70: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 71: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 72: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 73: ssi.v1.ProvisionInfoResponse
+	(*FsRequest)(nil),             // 74: ssi.v1.FsRequest
+	(*FsSetAttr)(nil),             // 75: ssi.v1.FsSetAttr
+	(*FsAttr)(nil),                // 76: ssi.v1.FsAttr
+	(*FsDirEntry)(nil),            // 77: ssi.v1.FsDirEntry
+	(*FsLock)(nil),                // 78: ssi.v1.FsLock
+	(*FsStatfs)(nil),              // 79: ssi.v1.FsStatfs
+	(*FsInval)(nil),               // 80: ssi.v1.FsInval
+	(*FsMessage)(nil),             // 81: ssi.v1.FsMessage
+	nil,                           // 82: ssi.v1.LoadLevelResponse.NodesEntry
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
 	1,  // 1: ssi.v1.Node.role:type_name -> ssi.v1.NodeRole
 	0,  // 2: ssi.v1.Event.from:type_name -> ssi.v1.NodeState
 	0,  // 3: ssi.v1.Event.to:type_name -> ssi.v1.NodeState
-	2,  // 4: ssi.v1.StatusResponse.nodes:type_name -> ssi.v1.Node
-	3,  // 5: ssi.v1.StatusResponse.events:type_name -> ssi.v1.Event
-	6,  // 6: ssi.v1.AddNodesRequest.nodes:type_name -> ssi.v1.NodeSpec
-	2,  // 7: ssi.v1.AddedNode.node:type_name -> ssi.v1.Node
-	8,  // 8: ssi.v1.AddNodesResponse.nodes:type_name -> ssi.v1.AddedNode
-	16, // 9: ssi.v1.ExecInput.start:type_name -> ssi.v1.ExecSpec
-	17, // 10: ssi.v1.ExecInput.resize:type_name -> ssi.v1.Resize
-	24, // 11: ssi.v1.ExecInput.attach:type_name -> ssi.v1.ExecAttach
-	19, // 12: ssi.v1.ExecOutput.started:type_name -> ssi.v1.ExecStarted
-	20, // 13: ssi.v1.ExecOutput.exit:type_name -> ssi.v1.ExecExit
-	21, // 14: ssi.v1.ExecOutput.error:type_name -> ssi.v1.ExecError
-	23, // 15: ssi.v1.ExecOutput.moved:type_name -> ssi.v1.ExecMoved
-	25, // 16: ssi.v1.ProcsResponse.procs:type_name -> ssi.v1.Proc
-	20, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
+	3,  // 4: ssi.v1.StatusResponse.nodes:type_name -> ssi.v1.Node
+	4,  // 5: ssi.v1.StatusResponse.events:type_name -> ssi.v1.Event
+	7,  // 6: ssi.v1.AddNodesRequest.nodes:type_name -> ssi.v1.NodeSpec
+	3,  // 7: ssi.v1.AddedNode.node:type_name -> ssi.v1.Node
+	9,  // 8: ssi.v1.AddNodesResponse.nodes:type_name -> ssi.v1.AddedNode
+	17, // 9: ssi.v1.ExecInput.start:type_name -> ssi.v1.ExecSpec
+	18, // 10: ssi.v1.ExecInput.resize:type_name -> ssi.v1.Resize
+	25, // 11: ssi.v1.ExecInput.attach:type_name -> ssi.v1.ExecAttach
+	20, // 12: ssi.v1.ExecOutput.started:type_name -> ssi.v1.ExecStarted
+	21, // 13: ssi.v1.ExecOutput.exit:type_name -> ssi.v1.ExecExit
+	22, // 14: ssi.v1.ExecOutput.error:type_name -> ssi.v1.ExecError
+	24, // 15: ssi.v1.ExecOutput.moved:type_name -> ssi.v1.ExecMoved
+	26, // 16: ssi.v1.ProcsResponse.procs:type_name -> ssi.v1.Proc
+	21, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
-	34, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	73, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
-	52, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
-	60, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	59, // 23: ssi.v1.MigrateProgress.done:type_name -> ssi.v1.MigrateResponse
-	62, // 24: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	65, // 25: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	66, // 26: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	65, // 27: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	65, // 28: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	4,  // 29: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	18, // 30: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	26, // 31: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 32: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 33: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 34: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	35, // 35: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	7,  // 36: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	10, // 37: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	12, // 38: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	14, // 39: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	67, // 40: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	69, // 41: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	71, // 42: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	58, // 43: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	58, // 44: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
-	54, // 45: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	56, // 46: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	51, // 47: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
-	47, // 48: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
-	37, // 49: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
-	39, // 50: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	41, // 51: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	45, // 52: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	43, // 53: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	18, // 54: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	26, // 55: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	28, // 56: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	30, // 57: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	32, // 58: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	58, // 59: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	58, // 60: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
-	63, // 61: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	54, // 62: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	56, // 63: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	51, // 64: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
-	49, // 65: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
-	35, // 66: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	5,  // 67: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	22, // 68: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 69: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 70: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 71: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 72: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	36, // 73: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	9,  // 74: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	11, // 75: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	13, // 76: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	15, // 77: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	68, // 78: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	70, // 79: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	72, // 80: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	59, // 81: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	61, // 82: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
-	55, // 83: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	57, // 84: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	53, // 85: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
-	48, // 86: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
-	38, // 87: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
-	40, // 88: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	42, // 89: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	46, // 90: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	44, // 91: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	22, // 92: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	27, // 93: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	29, // 94: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	31, // 95: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	33, // 96: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	59, // 97: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	61, // 98: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
-	64, // 99: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	55, // 100: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	57, // 101: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	53, // 102: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
-	50, // 103: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
-	36, // 104: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	67, // [67:105] is the sub-list for method output_type
-	29, // [29:67] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	35, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
+	82, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
+	53, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
+	61, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	60, // 23: ssi.v1.MigrateProgress.done:type_name -> ssi.v1.MigrateResponse
+	63, // 24: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	66, // 25: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	67, // 26: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	66, // 27: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	66, // 28: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	2,  // 29: ssi.v1.FsRequest.op:type_name -> ssi.v1.FsOp
+	75, // 30: ssi.v1.FsRequest.set:type_name -> ssi.v1.FsSetAttr
+	78, // 31: ssi.v1.FsRequest.lock:type_name -> ssi.v1.FsLock
+	76, // 32: ssi.v1.FsMessage.attr:type_name -> ssi.v1.FsAttr
+	77, // 33: ssi.v1.FsMessage.entries:type_name -> ssi.v1.FsDirEntry
+	79, // 34: ssi.v1.FsMessage.statfs:type_name -> ssi.v1.FsStatfs
+	78, // 35: ssi.v1.FsMessage.lock:type_name -> ssi.v1.FsLock
+	80, // 36: ssi.v1.FsMessage.inval:type_name -> ssi.v1.FsInval
+	76, // 37: ssi.v1.FsMessage.attr2:type_name -> ssi.v1.FsAttr
+	5,  // 38: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	19, // 39: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	27, // 40: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	29, // 41: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	31, // 42: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	33, // 43: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	36, // 44: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	8,  // 45: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	11, // 46: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	13, // 47: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	15, // 48: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	68, // 49: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	70, // 50: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	72, // 51: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	59, // 52: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	59, // 53: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
+	55, // 54: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	57, // 55: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	52, // 56: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	48, // 57: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
+	38, // 58: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
+	40, // 59: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	42, // 60: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	46, // 61: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	44, // 62: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	19, // 63: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	27, // 64: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	29, // 65: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	31, // 66: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	33, // 67: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	59, // 68: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	59, // 69: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
+	64, // 70: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	55, // 71: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	57, // 72: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	52, // 73: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	50, // 74: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
+	36, // 75: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	74, // 76: ssi.v1.Cfs.Session:input_type -> ssi.v1.FsRequest
+	6,  // 77: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	23, // 78: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 79: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 80: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 81: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 82: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	37, // 83: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	10, // 84: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	12, // 85: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	14, // 86: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	16, // 87: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	69, // 88: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	71, // 89: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	73, // 90: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	60, // 91: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	62, // 92: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
+	56, // 93: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	58, // 94: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	54, // 95: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	49, // 96: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
+	39, // 97: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
+	41, // 98: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	43, // 99: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	47, // 100: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	45, // 101: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	23, // 102: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 103: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 104: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 105: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 106: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	60, // 107: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	62, // 108: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
+	65, // 109: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	56, // 110: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	58, // 111: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	54, // 112: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	51, // 113: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
+	37, // 114: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	81, // 115: ssi.v1.Cfs.Session:output_type -> ssi.v1.FsMessage
+	77, // [77:116] is the sub-list for method output_type
+	38, // [38:77] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -5705,10 +6852,10 @@ func file_ssi_v1_ssi_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   72,
+			NumEnums:      3,
+			NumMessages:   80,
 			NumExtensions: 0,
-			NumServices:   6,
+			NumServices:   7,
 		},
 		GoTypes:           file_ssi_v1_ssi_proto_goTypes,
 		DependencyIndexes: file_ssi_v1_ssi_proto_depIdxs,

@@ -44,6 +44,8 @@ const (
 	MigrateName = "ssi.v1.Migrate"
 	// PlacementName is the fully-qualified name of the Placement service.
 	PlacementName = "ssi.v1.Placement"
+	// CfsName is the fully-qualified name of the Cfs service.
+	CfsName = "ssi.v1.Cfs"
 )
 
 // These constants are the fully-qualified names of the RPCs defined in this package. They're
@@ -130,6 +132,8 @@ const (
 	MigrateLevelProcedure = "/ssi.v1.Migrate/Level"
 	// PlacementLoadsProcedure is the fully-qualified name of the Placement's Loads RPC.
 	PlacementLoadsProcedure = "/ssi.v1.Placement/Loads"
+	// CfsSessionProcedure is the fully-qualified name of the Cfs's Session RPC.
+	CfsSessionProcedure = "/ssi.v1.Cfs/Session"
 )
 
 // ControlClient is a client for the ssi.v1.Control service.
@@ -1412,4 +1416,74 @@ type UnimplementedPlacementHandler struct{}
 
 func (UnimplementedPlacementHandler) Loads(context.Context, *connect.Request[ssiv1.LoadsRequest]) (*connect.Response[ssiv1.LoadsResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Placement.Loads is not implemented"))
+}
+
+// CfsClient is a client for the ssi.v1.Cfs service.
+type CfsClient interface {
+	Session(context.Context) *connect.BidiStreamForClient[ssiv1.FsRequest, ssiv1.FsMessage]
+}
+
+// NewCfsClient constructs a client for the ssi.v1.Cfs service. By default, it uses the Connect
+// protocol with the binary Protobuf Codec, asks for gzipped responses, and sends uncompressed
+// requests. To use the gRPC or gRPC-Web protocols, supply the connect.WithGRPC() or
+// connect.WithGRPCWeb() options.
+//
+// The URL supplied here should be the base URL for the Connect or gRPC server (for example,
+// http://api.acme.com or https://acme.com/grpc).
+func NewCfsClient(httpClient connect.HTTPClient, baseURL string, opts ...connect.ClientOption) CfsClient {
+	baseURL = strings.TrimRight(baseURL, "/")
+	cfsMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Cfs").Methods()
+	return &cfsClient{
+		session: connect.NewClient[ssiv1.FsRequest, ssiv1.FsMessage](
+			httpClient,
+			baseURL+CfsSessionProcedure,
+			connect.WithSchema(cfsMethods.ByName("Session")),
+			connect.WithClientOptions(opts...),
+		),
+	}
+}
+
+// cfsClient implements CfsClient.
+type cfsClient struct {
+	session *connect.Client[ssiv1.FsRequest, ssiv1.FsMessage]
+}
+
+// Session calls ssi.v1.Cfs.Session.
+func (c *cfsClient) Session(ctx context.Context) *connect.BidiStreamForClient[ssiv1.FsRequest, ssiv1.FsMessage] {
+	return c.session.CallBidiStream(ctx)
+}
+
+// CfsHandler is an implementation of the ssi.v1.Cfs service.
+type CfsHandler interface {
+	Session(context.Context, *connect.BidiStream[ssiv1.FsRequest, ssiv1.FsMessage]) error
+}
+
+// NewCfsHandler builds an HTTP handler from the service implementation. It returns the path on
+// which to mount the handler and the handler itself.
+//
+// By default, handlers support the Connect, gRPC, and gRPC-Web protocols with the binary Protobuf
+// and JSON codecs. They also support gzip compression.
+func NewCfsHandler(svc CfsHandler, opts ...connect.HandlerOption) (string, http.Handler) {
+	cfsMethods := ssiv1.File_ssi_v1_ssi_proto.Services().ByName("Cfs").Methods()
+	cfsSessionHandler := connect.NewBidiStreamHandler(
+		CfsSessionProcedure,
+		svc.Session,
+		connect.WithSchema(cfsMethods.ByName("Session")),
+		connect.WithHandlerOptions(opts...),
+	)
+	return "/ssi.v1.Cfs/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case CfsSessionProcedure:
+			cfsSessionHandler.ServeHTTP(w, r)
+		default:
+			http.NotFound(w, r)
+		}
+	})
+}
+
+// UnimplementedCfsHandler returns CodeUnimplemented from all methods.
+type UnimplementedCfsHandler struct{}
+
+func (UnimplementedCfsHandler) Session(context.Context, *connect.BidiStream[ssiv1.FsRequest, ssiv1.FsMessage]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Cfs.Session is not implemented"))
 }

@@ -1,0 +1,308 @@
+package cfs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
+)
+
+// pair is a server and two client nodes in this process (the clients reach
+// the server without a network; test/e2e has the multi-process tests).
+type pair struct {
+	srv    *Server
+	export string
+	a, b   *Client
+}
+
+func needFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE needs root (CI runs as root)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+}
+
+func mountPair(t *testing.T) *pair {
+	t.Helper()
+	needFUSE(t)
+	dir := t.TempDir()
+	// Other users reach the mounts (the temporary directories are 0700).
+	for _, d := range []string{filepath.Dir(dir), dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := &pair{export: filepath.Join(dir, "export")}
+	var err error
+	p.srv, err = NewServer(ServerConfig{Export: p.export})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.srv.Close)
+	mnt := func(num uint32, name string) *Client {
+		c, err := Mount(context.Background(), ClientConfig{Self: num, Name: name, Mount: filepath.Join(dir, name), Server: 1, Local: p.srv, Failure: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	p.a = mnt(2, "alpha")
+	p.b = mnt(3, "beta")
+	return p
+}
+
+func (p *pair) at(c *Client, rel string) string { return filepath.Join(c.c.Mount, rel) }
+
+func TestWriteOnOneNodeIsReadOnAnother(t *testing.T) {
+	p := mountPair(t)
+	fa, fb := p.at(p.a, "f"), p.at(p.b, "f")
+	if err := os.WriteFile(fa, []byte("first version"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// b caches the file's pages and attributes...
+	for range 3 {
+		if got, err := os.ReadFile(fb); err != nil || string(got) != "first version" {
+			t.Fatalf("read on b: %q, %v", got, err)
+		}
+	}
+	// ...and still sees a's change the moment a's write returns.
+	for i := range 50 {
+		want := []byte(strings.Repeat("v", i+1))
+		if err := os.WriteFile(fa, want, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(fb)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("round %d: b read %q (%v), a wrote %q", i, got, err, want)
+		}
+	}
+	// The server's copy is the same.
+	if got, _ := os.ReadFile(filepath.Join(p.export, "f")); len(got) != 50 {
+		t.Fatalf("export holds %q", got)
+	}
+}
+
+func TestNamesChangeEverywhere(t *testing.T) {
+	p := mountPair(t)
+	if err := os.MkdirAll(p.at(p.a, "d/e"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.at(p.b, "d/x")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("stat missing: %v", err) // b now caches "d/x does not exist"
+	}
+	if err := os.WriteFile(p.at(p.a, "d/x"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(p.at(p.b, "d/x")); err != nil || string(b) != "x" {
+		t.Fatalf("b after create on a: %q %v", b, err)
+	}
+	if err := os.Rename(p.at(p.a, "d/x"), p.at(p.a, "d/e/y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.at(p.b, "d/x")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("b still sees the old name: %v", err)
+	}
+	if err := os.Symlink("e/y", p.at(p.b, "d/link")); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(p.at(p.a, "d/link")); err != nil || string(b) != "x" {
+		t.Fatalf("a through b's symlink: %q %v", b, err)
+	}
+	if err := os.Link(p.at(p.a, "d/e/y"), p.at(p.a, "d/hard")); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(p.at(p.b, "d/e/y"), &st); err != nil || st.Nlink != 2 {
+		t.Fatalf("b's link count %d %v", st.Nlink, err)
+	}
+	if err := os.RemoveAll(p.at(p.b, "d")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.at(p.a, "d")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a still sees d: %v", err)
+	}
+}
+
+func TestOwnershipIsTheCallers(t *testing.T) {
+	p := mountPair(t)
+	if err := os.Mkdir(p.at(p.a, "pub"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(p.at(p.a, "pub"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	// A file made by another user (through a real process running as
+	// nobody) belongs to that user, and root's mode bits hold against them.
+	nobody := "65534"
+	out, err := runAs(nobody, "sh", "-c", "echo hi > "+p.at(p.b, "pub/n")+" && cat "+p.at(p.b, "pub/n"))
+	if err != nil || out != "hi\n" {
+		t.Fatalf("as nobody: %q %v", out, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(p.export, "pub/n"), &st); err != nil || st.Uid != 65534 {
+		t.Fatalf("owner on the server: %d %v", st.Uid, err)
+	}
+	if err := os.WriteFile(p.at(p.a, "secret"), []byte("s"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runAs(nobody, "cat", p.at(p.b, "secret")); err == nil {
+		t.Fatalf("nobody read root's 0600 file: %q", out)
+	}
+}
+
+func TestCDSLResolvesPerNode(t *testing.T) {
+	p := mountPair(t)
+	for _, n := range []string{"2", "3"} {
+		if err := os.WriteFile(filepath.Join(p.export, "hostname.node"+n), []byte("node"+n), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Symlink("hostname.node{nodenum}", filepath.Join(p.export, "hostname")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/var/log/{nodename}", filepath.Join(p.export, "log")); err != nil {
+		t.Fatal(err)
+	}
+	for c, want := range map[*Client]string{p.a: "node2", p.b: "node3"} {
+		if b, err := os.ReadFile(p.at(c, "hostname")); err != nil || string(b) != want {
+			t.Fatalf("node %d reads %q (%v), want %q", c.c.Self, b, err, want)
+		}
+	}
+	if l, err := os.Readlink(p.at(p.b, "log")); err != nil || l != "/var/log/beta" {
+		t.Fatalf("readlink: %q %v", l, err)
+	}
+}
+
+func TestLocksAreClusterWideAndDieWithTheirNode(t *testing.T) {
+	p := mountPair(t)
+	if err := os.WriteFile(p.at(p.a, "lk"), []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fa, err := os.OpenFile(p.at(p.a, "lk"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.OpenFile(p.at(p.b, "lk"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	wr := unix.Flock_t{Type: unix.F_WRLCK, Start: 2, Len: 3}
+	if err := unix.FcntlFlock(fa.Fd(), unix.F_SETLK, &wr); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.FcntlFlock(fb.Fd(), unix.F_SETLK, &wr); err != unix.EAGAIN && err != unix.EACCES {
+		t.Fatalf("b took a's lock: %v", err)
+	}
+	other := unix.Flock_t{Type: unix.F_WRLCK, Start: 5, Len: 1}
+	if err := unix.FcntlFlock(fb.Fd(), unix.F_SETLK, &other); err != nil {
+		t.Fatalf("b cannot lock a free range: %v", err)
+	}
+	q := unix.Flock_t{Type: unix.F_WRLCK, Start: 0, Len: 0}
+	if err := unix.FcntlFlock(fb.Fd(), unix.F_GETLK, &q); err != nil || q.Type != unix.F_WRLCK || q.Start != 2 || q.Len != 3 {
+		t.Fatalf("b's F_GETLK: %+v %v", q, err)
+	}
+	if err := unix.Flock(int(fa.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Flock(int(fb.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != unix.EWOULDBLOCK {
+		t.Fatalf("b's flock beside a's: %v", err)
+	}
+	// b blocks for the lock; a's node goes away; b gets it.
+	got := make(chan error, 1)
+	go func() { got <- unix.FcntlFlock(fb.Fd(), unix.F_SETLKW, &wr) }()
+	select {
+	case err := <-got:
+		t.Fatalf("b's blocking lock returned while a holds it: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	p.srv.EndNode(2)
+	select {
+	case err := <-got:
+		if err != nil {
+			t.Fatalf("b's blocking lock: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("b did not get the lock after a's node was gone")
+	}
+	if err := unix.Flock(int(fb.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		t.Fatalf("b's flock after a's node went: %v", err)
+	}
+}
+
+func TestBadPathsAreRefused(t *testing.T) {
+	needFUSE(t)
+	dir := t.TempDir()
+	export := filepath.Join(dir, "export")
+	srv, err := NewServer(ServerConfig{Export: export, Exclude: []string{filepath.Join(export, "state")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	if err := os.MkdirAll(filepath.Join(export, "state"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "outside"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir, filepath.Join(export, "out")); err != nil {
+		t.Fatal(err)
+	}
+	x, err := srv.open(9, func(*ssiv1.FsMessage) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.end(errors.New("test over"))
+	for _, c := range []struct {
+		path string
+		op   ssiv1.FsOp
+		want unix.Errno
+	}{
+		{"../outside", ssiv1.FsOp_FS_OP_LOOKUP, unix.EINVAL},
+		{"a/../../outside", ssiv1.FsOp_FS_OP_OPEN, unix.EINVAL},
+		{"/etc/passwd", ssiv1.FsOp_FS_OP_OPEN, unix.EINVAL},
+		{"out/outside", ssiv1.FsOp_FS_OP_OPEN, unix.ELOOP},
+		{"out/outside", ssiv1.FsOp_FS_OP_LOOKUP, unix.ELOOP},
+		{"out/new", ssiv1.FsOp_FS_OP_CREATE, unix.ELOOP},
+		{"out", ssiv1.FsOp_FS_OP_OPEN, unix.ELOOP},
+		{"state", ssiv1.FsOp_FS_OP_LOOKUP, unix.ENOENT},
+		{"state/x", ssiv1.FsOp_FS_OP_CREATE, unix.ENOENT},
+		{strings.Repeat("n", 256), ssiv1.FsOp_FS_OP_CREATE, unix.ENAMETOOLONG},
+		{"a\x00b", ssiv1.FsOp_FS_OP_LOOKUP, unix.EINVAL},
+		{"", ssiv1.FsOp_FS_OP_RENAME, unix.EBUSY},
+		{"", ssiv1.FsOp_FS_OP_UNLINK, unix.EINVAL},
+		{"x", ssiv1.FsOp(999), unix.ENOSYS},
+	} {
+		m := x.serve(context.Background(), &ssiv1.FsRequest{Op: c.op, Path: c.path, Path2: "y", Flags: unix.O_RDONLY, Mode: 0o644})
+		if unix.Errno(m.Errno) != c.want {
+			t.Errorf("%v %q: errno %v, want %v", c.op, c.path, unix.Errno(m.Errno), c.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new")); err == nil {
+		t.Fatal("a create escaped the export")
+	}
+	m := x.serve(context.Background(), &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READDIR})
+	for _, e := range m.Entries {
+		if e.Name == "state" {
+			t.Fatal("an excluded directory is listed")
+		}
+	}
+}
+
+func runAs(uid string, args ...string) (string, error) {
+	cmd := append([]string{"--reuid=" + uid, "--regid=" + uid, "--clear-groups", "--"}, args...)
+	return run("setpriv", cmd...)
+}

@@ -1,0 +1,430 @@
+package cfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/peer"
+)
+
+// Kernel cache lifetimes. Changes made through the cluster filesystem reach
+// caching nodes as invalidations at once; these bound how long a change
+// made to the export behind ssi's back (directly on the serving node) can
+// stay unseen.
+const (
+	attrTimeout  = time.Second
+	entryTimeout = time.Second
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	Self     uint32 // this node's number ({nodenum} in CDSLs)
+	Name     string // this node's name ({nodename})
+	Mount    string // where to mount
+	Server   uint32 // the node that serves
+	Net      peer.Net
+	Local    *Server // the server, when it runs in this process
+	Failure  time.Duration
+	Log      *slog.Logger
+	ReadOnly bool
+}
+
+// Client is one node's mount of the cluster filesystem.
+type Client struct {
+	c      ClientConfig
+	log    *slog.Logger
+	nextID atomic.Uint64
+
+	mu      sync.Mutex
+	link    link
+	epoch   uint64
+	ready   chan struct{} // closed while a session is up
+	pending map[uint64]chan *ssiv1.FsMessage
+	inodes  map[uint64]*fs.Inode
+	heard   atomic.Int64 // unix nanoseconds of the last message from the server
+
+	fuse *fuse.Server
+	root *node
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// Mount mounts the cluster filesystem and keeps its session to the server
+// up until Close.
+func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	if c.Failure <= 0 {
+		c.Failure = 5 * time.Second
+	}
+	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}}
+	if err := os.MkdirAll(c.Mount, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster filesystem mount point %s: %w", c.Mount, err)
+	}
+	// A mount left by a daemon that was killed answers ENOTCONN: take it
+	// away first. A live one belongs to another daemon on this machine.
+	if _, err := os.Stat(c.Mount); errors.Is(err, syscall.ENOTCONN) {
+		_ = unix.Unmount(c.Mount, unix.MNT_DETACH)
+	} else if isOurMount(c.Mount) {
+		return nil, fmt.Errorf("%s is already a mounted cluster filesystem (another ssi daemon on this machine?); give this node another --cfs-mount", c.Mount)
+	}
+	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
+	cl.stop = stop
+	cl.wg.Add(1)
+	go func() { defer cl.wg.Done(); cl.run(lctx) }()
+
+	// The root's identity comes from the server; wait for the first session
+	// a failure-detection time, then mount anyway (accesses fail with EIO
+	// until the server is reachable).
+	rootIno := uint64(1)
+	wctx, cancel := context.WithTimeout(ctx, c.Failure)
+	if m, errno := cl.call(wctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR}); errno == 0 && m.Attr != nil {
+		rootIno = m.Attr.Ino
+	}
+	cancel()
+	root := &node{c: cl}
+	sec := attrTimeout
+	esec := entryTimeout
+	opts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:   true,
+			FsName:       "ssi-cfs",
+			Name:         "cfs",
+			DirectMount:  true,
+			MaxWrite:     maxIO,
+			MaxReadAhead: maxIO,
+			EnableLocks:  true,
+			// The kernel checks permissions as the calling user, from the
+			// attributes the server gives: never as the daemon's root.
+			Options:       []string{"default_permissions"},
+			MaxBackground: 64,
+		},
+		EntryTimeout:    &esec,
+		AttrTimeout:     &sec,
+		NegativeTimeout: &esec,
+		RootStableAttr:  &fs.StableAttr{Ino: rootIno},
+		NullPermissions: true,
+	}
+	if c.ReadOnly {
+		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
+	}
+	srv, err := fs.Mount(c.Mount, root, opts)
+	if err != nil {
+		stop()
+		cl.wg.Wait()
+		return nil, fmt.Errorf("mount the cluster filesystem at %s: %w", c.Mount, err)
+	}
+	cl.fuse = srv
+	cl.mu.Lock()
+	cl.root = root
+	cl.inodes[rootIno] = root.EmbeddedInode()
+	cl.mu.Unlock()
+	go cl.learnRoot(lctx)
+	return cl, nil
+}
+
+// isOurMount says whether path is a mount point of a cluster filesystem.
+func isOurMount(path string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) > 4 && unescapeMount(f[4]) == path && strings.Contains(l, " - fuse.cfs ssi-cfs") {
+			return true
+		}
+	}
+	return false
+}
+
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Close unmounts (lazily, when busy) and ends the session.
+func (cl *Client) Close() {
+	if cl.fuse != nil {
+		if err := cl.fuse.Unmount(); err != nil {
+			_ = unix.Unmount(cl.c.Mount, unix.MNT_DETACH)
+		}
+	}
+	cl.stop()
+	cl.mu.Lock()
+	if cl.link != nil {
+		cl.link.close()
+	}
+	cl.mu.Unlock()
+	cl.wg.Wait()
+}
+
+// Connected says whether a session with the server is up.
+func (cl *Client) Connected() bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	select {
+	case <-cl.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// run keeps a session up: dial, watch it, and dial again when it ends.
+func (cl *Client) run(ctx context.Context) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		var l link
+		var err error
+		if cl.c.Local != nil {
+			l, err = dialLocal(cl.c.Local, cl.c.Self, cl.deliver)
+		} else {
+			l, err = dialPeer(ctx, cl.c.Net, cl.c.Server, cl.c.Self, cl.deliver)
+		}
+		if err != nil {
+			cl.log.Debug("cluster filesystem: no session", "server", cl.c.Server, "err", err)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		cl.heard.Store(time.Now().UnixNano())
+		cl.mu.Lock()
+		cl.link = l
+		cl.epoch++
+		epoch := cl.epoch
+		close(cl.ready)
+		cl.mu.Unlock()
+		go cl.learnRoot(ctx)
+		if epoch > 1 {
+			// Invalidations may have been lost with the old session.
+			cl.flushAll()
+			cl.log.Info("cluster filesystem session restored", "server", cl.c.Server)
+		}
+		cl.watch(ctx, l)
+		cl.mu.Lock()
+		cl.link = nil
+		cl.ready = make(chan struct{})
+		pend := cl.pending
+		cl.pending = map[uint64]chan *ssiv1.FsMessage{}
+		cl.mu.Unlock()
+		l.close()
+		for _, ch := range pend {
+			close(ch) // their callers answer EIO
+		}
+		if ctx.Err() == nil {
+			cl.log.Warn("cluster filesystem session lost; reconnecting", "server", cl.c.Server)
+		}
+	}
+}
+
+// learnRoot records the root directory under the id the server knows it
+// by (the mount may have been made before the server could be asked).
+func (cl *Client) learnRoot(ctx context.Context) {
+	m, errno := cl.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR})
+	if errno != 0 || m.Attr == nil {
+		return
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.root != nil {
+		cl.inodes[m.Attr.Ino] = cl.root.EmbeddedInode()
+	}
+}
+
+// watch probes the server every second until the session ends or the
+// server stays silent for the failure-detection time.
+func (cl *Client) watch(ctx context.Context, l link) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.done():
+			return
+		case <-t.C:
+			if time.Since(time.Unix(0, cl.heard.Load())) > cl.c.Failure {
+				cl.log.Warn("cluster filesystem server silent; ending the session", "server", cl.c.Server, "silent", cl.c.Failure)
+				return
+			}
+			id := cl.nextID.Add(1)
+			_ = l.send(&ssiv1.FsRequest{Id: id, Op: ssiv1.FsOp_FS_OP_HELLO, Node: cl.c.Self})
+		}
+	}
+}
+
+// deliver takes every message from the server.
+func (cl *Client) deliver(m *ssiv1.FsMessage) {
+	cl.heard.Store(time.Now().UnixNano())
+	if m.InvalId != 0 {
+		go cl.invalidate(m)
+		return
+	}
+	cl.mu.Lock()
+	ch := cl.pending[m.Id]
+	delete(cl.pending, m.Id)
+	cl.mu.Unlock()
+	if ch != nil {
+		ch <- m
+	}
+}
+
+// invalidate drops what the server names from the kernel's caches, then
+// acknowledges. It runs in a goroutine of its own: never inside a FUSE
+// operation, whose locks the kernel may hold.
+func (cl *Client) invalidate(m *ssiv1.FsMessage) {
+	for _, iv := range m.Inval {
+		if iv.Name != "" {
+			if p := cl.inode(iv.Parent); p != nil {
+				p.NotifyEntry(iv.Name)
+			}
+			continue
+		}
+		if n := cl.inode(iv.Ino); n != nil {
+			n.NotifyContent(0, 0)
+		}
+	}
+	cl.mu.Lock()
+	l := cl.link
+	cl.mu.Unlock()
+	if l != nil {
+		_ = l.send(&ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_ACK, Ack: m.InvalId})
+	}
+}
+
+// flushAll drops every cached attribute, page and name.
+func (cl *Client) flushAll() {
+	cl.mu.Lock()
+	ns := make([]*fs.Inode, 0, len(cl.inodes))
+	for _, n := range cl.inodes {
+		ns = append(ns, n)
+	}
+	cl.mu.Unlock()
+	for _, n := range ns {
+		n.NotifyContent(0, 0)
+		if n.IsDir() {
+			for name := range n.Children() {
+				n.NotifyEntry(name)
+			}
+		}
+	}
+}
+
+func (cl *Client) inode(id uint64) *fs.Inode {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.inodes[id]
+}
+
+// call sends one request and waits for its answer. Without a session it
+// waits up to the failure-detection time for one, then fails with EIO, as
+// an NFS soft mount does; a session lost while waiting is EIO too.
+func (cl *Client) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage, syscall.Errno) {
+	cl.mu.Lock()
+	ready := cl.ready
+	cl.mu.Unlock()
+	select {
+	case <-ready:
+	default:
+		t := time.NewTimer(cl.c.Failure)
+		select {
+		case <-ready:
+			t.Stop()
+		case <-t.C:
+			return nil, syscall.EIO
+		}
+	}
+	r.Id = cl.nextID.Add(1)
+	ch := make(chan *ssiv1.FsMessage, 1)
+	cl.mu.Lock()
+	l := cl.link
+	if l == nil {
+		cl.mu.Unlock()
+		return nil, syscall.EIO
+	}
+	cl.pending[r.Id] = ch
+	cl.mu.Unlock()
+	if err := l.send(r); err != nil {
+		cl.mu.Lock()
+		delete(cl.pending, r.Id)
+		cl.mu.Unlock()
+		return nil, syscall.EIO
+	}
+	var cancelled <-chan struct{}
+	if r.Op == ssiv1.FsOp_FS_OP_SETLKW {
+		// Only a blocked lock honours an interrupt: other requests finish
+		// quickly, and the Go runtime's own signals interrupt them too.
+		cancelled = ctx.Done()
+	}
+	for {
+		select {
+		case m, ok := <-ch:
+			if !ok {
+				return nil, syscall.EIO
+			}
+			return m, syscall.Errno(m.Errno)
+		case <-cancelled:
+			cancelled = nil
+			_ = l.send(&ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_CANCEL, Ack: r.Id})
+		}
+	}
+}
+
+// epochNow is the current session's number.
+func (cl *Client) epochNow() uint64 {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.epoch
+}
+
+// caller fills a request with who asks.
+func caller(ctx context.Context, r *ssiv1.FsRequest) *ssiv1.FsRequest {
+	if c, ok := fuse.FromContext(ctx); ok {
+		r.Uid, r.Gid = c.Uid, c.Gid
+	}
+	return r
+}
+
+// expand resolves a CDSL target: {nodenum} and {nodename} become this
+// node's number and name.
+func (cl *Client) expand(target string) string {
+	if !strings.Contains(target, "{node") {
+		return target
+	}
+	target = strings.ReplaceAll(target, "{nodenum}", strconv.FormatUint(uint64(cl.c.Self), 10))
+	return strings.ReplaceAll(target, "{nodename}", cl.c.Name)
+}
