@@ -385,4 +385,3 @@ func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, sy
 	}
 	return uint64(m.Offset), 0
 }
-

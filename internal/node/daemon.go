@@ -147,7 +147,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: lastCommand(st.logs, snapIndex),
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
 		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU,
-		net:       &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
+		net: &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
 		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount,
 			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}},
 		seeds:     func() []string { return seeds(r, meta) },
