@@ -63,10 +63,17 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	defer func() { stopWatch() }()
 
 	win := newInflight(Window)
-	sendRemote := func(m *ssiv1.ExecInput) error {
+	// sendRemote sends m towards the process. A send that fails does not
+	// stop the forwarding: the stream ended under it because the process
+	// moved (the stream to its new node gets again the stdin win keeps,
+	// and what comes next) or because its node is lost (the loop below
+	// ends the relay, and ctx with it).
+	sendRemote := func(m *ssiv1.ExecInput) {
 		sendMu.Lock()
 		defer sendMu.Unlock()
-		return remote.Send(m)
+		if err := remote.Send(m); err != nil {
+			s.log.Debug("cannot send towards the process; a stream that follows it gets its stdin again", "seq", m.Seq, "err", err)
+		}
 	}
 	go func() {
 		var seq uint64
@@ -93,9 +100,7 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 					return
 				}
 			}
-			if err := sendRemote(m); err != nil {
-				return
-			}
+			sendRemote(m)
 		}
 	}()
 	// out and errOut are where output goes with stdio; nil once writing
@@ -130,10 +135,10 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		case err == nil:
 			return
 		case errors.Is(err, unix.EPIPE):
-			_ = sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGPIPE)}})
+			sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGPIPE)}})
 		case !errors.Is(err, errStopped):
 			s.log.Debug("cannot write the output to the CLI; sending SIGHUP", "node", n.Num, "err", err)
-			_ = sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGHUP)}})
+			sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGHUP)}})
 		}
 		*f = nil
 	}
@@ -198,8 +203,9 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 
 // relayStdin reads the CLI's fd 0 and sends it towards the process as
 // numbered stdin, kept in win until acknowledged, then stdin_eof; it stops
-// when stdio is stopped or ctx ends.
-func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *inflight, send func(*ssiv1.ExecInput) error) {
+// when stdio is stopped or ctx ends (a send that fails does not stop it:
+// see sendRemote in relay).
+func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *inflight, send func(*ssiv1.ExecInput)) {
 	fd := rawFD(stdio.in)
 	var seq uint64
 	// Reads go into the free tail of a slab, and each message keeps its
@@ -225,7 +231,11 @@ func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *infligh
 		}
 		seq++
 		m.Seq = seq
-		if !win.add(ctx, m) || send(m) != nil || m.GetStdinEof() {
+		if !win.add(ctx, m) {
+			return
+		}
+		send(m)
+		if m.GetStdinEof() {
 			return
 		}
 	}
