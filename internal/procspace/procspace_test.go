@@ -64,6 +64,16 @@ func stdin(seq uint64, n int) *ssiv1.ExecInput {
 	return &ssiv1.ExecInput{Seq: seq, Msg: &ssiv1.ExecInput_Stdin{Stdin: make([]byte, n)}}
 }
 
+// add is how the relay's sender puts m in the window: it waits for room,
+// then keeps it.
+func add(ctx context.Context, w *inflight, m *ssiv1.ExecInput) bool {
+	if !w.room(ctx, len(m.GetStdin())) {
+		return false
+	}
+	w.keep(m)
+	return true
+}
+
 // The relay keeps unacknowledged stdin, at most a window of it: a sender
 // beyond the window waits for an acknowledgement, and what is pending is
 // exactly what was not acknowledged.
@@ -71,11 +81,11 @@ func TestInflightWindow(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w := newInflight(100)
 		ctx := context.Background()
-		if !w.add(ctx, stdin(1, 60)) || !w.add(ctx, stdin(2, 40)) {
+		if !add(ctx, w, stdin(1, 60)) || !add(ctx, w, stdin(2, 40)) {
 			t.Fatal("refused within the window")
 		}
 		added := make(chan bool)
-		go func() { added <- w.add(ctx, stdin(3, 10)) }()
+		go func() { added <- add(ctx, w, stdin(3, 10)) }()
 		synctest.Wait()
 		select {
 		case <-added:
@@ -95,9 +105,9 @@ func TestInflightWindow(t *testing.T) {
 		}
 		// A sender waiting on a full window lets go when its context ends.
 		w2 := newInflight(10)
-		w2.add(ctx, stdin(1, 10))
+		add(ctx, w2, stdin(1, 10))
 		cctx, cancel := context.WithCancel(ctx)
-		go func() { added <- w2.add(cctx, stdin(2, 10)) }()
+		go func() { added <- add(cctx, w2, stdin(2, 10)) }()
 		synctest.Wait()
 		cancel()
 		if <-added {

@@ -63,10 +63,32 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	defer func() { stopWatch() }()
 
 	win := newInflight(Window)
-	sendRemote := func(m *ssiv1.ExecInput) error {
+	// forward sends m towards the process. Stdin is kept in win until the
+	// process's node acknowledges it, and it is kept and sent under
+	// sendMu, as follow switches streams: a message goes to the new
+	// stream either from win (follow) or from here, never from both. A
+	// send that fails does not stop the forwarding: the stream ended under
+	// it because the process moved (the stream to its new node gets again
+	// what win keeps, and what comes next) or because its node is lost
+	// (the loop below ends the relay, and ctx with it). False: ctx ended.
+	forward := func(m *ssiv1.ExecInput) bool {
+		stdin := false
+		switch m.Msg.(type) {
+		case *ssiv1.ExecInput_Stdin, *ssiv1.ExecInput_StdinEof:
+			if !win.room(ctx, len(m.GetStdin())) {
+				return false
+			}
+			stdin = true
+		}
 		sendMu.Lock()
 		defer sendMu.Unlock()
-		return remote.Send(m)
+		if stdin {
+			win.keep(m)
+		}
+		if err := remote.Send(m); err != nil {
+			s.log.Debug("cannot send towards the process; a stream that follows it gets its stdin again", "seq", m.Seq, "err", err)
+		}
+		return true
 	}
 	go func() {
 		var seq uint64
@@ -89,11 +111,8 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 				}
 				seq++
 				m.Seq = seq
-				if !win.add(ctx, m) {
-					return
-				}
 			}
-			if err := sendRemote(m); err != nil {
+			if !forward(m) {
 				return
 			}
 		}
@@ -118,7 +137,7 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		// fd 1 that nobody reads any more.
 		defer context.AfterFunc(ctx, stdio.stop.stop)()
 		readers.Add(1)
-		go func() { defer readers.Done(); s.relayStdin(ctx, stdio, win, sendRemote) }()
+		go func() { defer readers.Done(); s.relayStdin(stdio, forward) }()
 	}
 	// sink writes an output chunk into the CLI's descriptor *f.
 	sink := func(f **fdWriter, b []byte) {
@@ -130,10 +149,10 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		case err == nil:
 			return
 		case errors.Is(err, unix.EPIPE):
-			_ = sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGPIPE)}})
+			forward(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGPIPE)}})
 		case !errors.Is(err, errStopped):
 			s.log.Debug("cannot write the output to the CLI; sending SIGHUP", "node", n.Num, "err", err)
-			_ = sendRemote(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGHUP)}})
+			forward(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Signal{Signal: int32(syscall.SIGHUP)}})
 		}
 		*f = nil
 	}
@@ -196,10 +215,10 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	}
 }
 
-// relayStdin reads the CLI's fd 0 and sends it towards the process as
-// numbered stdin, kept in win until acknowledged, then stdin_eof; it stops
-// when stdio is stopped or ctx ends.
-func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *inflight, send func(*ssiv1.ExecInput) error) {
+// relayStdin reads the CLI's fd 0 and forwards it towards the process as
+// numbered stdin, then stdin_eof; it stops when stdio is stopped or
+// forward says the relay's context ended.
+func (s *Space) relayStdin(stdio *passedStdio, forward func(*ssiv1.ExecInput) bool) {
 	fd := rawFD(stdio.in)
 	var seq uint64
 	// Reads go into the free tail of a slab, and each message keeps its
@@ -225,7 +244,7 @@ func (s *Space) relayStdin(ctx context.Context, stdio *passedStdio, win *infligh
 		}
 		seq++
 		m.Seq = seq
-		if !win.add(ctx, m) || send(m) != nil || m.GetStdinEof() {
+		if !forward(m) || m.GetStdinEof() {
 			return
 		}
 	}
@@ -256,8 +275,10 @@ func newInflight(limit int) *inflight {
 	return w
 }
 
-// add keeps m, waiting while the window is full; false if ctx ended first.
-func (w *inflight) add(ctx context.Context, m *ssiv1.ExecInput) bool {
+// room waits until the window has room for size more bytes (or is empty);
+// false if ctx ended first. The one sender of the window then keeps its
+// message (keep).
+func (w *inflight) room(ctx context.Context, size int) bool {
 	stop := context.AfterFunc(ctx, func() {
 		w.mu.Lock()
 		w.done = true
@@ -265,18 +286,20 @@ func (w *inflight) add(ctx context.Context, m *ssiv1.ExecInput) bool {
 		w.mu.Unlock()
 	})
 	defer stop()
-	size := len(m.GetStdin())
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for w.bytes > 0 && w.bytes+size > w.limit && !w.done {
 		w.cond.Wait()
 	}
-	if w.done {
-		return false
-	}
+	return !w.done
+}
+
+// keep holds m until it is acknowledged.
+func (w *inflight) keep(m *ssiv1.ExecInput) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	w.msgs = append(w.msgs, m)
-	w.bytes += size
-	return true
+	w.bytes += len(m.GetStdin())
 }
 
 // ack drops everything up to seq.
