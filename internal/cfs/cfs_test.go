@@ -51,7 +51,7 @@ func mountPair(t *testing.T) *pair {
 	}
 	t.Cleanup(p.srv.Close)
 	mnt := func(num uint32, name string) *Client {
-		c, err := Mount(context.Background(), ClientConfig{Self: num, Name: name, Mount: filepath.Join(dir, name), Server: 1, Local: p.srv, Failure: 2 * time.Second})
+		c, err := Mount(context.Background(), ClientConfig{Self: num, Name: name, Mount: filepath.Join(dir, name), Server: 1, Local: p.srv, Failure: func() time.Duration { return 2 * time.Second }})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -32,13 +32,15 @@ const (
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
-	Self     uint32 // this node's number ({nodenum} in CDSLs)
-	Name     string // this node's name ({nodename})
-	Mount    string // where to mount
-	Server   uint32 // the node that serves
-	Net      peer.Net
-	Local    *Server // the server, when it runs in this process
-	Failure  time.Duration
+	Self   uint32 // this node's number ({nodenum} in CDSLs)
+	Name   string // this node's name ({nodename})
+	Mount  string // where to mount
+	Server uint32 // the node that serves
+	Net    peer.Net
+	Local  *Server // the server, when it runs in this process
+	// Failure is the failure-detection time: how long an access waits for a
+	// lost server before EIO (read when needed: the cluster may change it).
+	Failure  func() time.Duration
 	Log      *slog.Logger
 	ReadOnly bool
 }
@@ -69,8 +71,8 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
-	if c.Failure <= 0 {
-		c.Failure = 5 * time.Second
+	if c.Failure == nil {
+		c.Failure = func() time.Duration { return 5 * time.Second }
 	}
 	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}}
 	if err := os.MkdirAll(c.Mount, 0o755); err != nil {
@@ -92,7 +94,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	// a failure-detection time, then mount anyway (accesses fail with EIO
 	// until the server is reachable).
 	rootIno := uint64(1)
-	wctx, cancel := context.WithTimeout(ctx, c.Failure)
+	wctx, cancel := context.WithTimeout(ctx, c.Failure())
 	if m, errno := cl.call(wctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR}); errno == 0 && m.Attr != nil {
 		rootIno = m.Attr.Ino
 	}
@@ -102,13 +104,16 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	esec := entryTimeout
 	opts := &fs.Options{
 		MountOptions: fuse.MountOptions{
-			AllowOther:   true,
-			FsName:       "ssi-cfs",
-			Name:         "cfs",
-			DirectMount:  true,
-			MaxWrite:     maxIO,
-			MaxReadAhead: maxIO,
-			EnableLocks:  true,
+			AllowOther:  true,
+			FsName:      "ssi-cfs",
+			Name:        "cfs",
+			DirectMount: true,
+			// Never fall back to fusermount: that would fork under
+			// mountNoInherit's lock.
+			DirectMountStrict: true,
+			MaxWrite:          maxIO,
+			MaxReadAhead:      maxIO,
+			EnableLocks:       true,
 			// The kernel checks permissions as the calling user, from the
 			// attributes the server gives: never as the daemon's root.
 			Options:       []string{"default_permissions"},
@@ -123,7 +128,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	if c.ReadOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
 	}
-	srv, err := fs.Mount(c.Mount, root, opts)
+	srv, err := mountNoInherit(c.Mount, root, opts)
 	if err != nil {
 		stop()
 		cl.wg.Wait()
@@ -136,6 +141,27 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	cl.mu.Unlock()
 	go cl.learnRoot(lctx)
 	return cl, nil
+}
+
+// mountNoInherit mounts with no job able to inherit the /dev/fuse
+// descriptor: go-fuse opens it without O_CLOEXEC, and a job holding it
+// would keep the mount's connection alive after the daemon died, so that
+// the job's own exit (which flushes its open files) waited forever for an
+// answer nobody can give. Forks wait (syscall.ForkLock) until the
+// descriptor is marked close-on-exec.
+func mountNoInherit(dir string, root fs.InodeEmbedder, opts *fs.Options) (*fuse.Server, error) {
+	syscall.ForkLock.Lock()
+	defer syscall.ForkLock.Unlock()
+	srv, err := fs.Mount(dir, root, opts)
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if t, _ := os.Readlink("/proc/self/fd/" + e.Name()); t == "/dev/fuse" {
+			if fd, err := strconv.Atoi(e.Name()); err == nil {
+				syscall.CloseOnExec(fd)
+			}
+		}
+	}
+	return srv, err
 }
 
 // isOurMount says whether path is a mount point of a cluster filesystem.
@@ -185,6 +211,17 @@ func (cl *Client) Close() {
 	}
 	cl.mu.Unlock()
 	cl.wg.Wait()
+}
+
+// Drop ends the current session (its server is DOWN): waiting accesses
+// fail with EIO, and new ones after the failure-detection time.
+func (cl *Client) Drop() {
+	cl.mu.Lock()
+	l := cl.link
+	cl.mu.Unlock()
+	if l != nil {
+		l.close()
+	}
 }
 
 // Connected says whether a session with the server is up.
@@ -265,8 +302,9 @@ func (cl *Client) learnRoot(ctx context.Context) {
 	}
 }
 
-// watch probes the server every second until the session ends or the
-// server stays silent for the failure-detection time.
+// watch probes the server every second until the session ends, the
+// server stays silent for long (a partition the cluster has not yet
+// noticed), or Drop ends it (the cluster recorded the server DOWN).
 func (cl *Client) watch(ctx context.Context, l link) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -277,8 +315,8 @@ func (cl *Client) watch(ctx context.Context, l link) {
 		case <-l.done():
 			return
 		case <-t.C:
-			if time.Since(time.Unix(0, cl.heard.Load())) > cl.c.Failure {
-				cl.log.Warn("cluster filesystem server silent; ending the session", "server", cl.c.Server, "silent", cl.c.Failure)
+			if f := max(4*cl.c.Failure(), 10*time.Second); time.Since(time.Unix(0, cl.heard.Load())) > f {
+				cl.log.Warn("cluster filesystem server silent; ending the session", "server", cl.c.Server, "silent", f)
 				return
 			}
 			id := cl.nextID.Add(1)
@@ -360,7 +398,7 @@ func (cl *Client) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessag
 	select {
 	case <-ready:
 	default:
-		t := time.NewTimer(cl.c.Failure)
+		t := time.NewTimer(cl.c.Failure())
 		select {
 		case <-ready:
 			t.Stop()

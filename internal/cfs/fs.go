@@ -82,7 +82,7 @@ func (f *FS) Run(ctx context.Context) {
 		}
 	}
 	if f.c.Mount != "" {
-		cfg := ClientConfig{Self: f.c.Self, Name: f.c.Name, Mount: f.c.Mount, Server: f.c.Server, Net: f.c.Net, Failure: f.failure(), Log: log}
+		cfg := ClientConfig{Self: f.c.Self, Name: f.c.Name, Mount: f.c.Mount, Server: f.c.Server, Net: f.c.Net, Failure: f.failure, Log: log}
 		f.mu.Lock()
 		cfg.Local = f.server
 		f.mu.Unlock()
@@ -112,8 +112,9 @@ func (f *FS) failure() time.Duration {
 	return 5 * time.Second
 }
 
-// watchDown ends the sessions of nodes the cluster records DOWN: their
-// locks are released even if their connection lingers.
+// watchDown ends the sessions of nodes the cluster records DOWN (their
+// locks are released even if their connection lingers) and, on a client,
+// the session with a server recorded DOWN.
 func (f *FS) watchDown(ctx context.Context) {
 	if f.c.FSM == nil {
 		<-ctx.Done()
@@ -123,8 +124,13 @@ func (f *FS) watchDown(ctx context.Context) {
 	for {
 		ch := f.c.FSM.Changed()
 		f.mu.Lock()
-		srv := f.server
+		srv, cl := f.server, f.client
 		f.mu.Unlock()
+		if n, ok := f.c.FSM.Cluster().Nodes[f.c.Server]; ok && cl != nil && !f.Serves() && !n.State.Live() && seen[0] != n.StateIndex {
+			seen[0] = n.StateIndex
+			f.c.Log.Warn("the cluster filesystem's server is down: accesses fail until it is back", "server", f.c.Server)
+			cl.Drop()
+		}
 		if srv != nil {
 			for num, n := range f.c.FSM.Cluster().Nodes {
 				if !n.State.Live() && seen[num] != n.StateIndex {

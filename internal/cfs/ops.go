@@ -136,7 +136,7 @@ func (x *session) do(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage,
 			return nil, err
 		}
 		defer unix.Close(dfd)
-		buf := make([]byte, maxPath)
+		buf := make([]byte, unix.PathMax)
 		n, err := unix.Readlinkat(dfd, name, buf)
 		if err != nil {
 			return nil, err
@@ -201,10 +201,14 @@ func pwriteFull(fd int, buf []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// openFlags are the open flags a client may pass on: never O_CREAT (CREATE
-// does that), never a controlling terminal, never a symlink at the end.
+// openFlags are the open flags the server opens with: those of the
+// client's that mean something to the file (openat2 refuses the kernel's
+// internal bits, such as the one exec adds), never O_CREAT (CREATE does
+// that), never O_DIRECT (the server's buffers are not aligned; the client's
+// kernel already bypasses its cache), never a symlink at the end.
 func openFlags(f uint32) int {
-	return int(f)&^(unix.O_CREAT|unix.O_EXCL|unix.O_NOCTTY|unix.O_PATH) | unix.O_NOFOLLOW | unix.O_LARGEFILE
+	const keep = unix.O_ACCMODE | unix.O_APPEND | unix.O_NONBLOCK | unix.O_DSYNC | unix.O_SYNC | unix.O_TRUNC | unix.O_DIRECTORY
+	return int(f)&keep | unix.O_NOFOLLOW | unix.O_LARGEFILE
 }
 
 func (x *session) openFile(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
@@ -309,7 +313,7 @@ func (x *session) makeNode(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, er
 		}
 		err = unix.Mknodat(dfd, name, r.Mode, int(r.Rdev))
 	case ssiv1.FsOp_FS_OP_SYMLINK:
-		if len(r.Path2) > maxPath || strings.IndexByte(r.Path2, 0) >= 0 {
+		if len(r.Path2) >= unix.PathMax || strings.IndexByte(r.Path2, 0) >= 0 {
 			return nil, unix.EINVAL
 		}
 		err = unix.Symlinkat(r.Path2, dfd, name)

@@ -20,9 +20,9 @@ import (
 
 // Limits of what a client may ask for.
 const (
-	maxPath     = 4096    // PATH_MAX
-	maxName     = 255     // NAME_MAX
-	maxIO       = 1 << 20 // one READ or WRITE
+	maxPath     = 64 << 10 // a path from the export's root (deeper than PATH_MAX is legal)
+	maxName     = 255      // NAME_MAX
+	maxIO       = 1 << 20  // one READ or WRITE
 	maxXattr    = 64 << 10
 	dirPage     = 2048 // entries per READDIR answer
 	maxSessions = 256
@@ -245,13 +245,38 @@ func (s *Server) clean(p string) (string, error) {
 // or an attack.
 var resolveHow = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
-// openAt opens rel (cleaned) beneath the export.
+// openAt opens rel (cleaned) beneath the export. A path longer than the
+// kernel takes at once (PATH_MAX) is walked a piece at a time, each piece
+// beneath the directory the last one reached.
 func (s *Server) openAt(rel string, flags int, mode uint32) (int, error) {
 	if rel == "" {
 		rel = "."
 	}
+	dir := s.rootFd
+	for len(rel) >= unix.PathMax {
+		cut := strings.LastIndexByte(rel[:unix.PathMax-1], '/')
+		if cut <= 0 {
+			return -1, unix.ENAMETOOLONG
+		}
+		fd, err := openat2(dir, rel[:cut], unix.O_PATH|unix.O_DIRECTORY, 0)
+		if dir != s.rootFd {
+			unix.Close(dir)
+		}
+		if err != nil {
+			return -1, err
+		}
+		dir, rel = fd, rel[cut+1:]
+	}
+	fd, err := openat2(dir, rel, flags, mode)
+	if dir != s.rootFd {
+		unix.Close(dir)
+	}
+	return fd, err
+}
+
+func openat2(dir int, rel string, flags int, mode uint32) (int, error) {
 	for {
-		fd, err := unix.Openat2(s.rootFd, rel, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Mode: uint64(mode), Resolve: uint64(resolveHow)})
+		fd, err := unix.Openat2(dir, rel, &unix.OpenHow{Flags: uint64(flags | unix.O_CLOEXEC), Mode: uint64(mode), Resolve: uint64(resolveHow)})
 		if err == unix.EINTR || err == unix.EAGAIN {
 			continue
 		}

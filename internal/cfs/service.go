@@ -130,6 +130,10 @@ func (v *Service) Session(ctx context.Context, st *connect.BidiStream[ssiv1.FsRe
 		x.end(ctx.Err())
 		err = ctx.Err()
 	}
+	// The session has ended, so no answer is sent after this one finishes:
+	// the stream must not be written once the handler returns.
+	x.sendMu.Lock()
+	x.sendMu.Unlock() //nolint:staticcheck // an empty critical section: waiting for a send in progress
 	return connect.NewError(connect.CodeUnavailable, err)
 }
 

@@ -421,8 +421,22 @@ func Down(dir string, grace time.Duration) ([]int, error) {
 		}
 		waitExit(pids, wait)
 	}
+	// A node that was killed leaves its cluster filesystem mounted with
+	// nobody serving it (every access fails with ENOTCONN).
+	for _, k := range Nodes(dir) {
+		unmountDead(MountDir(dir, k))
+	}
 	if err := cleanupIsolation(dir); err != nil {
 		return stopped, err
 	}
 	return stopped, nil
+}
+
+// unmountDead takes away a mount at path whose daemon is gone.
+func unmountDead(path string) {
+	if _, err := os.Stat(path); errors.Is(err, syscall.ENOTCONN) {
+		if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil {
+			slog.Warn("cannot unmount a dead cluster filesystem mount", "path", path, "err", err)
+		}
+	}
 }
