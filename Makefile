@@ -28,6 +28,8 @@ demo: deps build links
 	-./$(BIN) down --dir $(DEMO_DIR) >/dev/null 2>&1
 	./$(BIN) up --nodes $(DEMO_NODES) --dir $(DEMO_DIR)
 	SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./bin/cluster -V
+	@echo "one root: a file written on node 2 is read on node $(DEMO_NODES):"
+	echo "hello from node 2" > $(DEMO_DIR)/mnt/node2/hello && cat $(DEMO_DIR)/mnt/node$(DEMO_NODES)/hello
 
 demo-down:
 	./$(BIN) down --dir $(DEMO_DIR)

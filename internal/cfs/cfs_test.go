@@ -306,3 +306,65 @@ func runAs(uid string, args ...string) (string, error) {
 	cmd := append([]string{"--reuid=" + uid, "--regid=" + uid, "--clear-groups", "--"}, args...)
 	return run("setpriv", cmd...)
 }
+
+func TestMakeLocalAndGlobal(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "motd")
+	d := filepath.Join(dir, "conf.d")
+	if err := os.WriteFile(f, []byte("shared"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(d, "sub"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d, "sub/x"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{f, d} {
+		made, err := MakeLocal(p, []uint32{3, 1})
+		if err != nil || len(made) != 2 || made[0] != 1 {
+			t.Fatalf("MakeLocal %s: %v %v", p, made, err)
+		}
+		if !IsCDSL(p) {
+			t.Fatalf("%s is no CDSL", p)
+		}
+		// A node that joined later gets a copy; the others are kept.
+		if made, err := MakeLocal(p, []uint32{1, 2, 3}); err != nil || len(made) != 1 || made[0] != 2 {
+			t.Fatalf("MakeLocal again: %v %v", made, err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, ".motd.cdsl/node2"))
+	if err != nil || string(b) != "shared" {
+		t.Fatalf("node 2's copy: %q %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, ".motd.cdsl/node3")); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("node 3's copy lost its mode: %v %v", fi, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ".motd.cdsl/node3"), []byte("three"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := MakeGlobal(f, 3); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(f); err != nil || string(b) != "three" || IsCDSL(f) {
+		t.Fatalf("after MakeGlobal: %q %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, ".motd.cdsl")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the copies are left: %v", err)
+	}
+	if err := MakeGlobal(d, 2); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(d, "sub/x")); err != nil || string(b) != "x" {
+		t.Fatalf("the directory after MakeGlobal: %q %v", b, err)
+	}
+	if err := MakeGlobal(f, 1); err == nil {
+		t.Fatal("MakeGlobal of a plain file")
+	}
+	if err := os.Symlink("elsewhere", filepath.Join(dir, "l")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := MakeLocal(filepath.Join(dir, "l"), []uint32{1}); err == nil {
+		t.Fatal("MakeLocal of a symlink")
+	}
+}

@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/devcluster"
@@ -24,7 +25,8 @@ default) and keeps its data in DIR/nodek (socket DIR/nodek/ssi.sock, PID in
 DIR/nodek/ssi.pid, log DIR/nodek/ssi.log). Returns when every node is UP.
 Run again on a stopped cluster's DIR to restart it. With --isolate (root)
 each node also gets its own UTS, PID, mount and network namespace, with its
-own hostname and an address on a private bridge.
+own hostname and an address on a private bridge. Node 1 serves DIR/root as
+the cluster filesystem and node k mounts it at DIR/mnt/nodek (docs/CFS.md).
 
 Examples:
   ssi up --nodes 3 --dir /tmp/demo
@@ -102,6 +104,12 @@ Examples:
 		if last < *n {
 			fmt.Fprintf(env.Stdout, "  ... node %d: SSI_SOCKET=%s\n", *n, devcluster.Socket(absDir(*dir), *n))
 		}
+		inside := ""
+		if *isolate {
+			inside = ", inside its own mount namespace (ssi onnode k ls DIR/mnt/nodek)"
+		}
+		fmt.Fprintf(env.Stdout, "one root: node 1 serves %s as the cluster filesystem; node k mounts it at %s%s\n",
+			devcluster.ExportDir(absDir(*dir)), filepath.Join(absDir(*dir), "mnt", "nodek"), inside)
 		fmt.Fprintf(env.Stdout, "stop it with: ssi down --dir %s\n", *dir)
 		return nil
 	}

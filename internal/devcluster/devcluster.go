@@ -200,7 +200,47 @@ func Up(ctx context.Context, o Options) error {
 		all[k] = uint32(k + 1)
 	}
 	fmt.Fprintf(o.Progress, "waiting for %d nodes to be UP\n", o.Nodes)
-	return waitUp(ctx, o.Dir, 1, all)
+	if err := waitUp(ctx, o.Dir, 1, all); err != nil {
+		return err
+	}
+	waitMounted(ctx, o.Dir, o.Nodes, o.Progress)
+	return nil
+}
+
+// waitMounted waits (a little) until every node has mounted the cluster
+// filesystem, seen in the mount namespace of its daemon's process; a node
+// that has not is reported, not an error (its log says why).
+func waitMounted(ctx context.Context, dir string, n int, progress io.Writer) {
+	deadline := time.Now().Add(10 * time.Second)
+	for k := 1; k <= n; k++ {
+		for !Mounted(dir, k) {
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				fmt.Fprintf(progress, "node %d has not mounted the cluster filesystem yet (see %s)\n", k, filepath.Join(NodeDir(dir, k), "ssi.log"))
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// Mounted says whether node k's cluster filesystem is mounted, in its own
+// mount namespace.
+func Mounted(dir string, k int) bool {
+	pid, ok := PID(dir, k)
+	if !ok {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		return false
+	}
+	want := " " + MountDir(dir, k) + " "
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, want) && strings.Contains(l, " - fuse.cfs ") {
+			return true
+		}
+	}
+	return false
 }
 
 func portOf(c state.Config) int {
