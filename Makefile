@@ -11,7 +11,7 @@ FUZZ_SHORT ?= 30000x
 FUZZ_LONG ?= 300000x
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: all build deps demo demo-down test fuzz bench proto vet fmt clean links
+.PHONY: all build deps demo demo-down test fuzz bench bench-cfs suites-cfs proto vet fmt clean links
 
 all: build
 
@@ -46,6 +46,16 @@ fuzz:
 bench: build
 	@bash scripts/deps.sh --bench
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/...
+
+# The cluster filesystem vs local ext4 vs sshfs (bench/cfs.sh; docs/PERFORMANCE.md).
+bench-cfs:
+	@bash scripts/deps.sh --bench
+	bash bench/cfs.sh
+
+# CPython's and Go's own test suites on the cluster filesystem and on ext4.
+suites-cfs:
+	@bash scripts/deps.sh --bench --suites
+	bash bench/cfs.sh --suites
 
 proto:
 	protoc -I proto --go_out=. --go_opt=module=github.com/ssi-cluster/ssi \

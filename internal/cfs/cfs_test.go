@@ -285,14 +285,19 @@ func TestBadPathsAreRefused(t *testing.T) {
 		{"", ssiv1.FsOp_FS_OP_RENAME, unix.EBUSY},
 		{"", ssiv1.FsOp_FS_OP_UNLINK, unix.EINVAL},
 		{"x", ssiv1.FsOp(999), unix.ENOSYS},
+		{"out", ssiv1.FsOp_FS_OP_SETATTR, unix.EOPNOTSUPP}, // a chmod through the symlink out
 	} {
-		m := x.serve(context.Background(), &ssiv1.FsRequest{Op: c.op, Path: c.path, Path2: "y", Flags: unix.O_RDONLY, Mode: 0o644})
+		m := x.serve(context.Background(), &ssiv1.FsRequest{Op: c.op, Path: c.path, Path2: "y", Flags: unix.O_RDONLY, Mode: 0o644,
+			Set: &ssiv1.FsSetAttr{Valid: fattrMode, Mode: 0o777}})
 		if unix.Errno(m.Errno) != c.want {
 			t.Errorf("%v %q: errno %v, want %v", c.op, c.path, unix.Errno(m.Errno), c.want)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "new")); err == nil {
 		t.Fatal("a create escaped the export")
+	}
+	if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() == 0o777 {
+		t.Fatalf("a chmod escaped the export: %v %v", fi.Mode(), err)
 	}
 	m := x.serve(context.Background(), &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READDIR})
 	for _, e := range m.Entries {
@@ -367,4 +372,65 @@ func TestMakeLocalAndGlobal(t *testing.T) {
 	if _, err := MakeLocal(filepath.Join(dir, "l"), []uint32{1}); err == nil {
 		t.Fatal("MakeLocal of a symlink")
 	}
+}
+
+// FuzzServe sends the server malformed and hostile requests: none may
+// crash it, and none may touch anything outside the export.
+func FuzzServe(f *testing.F) {
+	dir := f.TempDir()
+	export := filepath.Join(dir, "export")
+	srv, err := NewServer(ServerConfig{Export: export, Exclude: []string{filepath.Join(export, "state")}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(srv.Close)
+	outside := filepath.Join(dir, "outside")
+	if err := os.WriteFile(outside, []byte("untouched"), 0o644); err != nil {
+		f.Fatal(err)
+	}
+	if err := os.Symlink(dir, filepath.Join(export, "up")); err != nil {
+		f.Fatal(err)
+	}
+	x, err := srv.open(7, func(*ssiv1.FsMessage) error { return nil })
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { x.end(errors.New("fuzzing over")) })
+	fi, err := os.Stat(dir)
+	if err != nil {
+		f.Fatal(err)
+	}
+	dirMode := fi.Mode()
+	f.Add(uint8(5), "a", "", []byte("x"), int64(0), uint32(0o644), uint32(unix.O_RDWR), uint64(0))
+	f.Add(uint8(16), "a", "../outside", []byte(nil), int64(0), uint32(0), uint32(0), uint64(0))
+	f.Add(uint8(4), "up/outside", "", []byte(nil), int64(0), uint32(0), uint32(unix.O_RDWR|unix.O_TRUNC), uint64(0))
+	f.Add(uint8(13), "up/outside", "b", []byte(nil), int64(0), uint32(0), uint32(0), uint64(0))
+	f.Add(uint8(12), "l", "/etc/passwd", []byte(nil), int64(0), uint32(0), uint32(0), uint64(0))
+	f.Add(uint8(7), "", "", []byte("data"), int64(-5), uint32(0), uint32(0), uint64(1))
+	f.Add(uint8(21), "a", "", []byte("v"), int64(0), uint32(0), uint32(0), uint64(0))
+	f.Fuzz(func(t *testing.T, op uint8, path, path2 string, data []byte, off int64, mode, flags uint32, handle uint64) {
+		if len(data) > 4096 {
+			data = data[:4096]
+		}
+		off %= 1 << 30 // sparse files, not a full disk
+		o := ssiv1.FsOp(op % 32)
+		if o == ssiv1.FsOp_FS_OP_SETLKW || o == ssiv1.FsOp_FS_OP_ALLOCATE {
+			o = ssiv1.FsOp_FS_OP_SETLK // a blocking lock would wait; allocate could fill the disk
+		}
+		r := &ssiv1.FsRequest{Op: o, Path: path, Path2: path2, Data: data, Offset: off, Mode: mode, Flags: flags,
+			Handle: handle % 8, Size: uint32(len(data)) * 16, Name: "user." + path2, Owner: handle,
+			Set: &ssiv1.FsSetAttr{Valid: flags &^ (fattrSize), Mode: mode, Uid: 65534, Gid: 65534},
+			Lock: &ssiv1.FsLock{Type: flags % 3, Start: uint64(off & 0xffff), End: uint64(off&0xffff) + 10}}
+		_ = x.serve(context.Background(), r)
+		if b, err := os.ReadFile(outside); err != nil || string(b) != "untouched" {
+			t.Fatalf("a request changed a file outside the export: %q %v (%v)", b, err, r)
+		}
+		if fi, err := os.Stat(dir); err != nil || fi.Mode() != dirMode {
+			t.Fatalf("a request changed the directory beside the export: %v (%v)", fi.Mode(), r)
+		}
+		ents, _ := os.ReadDir(dir)
+		if len(ents) != 2 {
+			t.Fatalf("a request made something beside the export: %v (%v)", ents, r)
+		}
+	})
 }

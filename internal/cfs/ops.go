@@ -464,27 +464,18 @@ func (x *session) setattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, err
 	}
 	// at runs f on the file: by its handle, or by name in its directory (the
 	// root by its own descriptor).
-	atPath := func(f func(dirfd int, name string, flags int) error, nofollow bool) error {
-		fl := 0
-		if nofollow {
-			fl = unix.AT_SYMLINK_NOFOLLOW
-		}
+	atPath := func(f func(dirfd int, name string, flags int) error) error {
 		if dfd < 0 {
 			return f(x.srv.rootFd, "", unix.AT_EMPTY_PATH)
 		}
-		return f(dfd, name, fl)
+		return f(dfd, name, unix.AT_SYMLINK_NOFOLLOW)
 	}
 	if in.Valid&fattrMode != 0 {
 		var err error
 		if h != nil {
 			err = unix.Fchmod(h.fd, in.Mode&0o7777)
 		} else {
-			err = atPath(func(d int, n string, _ int) error {
-				if n == "" {
-					return unix.Fchmodat(d, ".", in.Mode&0o7777, 0)
-				}
-				return unix.Fchmodat(d, n, in.Mode&0o7777, 0)
-			}, false)
+			err = x.srv.chmod(rel, in.Mode&0o7777)
 		}
 		if err != nil {
 			return nil, err
@@ -498,7 +489,7 @@ func (x *session) setattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, err
 		if in.Valid&fattrGID != 0 {
 			gid = int(in.Gid)
 		}
-		if err := atPath(func(d int, n string, fl int) error { return unix.Fchownat(d, n, uid, gid, fl) }, true); err != nil {
+		if err := atPath(func(d int, n string, fl int) error { return unix.Fchownat(d, n, uid, gid, fl) }); err != nil {
 			return nil, err
 		}
 	}
@@ -531,7 +522,7 @@ func (x *session) setattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, err
 		case in.Valid&fattrMtime != 0:
 			ts[1] = unix.NsecToTimespec(in.MtimeNs)
 		}
-		if err := atPath(func(d int, n string, fl int) error { return unix.UtimesNanoAt(d, n, ts, fl) }, true); err != nil {
+		if err := atPath(func(d int, n string, fl int) error { return unix.UtimesNanoAt(d, n, ts, fl) }); err != nil {
 			return nil, err
 		}
 	}
@@ -551,6 +542,24 @@ func (x *session) setattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, err
 	m := x.answer(&st)
 	x.invalidate([]*ssiv1.FsInval{inodeInval(m.Attr.Ino)})
 	return m, nil
+}
+
+// chmod changes a file's mode without following a symlink (chmod(2)
+// always would; a symlink's own mode means nothing on Linux).
+func (s *Server) chmod(rel string, mode uint32) error {
+	fd, err := s.openAt(rel, unix.O_PATH|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return unix.EOPNOTSUPP
+	}
+	return unix.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode)
 }
 
 // readdir lists a directory from entry offset on, a page at a time.
