@@ -419,7 +419,7 @@ func FuzzServe(f *testing.F) {
 		}
 		r := &ssiv1.FsRequest{Op: o, Path: path, Path2: path2, Data: data, Offset: off, Mode: mode, Flags: flags,
 			Handle: handle % 8, Size: uint32(len(data)) * 16, Name: "user." + path2, Owner: handle,
-			Set: &ssiv1.FsSetAttr{Valid: flags &^ (fattrSize), Mode: mode, Uid: 65534, Gid: 65534},
+			Set:  &ssiv1.FsSetAttr{Valid: flags &^ (fattrSize), Mode: mode, Uid: 65534, Gid: 65534},
 			Lock: &ssiv1.FsLock{Type: flags % 3, Start: uint64(off & 0xffff), End: uint64(off&0xffff) + 10}}
 		_ = x.serve(context.Background(), r)
 		if b, err := os.ReadFile(outside); err != nil || string(b) != "untouched" {
