@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -91,6 +92,21 @@ func TestWriteOnOneNodeIsReadOnAnother(t *testing.T) {
 	// The server's copy is the same.
 	if got, _ := os.ReadFile(filepath.Join(p.export, "f")); len(got) != 50 {
 		t.Fatalf("export holds %q", got)
+	}
+	// Once b's kernel has let its entry expire and looked the file up
+	// again, the file is still one node to b, and a's writes still reach it.
+	for i := range 3 {
+		time.Sleep(entryTimeout + 200*time.Millisecond)
+		if _, err := os.ReadFile(fb); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("after expiry %d", i)
+		if err := os.WriteFile(fa, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(fb); err != nil || string(got) != want {
+			t.Fatalf("b read %q (%v) after its entry expired, a wrote %q", got, err, want)
+		}
 	}
 }
 

@@ -57,7 +57,8 @@ type Client struct {
 	ready   chan struct{} // closed while a session is up
 	pending map[uint64]chan *ssiv1.FsMessage
 	inodes  map[uint64]*fs.Inode
-	heard   atomic.Int64 // unix nanoseconds of the last message from the server
+	heard   atomic.Int64  // unix nanoseconds of the last message from the server
+	rootID  atomic.Uint64 // the server's id of the export's root
 
 	fuse *fuse.Server
 	root *node
@@ -97,6 +98,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	wctx, cancel := context.WithTimeout(ctx, c.Failure())
 	if m, errno := cl.call(wctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR}); errno == 0 && m.Attr != nil {
 		rootIno = m.Attr.Ino
+		cl.rootID.Store(rootIno)
 	}
 	cancel()
 	root := &node{c: cl}
@@ -124,6 +126,10 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 		NegativeTimeout: &esec,
 		RootStableAttr:  &fs.StableAttr{Ino: rootIno},
 		NullPermissions: true,
+		// The kernel's node numbers are the server's file ids: a file
+		// looked up twice is one node, and an invalidation names it
+		// without a table that could miss (see nodeID).
+		ExternalNodeID: true,
 	}
 	if c.ReadOnly {
 		opts.MountOptions.Options = append(opts.MountOptions.Options, "ro")
@@ -134,9 +140,9 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 		cl.wg.Wait()
 		return nil, fmt.Errorf("mount the cluster filesystem at %s: %w", c.Mount, err)
 	}
-	cl.fuse = srv
 	cl.setReadahead()
 	cl.mu.Lock()
+	cl.fuse = srv
 	cl.root = root
 	cl.inodes[rootIno] = root.EmbeddedInode()
 	cl.mu.Unlock()
@@ -312,11 +318,7 @@ func (cl *Client) learnRoot(ctx context.Context) {
 	if errno != 0 || m.Attr == nil {
 		return
 	}
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	if cl.root != nil {
-		cl.inodes[m.Attr.Ino] = cl.root.EmbeddedInode()
-	}
+	cl.rootID.Store(m.Attr.Ino)
 }
 
 // watch probes the server every second until the session ends, the
@@ -362,15 +364,16 @@ func (cl *Client) deliver(m *ssiv1.FsMessage) {
 // acknowledges. It runs in a goroutine of its own: never inside a FUSE
 // operation, whose locks the kernel may hold.
 func (cl *Client) invalidate(m *ssiv1.FsMessage) {
-	for _, iv := range m.Inval {
-		if iv.Name != "" {
-			if p := cl.inode(iv.Parent); p != nil {
-				p.NotifyEntry(iv.Name)
+	cl.mu.Lock()
+	srv := cl.fuse
+	cl.mu.Unlock()
+	if srv != nil {
+		for _, iv := range m.Inval {
+			if iv.Name != "" {
+				srv.EntryNotify(cl.nodeID(iv.Parent), iv.Name)
+			} else {
+				srv.InodeNotify(cl.nodeID(iv.Ino), 0, 0)
 			}
-			continue
-		}
-		if n := cl.inode(iv.Ino); n != nil {
-			n.NotifyContent(0, 0)
 		}
 	}
 	cl.mu.Lock()
@@ -381,28 +384,38 @@ func (cl *Client) invalidate(m *ssiv1.FsMessage) {
 	}
 }
 
-// flushAll drops every cached attribute, page and name.
+// nodeID is the kernel's number for a file the server knows by id: the
+// same number (the mount uses go-fuse's ExternalNodeID), but for the root,
+// which is always 1 to the kernel.
+func (cl *Client) nodeID(id uint64) uint64 {
+	if id == cl.rootID.Load() {
+		return fuse.FUSE_ROOT_ID
+	}
+	return id
+}
+
+// flushAll drops every cached attribute and page, and every name of the
+// directories it knows the entries of (the others' names expire within
+// the entry timeout).
 func (cl *Client) flushAll() {
 	cl.mu.Lock()
-	ns := make([]*fs.Inode, 0, len(cl.inodes))
-	for _, n := range cl.inodes {
-		ns = append(ns, n)
+	srv := cl.fuse
+	ns := make(map[uint64]*fs.Inode, len(cl.inodes))
+	for id, n := range cl.inodes {
+		ns[id] = n
 	}
 	cl.mu.Unlock()
-	for _, n := range ns {
-		n.NotifyContent(0, 0)
+	if srv == nil {
+		return
+	}
+	for id, n := range ns {
+		srv.InodeNotify(cl.nodeID(id), 0, 0)
 		if n.IsDir() {
 			for name := range n.Children() {
-				n.NotifyEntry(name)
+				srv.EntryNotify(cl.nodeID(id), name)
 			}
 		}
 	}
-}
-
-func (cl *Client) inode(id uint64) *fs.Inode {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	return cl.inodes[id]
 }
 
 // call sends one request and waits for its answer. Without a session it

@@ -622,9 +622,6 @@ func (x *session) readdir(rel string, offset int64) (*ssiv1.FsMessage, error) {
 // dirEntryID is an entry's id as fileID would give it (an entry on another
 // filesystem, a mount point, gets its real id from LOOKUP).
 func (x *session) dirEntryID(dir *unix.Stat_t, ino uint64) uint64 {
-	if dir.Dev == x.srv.rootDev {
-		return ino
-	}
 	return x.srv.fileID(&unix.Stat_t{Dev: dir.Dev, Ino: ino})
 }
 

@@ -41,6 +41,7 @@ type Server struct {
 	root    string
 	rootFd  int
 	rootDev uint64
+	rootIno uint64
 	exclude map[string]bool // cleaned relative paths hidden from clients
 	log     *slog.Logger
 
@@ -80,7 +81,7 @@ func NewServer(c ServerConfig) (*Server, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("cluster filesystem export %s: %w", root, err)
 	}
-	s := &Server{root: root, rootFd: fd, rootDev: st.Dev, exclude: map[string]bool{}, log: c.Log, sessions: map[*session]struct{}{}}
+	s := &Server{root: root, rootFd: fd, rootDev: st.Dev, rootIno: st.Ino, exclude: map[string]bool{}, log: c.Log, sessions: map[*session]struct{}{}}
 	excl := append([]string(nil), c.Exclude...)
 	if root == "/" {
 		for _, d := range DefaultExcludes {
@@ -192,7 +193,9 @@ func (s *Server) others(self *session) []*session {
 // fileID is the identity a client sees: the inode number, with the device
 // folded in for files on other filesystems below the export.
 func (s *Server) fileID(st *unix.Stat_t) uint64 {
-	if st.Dev == s.rootDev {
+	if st.Dev == s.rootDev && (st.Ino == s.rootIno || (st.Ino != 1 && st.Ino != ^uint64(0))) {
+		// 1 is the kernel's number of a FUSE root, and ^0 go-fuse's own:
+		// another file with either gets a number of its own below.
 		return st.Ino
 	}
 	h := fnv.New64a()
