@@ -76,15 +76,23 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 		c.Failure = func() time.Duration { return 5 * time.Second }
 	}
 	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}}
-	if err := os.MkdirAll(c.Mount, 0o755); err != nil {
-		return nil, fmt.Errorf("cluster filesystem mount point %s: %w", c.Mount, err)
-	}
 	// A mount left by a daemon that was killed answers ENOTCONN: take it
 	// away first. A live one belongs to another daemon on this machine.
-	if _, err := os.Stat(c.Mount); errors.Is(err, syscall.ENOTCONN) {
+	// (STATFS always reaches the filesystem: a cached attribute cannot hide
+	// a dead one.)
+	if isOurMount(c.Mount) {
+		var sfs unix.Statfs_t
+		if err := unix.Statfs(c.Mount, &sfs); err == nil {
+			return nil, fmt.Errorf("%s is already a mounted cluster filesystem (another ssi daemon on this machine?); give this node another --cfs-mount", c.Mount)
+		}
+		if err := unix.Unmount(c.Mount, unix.MNT_DETACH); err != nil {
+			return nil, fmt.Errorf("take away the dead cluster filesystem mount at %s: %w", c.Mount, err)
+		}
+	} else if _, err := os.Stat(c.Mount); errors.Is(err, syscall.ENOTCONN) {
 		_ = unix.Unmount(c.Mount, unix.MNT_DETACH)
-	} else if isOurMount(c.Mount) {
-		return nil, fmt.Errorf("%s is already a mounted cluster filesystem (another ssi daemon on this machine?); give this node another --cfs-mount", c.Mount)
+	}
+	if err := os.MkdirAll(c.Mount, 0o755); err != nil {
+		return nil, fmt.Errorf("cluster filesystem mount point %s: %w", c.Mount, err)
 	}
 	lctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	cl.stop = stop

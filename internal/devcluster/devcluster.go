@@ -472,9 +472,12 @@ func Down(dir string, grace time.Duration) ([]int, error) {
 	return stopped, nil
 }
 
-// unmountDead takes away a mount at path whose daemon is gone.
+// unmountDead takes away a mount at path whose daemon is gone (STATFS
+// always reaches the filesystem, where a stat could be answered from a
+// cached attribute).
 func unmountDead(path string) {
-	if _, err := os.Stat(path); errors.Is(err, syscall.ENOTCONN) {
+	var sfs syscall.Statfs_t
+	if err := syscall.Statfs(path, &sfs); errors.Is(err, syscall.ENOTCONN) {
 		if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil {
 			slog.Warn("cannot unmount a dead cluster filesystem mount", "path", path, "err", err)
 		}
