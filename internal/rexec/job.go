@@ -36,8 +36,8 @@ type Job struct {
 	namespaced bool
 	migratable bool
 	root       string // Spec.Root
-	pid        int // top process: the init, or the command
-	mainPid    int // the command (host PID); 0 if it exited before we found it
+	pid        int    // top process: the init, or the command
+	mainPid    int    // the command (host PID); 0 if it exited before we found it
 	cg         *cgroup
 	cgMu       sync.Mutex // serializes cgroup use with its removal
 	cgGone     bool       // the cgroup has been removed
