@@ -27,6 +27,10 @@ type Config struct {
 	// Exclude are paths the export must never show: the daemon's data
 	// directory and socket, and the mount itself.
 	Exclude []string
+	// JobRoot: jobs get the mount as their / with the node's /proc, /dev,
+	// /sys and /run bound in (jobroot.go). A per-node setting for now; it
+	// will become a cluster setting.
+	JobRoot bool
 	Net     peer.Net
 	FSM     *state.FSM
 	Log     *slog.Logger
@@ -37,9 +41,10 @@ type FS struct {
 	c   Config
 	svc Service
 
-	mu     sync.Mutex
-	server *Server
-	client *Client
+	mu      sync.Mutex
+	server  *Server
+	client  *Client
+	jobRoot *jobRoot
 }
 
 // New builds the part; Run starts it.
@@ -96,6 +101,9 @@ func (f *FS) Run(ctx context.Context) {
 			f.mu.Unlock()
 			log.Info("cluster filesystem mounted", "mount", f.c.Mount, "server", f.c.Server)
 			defer cl.Close()
+			if f.c.JobRoot {
+				defer f.runJobRoot(ctx, log)() // undone before the unmount
+			}
 		}
 	}
 	f.watchDown(ctx)

@@ -100,7 +100,7 @@ func init() {
 	cmd := &Command{
 		Name:    "daemon",
 		Summary: "run this node (the ssi daemon)",
-		Usage:   "ssi daemon [--data-dir DIR] [--socket PATH] [--listen ADDR] [--pid-file PATH] [--log-level info] [--cfs-mount PATH] [--cfs-export DIR] [--cfs-server N]",
+		Usage:   "ssi daemon [--data-dir DIR] [--socket PATH] [--listen ADDR] [--pid-file PATH] [--log-level info] [--cfs-mount PATH] [--cfs-export DIR] [--cfs-server N] [--cfs-job-root]",
 		Help: `Runs the node whose data directory was made by 'ssi init' or 'ssi join'
 until it is shut down (clusternode_shutdown, ssi shutdown --cluster) or
 receives SIGTERM/SIGINT. A systemd unit is in dist/ssi.service.
@@ -108,6 +108,10 @@ receives SIGTERM/SIGINT. A systemd unit is in dist/ssi.service.
 Every node mounts the cluster filesystem at --cfs-mount (default /cluster;
 '' for none); the node --cfs-server (default 1) serves it from --cfs-export
 (default /var/lib/ssi/root; '/' for a diskless cluster). docs/CFS.md.
+With --cfs-job-root, the jobs this node starts get the cluster filesystem
+as their / (with the node's /proc, /dev, /sys and /run bound in): give it
+to every node. A per-node flag for now; it will become a cluster setting
+(docs/CFS-JOBROOT.md).
 
 Example:
   ssi daemon --data-dir /var/lib/ssi`,
@@ -125,6 +129,7 @@ Example:
 		cfsMount := fs.String("cfs-mount", cfs.DefaultMount, "where this node mounts the cluster filesystem ('' for none)")
 		cfsExport := fs.String("cfs-export", cfs.DefaultExport, "the directory the serving node exports as the cluster filesystem")
 		cfsServer := fs.Uint("cfs-server", cfs.DefaultServer, "the node that serves the cluster filesystem")
+		cfsJobRoot := fs.Bool("cfs-job-root", false, "run this node's jobs with the cluster filesystem as their / (will become a cluster setting)")
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -149,7 +154,7 @@ Example:
 		// plain local error: exit 1 (see errors.go).
 		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl},
-			CFS:  node.CFSOptions{Mount: *cfsMount, Export: *cfsExport, Server: uint32(*cfsServer)}})
+			CFS:  node.CFSOptions{Mount: *cfsMount, Export: *cfsExport, Server: uint32(*cfsServer), JobRoot: *cfsJobRoot}})
 		if errors.Is(err, state.ErrHalted) {
 			// The node met a log entry of a newer ssi: restarting would
 			// halt again (the unit does not restart on this status).

@@ -18,7 +18,7 @@ func init() {
 	cmd := &Command{
 		Name:    "up",
 		Summary: "create and start a local demo cluster of N nodes on this machine",
-		Usage:   "ssi up --nodes N [--dir DIR] [--cluster-name NAME] [--base-ip 127.0.0.2] [--isolate]",
+		Usage:   "ssi up --nodes N [--dir DIR] [--cluster-name NAME] [--base-ip 127.0.0.2] [--isolate] [--job-root]",
 		Help: `Starts N real daemons on this machine, as OpenSSI's UML/Xen demos did.
 Node k listens on its own loopback address (base-ip + k - 1, so 127.0.0.k+1 by
 default) and keeps its data in DIR/nodek (socket DIR/nodek/ssi.sock, PID in
@@ -27,6 +27,9 @@ Run again on a stopped cluster's DIR to restart it. With --isolate (root)
 each node also gets its own UTS, PID, mount and network namespace, with its
 own hostname and an address on a private bridge. Node 1 serves DIR/root as
 the cluster filesystem and node k mounts it at DIR/mnt/nodek (docs/CFS.md).
+With --job-root the jobs of every node get the cluster filesystem as their /
+(docs/CFS-JOBROOT.md; DIR/root needs a userland for that: a shell at least);
+give it again when restarting the cluster.
 
 Examples:
   ssi up --nodes 3 --dir /tmp/demo
@@ -48,6 +51,7 @@ Examples:
 		raftT := fs.Duration("raft-timeout", 0, "Raft heartbeat and election timeout (default 500ms; raise for many nodes)")
 		timeout := fs.Duration("timeout", 0, "how long to wait for every node to be UP (default 30s + 0.5s per node)")
 		isolate := fs.Bool("isolate", false, "give each node its own namespaces and hostname (root)")
+		jobRoot := fs.Bool("job-root", false, "run jobs with the cluster filesystem as their / (the daemons' --cfs-job-root)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
 		}
@@ -70,7 +74,7 @@ Examples:
 			return Usagef("%v", err)
 		}
 		o := devcluster.Options{Dir: *dir, Nodes: *n, ClusterName: *name, BaseIP: ip, BaseMAC: mac, Config: cfg,
-			Raft: node.RaftTiming{HeartbeatTimeout: *raftT, ElectionTimeout: *raftT}, Timeout: *timeout, Isolate: *isolate, Progress: env.Stderr}
+			Raft: node.RaftTiming{HeartbeatTimeout: *raftT, ElectionTimeout: *raftT}, Timeout: *timeout, Isolate: *isolate, JobRoot: *jobRoot, Progress: env.Stderr}
 		start := time.Now()
 		if err := devcluster.Up(env.Ctx, o); err != nil {
 			return err

@@ -46,6 +46,7 @@ type Options struct {
 	Binary      string        // the ssi binary to run (default: this executable)
 	Timeout     time.Duration // how long to wait for every node to be UP (default scales with Nodes)
 	Isolate     bool          // each node in its own UTS, PID, mount and network namespace
+	JobRoot     bool          // jobs get the cluster root as their / (the daemons' --cfs-job-root)
 	Progress    io.Writer
 }
 
@@ -266,6 +267,9 @@ func start(o Options, net *isolation, k int, joinArgs []string) error {
 	// Nodes on one machine share its kernel: count each node's own processes.
 	args := []string{"daemon", "--data-dir", dir, "--socket", Socket(o.Dir, k), "--pid-file", PIDFile(o.Dir, k), "--load-source", "jobs",
 		"--cfs-mount", MountDir(o.Dir, k), "--cfs-export", ExportDir(o.Dir)}
+	if o.JobRoot {
+		args = append(args, "--cfs-job-root")
+	}
 	if o.Raft.HeartbeatTimeout > 0 {
 		args = append(args, "--raft-heartbeat-timeout", o.Raft.HeartbeatTimeout.String())
 	}

@@ -45,6 +45,10 @@ type Config struct {
 	Loads   Loads
 	DataDir string // checkpoints are staged in DataDir/migrate
 	CRIU    string // the criu binary ("": FindCRIU's search)
+	// JobRoot is where this node's jobs get their root directory
+	// (cfs.FS.JobRoot; nil: the node's own): a job that has the cluster
+	// root as its / is received only where it is the same path.
+	JobRoot func() (string, error)
 	Log     *slog.Logger
 }
 
@@ -406,7 +410,7 @@ func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuP
 	st := cl.Receive(ctx)
 	hdr := &ssiv1.MigrateHeader{
 		Cpid: int64(j.CPID), From: m.cfg.Self, Uid: j.UID, Argv: j.Argv, StartedUnixNano: j.Started.UnixNano(),
-		StatusKey: statusKey, Version: version.Version, Nodes: j.Nodes,
+		StatusKey: statusKey, Version: version.Version, Nodes: j.Nodes, Root: rj.Root(),
 	}
 	if j.LogPath != "" {
 		hdr.LogKey = strings.TrimPrefix(j.LogPath, "/")

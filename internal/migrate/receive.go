@@ -44,6 +44,9 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 	case !vproc.CPID(h.Cpid).Valid() || h.StatusKey == "":
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("bad header for process %d", h.Cpid))
 	}
+	if err := m.checkRoot(h); err != nil {
+		return err
+	}
 	cpid := vproc.CPID(h.Cpid)
 	criuPath, err := m.criu()
 	if err != nil {
@@ -199,7 +202,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	if err != nil {
 		return fail(err)
 	}
-	rj, err := rexec.Adopt(rexec.AdoptSpec{ID: cpid.String(), Pid: pid, Status: status, CgroupParent: m.cfg.Jobs.CgroupParent(), CgroupID: cgID}, m.log)
+	rj, err := rexec.Adopt(rexec.AdoptSpec{ID: cpid.String(), Pid: pid, Status: status, CgroupParent: m.cfg.Jobs.CgroupParent(), CgroupID: cgID, Root: h.Root}, m.log)
 	if err != nil {
 		_ = unix.Kill(pid, unix.SIGKILL)
 		return fail(err)
@@ -216,4 +219,29 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 		m.cfg.Streams.Arrive(pj, pipes, h.OutSeq, 0, h.StdinClosed)
 	}
 	return pj, nil
+}
+
+// checkRoot refuses, before anything is restored, a job whose root
+// directory this node cannot give it: CRIU restores a task's root by its
+// path, so a job whose / is the cluster root (rexec.Spec.Root) restores
+// only where this node's jobs get the cluster root at that same path. The
+// nodes of `ssi up` without --isolate mount the cluster filesystem at
+// different paths (DIR/mnt/nodeK): such jobs cannot move between them.
+func (m *Migrator) checkRoot(h *ssiv1.MigrateHeader) error {
+	if h.Root == "" {
+		return nil
+	}
+	here, err := "", error(nil)
+	if m.cfg.JobRoot != nil {
+		here, err = m.cfg.JobRoot()
+	}
+	switch {
+	case err != nil:
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d has the cluster root at %s as its /, which node %d cannot give it now: %w", h.Cpid, h.Root, m.cfg.Self, err))
+	case here == "":
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d has the cluster root at %s as its /, and node %d runs its jobs in its own root (no --cfs-job-root): it cannot move there", h.Cpid, h.Root, m.cfg.Self))
+	case here != h.Root:
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d has the cluster root at %s as its /, and node %d mounts it at %s: a job whose / is the cluster root moves only between nodes that mount it at the same path (CRIU restores its root by path; the nodes of 'ssi up' without --isolate mount it at different ones)", h.Cpid, h.Root, m.cfg.Self, here))
+	}
+	return nil
 }

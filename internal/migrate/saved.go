@@ -183,7 +183,7 @@ func (s *Service) Checkpoint(ctx context.Context, req *connect.Request[ssiv1.Che
 	dumped := time.Since(frozen)
 	hdr := &ssiv1.MigrateHeader{
 		Cpid: int64(cpid), From: m.cfg.Self, Uid: j.UID, Argv: j.Argv, StartedUnixNano: j.Started.UnixNano(),
-		StatusKey: statusKey, LogKey: strings.TrimPrefix(j.LogPath, "/"), Version: version.Version, Nodes: j.Nodes,
+		StatusKey: statusKey, LogKey: strings.TrimPrefix(j.LogPath, "/"), Version: version.Version, Nodes: j.Nodes, Root: rj.Root(),
 	}
 	if err := copyFile(j.LogPath, filepath.Join(q.Dir, logEntry)); err != nil {
 		return nil, m.fail(fmt.Errorf("saving the log of process %d: %w", cpid, err))
@@ -252,6 +252,9 @@ func (s *Service) Restart(ctx context.Context, req *connect.Request[ssiv1.Restar
 		return nil, refused("%s: incomplete", savedHeader)
 	case len(h.Nodes) > 0 && !slices.Contains(h.Nodes, m.cfg.Self):
 		return nil, refused("process %d may run only on nodes %v (ssi run --nodes), not on node %d", h.Cpid, h.Nodes, m.cfg.Self)
+	}
+	if err := m.checkRoot(h); err != nil {
+		return nil, err
 	}
 	criuPath, err := m.criu()
 	if err != nil {

@@ -56,6 +56,9 @@ type CFSOptions struct {
 	Mount  string // where this node mounts it ("": not mounted)
 	Export string // what the serving node exports
 	Server uint32 // the node that serves (0: node 1)
+	// JobRoot gives jobs the cluster root as their / (docs/CFS-JOBROOT.md).
+	// A per-node setting for now: it will become a cluster setting.
+	JobRoot bool
 }
 
 // Run starts the node and blocks until ctx ends or the node is shut down.
@@ -148,7 +151,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
 		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU,
 		net: &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
-		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount,
+		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount, JobRoot: o.CFS.JobRoot,
 			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}},
 		seeds:     func() []string { return seeds(r, meta) },
 		bootstrap: meta.Bootstrap,

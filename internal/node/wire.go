@@ -108,9 +108,10 @@ func wire(w wiring) *parts {
 	})
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
 	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
-	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, Log: w.log})
 	w.cfs.Net, w.cfs.FSM, w.cfs.Log = w.net, w.fsm, w.log
 	p.cfs = cfs.New(w.cfs)
+	w.jobs.SetJobRoot(p.cfs.JobRoot)
+	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
 	// Every endpoint bounds the messages it reads (connect refuses a larger

@@ -29,6 +29,9 @@
 //	-private-mounts make every mount private (recursively) without mounting /proc;
 //	                refused unless in a mount namespace of its own
 //	-hostname H     set the hostname; refused unless in a UTS namespace of its own
+//	-root R         chroot to R (after the namespaces are set up, before the
+//	                credentials are switched), then chdir to /; -dir and the
+//	                command's lookup are then relative to R
 //	-status-fd N    write status events (see below) to fd N
 //	-sync-fd N      read one byte from fd N before starting the job (the parent uses
 //	                this gate to place the init in a cgroup, or anything else that
@@ -96,7 +99,7 @@
 // depend on the job — it is PID 1 of its namespaces, /proc is mounted — then
 // writes "ready" to the socket N and waits. The parent (rexec's pool) places
 // it in a cgroup and later sends one job with SendJob: the flags of the job
-// (-path, -dir, -uid, -gid, -groups, -no-ctty, -- CMD...), its environment and
+// (-path, -dir, -root, -uid, -gid, -groups, -no-ctty, -- CMD...), its environment and
 // its three stdio descriptors. From then on the init behaves as above, with
 // the socket as its status descriptor. EOF on the socket before a job came,
 // or SIGTERM, SIGINT, SIGHUP or SIGQUIT while it waits, ends it; other
@@ -146,6 +149,7 @@ type Options struct {
 	MountProc     bool        // make mounts private and mount a fresh /proc
 	PrivateMounts bool        // make mounts private
 	Hostname      string      // set the hostname (needs a UTS namespace)
+	Root          string      // chroot here before the job starts; Dir and Path are then inside it
 	StatusFD      int         // status events go here; < 3 means none
 	SyncFD        int         // wait for one byte here before starting; < 3 means none
 	NoCtty        bool        // never make stdin the controlling terminal
@@ -182,6 +186,9 @@ func (o Options) Args(argv []string) []string {
 	if o.Hostname != "" {
 		a = append(a, "-hostname", o.Hostname)
 	}
+	if o.Root != "" {
+		a = append(a, "-root", o.Root)
+	}
 	if o.StatusFD >= 3 {
 		a = append(a, "-status-fd", strconv.Itoa(o.StatusFD))
 	}
@@ -211,6 +218,7 @@ func parseArgs(args []string) (Options, []string, error) {
 	fl.BoolVar(&o.MountProc, "mount-proc", false, "")
 	fl.BoolVar(&o.PrivateMounts, "private-mounts", false, "")
 	fl.StringVar(&o.Hostname, "hostname", "", "")
+	fl.StringVar(&o.Root, "root", "", "")
 	fl.IntVar(&o.StatusFD, "status-fd", -1, "")
 	fl.IntVar(&o.SyncFD, "sync-fd", -1, "")
 	fl.BoolVar(&o.NoCtty, "no-ctty", false, "")
@@ -271,6 +279,7 @@ type initProc struct {
 	status *os.File
 	pid1   bool
 	warm   bool       // the job came over the pool socket
+	null   *os.File   // /dev/null, opened before a chroot (which may lack one)
 	env    []string   // warm: the job's environment (else the init's own)
 	stdio  []*os.File // warm: the job's stdin, stdout, stderr (else the init's own)
 }
@@ -335,6 +344,11 @@ func (in *initProc) run() int {
 	}
 	if !in.warm {
 		if err := in.setup(); err != nil {
+			return in.fail(reasonSetup, ExitSetup, "%v", err)
+		}
+	}
+	if in.opts.Root != "" {
+		if err := in.enterRoot(); err != nil {
 			return in.fail(reasonSetup, ExitSetup, "%v", err)
 		}
 	}
@@ -421,6 +435,32 @@ func (in *initProc) setup() error {
 	return nil
 }
 
+// enterRoot makes the job's root directory the init's own (and so the
+// job's): chroot, then chdir into it. It runs as the init's user (root),
+// before the job's credentials are taken, and after the namespaces are set
+// up (their checks read the parent's /proc).
+func (in *initProc) enterRoot() error {
+	root := in.opts.Root
+	if !filepath.IsAbs(root) {
+		return fmt.Errorf("root directory %q is not an absolute path", root)
+	}
+	if st, err := os.Stat(root); err != nil {
+		return fmt.Errorf("root directory: %w", err)
+	} else if !st.IsDir() {
+		return fmt.Errorf("root directory %s is not a directory", root)
+	}
+	if null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0); err == nil {
+		in.null = null
+	}
+	if err := unix.Chroot(root); err != nil {
+		return fmt.Errorf("changing the root directory to %s: %w", root, err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("entering the root directory %s: %w", root, err)
+	}
+	return nil
+}
+
 func checkDir(dir string) error {
 	if dir == "" {
 		return nil
@@ -443,9 +483,13 @@ func (in *initProc) releaseStdio() {
 		f.Close()
 	}
 	in.stdio = nil
-	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-	if err != nil {
-		return // keep them: the output then ends when the init exits
+	null := in.null
+	in.null = nil
+	if null == nil {
+		var err error
+		if null, err = os.OpenFile(os.DevNull, os.O_RDWR, 0); err != nil {
+			return // keep them: the output then ends when the init exits
+		}
 	}
 	defer null.Close()
 	sc, err := null.SyscallConn()

@@ -29,7 +29,7 @@ const (
 
 // SendJob hands a job to an init waiting in warm mode on the other end of
 // conn: args are the job's flags and command as Options.Args gives them
-// (only -path, -dir, -uid, -gid, -groups and -no-ctty may be set), env its
+// (only -path, -dir, -root, -uid, -gid, -groups and -no-ctty may be set), env its
 // environment, stdio its stdin, stdout and stderr. The init answers on conn
 // with Accepted, then the status events of the job.
 func SendJob(conn *net.UnixConn, args, env []string, stdio [3]*os.File) error {
@@ -205,7 +205,7 @@ wait:
 	}
 	o, argv, err := parseArgs(j.args)
 	if err == nil && (o.MountProc || o.PrivateMounts || o.Hostname != "" || o.StatusFD >= 3 || o.SyncFD >= 3 || o.PoolFD >= 3) {
-		err = errors.New("a warm init takes only -path, -dir, -uid, -gid, -groups and -no-ctty with its job")
+		err = errors.New("a warm init takes only -path, -dir, -root, -uid, -gid, -groups and -no-ctty with its job")
 	}
 	if err != nil {
 		for _, f := range j.stdio {
@@ -213,7 +213,7 @@ wait:
 		}
 		return in.fail(reasonSetup, ExitSetup, "%v", err), false
 	}
-	in.opts.Path, in.opts.Dir, in.opts.Cred, in.opts.NoCtty = o.Path, o.Dir, o.Cred, o.NoCtty
+	in.opts.Path, in.opts.Dir, in.opts.Root, in.opts.Cred, in.opts.NoCtty = o.Path, o.Dir, o.Root, o.Cred, o.NoCtty
 	in.argv, in.env, in.stdio, in.warm = argv, j.env, j.stdio, true
 	return 0, true
 }

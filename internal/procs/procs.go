@@ -92,6 +92,10 @@ type Options struct {
 	// jobs (rexec.Pool; they start once the first such job comes): 0 means
 	// rexec.DefaultPoolSize, a negative number none.
 	PoolSize int
+	// JobRoot, if set (here or with SetJobRoot), says where this node's jobs get their root
+	// directory (cfs.FS.JobRoot): "" for the node's own, a path for that
+	// tree as their / (rexec.Spec.Root); an error refuses the start.
+	JobRoot func() (string, error)
 }
 
 // Manager is the node's process table.
@@ -209,6 +213,14 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 	if len(r.Argv) == 0 {
 		return nil, errors.New("no command given")
 	}
+	jobRoot := ""
+	if m.opts.JobRoot != nil && m.root {
+		r, err := m.opts.JobRoot()
+		if err != nil {
+			return nil, err
+		}
+		jobRoot = r
+	}
 	cpid, err := m.next()
 	if err != nil {
 		return nil, err
@@ -223,6 +235,9 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 		// as a plain fork+exec (docs/PROCESSES.md).
 		Namespaces: m.root && !r.Pin, Cgroup: m.root && !r.Pin, InitPath: m.opts.InitPath,
 		CgroupParent: m.opts.CgroupParent, Pool: m.pool,
+	}
+	if jobRoot != "" {
+		spec.Root, spec.Dir = jobRoot, DirInRoot(jobRoot, r.Dir)
 	}
 	j := &Job{CPID: cpid, UID: r.Caller.UID, Argv: r.Argv, Detached: r.Detach, Pinned: r.Pin, Nodes: r.Nodes, done: make(chan struct{})}
 	if r.Detach {
@@ -245,6 +260,29 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 	j.job, j.Started = rj, time.Now()
 	m.track(j)
 	return j, nil
+}
+
+// SetJobRoot sets Options.JobRoot (the daemon's wiring makes the cluster
+// filesystem after the process table). Call it before the first Start.
+func (m *Manager) SetJobRoot(f func() (string, error)) { m.opts.JobRoot = f }
+
+// DirInRoot is the working directory, inside root, of a job asked to run
+// in dir: dir beneath root (the caller works in the cluster filesystem
+// where this node mounts it) is taken relative to root; another dir that
+// exists in root is kept (/tmp, /home/u: the same path in the cluster
+// root); anything else becomes "/", as chroot(1) does.
+func DirInRoot(root, dir string) string {
+	if dir == "" {
+		return "/"
+	}
+	dir = filepath.Clean(dir)
+	if rel, err := filepath.Rel(root, dir); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
+		return filepath.Join("/", rel)
+	}
+	if st, err := os.Stat(filepath.Join(root, dir)); err == nil && st.IsDir() {
+		return dir
+	}
+	return "/"
 }
 
 // track puts a started (or adopted) job in the table and records its end.

@@ -139,3 +139,22 @@ func TestSequenceSurvivesRestart(t *testing.T) {
 		t.Errorf("sequence file %q", b)
 	}
 }
+
+func TestDirInRoot(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "home", "u"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ dir, want string }{
+		{"", "/"},
+		{root, "/"},
+		{root + "/home/u", "/home/u"},
+		{root + "/../x", "/"}, // not below the root, and no /x in it
+		{"/home/u", "/home/u"},
+		{"/not/in/the/root", "/"},
+	} {
+		if got := DirInRoot(root, c.dir); got != c.want {
+			t.Errorf("DirInRoot(%q) = %q, want %q", c.dir, got, c.want)
+		}
+	}
+}

@@ -91,6 +91,7 @@ type AdoptSpec struct {
 	Status       *os.File // the read end of what the init reports on
 	CgroupParent string   // its cgroup is CgroupParent/job-<CgroupID>
 	CgroupID     string
+	Root         string // the job's root directory (Spec.Root; "" for the node's)
 }
 
 // Adopt makes a restored job a Job of this engine, as if Start had started
@@ -117,7 +118,7 @@ func Adopt(s AdoptSpec, log *slog.Logger) (*Job, error) {
 		}
 	}
 	j := &Job{
-		id: s.ID, shim: true, namespaced: true, migratable: true, pid: s.Pid, cg: cg,
+		id: s.ID, shim: true, namespaced: true, migratable: true, pid: s.Pid, cg: cg, root: s.Root,
 		cmd:    &exec.Cmd{Process: proc},
 		done:   make(chan struct{}),
 		exited: make(chan struct{}),

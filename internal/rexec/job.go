@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -34,8 +35,9 @@ type Job struct {
 	warm       bool // the init came from a Pool
 	namespaced bool
 	migratable bool
-	pid        int // top process: the init, or the command
-	mainPid    int // the command (host PID); 0 if it exited before we found it
+	root       string // Spec.Root
+	pid        int    // top process: the init, or the command
+	mainPid    int    // the command (host PID); 0 if it exited before we found it
 	cg         *cgroup
 	cgMu       sync.Mutex // serializes cgroup use with its removal
 	cgGone     bool       // the cgroup has been removed
@@ -133,17 +135,33 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 		log.Warn("daemon is not root: running the job without namespaces or cgroup; it cannot migrate")
 		spec.Namespaces, spec.Cgroup = false, false
 	}
-	path, err := nsinit.LookPath(spec.Argv[0], pathOf(spec.Env), spec.Dir)
-	if err != nil {
-		return nil, fmt.Errorf("starting job: %w", err)
-	}
-	if st, err := os.Stat(spec.Dir); err != nil {
-		return nil, fmt.Errorf("starting job: working directory: %w", err)
-	} else if !st.IsDir() {
-		return nil, fmt.Errorf("starting job: working directory %s is not a directory", spec.Dir)
+	path := ""
+	if spec.Root != "" {
+		// The command and the directory are inside the root: the init
+		// finds them once it is there (symbolic links in the root point
+		// into it, not into ours).
+		if !filepath.IsAbs(spec.Root) {
+			return nil, fmt.Errorf("starting job: root directory %q is not an absolute path", spec.Root)
+		}
+		if st, err := os.Stat(spec.Root); err != nil {
+			return nil, fmt.Errorf("starting job: root directory: %w", err)
+		} else if !st.IsDir() {
+			return nil, fmt.Errorf("starting job: root directory %s is not a directory", spec.Root)
+		}
+	} else {
+		var err error
+		path, err = nsinit.LookPath(spec.Argv[0], pathOf(spec.Env), spec.Dir)
+		if err != nil {
+			return nil, fmt.Errorf("starting job: %w", err)
+		}
+		if st, err := os.Stat(spec.Dir); err != nil {
+			return nil, fmt.Errorf("starting job: working directory: %w", err)
+		} else if !st.IsDir() {
+			return nil, fmt.Errorf("starting job: working directory %s is not a directory", spec.Dir)
+		}
 	}
 
-	j := &Job{id: spec.ID, done: make(chan struct{}), exited: make(chan struct{})}
+	j := &Job{id: spec.ID, root: spec.Root, done: make(chan struct{}), exited: make(chan struct{})}
 	j.trace("checked")
 	var warm *warmInit
 	if spec.Pool != nil && spec.Pool.serves(spec) {
@@ -162,7 +180,7 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 		return nil, err
 	}
 	j.trace("stdio")
-	j.shim = spec.Namespaces || j.cg != nil || warm != nil
+	j.shim = spec.Namespaces || j.cg != nil || warm != nil || spec.Root != ""
 
 	switch {
 	case warm != nil:
@@ -373,7 +391,7 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 		statusW.Close()
 		return fmt.Errorf("starting job: creating the start gate: %w", err)
 	}
-	opts := nsinit.Options{Path: path, Dir: spec.Dir, StatusFD: 3, SyncFD: 4, NoCtty: !spec.TTY}
+	opts := nsinit.Options{Path: path, Dir: spec.Dir, Root: spec.Root, StatusFD: 3, SyncFD: 4, NoCtty: !spec.TTY}
 	if root {
 		opts.Cred = &nsinit.Credential{UID: spec.UID, GID: spec.GID, Groups: spec.Groups}
 	}
@@ -437,7 +455,7 @@ var errWarmUnused = errors.New("the ready init did not get the job")
 // startWarm hands the command to a ready init of the pool and waits until it
 // runs.
 func (j *Job) startWarm(ctx context.Context, spec Spec, path string, root bool, stdio []*os.File, w *warmInit, log *slog.Logger) error {
-	opts := nsinit.Options{Path: path, Dir: spec.Dir, NoCtty: !spec.TTY}
+	opts := nsinit.Options{Path: path, Dir: spec.Dir, Root: spec.Root, NoCtty: !spec.TTY}
 	if root {
 		opts.Cred = &nsinit.Credential{UID: spec.UID, GID: spec.GID, Groups: spec.Groups}
 	}

@@ -46,6 +46,9 @@ func (j *Job) MainPid() int { return j.mainPid }
 // not requested or not available.
 func (j *Job) Migratable() bool { return j.migratable }
 
+// Root is the job's root directory (Spec.Root): "" when it has the node's.
+func (j *Job) Root() string { return j.root }
+
 // Namespaced reports whether the job runs in new PID+mount namespaces.
 func (j *Job) Namespaced() bool { return j.namespaced }
 

@@ -104,8 +104,19 @@ type Spec struct {
 	// daemon's own environment is never passed on.
 	Env []string
 	// Dir is the working directory; empty means "/". It is entered after
-	// the switch to UID/GID, so that user must be able to.
+	// the switch to UID/GID, so that user must be able to. With Root it is
+	// a directory inside Root.
 	Dir string
+	// Root, if set, is the job's root directory: an absolute path the
+	// job's init chroots into (after the namespaces, before the switch to
+	// UID/GID) and then chdirs to Dir inside. Argv[0] is then looked up in
+	// PATH inside Root, and a missing command or directory is reported by
+	// the init. The job always starts under nsinit (even without
+	// Namespaces or Cgroup), from the pool or not, so that the chroot
+	// happens in one place. No mount namespace is made: what the job sees
+	// in Root is what the node has mounted there (the cluster filesystem
+	// with the node's /proc, /dev, /sys and /run bound in: internal/cfs).
+	Root string
 	// UID, GID and Groups are the job's credentials. A root daemon applies
 	// them always (the zero value is root with no supplementary groups); a
 	// daemon that is not root requires them to be its own.

@@ -4397,12 +4397,16 @@ type MigrateHeader struct {
 	// pipes as CRIU names them, what of its stdin was in the pipe and not yet
 	// read (written into the new pipe before it runs), whether its stdin was
 	// closed, and the last output chunk sent, from which the new node numbers.
-	Attached      bool     `protobuf:"varint,9,opt,name=attached,proto3" json:"attached,omitempty"`
-	StdioKeys     []string `protobuf:"bytes,10,rep,name=stdio_keys,json=stdioKeys,proto3" json:"stdio_keys,omitempty"` // stdin, stdout, stderr
-	StdinPending  []byte   `protobuf:"bytes,11,opt,name=stdin_pending,json=stdinPending,proto3" json:"stdin_pending,omitempty"`
-	StdinClosed   bool     `protobuf:"varint,12,opt,name=stdin_closed,json=stdinClosed,proto3" json:"stdin_closed,omitempty"`
-	OutSeq        uint64   `protobuf:"varint,13,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"`
-	Nodes         []uint32 `protobuf:"varint,14,rep,packed,name=nodes,proto3" json:"nodes,omitempty"` // the job's node mask (ExecSpec.nodes)
+	Attached     bool     `protobuf:"varint,9,opt,name=attached,proto3" json:"attached,omitempty"`
+	StdioKeys    []string `protobuf:"bytes,10,rep,name=stdio_keys,json=stdioKeys,proto3" json:"stdio_keys,omitempty"` // stdin, stdout, stderr
+	StdinPending []byte   `protobuf:"bytes,11,opt,name=stdin_pending,json=stdinPending,proto3" json:"stdin_pending,omitempty"`
+	StdinClosed  bool     `protobuf:"varint,12,opt,name=stdin_closed,json=stdinClosed,proto3" json:"stdin_closed,omitempty"`
+	OutSeq       uint64   `protobuf:"varint,13,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"`
+	Nodes        []uint32 `protobuf:"varint,14,rep,packed,name=nodes,proto3" json:"nodes,omitempty"` // the job's node mask (ExecSpec.nodes)
+	// The job's root directory ("" for the node's): a job whose / is the
+	// cluster root restores only where the cluster filesystem is mounted at
+	// the same path (CRIU restores the root by its path).
+	Root          string `protobuf:"bytes,15,opt,name=root,proto3" json:"root,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4533,6 +4537,13 @@ func (x *MigrateHeader) GetNodes() []uint32 {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *MigrateHeader) GetRoot() string {
+	if x != nil {
+		return x.Root
+	}
+	return ""
 }
 
 type MigrateChunk struct {
@@ -6349,7 +6360,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x1d\n" +
 	"\n" +
 	"elapsed_us\x18\x03 \x01(\x03R\telapsedUs\x12+\n" +
-	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\x8d\x03\n" +
+	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\xa1\x03\n" +
 	"\rMigrateHeader\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
@@ -6367,7 +6378,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\rstdin_pending\x18\v \x01(\fR\fstdinPending\x12!\n" +
 	"\fstdin_closed\x18\f \x01(\bR\vstdinClosed\x12\x17\n" +
 	"\aout_seq\x18\r \x01(\x04R\x06outSeq\x12\x14\n" +
-	"\x05nodes\x18\x0e \x03(\rR\x05nodes\"i\n" +
+	"\x05nodes\x18\x0e \x03(\rR\x05nodes\x12\x12\n" +
+	"\x04root\x18\x0f \x01(\tR\x04root\"i\n" +
 	"\fMigrateChunk\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.ssi.v1.MigrateHeaderR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
