@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -193,6 +194,23 @@ func (cl *Client) setReadahead() {
 	if err := os.WriteFile(p, []byte(strconv.Itoa(readaheadKB)), 0o644); err != nil {
 		cl.log.Debug("cannot raise the mount's readahead", "err", err)
 	}
+}
+
+// mountsBelow are the mount points below dir.
+func mountsBelow(dir string) map[string]bool {
+	out := map[string]bool{}
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return out
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 {
+			if m := unescapeMount(f[4]); strings.HasPrefix(m, dir+"/") {
+				out[m] = true
+			}
+		}
+	}
+	return out
 }
 
 // isOurMount says whether path is a mount point of a cluster filesystem.
@@ -416,11 +434,16 @@ func (cl *Client) flushAll() {
 	if srv == nil {
 		return
 	}
+	// A name something is mounted on (the job root's binds) keeps its
+	// entry: dropping it would take the mount away.
+	mounted := mountsBelow(cl.c.Mount)
 	for id, n := range ns {
 		srv.InodeNotify(cl.nodeID(id), 0, 0)
 		if n.IsDir() {
 			for name := range n.Children() {
-				srv.EntryNotify(cl.nodeID(id), name)
+				if !mounted[filepath.Join(cl.c.Mount, n.Path(nil), name)] {
+					srv.EntryNotify(cl.nodeID(id), name)
+				}
 			}
 		}
 	}
