@@ -111,7 +111,7 @@ Every node mounts the cluster filesystem at --cfs-mount (default /cluster;
 With --cfs-job-root, the jobs this node starts get the cluster filesystem
 as their / (with the node's /proc, /dev, /sys and /run bound in): give it
 to every node. A per-node flag for now; it will become a cluster setting
-(docs/CFS-JOBROOT.md).
+(docs/CFS.md).
 
 Example:
   ssi daemon --data-dir /var/lib/ssi`,

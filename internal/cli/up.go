@@ -28,7 +28,7 @@ each node also gets its own UTS, PID, mount and network namespace, with its
 own hostname and an address on a private bridge. Node 1 serves DIR/root as
 the cluster filesystem and node k mounts it at DIR/mnt/nodek (docs/CFS.md).
 With --job-root the jobs of every node get the cluster filesystem as their /
-(docs/CFS-JOBROOT.md; DIR/root needs a userland for that: a shell at least);
+(docs/CFS.md; DIR/root needs a userland for that: a shell at least);
 give it again when restarting the cluster.
 
 Examples:

@@ -56,7 +56,7 @@ type CFSOptions struct {
 	Mount  string // where this node mounts it ("": not mounted)
 	Export string // what the serving node exports
 	Server uint32 // the node that serves (0: node 1)
-	// JobRoot gives jobs the cluster root as their / (docs/CFS-JOBROOT.md).
+	// JobRoot gives jobs the cluster root as their / (docs/CFS.md).
 	// A per-node setting for now: it will become a cluster setting.
 	JobRoot bool
 }
