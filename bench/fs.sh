@@ -22,9 +22,11 @@
 # no build: a test can run the script in well under a minute.
 #
 # Each DIR must exist; the script works in DIR/ssi-fsbench.PID and removes it
-# after each label (and on exit). Every command runs under a timeout. A
-# workload that fails shows as "failed" with a note; it does not stop the
-# run. Exit status: 0 when the run completed, 2 on usage errors or when a
+# after each label (and on exit). Every command that touches DIR runs
+# under a timeout, and if it cannot even be killed (a process stuck in a
+# filesystem that does not answer), the script leaves it behind, says so and
+# skips that label's remaining workloads. A workload that fails shows as
+# "failed" with a note; it does not stop the run. Exit status: 0 when the run completed, 2 on usage errors or when a
 # tool is missing, 1 when the preparation failed.
 set -euo pipefail
 export PATH="$PATH:/usr/local/go/bin"
@@ -97,14 +99,38 @@ modcache=$(go env GOMODCACHE)
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/ssi-fsbench.XXXXXX")
 work= # the current label's DIR/ssi-fsbench.PID, removed on exit
 cleanup() {
-	if [ -n "$work" ] && [ -d "$work" ]; then
-		timeout 600 rm -rf "$work" || echo "bench/fs.sh: could not remove $work" >&2
+	if [ -n "$work" ] && [ "$hung" = 0 ]; then
+		bounded 600 rm -rf "$work" || echo "bench/fs.sh: could not remove $work" >&2
 	fi
 	rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+hung=0 stuck=()
+# bounded SECS CMD...: CMD under timeout (TERM after SECS, KILL 30 s later),
+# returning its status. A process that waits for a FUSE daemon which does
+# not answer cannot be killed, and timeout (and we) would wait for ever: so
+# 60 s after the KILL, stop waiting, leave it behind, set hung=1, return 125.
+bounded() {
+	local secs=$1 pid dog fin="" rc=0
+	shift
+	timeout -k 30 "$secs" "$@" &
+	pid=$!
+	sleep $((secs + 90)) &
+	dog=$!
+	wait -n -p fin "$pid" "$dog" || rc=$?
+	if [ "$fin" = "$dog" ]; then
+		hung=1
+		stuck+=("pid $pid: $*")
+		echo "could not be stopped (stuck in the filesystem?), left behind: $*" >&2
+		return 125
+	fi
+	kill "$dog" 2>/dev/null || true
+	wait "$dog" 2>/dev/null || true
+	return "$rc"
+}
 
 now() { date +%s%N; }
 # secs T0 T1: the seconds between two now()s.
@@ -135,14 +161,14 @@ sync -f "$tmp" 2>/dev/null && syncf=1
 # syncdir DIR: flush DIR's filesystem (syncfs), or everything if sync has no -f.
 syncdir() {
 	if [ "$syncf" = 1 ]; then
-		timeout 600 sync -f "$1"
+		bounded 600 sync -f "$1"
 	else
-		timeout 600 sync
+		bounded 600 sync
 	fi
 }
 # dropcaches: write back, then drop the page cache, dentries and inodes.
 dropcaches() {
-	sync
+	bounded 600 sync || return 1
 	{ echo 3 >/proc/sys/vm/drop_caches; } 2>/dev/null
 }
 
@@ -180,7 +206,7 @@ fio_run() {
 	local row=$1 label=$2 file=$3 out line kind
 	shift 3
 	out=$tmp/fio.out
-	if ! timeout 900 fio --output-format=terse --terse-version=3 --name="$row" --filename="${file//:/\\:}" \
+	if ! bounded 900 fio --output-format=terse --terse-version=3 --name="$row" --filename="${file//:/\\:}" \
 		--ioengine=psync --fallocate=none --invalidate=0 --randrepeat=1 "$@" >"$out" 2>"$tmp/fio.err"; then
 		cat "$out" >>"$tmp/fio.err"
 		fail "$row" "$label" "failed: fio" "$tmp/fio.err"
@@ -206,6 +232,17 @@ fio_run() {
 	fi
 }
 
+# skiphung ROW...: once the label's filesystem hung, mark the rows not run
+# yet as skipped and fail (so: skiphung ROWS && next-step).
+skiphung() {
+	[ "$hung" = 1 ] || return 0
+	local row
+	for row in "$@"; do
+		[ -n "${cell[$row,$label]:-}" ] || [ -n "${val[$row,$label]:-}" ] || cell[$row,$label]="skipped (hung)"
+	done
+	return 1
+}
+
 fstype() { findmnt -n -o FSTYPE,SOURCE -T "$1" 2>/dev/null | tail -n1 | awk '{ print $1 " on " $2 }' || echo unknown; }
 
 # ---- the runs ----
@@ -213,7 +250,8 @@ for i in "${!labels[@]}"; do
 	label=${labels[$i]} dir=${dirs[$i]}
 	echo "== $label: $dir ($(fstype "$dir"))"
 	work=$dir/ssi-fsbench.$$
-	if ! mkdir "$work" 2>"$tmp/mkdir.err"; then
+	hung=0
+	if ! bounded 60 mkdir "$work" 2>"$tmp/mkdir.err"; then
 		for row in "${rows[@]}"; do cell[$row,$label]=failed; done
 		notes+=("$label: cannot create $work: $(firstline "$tmp/mkdir.err")")
 		work=
@@ -232,10 +270,12 @@ for i in "${!labels[@]}"; do
 		cell[seq-read-cached,$label]="n/a (no file)"
 		cell[seq-read-uncached,$label]="n/a (no file)"
 	fi
-	rm -f "$work/seq.dat"
+	skiphung seq-write seq-read-cached seq-read-uncached rand-read && bounded 600 rm -f "$work/seq.dat"
 
 	echo "   random 4 KiB reads ($rand_name, ${rand_time} s)"
-	if fio_run rand-read "$label" "$work/rand.dat" --rw=write --bs=1M --size="$rand_size" --end_fsync=1; then
+	if ! skiphung rand-read create stat unlink tar build; then
+		:
+	elif fio_run rand-read "$label" "$work/rand.dat" --rw=write --bs=1M --size="$rand_size" --end_fsync=1; then
 		unset "val[rand-read,$label]" # that was the layout
 		dropcaches || notes+=("$label: random reads: could not drop caches, the file was in the page cache")
 		fio_run rand-read "$label" "$work/rand.dat" --rw=randread --bs=4k --size="$rand_size" \
@@ -243,10 +283,12 @@ for i in "${!labels[@]}"; do
 	else
 		notes[${#notes[@]} - 1]="${notes[${#notes[@]} - 1]} (laying out the file)"
 	fi
-	rm -f "$work/rand.dat"
+	skiphung create stat unlink tar build && bounded 600 rm -f "$work/rand.dat"
 
 	echo "   create/stat/unlink of $nfiles files"
-	if timeout 1200 "$tmp/fsops" -n "$nfiles" -size 1024 "$work" >"$tmp/fsops.out" 2>"$tmp/fsops.err"; then
+	if ! skiphung create stat unlink tar build; then
+		:
+	elif bounded 1200 "$tmp/fsops" -n "$nfiles" -size 1024 "$work" >"$tmp/fsops.out" 2>"$tmp/fsops.err"; then
 		for row in create stat unlink; do
 			s=$(awk -v p="$row" '$1 == p { print $2 }' "$tmp/fsops.out")
 			secs_of[$row,$label]=$s
@@ -258,25 +300,26 @@ for i in "${!labels[@]}"; do
 	fi
 
 	echo "   tar x of Go's $tar_tree"
-	mkdir -p "$work/x"
-	t0=$(now)
-	if timeout 1200 tar -C "$work/x" -xf "$tmp/src.tar" 2>"$tmp/tar.err" && syncdir "$work" 2>>"$tmp/tar.err"; then
+	if ! skiphung tar build || ! bounded 60 mkdir -p "$work/x"; then
+		:
+	elif t0=$(now) && bounded 1200 tar -C "$work/x" -xf "$tmp/src.tar" 2>"$tmp/tar.err" && syncdir "$work" 2>>"$tmp/tar.err"; then
 		val[tar,$label]=$(secs "$t0" "$(now)")
 	else
 		fail tar "$label" "failed: tar x" "$tmp/tar.err"
 	fi
-	timeout 600 rm -rf "$work/x" || notes+=("$label: could not remove $work/x")
+	skiphung build && { bounded 600 rm -rf "$work/x" || notes+=("$label: could not remove $work/x"); }
 
-	if [ "$build" = 1 ]; then
+	if [ "$build" = 1 ] && skiphung build; then
 		echo "   go build ./... (empty GOCACHE in $work)"
-		mkdir -p "$work/build" "$work/gocache"
-		if ! timeout 600 tar -C "$work/build" -xf "$tmp/build.tar" 2>"$tmp/build.err"; then
+		if ! bounded 60 mkdir -p "$work/build" "$work/gocache"; then
+			fail build "$label" "failed: mkdir"
+		elif ! bounded 600 tar -C "$work/build" -xf "$tmp/build.tar" 2>"$tmp/build.err"; then
 			fail build "$label" "failed: unpacking the tree" "$tmp/build.err"
 		else
 			t0=$(now)
-			if (cd "$work/build" && GOFLAGS="-mod=mod -buildvcs=false" GOCACHE="$work/gocache" \
+			if bounded 1800 env -C "$work/build" GOFLAGS="-mod=mod -buildvcs=false" GOCACHE="$work/gocache" \
 				GOMODCACHE="$modcache" GOPROXY=off GOTOOLCHAIN=local \
-				timeout 1800 go build -o /dev/null ./...) >"$tmp/build.err" 2>&1; then
+				go build -o /dev/null ./... >"$tmp/build.err" 2>&1; then
 				val[build,$label]=$(secs "$t0" "$(now)")
 			else
 				fail build "$label" "failed: go build" "$tmp/build.err"
@@ -284,7 +327,9 @@ for i in "${!labels[@]}"; do
 		fi
 	fi
 
-	if ! timeout 600 rm -rf "$work"; then
+	if [ "$hung" = 1 ]; then
+		notes+=("$label: the filesystem hung: a process could not be stopped; $work left as it is")
+	elif ! bounded 600 rm -rf "$work"; then
 		notes+=("$label: could not remove $work")
 	fi
 	work=
@@ -340,6 +385,7 @@ for row in "${rows[@]}"; do
 done
 echo "(Nx) = speed relative to $base: below 1 is slower, for the seconds rows too ($base's time / the time)."
 echo "MB/s are 10^6 bytes a second. $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)."
+for p in "${stuck[@]}"; do notes+=("left behind, stuck: $p"); done
 if [ ${#notes[@]} -gt 0 ]; then
 	echo "notes:"
 	printf '  %s\n' "${notes[@]}"
