@@ -37,6 +37,9 @@ die() {
 	exit 1
 }
 [ $# -ge 1 ] || usage
+# mounted DIR: DIR is a mount point, by /proc/self/mountinfo (a dead FUSE
+# mount cannot be stat'ed, so mountpoint(1) says it is not one).
+mounted() { M=${1// /\\040} awk '$5 == ENVIRON["M"] { f = 1 } END { exit !f }' /proc/self/mountinfo; }
 statedir() { echo "/run/ssi-bench/sshfs-$(printf %s "$1" | sha1sum | cut -c1-12)"; }
 
 # stop STATE: unmount (if mounted), end sshfs, the sshd and its sessions,
@@ -44,14 +47,23 @@ statedir() { echo "/run/ssi-bench/sshfs-$(printf %s "$1" | sha1sum | cut -c1-12)
 stop() {
 	local st=$1 mnt pid kids=() k i
 	mnt=$(cat "$st/mountpoint" 2>/dev/null || true)
-	if [ -n "$mnt" ] && mountpoint -q "$mnt"; then
-		timeout 30 fusermount3 -u "$mnt" 2>/dev/null || timeout 30 umount "$mnt" ||
-			echo "bench/sshfs.sh: could not unmount $mnt (busy?)" >&2
+	if [ -n "$mnt" ] && mounted "$mnt"; then
+		timeout -k 5 30 fusermount3 -u "$mnt" 2>/dev/null || timeout -k 5 30 umount "$mnt" 2>/dev/null || true
 	fi
-	# sshfs ends by itself once unmounted; its sshd session with it.
-	if pid=$(cat "$st/sshfs.pid" 2>/dev/null); then
-		for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	# sshfs ends by itself once unmounted; its sshd session with it. If
+	# the unmount failed (busy, or sshfs hangs), end sshfs: that aborts the
+	# FUSE connection, and whatever waits on it gets ENOTCONN.
+	if pid=$(cat "$st/sshfs.pid" 2>/dev/null) && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshfs ]; then
+		for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 		kill "$pid" 2>/dev/null || true
+		for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$pid" 2>/dev/null || true
+	fi
+	if [ -n "$mnt" ] && mounted "$mnt"; then
+		timeout -k 5 30 fusermount3 -u "$mnt" 2>/dev/null || {
+			echo "bench/sshfs.sh: $mnt is busy; detaching it lazily (fusermount3 -uz)" >&2
+			timeout -k 5 30 fusermount3 -uz "$mnt" || true
+		}
 	fi
 	if pid=$(cat "$st/sshd.pid" 2>/dev/null) && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshd ]; then
 		# The listener's children: a session that outlived the client.
@@ -77,7 +89,7 @@ mount)
 	export_dir=$(cd "$2" && pwd -P)
 	mkdir -p "$3"
 	mnt=$(cd "$3" && pwd -P)
-	mountpoint -q "$mnt" && die "$mnt is a mount point already"
+	mounted "$mnt" && die "$mnt is a mount point already"
 	st=$(statedir "$mnt")
 	[ -e "$st" ] && die "$st exists: $mnt is mounted by this script already? (bench/sshfs.sh umount $mnt)"
 	mkdir -p /run/ssi-bench
@@ -146,11 +158,11 @@ EOF
 	setsid sshfs -f "$(id -un)@127.0.0.1:$export_dir" "$mnt" -o "$opts" </dev/null >"$st/sshfs.log" 2>&1 &
 	echo $! >"$st/sshfs.pid"
 	for ((i = 0; i < 300; i++)); do
-		mountpoint -q "$mnt" && break
+		mounted "$mnt" && break
 		kill -0 "$(cat "$st/sshfs.pid")" 2>/dev/null || die "sshfs failed: $(tail -n5 "$st/sshfs.log")"
 		sleep 0.1
 	done
-	mountpoint -q "$mnt" || die "sshfs did not mount $mnt within 30s: $(tail -n5 "$st/sshfs.log")"
+	mounted "$mnt" || die "sshfs did not mount $mnt within 30s: $(tail -n5 "$st/sshfs.log")"
 	trap - EXIT
 	echo "bench/sshfs.sh: $export_dir mounted on $mnt (sshd on 127.0.0.1:$port, pid $(cat "$st/sshd.pid"); sshfs pid $(cat "$st/sshfs.pid"); state in $st)"
 	echo "bench/sshfs.sh: options -o $opts"
@@ -161,11 +173,11 @@ umount | unmount)
 	mnt=$(cd "$2" 2>/dev/null && pwd -P) || mnt=$(realpath -ms "$2")
 	st=$(statedir "$mnt")
 	if [ ! -d "$st" ]; then
-		mountpoint -q "$mnt" && die "$mnt was not mounted by bench/sshfs.sh (no $st); not touching it"
+		mounted "$mnt" && die "$mnt was not mounted by bench/sshfs.sh (no $st); not touching it"
 		die "nothing mounted on $mnt by bench/sshfs.sh"
 	fi
 	stop "$st"
-	mountpoint -q "$mnt" && die "$mnt is still mounted"
+	mounted "$mnt" && die "$mnt is still mounted"
 	echo "bench/sshfs.sh: $mnt unmounted, its sshd stopped"
 	;;
 *) usage ;;
