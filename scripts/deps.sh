@@ -12,15 +12,28 @@ fi
 # Debian packages: iproute2 (ssi up --isolate, namespace tests), e2fsprogs
 # and util-linux (node images: mke2fs, resize2fs, mkswap), busybox (udhcpc,
 # the real DHCP client of the DHCP test), tmux (terminal tests), procps,
-# gcc (cgo for the race detector, and the C helper of the xl tests). CRIU
-# comes after them, from scripts/criu.sh.
+# gcc (cgo for the race detector, and the C helper of the xl tests), fuse3
+# (fusermount3, for the cluster filesystem's FUSE mounts and their tests;
+# the kernel's /dev/fuse too). CRIU comes after them, from scripts/criu.sh.
 need=()
 # --bench: also what the benchmarks compare against (sshd for the ssh
 # reference of the process-space figures; the benchmark starts a private
-# sshd on loopback and leaves the system's untouched).
-bench=()
-[ "${1:-}" = --bench ] && bench=(sshd:openssh-server ssh:openssh-client)
-for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc "${bench[@]}"; do
+# sshd on loopback and leaves the system's untouched), fio for bench/fs.sh
+# and sshfs for its reference mount (bench/sshfs.sh).
+# --suites: CPython's own test suite and Debian's interpreter for it, for
+# scripts/fs-suites.sh. Both flags can be given.
+bench=() suites=0
+for arg in "$@"; do
+	case $arg in
+	--bench) bench=(sshd:openssh-server ssh:openssh-client fio:fio sshfs:sshfs) ;;
+	--suites) suites=1 ;;
+	*)
+		echo "deps: unknown argument $arg (usage: scripts/deps.sh [--bench] [--suites])" >&2
+		exit 2
+		;;
+	esac
+done
+for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc fusermount3:fuse3 "${bench[@]}"; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done
@@ -32,6 +45,10 @@ done
 libs=()
 if [ "$(go env GOARCH)" = amd64 ]; then
 	libs+=(libxenmisc4.17)
+fi
+# --suites: Debian's python3.11 (not a pyenv one on PATH) and its tests.
+if [ "$suites" = 1 ]; then
+	libs+=(libpython3.11-testsuite python3.11)
 fi
 for pkg in "${libs[@]}"; do
 	[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" = installed ] || need+=("$pkg")
