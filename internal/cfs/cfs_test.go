@@ -24,6 +24,10 @@ type pair struct {
 	a, b   *Client
 }
 
+// testCacheTimeout keeps the kernel's caches short, so a test can wait
+// for an entry to expire.
+const testCacheTimeout = time.Second
+
 func needFUSE(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -52,7 +56,7 @@ func mountPair(t *testing.T) *pair {
 	}
 	t.Cleanup(p.srv.Close)
 	mnt := func(num uint32, name string) *Client {
-		c, err := Mount(context.Background(), ClientConfig{Self: num, Name: name, Mount: filepath.Join(dir, name), Server: 1, Local: p.srv, Failure: func() time.Duration { return 2 * time.Second }})
+		c, err := Mount(context.Background(), ClientConfig{Self: num, Name: name, Mount: filepath.Join(dir, name), Server: 1, Local: p.srv, Failure: func() time.Duration { return 2 * time.Second }, CacheTimeout: testCacheTimeout})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,7 +100,7 @@ func TestWriteOnOneNodeIsReadOnAnother(t *testing.T) {
 	// Once b's kernel has let its entry expire and looked the file up
 	// again, the file is still one node to b, and a's writes still reach it.
 	for i := range 3 {
-		time.Sleep(entryTimeout + 200*time.Millisecond)
+		time.Sleep(testCacheTimeout + 200*time.Millisecond) // the kernel looks the file up again
 		if _, err := os.ReadFile(fb); err != nil {
 			t.Fatal(err)
 		}

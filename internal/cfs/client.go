@@ -24,11 +24,11 @@ import (
 
 // Kernel cache lifetimes. Changes made through the cluster filesystem reach
 // caching nodes as invalidations at once; these bound how long a change
-// made to the export behind ssi's back (directly on the serving node) can
-// stay unseen.
+// of attributes or names made to the export behind ssi's back (directly on
+// the serving node's disk) can stay unseen.
 const (
-	attrTimeout  = time.Second
-	entryTimeout = time.Second
+	attrTimeout  = 5 * time.Second
+	entryTimeout = 5 * time.Second
 )
 
 // ClientConfig configures a Client.
@@ -44,6 +44,9 @@ type ClientConfig struct {
 	Failure  func() time.Duration
 	Log      *slog.Logger
 	ReadOnly bool
+	// CacheTimeout is how long the kernel keeps attributes and names
+	// (0: attrTimeout and entryTimeout).
+	CacheTimeout time.Duration
 }
 
 // Client is one node's mount of the cluster filesystem.
@@ -111,8 +114,10 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	}
 	cancel()
 	root := &node{c: cl}
-	sec := attrTimeout
-	esec := entryTimeout
+	sec, esec := attrTimeout, entryTimeout
+	if c.CacheTimeout > 0 {
+		sec, esec = c.CacheTimeout, c.CacheTimeout
+	}
 	opts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:  true,
@@ -129,6 +134,10 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 			// attributes the server gives: never as the daemon's root.
 			Options:       []string{"default_permissions"},
 			MaxBackground: 64,
+			// The server invalidates what another node changed; the
+			// kernel must not drop a file's pages itself because its
+			// mtime moved (as after this node's own writes).
+			ExplicitDataCacheControl: true,
 		},
 		EntryTimeout:    &esec,
 		AttrTimeout:     &sec,
