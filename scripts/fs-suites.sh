@@ -236,7 +236,7 @@ def junit(xml, tests):
             fail = tc.find("error")
         if fail is not None:
             # The exception, then where: the traceback's last frame.
-            lines = first_lines(fail.get("message") or fail.text or "", 8)
+            lines = first_lines(fail.get("message") or fail.text or "", 5)
             tb = (fail.text or "").splitlines()
             at = [i for i, l in enumerate(tb) if l.startswith('  File "')]
             if at:
