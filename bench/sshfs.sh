@@ -40,6 +40,23 @@ die() {
 # mounted DIR: DIR is a mount point, by /proc/self/mountinfo (a dead FUSE
 # mount cannot be stat'ed, so mountpoint(1) says it is not one).
 mounted() { M=${1// /\\040} awk '$5 == ENVIRON["M"] { f = 1 } END { exit !f }' /proc/self/mountinfo; }
+# abspath PATH: PATH absolute, its directory resolved, its last component
+# not touched: a hung FUSE mount point cannot even be stat'ed (the caller
+# would wait with it for ever).
+abspath() { echo "$(cd "$(dirname "$1")" && pwd -P)/$(basename "$1")"; }
+# answers DIR: DIR's filesystem answers a stat within 5 s. The stat is left
+# behind (it ends when the mount does) if it does not.
+answers() {
+	local p d fin=""
+	stat -f "$1" >/dev/null 2>&1 &
+	p=$!
+	sleep 5 &
+	d=$!
+	wait -n -p fin "$p" "$d" || true
+	[ "$fin" = "$p" ] || return 1
+	kill "$d" 2>/dev/null || true
+	wait "$d" 2>/dev/null || true
+}
 statedir() { echo "/run/ssi-bench/sshfs-$(printf %s "$1" | sha1sum | cut -c1-12)"; }
 
 # stop STATE: unmount (if mounted), end sshfs, the sshd and its sessions,
@@ -47,13 +64,20 @@ statedir() { echo "/run/ssi-bench/sshfs-$(printf %s "$1" | sha1sum | cut -c1-12)
 stop() {
 	local st=$1 mnt pid kids=() k i
 	mnt=$(cat "$st/mountpoint" 2>/dev/null || true)
+	pid=$(cat "$st/sshfs.pid" 2>/dev/null || true)
 	if [ -n "$mnt" ] && mounted "$mnt"; then
+		if ! answers "$mnt"; then
+			# A hung sshfs: end it first, that aborts the connection.
+			echo "bench/sshfs.sh: $mnt does not answer; killing sshfs (pid $pid)" >&2
+			[ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshfs ] && kill -9 "$pid" 2>/dev/null
+			sleep 0.5
+		fi
 		timeout -k 5 30 fusermount3 -u "$mnt" 2>/dev/null || timeout -k 5 30 umount "$mnt" 2>/dev/null || true
 	fi
 	# sshfs ends by itself once unmounted; its sshd session with it. If
 	# the unmount failed (busy, or sshfs hangs), end sshfs: that aborts the
 	# FUSE connection, and whatever waits on it gets ENOTCONN.
-	if pid=$(cat "$st/sshfs.pid" 2>/dev/null) && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshfs ]; then
+	if [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = sshfs ]; then
 		for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 		kill "$pid" 2>/dev/null || true
 		for ((i = 0; i < 50; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -88,7 +112,7 @@ mount)
 	[ -d "$2" ] || die "$2 is not a directory"
 	export_dir=$(cd "$2" && pwd -P)
 	mkdir -p "$3"
-	mnt=$(cd "$3" && pwd -P)
+	mnt=$(abspath "$3")
 	mounted "$mnt" && die "$mnt is a mount point already"
 	st=$(statedir "$mnt")
 	[ -e "$st" ] && die "$st exists: $mnt is mounted by this script already? (bench/sshfs.sh umount $mnt)"
@@ -169,8 +193,7 @@ EOF
 	;;
 umount | unmount)
 	[ $# -eq 2 ] || usage
-	# A dead FUSE mount cannot be entered: then the path as given.
-	mnt=$(cd "$2" 2>/dev/null && pwd -P) || mnt=$(realpath -ms "$2")
+	mnt=$(abspath "$2")
 	st=$(statedir "$mnt")
 	if [ ! -d "$st" ]; then
 		mounted "$mnt" && die "$mnt was not mounted by bench/sshfs.sh (no $st); not touching it"

@@ -147,6 +147,7 @@ for i in "${!labels[@]}"; do
 		left=$((t0 + limit - $(date +%s)))
 		if [ "$left" -le 0 ]; then
 			echo "out of time" >"$out/py-$mod.rc"
+			printf '   %-14s %s\n' "$mod" "not run: out of time"
 			continue
 		fi
 		rc=0
@@ -161,13 +162,18 @@ for i in "${!labels[@]}"; do
 	echo "== $label: $dir: go test ${go_pkgs[*]}"
 	t0=$(date +%s)
 	rc=0
-	# No GOTMPDIR: t.TempDir() would use it instead of TMPDIR. So go test's
-	# work directory, where it links the test binaries and runs them from,
-	# is in DIR too.
-	bounded "$limit" env -u GOTMPDIR TMPDIR="$work/go" GOFLAGS=-buildvcs=false GOTOOLCHAIN=local \
-		go test -count=1 -json "${go_pkgs[@]}" </dev/null >"$out/go.json" 2>"$out/go.err" || rc=$?
-	echo "$rc" >"$out/go.rc"
-	echo "   exit $rc after $(($(date +%s) - t0)) s"
+	if [ "$hung" = 1 ]; then
+		echo "   not run: the filesystem hung"
+		echo "skipped (hung)" >"$out/go.rc"
+	else
+		# No GOTMPDIR: t.TempDir() would use it instead of TMPDIR. So go
+		# test's work directory, where it links the test binaries and runs
+		# them from, is in DIR too.
+		bounded "$limit" env -u GOTMPDIR TMPDIR="$work/go" GOFLAGS=-buildvcs=false GOTOOLCHAIN=local \
+			go test -count=1 -json "${go_pkgs[@]}" </dev/null >"$out/go.json" 2>"$out/go.err" || rc=$?
+		echo "$rc" >"$out/go.rc"
+		echo "   exit $rc after $(($(date +%s) - t0)) s"
+	fi
 
 	if [ "$hung" = 1 ]; then
 		echo "fs-suites: $label: a process could not be stopped (stuck in the filesystem?); $work left as it is" >&2
@@ -213,6 +219,8 @@ def status_note(rc):
         return "timed out (timeout %s)" % limit
     if rc == "125":
         return "hung: a process could not be stopped (stuck in the filesystem?)"
+    if rc == "skipped (hung)":
+        return "not run: the filesystem hung before"
     if rc == "out of time":
         return "not run: the suite's %s s were over" % limit
     return None
@@ -228,7 +236,7 @@ def junit(xml, tests):
             fail = tc.find("error")
         if fail is not None:
             # The exception, then where: the traceback's last frame.
-            lines = first_lines(fail.get("message") or fail.text or "", 8)
+            lines = first_lines(fail.get("message") or fail.text or "", 5)
             tb = (fail.text or "").splitlines()
             at = [i for i, l in enumerate(tb) if l.startswith('  File "')]
             if at:
