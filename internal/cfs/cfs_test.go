@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +15,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/peer"
+	"github.com/ssi-cluster/ssi/internal/peer/memnet"
 )
 
 // pair is a server and two client nodes in this process (the clients reach
@@ -453,4 +457,49 @@ func FuzzServe(f *testing.F) {
 			t.Fatalf("a request made something beside the export: %v (%v)", ents, r)
 		}
 	})
+}
+
+// Over a network that opens no connections of its own (memnet), sessions
+// are Cfs.Session streams of the RPC service: the same filesystem.
+func TestSessionOverRPCStream(t *testing.T) {
+	needFUSE(t)
+	dir := t.TempDir()
+	srv, err := NewServer(ServerConfig{Export: filepath.Join(dir, "export")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	var svc Service
+	svc.Set(srv)
+	mn := memnet.New()
+	defer mn.Close()
+	mux := http.NewServeMux()
+	mux.Handle(ssiv1connect.NewCfsHandler(&svc))
+	mn.Serve(1, mux)
+	mnt := func(num uint32) *Client {
+		c, err := Mount(context.Background(), ClientConfig{Self: num, Name: fmt.Sprint("n", num), Mount: filepath.Join(dir, fmt.Sprint("m", num)),
+			Server: 1, Net: mn.Net(num), Failure: func() time.Duration { return 2 * time.Second }, CacheTimeout: testCacheTimeout})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(c.Close)
+		return c
+	}
+	a, b := mnt(2), mnt(3)
+	if _, ok := a.c.Net.(peer.Dialer); ok {
+		t.Fatal("memnet opens connections of its own: this test would not use the RPC stream")
+	}
+	fa, fb := filepath.Join(a.c.Mount, "f"), filepath.Join(b.c.Mount, "f")
+	for i := range 10 {
+		want := fmt.Sprint("version ", i)
+		if err := os.WriteFile(fa, []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(fb); err != nil || string(got) != want {
+			t.Fatalf("b read %q (%v), a wrote %q", got, err, want)
+		}
+	}
+	if srv.Sessions() != 2 {
+		t.Fatalf("%d sessions, want 2", srv.Sessions())
+	}
 }

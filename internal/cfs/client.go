@@ -302,6 +302,8 @@ func (cl *Client) run(ctx context.Context) {
 		var err error
 		if cl.c.Local != nil {
 			l, err = dialLocal(cl.c.Local, cl.c.Self, cl.deliver)
+		} else if d, ok := cl.c.Net.(peer.Dialer); ok {
+			l, err = dialConn(ctx, d, cl.c.Server, cl.c.Self, cl.deliver)
 		} else {
 			l, err = dialPeer(ctx, cl.c.Net, cl.c.Server, cl.c.Self, cl.deliver)
 		}

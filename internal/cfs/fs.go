@@ -3,6 +3,7 @@ package cfs
 import (
 	"context"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -34,6 +35,9 @@ type Config struct {
 	Net     peer.Net
 	FSM     *state.FSM
 	Log     *slog.Logger
+	// Conns are the sessions' own connections (transport's CFSListener;
+	// nil: sessions come only as Cfs.Session streams).
+	Conns net.Listener
 }
 
 // FS is this node's part: the server when this node serves, and the mount.
@@ -73,6 +77,10 @@ func (f *FS) Mounted() string { return f.c.Mount }
 // Run serves and mounts until ctx ends, then unmounts and stops serving.
 func (f *FS) Run(ctx context.Context) {
 	log := f.c.Log.With("subsystem", "cfs")
+	if f.c.Conns != nil {
+		go f.svc.ServeConns(f.c.Conns, log)
+		defer f.c.Conns.Close()
+	}
 	if f.Serves() {
 		srv, err := NewServer(ServerConfig{Export: f.c.Export, Exclude: f.c.Exclude, Log: log})
 		if err != nil {

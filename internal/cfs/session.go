@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -151,6 +152,7 @@ func (x *session) invalidate(invals []*ssiv1.FsInval) {
 		}
 		o.acks[id] = ch
 		o.mu.Unlock()
+		x.srv.log.Debug("cfs invalidation", "from", x.node, "to", o.node, "count", len(mine))
 		if err := o.deliver(&ssiv1.FsMessage{InvalId: id, Inval: mine}); err != nil {
 			o.end(fmt.Errorf("cannot send an invalidation: %w", err))
 			continue
@@ -199,6 +201,12 @@ func (x *session) acked(id uint64) {
 
 // handle serves one request; its answer is delivered by the caller.
 func (x *session) serve(ctx context.Context, r *ssiv1.FsRequest) *ssiv1.FsMessage {
+	if x.srv.log.Enabled(ctx, slog.LevelDebug) {
+		start := time.Now()
+		defer func() {
+			x.srv.log.Debug("cfs request", "client", x.node, "op", r.Op, "path", r.Path, "took", time.Since(start))
+		}()
+	}
 	m, err := x.do(ctx, r)
 	if m == nil {
 		m = &ssiv1.FsMessage{}

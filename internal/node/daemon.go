@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -150,9 +151,9 @@ func Run(ctx context.Context, o Options) (err error) {
 		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: lastCommand(st.logs, snapIndex),
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
 		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU,
-		net: &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r)},
+		net: &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r), Raw: func(proto string) *tls.Config { return id.ClientTLS([]string{proto}) }},
 		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount, JobRoot: o.CFS.JobRoot,
-			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}},
+			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}, Conns: mux.CFSListener()},
 		seeds:     func() []string { return seeds(r, meta) },
 		bootstrap: meta.Bootstrap,
 		bootstrapped: func() error {

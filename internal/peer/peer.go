@@ -11,11 +11,14 @@ package peer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -46,6 +49,38 @@ type Net interface {
 type TLS struct {
 	HTTP    *http.Client
 	Resolve func(num uint32) (addr string, ok bool)
+	// Raw is the client TLS configuration of a connection of its own
+	// with the given ALPN protocol (Dial); nil: Dial fails.
+	Raw func(proto string) *tls.Config
+}
+
+// Dialer is a Net that also opens connections of their own, for a
+// protocol that is not RPC (the cluster filesystem's frames). A Net
+// without it (memnet) makes such a subsystem fall back to RPC streams.
+type Dialer interface {
+	Dial(ctx context.Context, num uint32, proto string) (net.Conn, error)
+}
+
+// Dial opens a mutually authenticated TLS connection to node num with
+// ALPN protocol proto.
+func (t *TLS) Dial(ctx context.Context, num uint32, proto string) (net.Conn, error) {
+	if t.Raw == nil {
+		return nil, errors.New("this network opens no connections of their own")
+	}
+	addr, ok := t.Resolve(num)
+	if !ok {
+		return nil, fmt.Errorf("node %d: %w", num, ErrUnknownNode)
+	}
+	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}, Config: t.Raw(proto)}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial node %d at %s: %w", num, addr, err)
+	}
+	if got := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; got != proto {
+		c.Close()
+		return nil, fmt.Errorf("node %d at %s does not speak %s", num, addr, proto)
+	}
+	return c, nil
 }
 
 // To implements Net.

@@ -28,6 +28,9 @@ import (
 const (
 	ProtoRaft = "ssi-raft"
 	ProtoHTTP = "h2"
+	// ProtoCFS is the cluster filesystem's own framed protocol
+	// (internal/cfs): members only, like Raft.
+	ProtoCFS = "ssi-cfs"
 )
 
 // Mux accepts TLS connections on the node's port and hands each to Raft or
@@ -35,6 +38,7 @@ const (
 type Mux struct {
 	ln       net.Listener
 	raftConn chan net.Conn
+	cfsConn  chan net.Conn
 	httpConn chan net.Conn
 	anonConn chan net.Conn // connections without a certificate, once AnonymousListener was called
 	anonOn   atomic.Bool
@@ -52,8 +56,9 @@ func Listen(addr string, id *pki.Identity, log *slog.Logger) (*Mux, error) {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	m := &Mux{
-		ln:       tls.NewListener(ln, id.ServerTLS([]string{ProtoHTTP, ProtoRaft})),
+		ln:       tls.NewListener(ln, id.ServerTLS([]string{ProtoHTTP, ProtoRaft, ProtoCFS})),
 		raftConn: make(chan net.Conn),
+		cfsConn:  make(chan net.Conn),
 		httpConn: make(chan net.Conn),
 		anonConn: make(chan net.Conn),
 		closed:   make(chan struct{}),
@@ -104,6 +109,13 @@ func (m *Mux) route(c *tls.Conn) {
 			return
 		}
 		ch = m.raftConn
+	case ProtoCFS:
+		if len(st.VerifiedChains) == 0 {
+			m.log.Warn("refused a cluster filesystem connection without a cluster certificate", "remote", c.RemoteAddr())
+			c.Close()
+			return
+		}
+		ch = m.cfsConn
 	case ProtoHTTP:
 		ch = m.httpConn
 		if len(st.VerifiedChains) == 0 && m.anonOn.Load() {
@@ -174,6 +186,24 @@ func (m *Mux) Close() error {
 	})
 	m.wg.Wait()
 	return err
+}
+
+// CFSListener hands out the cluster filesystem's connections (ProtoCFS),
+// each from a member with a verified certificate (PeerNumOf names it).
+func (m *Mux) CFSListener() net.Listener { return newChanListener(m, m.cfsConn) }
+
+// PeerNumOf is the node number of a connection's verified client
+// certificate.
+func PeerNumOf(c net.Conn) (uint32, bool) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return 0, false
+	}
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return 0, false
+	}
+	return pki.NodeNum(st.PeerCertificates[0])
 }
 
 // HTTPListener is the listener the node's HTTP server serves.

@@ -283,7 +283,7 @@ func TestClientWithoutCertificate(t *testing.T) {
 
 	// Raft without a certificate: the handshake completes (the port must
 	// serve Join), then the mux closes the connection before any Raft data.
-	for name, protos := range map[string][]string{"ssi-raft": {ProtoRaft}, "no ALPN": nil} {
+	for name, protos := range map[string][]string{"ssi-raft": {ProtoRaft}, "ssi-cfs": {ProtoCFS}, "no ALPN": nil} {
 		cfg := pki.JoinTLS(ca.Fingerprint())
 		cfg.NextProtos = protos
 		expectClosed(t, name, srv.addr, cfg)
