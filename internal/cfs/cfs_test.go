@@ -151,6 +151,22 @@ func TestNamesChangeEverywhere(t *testing.T) {
 	if err := unix.Stat(p.at(p.b, "d/e/y"), &st); err != nil || st.Nlink != 2 {
 		t.Fatalf("b's link count %d %v", st.Nlink, err)
 	}
+	// Linux names are bytes, not UTF-8 text.
+	odd := "caf\xe9-\xff"
+	if err := os.WriteFile(p.at(p.a, "d/"+odd), []byte("latin-1"), 0o644); err != nil {
+		t.Fatalf("a name that is not UTF-8: %v", err)
+	}
+	if b, err := os.ReadFile(p.at(p.b, "d/"+odd)); err != nil || string(b) != "latin-1" {
+		t.Fatalf("b reads the non-UTF-8 name: %q %v", b, err)
+	}
+	ents, err := os.ReadDir(p.at(p.b, "d"))
+	found := false
+	for _, e := range ents {
+		found = found || e.Name() == odd
+	}
+	if err != nil || !found {
+		t.Fatalf("b's listing lacks the non-UTF-8 name: %v %v", ents, err)
+	}
 	if err := os.RemoveAll(p.at(p.b, "d")); err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +327,7 @@ func TestBadPathsAreRefused(t *testing.T) {
 		{"x", ssiv1.FsOp(999), unix.ENOSYS},
 		{"out", ssiv1.FsOp_FS_OP_SETATTR, unix.EOPNOTSUPP}, // a chmod through the symlink out
 	} {
-		m := x.serve(context.Background(), &ssiv1.FsRequest{Op: c.op, Path: c.path, Path2: "y", Flags: unix.O_RDONLY, Mode: 0o644,
+		m := x.serve(context.Background(), &ssiv1.FsRequest{Op: c.op, Path: []byte(c.path), Path2: []byte("y"), Flags: unix.O_RDONLY, Mode: 0o644,
 			Set: &ssiv1.FsSetAttr{Valid: fattrMode, Mode: 0o777}})
 		if unix.Errno(m.Errno) != c.want {
 			t.Errorf("%v %q: errno %v, want %v", c.op, c.path, unix.Errno(m.Errno), c.want)
@@ -325,7 +341,7 @@ func TestBadPathsAreRefused(t *testing.T) {
 	}
 	m := x.serve(context.Background(), &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READDIR})
 	for _, e := range m.Entries {
-		if e.Name == "state" {
+		if string(e.Name) == "state" {
 			t.Fatal("an excluded directory is listed")
 		}
 	}
@@ -441,8 +457,8 @@ func FuzzServe(f *testing.F) {
 		if o == ssiv1.FsOp_FS_OP_SETLKW || o == ssiv1.FsOp_FS_OP_ALLOCATE {
 			o = ssiv1.FsOp_FS_OP_SETLK // a blocking lock would wait; allocate could fill the disk
 		}
-		r := &ssiv1.FsRequest{Op: o, Path: path, Path2: path2, Data: data, Offset: off, Mode: mode, Flags: flags,
-			Handle: handle % 8, Size: uint32(len(data)) * 16, Name: "user." + path2, Owner: handle,
+		r := &ssiv1.FsRequest{Op: o, Path: []byte(path), Path2: []byte(path2), Data: data, Offset: off, Mode: mode, Flags: flags,
+			Handle: handle % 8, Size: uint32(len(data)) * 16, Name: []byte("user." + path2), Owner: handle,
 			Set:  &ssiv1.FsSetAttr{Valid: flags &^ (fattrSize), Mode: mode, Uid: 65534, Gid: 65534},
 			Lock: &ssiv1.FsLock{Type: flags % 3, Start: uint64(off & 0xffff), End: uint64(off&0xffff) + 10}}
 		_ = x.serve(context.Background(), r)

@@ -406,8 +406,8 @@ func (cl *Client) invalidate(m *ssiv1.FsMessage) {
 	cl.mu.Unlock()
 	if srv != nil {
 		for _, iv := range m.Inval {
-			if iv.Name != "" {
-				srv.EntryNotify(cl.nodeID(iv.Parent), iv.Name)
+			if len(iv.Name) > 0 {
+				srv.EntryNotify(cl.nodeID(iv.Parent), string(iv.Name))
 			} else {
 				srv.InodeNotify(cl.nodeID(iv.Ino), 0, 0)
 			}

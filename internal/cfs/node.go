@@ -87,7 +87,7 @@ func (n *node) OnForget() {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LOOKUP, Path: n.child(name), Parent: n.id()})
+	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LOOKUP, Path: []byte(n.child(name)), Parent: n.id()})
 	if errno != 0 {
 		return nil, errno
 	}
@@ -95,7 +95,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	r := &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR, Path: n.path(), Ino: n.id()}
+	r := &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR, Path: []byte(n.path()), Ino: n.id()}
 	if fh, ok := f.(*file); ok {
 		r.Handle = fh.handle(ctx)
 	}
@@ -116,7 +116,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 		Valid: in.Valid, Mode: in.Mode, Uid: in.Owner.Uid, Gid: in.Owner.Gid, Size: in.Size,
 		AtimeNs: int64(in.Atime)*1e9 + int64(in.Atimensec), MtimeNs: int64(in.Mtime)*1e9 + int64(in.Mtimensec),
 	}
-	r := caller(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETATTR, Path: n.path(), Ino: n.id(), Set: set})
+	r := caller(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETATTR, Path: []byte(n.path()), Ino: n.id(), Set: set})
 	if fh, ok := f.(*file); ok {
 		r.Handle = fh.handle(ctx)
 	}
@@ -129,7 +129,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 }
 
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_OPEN, Path: n.path(), Ino: n.id(), Flags: flags})
+	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_OPEN, Path: []byte(n.path()), Ino: n.id(), Flags: flags})
 	if errno != 0 {
 		return nil, 0, errno
 	}
@@ -143,7 +143,7 @@ func (n *node) newFile(h uint64, flags uint32) *file {
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
-	m, errno := n.c.call(ctx, caller(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_CREATE, Path: n.child(name), Parent: n.id(), Flags: flags, Mode: mode}))
+	m, errno := n.c.call(ctx, caller(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_CREATE, Path: []byte(n.child(name)), Parent: n.id(), Flags: flags, Mode: mode}))
 	if errno != 0 {
 		return nil, nil, 0, errno
 	}
@@ -160,15 +160,15 @@ func (n *node) makeNode(ctx context.Context, r *ssiv1.FsRequest, out *fuse.Entry
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_MKDIR, Path: n.child(name), Parent: n.id(), Mode: mode}, out)
+	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_MKDIR, Path: []byte(n.child(name)), Parent: n.id(), Mode: mode}, out)
 }
 
 func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_MKNOD, Path: n.child(name), Parent: n.id(), Mode: mode, Rdev: dev}, out)
+	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_MKNOD, Path: []byte(n.child(name)), Parent: n.id(), Mode: mode, Rdev: dev}, out)
 }
 
 func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SYMLINK, Path: n.child(name), Parent: n.id(), Path2: target}, out)
+	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SYMLINK, Path: []byte(n.child(name)), Parent: n.id(), Path2: []byte(target)}, out)
 }
 
 func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -176,16 +176,16 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if !ok {
 		return nil, syscall.EXDEV
 	}
-	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LINK, Path: t.path(), Path2: n.child(name), Ino: t.id(), Parent: n.id()}, out)
+	return n.makeNode(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LINK, Path: []byte(t.path()), Path2: []byte(n.child(name)), Ino: t.id(), Parent: n.id()}, out)
 }
 
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
-	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_UNLINK, Path: n.child(name), Parent: n.id()})
+	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_UNLINK, Path: []byte(n.child(name)), Parent: n.id()})
 	return errno
 }
 
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
-	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_RMDIR, Path: n.child(name), Parent: n.id()})
+	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_RMDIR, Path: []byte(n.child(name)), Parent: n.id()})
 	return errno
 }
 
@@ -194,14 +194,14 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	if !ok {
 		return syscall.EXDEV
 	}
-	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_RENAME, Path: n.child(name), Path2: np.child(newName), Parent: n.id(), Ino: np.id(), Flags: flags})
+	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_RENAME, Path: []byte(n.child(name)), Path2: []byte(np.child(newName)), Parent: n.id(), Ino: np.id(), Flags: flags})
 	return errno
 }
 
 // Readlink resolves CDSLs: {nodenum} and {nodename} in a target become
 // this node's.
 func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READLINK, Path: n.path(), Ino: n.id()})
+	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READLINK, Path: []byte(n.path()), Ino: n.id()})
 	if errno != 0 {
 		return nil, errno
 	}
@@ -211,12 +211,12 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	var all []fuse.DirEntry
 	for off := int64(0); ; {
-		m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READDIR, Path: n.path(), Ino: n.id(), Offset: off})
+		m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READDIR, Path: []byte(n.path()), Ino: n.id(), Offset: off})
 		if errno != 0 {
 			return nil, errno
 		}
 		for _, e := range m.Entries {
-			all = append(all, fuse.DirEntry{Name: e.Name, Ino: e.Ino, Mode: e.Mode})
+			all = append(all, fuse.DirEntry{Name: string(e.Name), Ino: e.Ino, Mode: e.Mode})
 		}
 		off += int64(len(m.Entries))
 		if !m.More || len(m.Entries) == 0 {
@@ -238,7 +238,7 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 }
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETXATTR, Path: n.path(), Ino: n.id(), Name: attr, Size: uint32(len(dest))})
+	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr), Size: uint32(len(dest))})
 	if errno != 0 {
 		return 0, errno
 	}
@@ -247,7 +247,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 }
 
 func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
-	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LISTXATTR, Path: n.path(), Ino: n.id(), Size: uint32(len(dest))})
+	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LISTXATTR, Path: []byte(n.path()), Ino: n.id(), Size: uint32(len(dest))})
 	if errno != 0 {
 		return 0, errno
 	}
@@ -256,12 +256,12 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETXATTR, Path: n.path(), Ino: n.id(), Name: attr, Data: data, Flags: flags})
+	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr), Data: data, Flags: flags})
 	return errno
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_REMOVEXATTR, Path: n.path(), Ino: n.id(), Name: attr})
+	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_REMOVEXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr)})
 	return errno
 }
 
@@ -297,7 +297,7 @@ func (f *file) handle(ctx context.Context) uint64 {
 		return 0
 	}
 	if e := f.n.c.epochNow(); e != f.epoch {
-		m, errno := f.n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_OPEN, Path: f.n.path(), Ino: f.n.id(), Flags: f.flags &^ (syscall.O_TRUNC | syscall.O_CREAT | syscall.O_EXCL)})
+		m, errno := f.n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_OPEN, Path: []byte(f.n.path()), Ino: f.n.id(), Flags: f.flags &^ (syscall.O_TRUNC | syscall.O_CREAT | syscall.O_EXCL)})
 		if errno != 0 {
 			return 0
 		}

@@ -1,10 +1,10 @@
 package cfs
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,7 +30,7 @@ const lkFlock = 1
 // do runs one request. The paths it gets are cleaned first; nothing it does
 // follows a symlink or leaves the export.
 func (x *session) do(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
-	rel, err := x.srv.clean(r.Path)
+	rel, err := x.srv.clean(string(r.Path))
 	if err != nil {
 		return nil, err
 	}
@@ -313,10 +313,10 @@ func (x *session) makeNode(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, er
 		}
 		err = unix.Mknodat(dfd, name, r.Mode, int(r.Rdev))
 	case ssiv1.FsOp_FS_OP_SYMLINK:
-		if len(r.Path2) >= unix.PathMax || strings.IndexByte(r.Path2, 0) >= 0 {
+		if len(r.Path2) >= unix.PathMax || bytes.IndexByte(r.Path2, 0) >= 0 {
 			return nil, unix.EINVAL
 		}
-		err = unix.Symlinkat(r.Path2, dfd, name)
+		err = unix.Symlinkat(string(r.Path2), dfd, name)
 	}
 	if err != nil {
 		return nil, err
@@ -345,7 +345,7 @@ func (x *session) makeNode(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, er
 }
 
 func (x *session) link(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
-	to, err := x.srv.clean(r.Path2)
+	to, err := x.srv.clean(string(r.Path2))
 	if err != nil {
 		return nil, err
 	}
@@ -402,7 +402,7 @@ func (x *session) remove(rel string, dir bool) (*ssiv1.FsMessage, error) {
 }
 
 func (x *session) rename(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
-	to, err := x.srv.clean(r.Path2)
+	to, err := x.srv.clean(string(r.Path2))
 	if err != nil {
 		return nil, err
 	}
@@ -610,7 +610,7 @@ func (x *session) readdir(rel string, offset int64) (*ssiv1.FsMessage, error) {
 					more = true
 					break
 				}
-				out = append(out, &ssiv1.FsDirEntry{Name: name, Ino: x.dirEntryID(&st, ino), Mode: uint32(typ) << 12})
+				out = append(out, &ssiv1.FsDirEntry{Name: []byte(name), Ino: x.dirEntryID(&st, ino), Mode: uint32(typ) << 12})
 			}
 			idx++
 		}
@@ -661,7 +661,7 @@ func (x *session) xattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error
 	switch r.Op {
 	case ssiv1.FsOp_FS_OP_GETXATTR:
 		buf := make([]byte, r.Size)
-		n, err := unix.Getxattr(p, r.Name, buf)
+		n, err := unix.Getxattr(p, string(r.Name), buf)
 		if err != nil {
 			return nil, err
 		}
@@ -680,9 +680,9 @@ func (x *session) xattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error
 		}
 		return &ssiv1.FsMessage{Data: buf[:n], Count: uint32(n)}, nil
 	case ssiv1.FsOp_FS_OP_SETXATTR:
-		err = unix.Setxattr(p, r.Name, r.Data, int(r.Flags))
+		err = unix.Setxattr(p, string(r.Name), r.Data, int(r.Flags))
 	default:
-		err = unix.Removexattr(p, r.Name)
+		err = unix.Removexattr(p, string(r.Name))
 	}
 	if err != nil {
 		return nil, err

@@ -112,7 +112,7 @@ func (x *session) take(invals []*ssiv1.FsInval) []*ssiv1.FsInval {
 	var out []*ssiv1.FsInval
 	for _, iv := range invals {
 		key := iv.Ino
-		if iv.Name != "" {
+		if len(iv.Name) > 0 {
 			key = iv.Parent
 		}
 		if _, ok := x.interest[key]; ok {
@@ -120,7 +120,7 @@ func (x *session) take(invals []*ssiv1.FsInval) []*ssiv1.FsInval {
 		}
 	}
 	for _, iv := range out {
-		if iv.Name == "" {
+		if len(iv.Name) == 0 {
 			delete(x.interest, iv.Ino)
 		}
 	}
@@ -204,7 +204,7 @@ func (x *session) serve(ctx context.Context, r *ssiv1.FsRequest) *ssiv1.FsMessag
 	if x.srv.log.Enabled(ctx, slog.LevelDebug) {
 		start := time.Now()
 		defer func() {
-			x.srv.log.Debug("cfs request", "client", x.node, "op", r.Op, "path", r.Path, "took", time.Since(start))
+			x.srv.log.Debug("cfs request", "client", x.node, "op", r.Op, "path", string(r.Path), "took", time.Since(start))
 		}()
 	}
 	m, err := x.do(ctx, r)
@@ -253,7 +253,7 @@ func (x *session) addHandle(fd int, id uint64, path string, flags int) uint64 {
 }
 
 func entryInval(parent uint64, name string) *ssiv1.FsInval {
-	return &ssiv1.FsInval{Parent: parent, Name: name}
+	return &ssiv1.FsInval{Parent: parent, Name: []byte(name)}
 }
 
 func inodeInval(id uint64) *ssiv1.FsInval { return &ssiv1.FsInval{Ino: id} }

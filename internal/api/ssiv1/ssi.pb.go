@@ -5187,9 +5187,9 @@ type FsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Op            FsOp                   `protobuf:"varint,2,opt,name=op,proto3,enum=ssi.v1.FsOp" json:"op,omitempty"`
-	Path          string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`      // relative to the export root, "" is the root
-	Path2         string                 `protobuf:"bytes,4,opt,name=path2,proto3" json:"path2,omitempty"`    // rename/link: the new path; symlink: the target
-	Name          string                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`      // xattr name
+	Path          []byte                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`      // relative to the export root, "" is the root (bytes: Linux names need not be UTF-8)
+	Path2         []byte                 `protobuf:"bytes,4,opt,name=path2,proto3" json:"path2,omitempty"`    // rename/link: the new path; symlink: the target
+	Name          []byte                 `protobuf:"bytes,5,opt,name=name,proto3" json:"name,omitempty"`      // xattr name
 	Handle        uint64                 `protobuf:"varint,6,opt,name=handle,proto3" json:"handle,omitempty"` // an open file
 	Offset        int64                  `protobuf:"varint,7,opt,name=offset,proto3" json:"offset,omitempty"`
 	Size          uint32                 `protobuf:"varint,8,opt,name=size,proto3" json:"size,omitempty"`
@@ -5254,25 +5254,25 @@ func (x *FsRequest) GetOp() FsOp {
 	return FsOp_FS_OP_UNSPECIFIED
 }
 
-func (x *FsRequest) GetPath() string {
+func (x *FsRequest) GetPath() []byte {
 	if x != nil {
 		return x.Path
 	}
-	return ""
+	return nil
 }
 
-func (x *FsRequest) GetPath2() string {
+func (x *FsRequest) GetPath2() []byte {
 	if x != nil {
 		return x.Path2
 	}
-	return ""
+	return nil
 }
 
-func (x *FsRequest) GetName() string {
+func (x *FsRequest) GetName() []byte {
 	if x != nil {
 		return x.Name
 	}
-	return ""
+	return nil
 }
 
 func (x *FsRequest) GetHandle() uint64 {
@@ -5613,7 +5613,7 @@ func (x *FsAttr) GetBlksize() uint32 {
 
 type FsDirEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Ino           uint64                 `protobuf:"varint,2,opt,name=ino,proto3" json:"ino,omitempty"`
 	Mode          uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"` // file type bits
 	unknownFields protoimpl.UnknownFields
@@ -5650,11 +5650,11 @@ func (*FsDirEntry) Descriptor() ([]byte, []int) {
 	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{74}
 }
 
-func (x *FsDirEntry) GetName() string {
+func (x *FsDirEntry) GetName() []byte {
 	if x != nil {
 		return x.Name
 	}
-	return ""
+	return nil
 }
 
 func (x *FsDirEntry) GetIno() uint64 {
@@ -5845,7 +5845,7 @@ type FsInval struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Ino           uint64                 `protobuf:"varint,1,opt,name=ino,proto3" json:"ino,omitempty"`
 	Parent        uint64                 `protobuf:"varint,2,opt,name=parent,proto3" json:"parent,omitempty"`
-	Name          string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	Name          []byte                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5894,11 +5894,11 @@ func (x *FsInval) GetParent() uint64 {
 	return 0
 }
 
-func (x *FsInval) GetName() string {
+func (x *FsInval) GetName() []byte {
 	if x != nil {
 		return x.Name
 	}
-	return ""
+	return nil
 }
 
 type FsMessage struct {
@@ -6432,9 +6432,9 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\tFsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1c\n" +
 	"\x02op\x18\x02 \x01(\x0e2\f.ssi.v1.FsOpR\x02op\x12\x12\n" +
-	"\x04path\x18\x03 \x01(\tR\x04path\x12\x14\n" +
-	"\x05path2\x18\x04 \x01(\tR\x05path2\x12\x12\n" +
-	"\x04name\x18\x05 \x01(\tR\x04name\x12\x16\n" +
+	"\x04path\x18\x03 \x01(\fR\x04path\x12\x14\n" +
+	"\x05path2\x18\x04 \x01(\fR\x05path2\x12\x12\n" +
+	"\x04name\x18\x05 \x01(\fR\x04name\x12\x16\n" +
 	"\x06handle\x18\x06 \x01(\x04R\x06handle\x12\x16\n" +
 	"\x06offset\x18\a \x01(\x03R\x06offset\x12\x12\n" +
 	"\x04size\x18\b \x01(\rR\x04size\x12\x12\n" +
@@ -6476,7 +6476,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\ablksize\x18\f \x01(\rR\ablksize\"F\n" +
 	"\n" +
 	"FsDirEntry\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\rR\x04mode\"V\n" +
 	"\x06FsLock\x12\x14\n" +
@@ -6496,7 +6496,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\aFsInval\x12\x10\n" +
 	"\x03ino\x18\x01 \x01(\x04R\x03ino\x12\x16\n" +
 	"\x06parent\x18\x02 \x01(\x04R\x06parent\x12\x12\n" +
-	"\x04name\x18\x03 \x01(\tR\x04name\"\xa7\x03\n" +
+	"\x04name\x18\x03 \x01(\fR\x04name\"\xa7\x03\n" +
 	"\tFsMessage\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x14\n" +
 	"\x05errno\x18\x02 \x01(\x05R\x05errno\x12\"\n" +
