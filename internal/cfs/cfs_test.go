@@ -519,3 +519,43 @@ func TestSessionOverRPCStream(t *testing.T) {
 		t.Fatalf("%d sessions, want 2", srv.Sessions())
 	}
 }
+
+// The kernel asks for security.capability before writes; the client
+// answers "none" from what it learnt instead of asking the server each
+// time, and a capability set on another node still goes with the next
+// write on this one (the server's own kernel drops it as the data lands).
+func TestCapabilityCheck(t *testing.T) {
+	p := mountPair(t)
+	fa, fb := p.at(p.a, "bin"), p.at(p.b, "bin")
+	if err := os.WriteFile(fa, []byte("#!/bin/true\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	before := p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR)
+	for range 5 {
+		if err := os.WriteFile(fa, []byte("#!/bin/true\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR) - before; n > 1 {
+		t.Errorf("5 writes asked the server for security.capability %d times", n)
+	}
+	// struct vfs_cap_data, revision 2, effective, CAP_NET_RAW permitted.
+	caps := []byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	if err := unix.Setxattr(fb, capsXattr, caps, 0); err != nil {
+		t.Skipf("cannot set a file capability here: %v", err)
+	}
+	if n, err := unix.Getxattr(fa, capsXattr, make([]byte, 64)); err != nil || n != len(caps) {
+		t.Fatalf("a does not see the capability b set: %d %v", n, err)
+	}
+	f, err := os.OpenFile(fa, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("# changed\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := unix.Getxattr(fb, capsXattr, make([]byte, 64)); err != unix.ENODATA {
+		t.Fatalf("a write on a kept the capability b set: %v", err)
+	}
+}

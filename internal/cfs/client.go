@@ -61,8 +61,12 @@ type Client struct {
 	ready   chan struct{} // closed while a session is up
 	pending map[uint64]chan *ssiv1.FsMessage
 	inodes  map[uint64]*fs.Inode
-	heard   atomic.Int64  // unix nanoseconds of the last message from the server
-	rootID  atomic.Uint64 // the server's id of the export's root
+	// nocaps are the files known to have no security.capability: the
+	// answer to the kernel's question before each write, until the server
+	// invalidates the file (any change of its xattrs or owner does).
+	nocaps map[uint64]bool
+	heard  atomic.Int64  // unix nanoseconds of the last message from the server
+	rootID atomic.Uint64 // the server's id of the export's root
 
 	fuse *fuse.Server
 	root *node
@@ -79,7 +83,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	if c.Failure == nil {
 		c.Failure = func() time.Duration { return 5 * time.Second }
 	}
-	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}}
+	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}, nocaps: map[uint64]bool{}}
 	// A mount left by a daemon that was killed answers ENOTCONN: take it
 	// away first. A live one belongs to another daemon on this machine.
 	// (STATFS always reaches the filesystem: a cached attribute cannot hide
@@ -406,6 +410,9 @@ func (cl *Client) invalidate(m *ssiv1.FsMessage) {
 	cl.mu.Unlock()
 	if srv != nil {
 		for _, iv := range m.Inval {
+			if len(iv.Name) == 0 {
+				cl.forgetCaps(iv.Ino)
+			}
 			if len(iv.Name) > 0 {
 				srv.EntryNotify(cl.nodeID(iv.Parent), string(iv.Name))
 			} else {
@@ -431,12 +438,31 @@ func (cl *Client) nodeID(id uint64) uint64 {
 	return id
 }
 
+func (cl *Client) noCaps(id uint64) bool {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	return cl.nocaps[id]
+}
+
+func (cl *Client) setNoCaps(id uint64) {
+	cl.mu.Lock()
+	cl.nocaps[id] = true
+	cl.mu.Unlock()
+}
+
+func (cl *Client) forgetCaps(id uint64) {
+	cl.mu.Lock()
+	delete(cl.nocaps, id)
+	cl.mu.Unlock()
+}
+
 // flushAll drops every cached attribute and page, and every name of the
 // directories it knows the entries of (the others' names expire within
 // the entry timeout).
 func (cl *Client) flushAll() {
 	cl.mu.Lock()
 	srv := cl.fuse
+	cl.nocaps = map[uint64]bool{}
 	ns := make(map[uint64]*fs.Inode, len(cl.inodes))
 	for id, n := range cl.inodes {
 		ns[id] = n

@@ -83,6 +83,7 @@ func (n *node) OnForget() {
 	if n.c.inodes[n.id()] == n.EmbeddedInode() {
 		delete(n.c.inodes, n.id())
 	}
+	delete(n.c.nocaps, n.id()) // the server may give the number to another file
 	n.c.mu.Unlock()
 }
 
@@ -112,6 +113,9 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if in.Valid&(fattrUID|fattrGID) != 0 {
+		n.c.forgetCaps(n.id()) // a chown drops capabilities
+	}
 	set := &ssiv1.FsSetAttr{
 		Valid: in.Valid, Mode: in.Mode, Uid: in.Owner.Uid, Gid: in.Owner.Gid, Size: in.Size,
 		AtimeNs: int64(in.Atime)*1e9 + int64(in.Atimensec), MtimeNs: int64(in.Mtime)*1e9 + int64(in.Mtimensec),
@@ -237,8 +241,18 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	return 0
 }
 
+// capsXattr is what the kernel asks for before every write to a file it
+// has not seen without it (to drop file capabilities on write).
+const capsXattr = "security.capability"
+
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	if attr == capsXattr && n.c.noCaps(n.id()) {
+		return 0, syscall.ENODATA
+	}
 	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr), Size: uint32(len(dest))})
+	if attr == capsXattr && errno == syscall.ENODATA {
+		n.c.setNoCaps(n.id())
+	}
 	if errno != 0 {
 		return 0, errno
 	}
@@ -256,11 +270,13 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	n.c.forgetCaps(n.id())
 	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr), Data: data, Flags: flags})
 	return errno
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	n.c.forgetCaps(n.id())
 	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_REMOVEXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr)})
 	return errno
 }

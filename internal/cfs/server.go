@@ -45,6 +45,8 @@ type Server struct {
 	exclude map[string]bool // cleaned relative paths hidden from clients
 	log     *slog.Logger
 
+	requests [64]atomic.Uint64 // served, by operation
+
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	invalSeq atomic.Uint64
@@ -101,6 +103,14 @@ func NewServer(c ServerConfig) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// Requests counts the requests of one operation served so far.
+func (s *Server) Requests(op ssiv1.FsOp) uint64 {
+	if op < 0 || int(op) >= len(s.requests) {
+		return 0
+	}
+	return s.requests[op].Load()
 }
 
 // Root is the exported directory.

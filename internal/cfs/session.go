@@ -201,6 +201,9 @@ func (x *session) acked(id uint64) {
 
 // handle serves one request; its answer is delivered by the caller.
 func (x *session) serve(ctx context.Context, r *ssiv1.FsRequest) *ssiv1.FsMessage {
+	if r.Op >= 0 && int(r.Op) < len(x.srv.requests) {
+		x.srv.requests[r.Op].Add(1)
+	}
 	if x.srv.log.Enabled(ctx, slog.LevelDebug) {
 		start := time.Now()
 		defer func() {
