@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/ssi-cluster/ssi/internal/mountinfo"
 )
 
 // A CDSL (context-dependent symbolic link) is a symlink whose target holds
@@ -181,17 +183,16 @@ func OnMount(path string) string {
 	if err != nil {
 		return ""
 	}
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	if err != nil {
 		return ""
 	}
 	best := ""
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) < 5 || !strings.Contains(l, " - fuse.cfs ") {
+	for _, mt := range ms {
+		m := mt.Point
+		if mt.FSType != "fuse.cfs" {
 			continue
 		}
-		m := unescapeMount(f[4])
 		if (abs == m || strings.HasPrefix(abs, strings.TrimSuffix(m, "/")+"/")) && len(m) > len(best) {
 			best = m
 		}

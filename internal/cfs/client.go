@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/mountinfo"
 	"github.com/ssi-cluster/ssi/internal/peer"
 )
 
@@ -212,15 +213,10 @@ func (cl *Client) setReadahead() {
 // mountsBelow are the mount points below dir.
 func mountsBelow(dir string) map[string]bool {
 	out := map[string]bool{}
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return out
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 {
-			if m := unescapeMount(f[4]); strings.HasPrefix(m, dir+"/") {
-				out[m] = true
-			}
+	ms, _ := mountinfo.Read()
+	for _, m := range ms {
+		if strings.HasPrefix(m.Point, dir+"/") {
+			out[m.Point] = true
 		}
 	}
 	return out
@@ -228,35 +224,13 @@ func mountsBelow(dir string) map[string]bool {
 
 // isOurMount says whether path is a mount point of a cluster filesystem.
 func isOurMount(path string) bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		f := strings.Fields(l)
-		if len(f) > 4 && unescapeMount(f[4]) == path && strings.Contains(l, " - fuse.cfs ssi-cfs") {
+	ms, _ := mountinfo.Read()
+	for _, m := range ms {
+		if m.Point == path && m.FSType == "fuse.cfs" && m.Source == "ssi-cfs" {
 			return true
 		}
 	}
 	return false
-}
-
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // Close unmounts (lazily, when busy) and ends the session.

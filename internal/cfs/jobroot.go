@@ -7,11 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/mountinfo"
 )
 
 // NodeLocal are the trees of the node itself that are bound over the
@@ -199,15 +200,13 @@ func (jr *jobRoot) keep(ctx context.Context) {
 
 // mountPoints is the set of this process's mount points.
 func mountPoints() map[string]bool {
-	b, err := os.ReadFile("/proc/self/mountinfo")
+	ms, err := mountinfo.Read()
 	if err != nil {
 		return nil
 	}
 	m := map[string]bool{}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) > 4 {
-			m[unescapeMount(f[4])] = true
-		}
+	for _, mt := range ms {
+		m[mt.Point] = true
 	}
 	return m
 }

@@ -28,6 +28,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/mountinfo"
 	"github.com/ssi-cluster/ssi/internal/node"
 	"github.com/ssi-cluster/ssi/internal/nodeaddr"
 	"github.com/ssi-cluster/ssi/internal/state"
@@ -231,13 +232,12 @@ func Mounted(dir string, k int) bool {
 	if !ok {
 		return false
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	ms, err := mountinfo.ReadPID(pid)
 	if err != nil {
 		return false
 	}
-	want := " " + MountDir(dir, k) + " "
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, want) && strings.Contains(l, " - fuse.cfs ") {
+	for _, m := range ms {
+		if m.Point == MountDir(dir, k) && m.FSType == "fuse.cfs" {
 			return true
 		}
 	}

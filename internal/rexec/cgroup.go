@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ssi-cluster/ssi/internal/mountinfo"
 	"golang.org/x/sys/unix"
 )
 
@@ -60,7 +61,7 @@ func readHierarchies() (hierarchies, error) {
 		if !ok || len(pf) < 5 || len(qf) < 3 {
 			continue
 		}
-		mnt := unescapeMount(pf[4])
+		mnt := mountinfo.Unescape(pf[4])
 		switch qf[0] {
 		case "cgroup2":
 			if h.v2 == "" {
@@ -92,26 +93,6 @@ func readHierarchies() (hierarchies, error) {
 		}
 	}
 	return h, nil
-}
-
-// unescapeMount undoes the octal escapes of /proc/self/mountinfo (\040 for
-// a space, ...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // cgroup is one job's cgroup: a directory in each v1 hierarchy used

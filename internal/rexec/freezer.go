@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/ssi-cluster/ssi/internal/mountinfo"
 )
 
 // Freezer describes the cgroup freezer migration freezes a job with before
@@ -26,10 +28,10 @@ func Freezer() (string, error) {
 
 // freezer is Freezer from the contents of /proc/self/mountinfo and
 // /proc/self/cgroup.
-func freezer(mountinfo, selfCgroup string) (string, error) {
+func freezer(table, selfCgroup string) (string, error) {
 	exists := func(p string) bool { _, err := os.Stat(p); return err == nil }
 	var v1, v2 string
-	for _, line := range strings.Split(mountinfo, "\n") {
+	for _, line := range strings.Split(table, "\n") {
 		pre, post, ok := strings.Cut(line, " - ")
 		pf, qf := strings.Fields(pre), strings.Fields(post)
 		if !ok || len(pf) < 5 || len(qf) < 3 {
@@ -38,12 +40,12 @@ func freezer(mountinfo, selfCgroup string) (string, error) {
 		switch qf[0] {
 		case "cgroup2":
 			if v2 == "" {
-				v2 = unescapeMount(pf[4])
+				v2 = mountinfo.Unescape(pf[4])
 			}
 		case "cgroup":
 			for _, opt := range strings.Split(qf[2], ",") {
 				if opt == "freezer" && v1 == "" {
-					v1 = unescapeMount(pf[4])
+					v1 = mountinfo.Unescape(pf[4])
 				}
 			}
 		}

@@ -51,16 +51,3 @@ func TestDescendants(t *testing.T) {
 		t.Errorf("descendants of a missing PID = %v", got)
 	}
 }
-
-func TestUnescapeMount(t *testing.T) {
-	for in, want := range map[string]string{
-		"/sys/fs/cgroup":         "/sys/fs/cgroup",
-		`/mnt/with\040space`:     "/mnt/with space",
-		`/a\011tab\134backslash`: "/a\ttab\\backslash",
-		`/trailing\04`:           `/trailing\04`,
-	} {
-		if got := unescapeMount(in); got != want {
-			t.Errorf("unescapeMount(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
