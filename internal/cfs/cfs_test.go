@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -557,5 +558,75 @@ func TestCapabilityCheck(t *testing.T) {
 	f.Close()
 	if _, err := unix.Getxattr(fb, capsXattr, make([]byte, 64)); err != unix.ENODATA {
 		t.Fatalf("a write on a kept the capability b set: %v", err)
+	}
+}
+
+// O_APPEND writes from two nodes at once never overwrite each other (the
+// server appends), and a sparse file far past 4 GiB reads the same on both.
+func TestAppendAndSparse(t *testing.T) {
+	p := mountPair(t)
+	var wg sync.WaitGroup
+	for _, c := range []*Client{p.a, p.b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f, err := os.OpenFile(p.at(c, "log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer f.Close()
+			for i := range 200 {
+				if _, err := fmt.Fprintf(f, "node%d line %03d\n", c.c.Self, i); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b, err := os.ReadFile(p.at(p.a, "log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	seen := map[string]bool{}
+	for _, l := range lines {
+		if len(l) != len("node2 line 000") || seen[l] {
+			t.Fatalf("a torn or repeated line %q in the appended log (%d lines)", l, len(lines))
+		}
+		seen[l] = true
+	}
+	if len(lines) != 400 {
+		t.Fatalf("%d lines appended, want 400", len(lines))
+	}
+
+	const far = 5 << 30
+	f, err := os.OpenFile(p.at(p.a, "sparse"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("end"), far); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	g, err := os.Open(p.at(p.b, "sparse"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if fi, err := g.Stat(); err != nil || fi.Size() != far+3 {
+		t.Fatalf("b's size of the sparse file: %v %v", fi.Size(), err)
+	}
+	buf := make([]byte, 3)
+	if _, err := g.ReadAt(buf, far); err != nil || string(buf) != "end" {
+		t.Fatalf("b reads %q %v at 5 GiB", buf, err)
+	}
+	if off, err := unix.Seek(int(g.Fd()), 0, unix.SEEK_DATA); err != nil || off < far-(1<<20) {
+		t.Fatalf("SEEK_DATA from 0 lands at %d (%v): the hole was not kept", off, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(p.export, "sparse"), &st); err != nil || st.Blocks*512 > 1<<20 {
+		t.Fatalf("the server's file is not sparse: %d blocks %v", st.Blocks, err)
 	}
 }
