@@ -3,12 +3,10 @@ package cfs
 import (
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -120,66 +118,26 @@ func (v *Service) serveConn(c net.Conn, log *slog.Logger) {
 	}
 }
 
-// connLink is a client's session over a connection of its own.
-type connLink struct {
-	c    net.Conn
-	mu   sync.Mutex
-	dead chan struct{}
-	once sync.Once
-}
-
+// dialConn opens a session over a connection of its own.
 func dialConn(ctx context.Context, d peer.Dialer, server, self uint32, deliver func(*ssiv1.FsMessage)) (link, error) {
 	c, err := d.Dial(ctx, server, transport.ProtoCFS)
 	if err != nil {
 		return nil, err
 	}
-	l := &connLink{c: c, dead: make(chan struct{})}
-	if err := writeFrame(c, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_HELLO, Node: self}); err != nil {
-		l.close()
-		return nil, fmt.Errorf("open a cluster filesystem session with node %d: %w", server, err)
-	}
-	var buf []byte
-	first := &ssiv1.FsMessage{}
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if err := readFrame(c, &buf, first); err != nil {
-		l.close()
-		return nil, fmt.Errorf("open a cluster filesystem session with node %d (does it serve the cluster filesystem?): %w", server, err)
-	}
-	_ = c.SetReadDeadline(time.Time{})
-	deliver(first)
-	go func() {
-		defer l.close()
-		for {
+	var buf []byte // the reader's, reused (Unmarshal copies out of it)
+	l := &wireLink{
+		write: func(r *ssiv1.FsRequest) error { return writeFrame(c, r) },
+		receive: func() (*ssiv1.FsMessage, error) {
 			m := &ssiv1.FsMessage{}
-			if err := readFrame(c, &buf, m); err != nil {
-				return
-			}
-			deliver(m)
+			return m, readFrame(c, &buf, m)
+		},
+		shut: func() { c.Close() },
+	}
+	return l.start(server, self, deliver, func(on bool) {
+		if on {
+			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		} else {
+			_ = c.SetReadDeadline(time.Time{})
 		}
-	}()
-	return l, nil
-}
-
-func (l *connLink) send(r *ssiv1.FsRequest) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	select {
-	case <-l.dead:
-		return errors.New("session ended")
-	default:
-	}
-	if err := writeFrame(l.c, r); err != nil {
-		go l.close()
-		return err
-	}
-	return nil
-}
-
-func (l *connLink) done() <-chan struct{} { return l.dead }
-
-func (l *connLink) close() {
-	l.once.Do(func() {
-		l.c.Close()
-		close(l.dead)
 	})
 }

@@ -308,6 +308,19 @@ func (s *Server) parent(rel string) (dirfd int, name string, err error) {
 	return fd, name, err
 }
 
+// parentStat is parent, with the directory's own attributes.
+func (s *Server) parentStat(rel string) (dirfd int, name string, st *unix.Stat_t, err error) {
+	if dirfd, name, err = s.parent(rel); err != nil {
+		return -1, "", nil, err
+	}
+	st = new(unix.Stat_t)
+	if err := unix.Fstat(dirfd, st); err != nil {
+		unix.Close(dirfd)
+		return -1, "", nil, err
+	}
+	return dirfd, name, st, nil
+}
+
 // lstat stats rel without following a final symlink.
 func (s *Server) lstat(rel string) (*unix.Stat_t, error) {
 	var st unix.Stat_t

@@ -171,13 +171,49 @@ func (l *localLink) send(r *ssiv1.FsRequest) error {
 func (l *localLink) done() <-chan struct{} { return l.x.done }
 func (l *localLink) close()                { l.x.end(errors.New("the client closed it")) }
 
-// streamLink is a session over the peer seam.
-type streamLink struct {
-	st     *connect.BidiStreamForClient[ssiv1.FsRequest, ssiv1.FsMessage]
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	dead   chan struct{}
-	once   sync.Once
+// wireLink is a client's session over a stream of messages: a TLS
+// connection of its own (dialConn) or a Connect stream (dialPeer).
+type wireLink struct {
+	write   func(*ssiv1.FsRequest) error
+	receive func() (*ssiv1.FsMessage, error)
+	shut    func()
+	mu      sync.Mutex
+	dead    chan struct{}
+	once    sync.Once
+}
+
+// start says HELLO, delivers the answer, then every message until the
+// stream ends. handshake, if set, is called with true before and false
+// after the HELLO (to bound its wait).
+func (l *wireLink) start(server, self uint32, deliver func(*ssiv1.FsMessage), handshake func(bool)) (link, error) {
+	l.dead = make(chan struct{})
+	if handshake != nil {
+		handshake(true)
+	}
+	if err := l.write(&ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_HELLO, Node: self}); err != nil {
+		l.close()
+		return nil, fmt.Errorf("open a cluster filesystem session with node %d: %w", server, err)
+	}
+	first, err := l.receive()
+	if err != nil {
+		l.close()
+		return nil, fmt.Errorf("open a cluster filesystem session with node %d (does it serve the cluster filesystem?): %w", server, err)
+	}
+	if handshake != nil {
+		handshake(false)
+	}
+	deliver(first)
+	go func() {
+		defer l.close()
+		for {
+			m, err := l.receive()
+			if err != nil {
+				return
+			}
+			deliver(m)
+		}
+	}()
+	return l, nil
 }
 
 func dialPeer(ctx context.Context, net peer.Net, server, self uint32, deliver func(*ssiv1.FsMessage)) (link, error) {
@@ -188,31 +224,11 @@ func dialPeer(ctx context.Context, net peer.Net, server, self uint32, deliver fu
 	cl := ssiv1connect.NewCfsClient(conn.HTTP, conn.URL, connect.WithReadMaxBytes(2*maxIO), connect.WithSendMaxBytes(2*maxIO))
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	st := cl.Session(sctx)
-	l := &streamLink{st: st, cancel: cancel, dead: make(chan struct{})}
-	if err := st.Send(&ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_HELLO, Node: self}); err != nil {
-		l.close()
-		return nil, fmt.Errorf("open a cluster filesystem session with node %d: %w", server, err)
-	}
-	first, err := st.Receive()
-	if err != nil {
-		l.close()
-		return nil, fmt.Errorf("open a cluster filesystem session with node %d: %w", server, err)
-	}
-	deliver(first)
-	go func() {
-		defer l.close()
-		for {
-			m, err := st.Receive()
-			if err != nil {
-				return
-			}
-			deliver(m)
-		}
-	}()
-	return l, nil
+	l := &wireLink{write: st.Send, receive: st.Receive, shut: cancel}
+	return l.start(server, self, deliver, nil)
 }
 
-func (l *streamLink) send(r *ssiv1.FsRequest) error {
+func (l *wireLink) send(r *ssiv1.FsRequest) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	select {
@@ -220,16 +236,18 @@ func (l *streamLink) send(r *ssiv1.FsRequest) error {
 		return errors.New("session ended")
 	default:
 	}
-	if err := l.st.Send(r); err != nil {
+	if err := l.write(r); err != nil {
 		go l.close()
 		return err
 	}
 	return nil
 }
-func (l *streamLink) done() <-chan struct{} { return l.dead }
-func (l *streamLink) close() {
+
+func (l *wireLink) done() <-chan struct{} { return l.dead }
+
+func (l *wireLink) close() {
 	l.once.Do(func() {
-		l.cancel()
+		l.shut()
 		close(l.dead)
 	})
 }
