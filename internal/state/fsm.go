@@ -336,6 +336,12 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applySetBlocked(c, cmd)
+	case CmdSetCFS:
+		var cmd SetCFS
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applySetCFS(c, cmd)
 	default:
 		return nil, fmt.Errorf("command type %d is in the version table but this version cannot apply it (a bug: add it to state.apply)", byte(t))
 	}

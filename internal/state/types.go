@@ -139,6 +139,10 @@ type Cluster struct {
 	// Blocked: nodes that take no new jobs (loadlevel.go).
 	Blocked map[uint32]bool `json:"blocked,omitempty"`
 
+	// CFS: who serves and who replicates the cluster filesystem (cfs.go);
+	// nil until the first 'ssi cfs replica'.
+	CFS *CFS `json:"cfs,omitempty"`
+
 	// Requests: the outcomes of the last commands that carried a request
 	// ID, oldest first (requests.go), so that a retried command returns the
 	// first outcome instead of being applied twice.
@@ -177,6 +181,10 @@ func (c *Cluster) Clone() *Cluster {
 	out.Locations = cloneLocations(c.Locations)
 	out.LoadLevel = c.LoadLevel.clone()
 	out.Blocked = cloneBlocked(c.Blocked)
+	if c.CFS != nil {
+		cp := *c.CFS
+		out.CFS = &cp
+	}
 	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out
 }
