@@ -302,7 +302,7 @@ func TestBadPathsAreRefused(t *testing.T) {
 	if err := os.Symlink(dir, filepath.Join(export, "out")); err != nil {
 		t.Fatal(err)
 	}
-	x, err := srv.open(9, func(*ssiv1.FsMessage) error { return nil })
+	x, err := srv.open(9, func(*ssiv1.FsMessage) error { return nil }, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -432,7 +432,7 @@ func FuzzServe(f *testing.F) {
 	if err := os.Symlink(dir, filepath.Join(export, "up")); err != nil {
 		f.Fatal(err)
 	}
-	x, err := srv.open(7, func(*ssiv1.FsMessage) error { return nil })
+	x, err := srv.open(7, func(*ssiv1.FsMessage) error { return nil }, false)
 	if err != nil {
 		f.Fatal(err)
 	}

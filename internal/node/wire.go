@@ -72,6 +72,7 @@ type control struct {
 	*loadsControl
 	*dhcpControl
 	*migrateControl
+	*cfsControl
 }
 
 type (
@@ -80,6 +81,7 @@ type (
 	loadsControl   = placement.Control
 	dhcpControl    = dhcpd.Control
 	migrateControl = migrate.Control
+	cfsControl     = cfs.Control
 )
 
 var _ ssiv1connect.ControlHandler = control{}
@@ -108,7 +110,7 @@ func wire(w wiring) *parts {
 	})
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
 	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
-	w.cfs.Net, w.cfs.FSM, w.cfs.Log = w.net, w.fsm, w.log
+	w.cfs.Net, w.cfs.FSM, w.cfs.Leader, w.cfs.Log = w.net, w.fsm, p.leader, w.log
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
 	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, Log: w.log})
@@ -134,7 +136,7 @@ func wire(w wiring) *parts {
 	p.joinHandler = join
 
 	ctl := http.NewServeMux()
-	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control()},
+	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control(), p.cfs.Control()},
 		noGzip, connect.WithReadMaxBytes(commandMessage)))
 	p.controlHandler = ctl
 	return p
