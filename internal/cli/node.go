@@ -24,6 +24,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/cfs"
+	"github.com/ssi-cluster/ssi/internal/metrics"
 	"github.com/ssi-cluster/ssi/internal/migrate"
 	"github.com/ssi-cluster/ssi/internal/node"
 	"github.com/ssi-cluster/ssi/internal/nodeaddr"
@@ -130,6 +131,7 @@ Example:
 		cfsExport := fs.String("cfs-export", cfs.DefaultExport, "the directory the serving node exports as the cluster filesystem")
 		cfsServer := fs.Uint("cfs-server", cfs.DefaultServer, "the node that serves the cluster filesystem")
 		cfsJobRoot := fs.Bool("cfs-job-root", false, "run this node's jobs with the cluster filesystem as their / (will become a cluster setting)")
+		metricsAddr := fs.String("metrics-listen", metrics.Auto, "serve Prometheus /metrics here (host:port; 'auto': this node's loopback address, else 127.0.0.1, port 7471; '' for none)")
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -152,7 +154,7 @@ Example:
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 		// A data directory that holds no node (node.ErrNotInitialized) is a
 		// plain local error: exit 1 (see errors.go).
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath,
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath, Metrics: *metricsAddr,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl},
 			CFS:  node.CFSOptions{Mount: *cfsMount, Export: *cfsExport, Server: uint32(*cfsServer), JobRoot: *cfsJobRoot}})
 		if errors.Is(err, state.ErrHalted) {
