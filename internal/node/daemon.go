@@ -29,6 +29,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/state"
 	"github.com/ssi-cluster/ssi/internal/transport"
+	"github.com/ssi-cluster/ssi/internal/web"
 )
 
 // Load sources (see internal/placement).
@@ -219,6 +220,20 @@ func Run(ctx context.Context, o Options) (err error) {
 			return fail(err)
 		default:
 			lg.Warn("not serving metrics: the default address is taken; give --metrics-listen", "err", err)
+		}
+	}
+	if o.Web != "" {
+		addr, explicit := o.Web, o.Web != web.Auto
+		if !explicit {
+			addr = web.LoopbackFor(meta.IPAddr)
+		}
+		switch err := p.web.Listen(addr); {
+		case err == nil:
+			lg.Info("serving the dashboard", "url", p.web.URL())
+		case explicit:
+			return fail(err)
+		default:
+			lg.Warn("not serving the dashboard: the default address is taken; give --web-listen", "err", err)
 		}
 	}
 	loops, stopLoops := context.WithCancel(context.Background())

@@ -23,6 +23,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/procs"
 	"github.com/ssi-cluster/ssi/internal/procspace"
 	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/web"
 )
 
 // wiring is what the subsystems are built from: the node's identity and
@@ -63,6 +64,7 @@ type parts struct {
 	reg    *metrics.Registry // every subsystem's collectors (served by the daemon on --metrics-listen)
 
 	metricsURL string // where the daemon serves reg ("": nowhere)
+	web        *web.Web
 
 	peerHandler    http.Handler // the node-to-node services (cluster certificate required)
 	joinHandler    http.Handler // what a machine without a certificate may call: Join
@@ -144,9 +146,11 @@ func wire(w wiring) *parts {
 	})
 	p.joinHandler = join
 
+	ctlImpl := control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control()}
+	p.web = web.New(web.Config{Self: w.self, FSM: w.fsm, CA: w.ca, Control: ctlImpl, MetricsURL: func() string { return p.metricsURL }, Log: w.log})
 	ctl := http.NewServeMux()
-	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control()},
-		noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(commandMessage)))
+	ctl.Handle(ssiv1connect.NewControlHandler(ctlImpl, noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(commandMessage)))
+	ctl.Handle(ssiv1connect.NewObserveHandler(p.web.Service(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
 	p.controlHandler = ctl
 	return p
 }
@@ -161,6 +165,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.mem.Run,
 		p.dhcp.Run,
 		p.cfs.Run,
+		p.web.Run,
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()
