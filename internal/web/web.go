@@ -42,13 +42,13 @@ const (
 // Limits of the dashboard's endpoint, which is reachable without a
 // cluster certificate (docs/OBSERVABILITY.md).
 const (
-	maxConns      = 64              // open connections
-	maxStreams    = 16              // live (server-sent events) streams at once
-	maxBody       = 4 << 10         // a request body (kill, migrate, add-node)
-	maxHeader     = 8 << 10         // request headers
-	ratePerSecond = 20              // requests per client address, sustained
-	rateBurst     = 40              // and in a burst
-	maxClients    = 4096            // addresses whose rate is tracked
+	maxConns      = 64               // open connections
+	maxStreams    = 16               // live (server-sent events) streams at once
+	maxBody       = 4 << 10          // a request body (kill, migrate, add-node)
+	maxHeader     = 8 << 10          // request headers
+	ratePerSecond = 20               // requests per client address, sustained
+	rateBurst     = 40               // and in a burst
+	maxClients    = 4096             // addresses whose rate is tracked
 	writeLimit    = 10 * time.Second // one response, or one event of a stream
 )
 
