@@ -263,4 +263,3 @@ func TestRateLimitPerAddress(t *testing.T) {
 		t.Fatal("an unparsable address was allowed")
 	}
 }
-
