@@ -119,7 +119,7 @@ func (f *topFrame) render(width, height int, interval time.Duration, interactive
 		if height > 0 && len(lines) >= height {
 			break
 		}
-		lines = append(lines, fmt.Sprintf("%-10d %4d %7d %-8.8s %4s %5.1f %7s %9s  %s", p.Cpid, p.Node, p.Pid, p.User, p.State, p.Cpu, fmtMem(p.Rss*1024), fmtCPUTime(p.CpuTimeMs), p.Cmd))
+		lines = append(lines, fmt.Sprintf("%-10d %4d %7d %-8.8s %4s %5.1f %7s %9s  %s", p.Cpid, p.Node, p.Pid, p.User, p.State, p.Cpu, fmtMem(p.Rss), fmtCPUTime(p.CpuTimeMs), p.Cmd))
 	}
 	if height > 0 && len(lines) > height {
 		lines = lines[:height]

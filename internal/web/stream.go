@@ -41,7 +41,7 @@ type procView struct {
 	User       string  `json:"user"`
 	State      string  `json:"state"`
 	CPU        float64 `json:"cpu"`
-	RSS        uint64  `json:"rss"` // KiB
+	RSS        uint64  `json:"rss"` // bytes
 	Start      int64   `json:"start"`
 	TimeMs     int64   `json:"time_ms"`
 	Cmd        string  `json:"cmd"`

@@ -167,7 +167,7 @@ function renderGrid(s) {
     const canvas = el("canvas", { width: "200", height: "50", "data-chart": String(n.num) });
     cards.push(el("div", { class: "card", "data-node": String(n.num), "data-state": n.state },
       el("div", { class: "title" }, el("span", { text: "node " + n.num + " · " + n.name }), el("span", { class: "state " + n.state, text: n.state })),
-      el("div", { class: "muted", text: n.role + (n.num === s.leader ? " · leader" : "") + " · " + n.ipaddr }),
+      el("div", { class: "muted", text: n.role + (n.num === s.leader && n.role !== "leader" ? " · leader" : "") + " · " + n.ipaddr }),
       n.has_load ? el("div", {}, el("div", { text: "load " + n.load.toFixed(2) + " · run queue " + n.run_queue.toFixed(1) + " · " + n.ncpu + " CPUs" }),
         el("div", { class: "bar" }, el("div", { style: "width:" + pct + "%" })),
         el("div", { text: "memory free " + fmtBytes(n.mem_free) + " · " + n.procs + " processes" })) : el("div", { class: "muted", text: "no load (" + n.state + ")" }),
@@ -219,7 +219,7 @@ function renderProcs(s) {
     rows.push(el("tr", { "data-cpid": String(p.cpid) },
       el("td", { text: String(p.cpid) }), el("td", { text: String(p.node) }), el("td", { text: String(p.pid) }),
       el("td", { text: p.user }), el("td", { text: p.state }), el("td", { text: p.cpu.toFixed(1) }),
-      el("td", { text: fmtBytes(p.rss * 1024) }), el("td", { text: fmtDur(p.time_ms) }), el("td", { class: "cmd", title: p.cmd, text: p.cmd }), actions));
+      el("td", { text: fmtBytes(p.rss) }), el("td", { text: fmtDur(p.time_ms) }), el("td", { class: "cmd", title: p.cmd, text: p.cmd }), actions));
   }
   $("#procs tbody").replaceChildren(...rows);
   $("#procs-note").textContent = (s.procs || []).length + " processes" + (q ? ", " + rows.length + " shown" : "");
