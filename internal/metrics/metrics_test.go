@@ -2,11 +2,14 @@ package metrics
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -117,5 +120,52 @@ func TestSplitProcedure(t *testing.T) {
 	s, m := splitProcedure("/ssi.v1.Membership/Heartbeat")
 	if s != "Membership" || m != "Heartbeat" {
 		t.Fatalf("%q %q", s, m)
+	}
+}
+
+// The shipped Grafana dashboard queries only metrics the docs document
+// (and so the e2e test checks every node serves).
+func TestGrafanaDashboardUsesDocumentedMetrics(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/OBSERVABILITY.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	documented := map[string]bool{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `(ssi_[a-z0-9_]+)`").FindAllStringSubmatch(string(doc), -1) {
+		documented[m[1]] = true
+	}
+	b, err := os.ReadFile("../../deploy/grafana/ssi-cluster.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatalf("deploy/grafana/ssi-cluster.json: %v", err)
+	}
+	queries := 0
+	for _, p := range dash.Panels {
+		for _, q := range p.Targets {
+			queries++
+			names := regexp.MustCompile(`ssi_[a-z0-9_]+`).FindAllString(q.Expr, -1)
+			if len(names) == 0 {
+				t.Errorf("panel %q: query %q uses no ssi metric", p.Title, q.Expr)
+			}
+			for _, n := range names {
+				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(n, "_bucket"), "_count"), "_sum")
+				if !documented[base] {
+					t.Errorf("panel %q queries %s, which docs/OBSERVABILITY.md does not document", p.Title, n)
+				}
+			}
+		}
+	}
+	if queries < 10 {
+		t.Fatalf("only %d queries", queries)
 	}
 }
