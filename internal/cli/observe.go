@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -109,9 +108,9 @@ Examples:
 				return err
 			}
 		}
-		if err := st.Err(); err != nil && !(env.Ctx.Err() != nil && errors.Is(err, env.Ctx.Err())) {
+		if err := st.Err(); err != nil {
 			if env.Ctx.Err() != nil {
-				return nil // interrupted
+				return nil // interrupted (-f ends so)
 			}
 			return lostDaemon(*socket, "Events", err)
 		}

@@ -151,9 +151,11 @@ func (w *Web) sample(ctx context.Context, withProcs bool) *snapshot {
 			sort.Slice(s.Procs, func(a, b int) bool { return s.Procs[a].CPID < s.Procs[b].CPID })
 		}
 	}
-	w.mu.Lock()
-	w.last = s
-	w.mu.Unlock()
+	if withProcs {
+		w.mu.Lock()
+		w.last = s // what a new stream starts with
+		w.mu.Unlock()
+	}
 	return s
 }
 
