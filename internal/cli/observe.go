@@ -89,11 +89,8 @@ Examples:
 		asJSON := fs.Bool("json", false, "print JSON lines")
 		last := fs.Uint("n", 0, "only the last N events of the history (0: all)")
 		socket := socketFlag(fs)
-		if err := Parse(env, cmd, fs, args); err != nil {
+		if err := parseNone(env, cmd, fs, args); err != nil {
 			return err
-		}
-		if fs.NArg() > 0 {
-			return Usagef("unexpected argument %q", fs.Arg(0))
 		}
 		if *last > 512 {
 			return Usagef("-n %d: the history holds at most 512 events", *last)
@@ -180,11 +177,8 @@ func dashboardToken(env *Env, cmd *Command, args []string) error {
 	ttl := ttlFlag(fs, "ttl", web.DefaultTokenTTL, "how long the token is valid (at most 720h)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	socket := socketFlag(fs)
-	if err := Parse(env, cmd, fs, args); err != nil {
+	if err := parseNone(env, cmd, fs, args); err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return Usagef("unexpected argument %q", fs.Arg(0))
 	}
 	if *ttl < time.Minute || *ttl > web.MaxTokenTTL {
 		return Usagef("--ttl %v: a dashboard token lives between 1m and %v", *ttl, web.MaxTokenTTL)

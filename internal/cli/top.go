@@ -153,11 +153,8 @@ Examples:
 		count := fs.Int("n", 0, "stop after N refreshes (0: until q)")
 		batch := fs.Bool("b", false, "batch: print frames one after another, do not read keys")
 		socket := socketFlag(fs)
-		if err := Parse(env, cmd, fs, args); err != nil {
+		if err := parseNone(env, cmd, fs, args); err != nil {
 			return err
-		}
-		if fs.NArg() > 0 {
-			return Usagef("unexpected argument %q", fs.Arg(0))
 		}
 		if *interval < 100*time.Millisecond {
 			return Usagef("-d %v: give a duration of at least 100ms (e.g. 2s)", *interval)
