@@ -54,11 +54,28 @@ func (s *stats) initialized() *stats {
 	return s
 }
 
+// isRefusal reports whether err is a refusal: the job cannot or may not
+// move, and nothing changed.
+func isRefusal(err error) bool {
+	c := connect.CodeOf(err)
+	return c == connect.CodeFailedPrecondition || c == connect.CodePermissionDenied
+}
+
+// refusedEarly counts a request refused before the move started (the job
+// is pinned, attached where that cannot move, another user's, or limited
+// to other nodes); other errors there (no such process) are not
+// migrations.
+func (s *stats) refusedEarly(why string, err error) {
+	if isRefusal(err) {
+		s.total.WithLabelValues(why, "refused").Inc()
+	}
+}
+
 func (s *stats) record(why string, start time.Time, ph *ssiv1.MigratePhases, err error) {
 	result := "ok"
 	switch {
 	case err == nil:
-	case connect.CodeOf(err) == connect.CodeFailedPrecondition, connect.CodeOf(err) == connect.CodePermissionDenied:
+	case isRefusal(err):
 		result = "refused"
 	default:
 		result = "failed"

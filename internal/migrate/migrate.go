@@ -308,10 +308,14 @@ func (m *Migrator) moveRequest(ctx context.Context, q *ssiv1.MigrateRequest, rep
 	}
 	j, err := m.cfg.Jobs.Movable(cpid, procs.Caller{UID: q.Uid})
 	if err != nil {
-		return nil, m.jobsError(err)
+		err = m.jobsError(err)
+		m.stats.refusedEarly("migrate", err)
+		return nil, err
 	}
 	if len(j.Nodes) > 0 && !slices.Contains(j.Nodes, to.Num) {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d may run only on nodes %v (ssi run --nodes)", cpid, j.Nodes))
+		err := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d may run only on nodes %v (ssi run --nodes)", cpid, j.Nodes))
+		m.stats.refusedEarly("migrate", err)
+		return nil, err
 	}
 	criuPath, err := m.criu()
 	if err != nil {
