@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -47,6 +48,7 @@ type procView struct {
 	Cmd        string  `json:"cmd"`
 	Migratable bool    `json:"migratable"`
 	Detached   bool    `json:"detached"`
+	Child      bool    `json:"child"` // a process the job forked (same CPID)
 }
 
 type eventView struct {
@@ -139,16 +141,21 @@ func (w *Web) sample(ctx context.Context, withProcs bool) *snapshot {
 		} else {
 			s.Unreachable = p.Msg.Unreachable
 			for _, x := range p.Msg.Procs {
-				if x.Cpid != x.Job && x.Job != 0 {
-					continue // a job's forked processes: the job's row stands for them
-				}
+				// A job's forked processes share its CPID and follow it,
+				// their commands marked as ps marks them.
+				child := strings.HasPrefix(x.Cmd, `\_ `)
 				s.Procs = append(s.Procs, procView{CPID: x.Cpid, Node: x.Node, PID: x.Pid, User: x.User, State: x.State, CPU: x.Cpu, RSS: x.Rss,
-					Start: x.StartUnixMs, TimeMs: x.CpuTimeMs, Cmd: x.Cmd, Migratable: x.Migratable, Detached: x.Detached})
-				if n := byNum[x.Node]; n != nil {
+					Start: x.StartUnixMs, TimeMs: x.CpuTimeMs, Cmd: x.Cmd, Migratable: x.Migratable, Detached: x.Detached, Child: child})
+				if n := byNum[x.Node]; n != nil && !child {
 					n.Procs++
 				}
 			}
-			sort.Slice(s.Procs, func(a, b int) bool { return s.Procs[a].CPID < s.Procs[b].CPID })
+			sort.SliceStable(s.Procs, func(a, b int) bool {
+				if s.Procs[a].CPID != s.Procs[b].CPID {
+					return s.Procs[a].CPID < s.Procs[b].CPID
+				}
+				return !s.Procs[a].Child && s.Procs[b].Child
+			})
 		}
 	}
 	if withProcs {

@@ -1,14 +1,21 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/chromedp/chromedp"
+	"golang.org/x/sys/unix"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -101,4 +108,112 @@ func TestMigrationMetricsAndEvents(t *testing.T) {
 	if out := c.MustCLI(3, "ssi", "events", "-n", "1"); !strings.Contains(out, "migration") || !strings.Contains(out, cpid) {
 		t.Fatalf("ssi events -n 1 on node 3: %q", out)
 	}
+}
+
+// isolatedNS is the network namespace of an --isolate cluster's node k.
+func (c *Cluster) isolatedNS(t *testing.T, k int) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.Dir, "isolate.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var iso struct{ Prefix string }
+	if err := json.Unmarshal(b, &iso); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%s-n%d", iso.Prefix, k)
+}
+
+// forwardInto listens on a host loopback port and forwards every
+// connection to target as dialled from inside network namespace ns (a
+// thread of this process enters it for the dial only), so that a browser
+// on the host reaches an isolated node's dashboard.
+func forwardInto(t *testing.T, ns, target string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	dial := func() (net.Conn, error) {
+		type res struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan res, 1)
+		go func() {
+			// This thread changes namespace and is never given back to the
+			// scheduler (it ends with the goroutine): no other goroutine
+			// ever runs in the node's namespace.
+			runtime.LockOSThread()
+			f, err := os.Open("/run/netns/" + ns)
+			if err != nil {
+				ch <- res{nil, err}
+				return
+			}
+			defer f.Close()
+			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+				ch <- res{nil, err}
+				return
+			}
+			c, err := net.DialTimeout("tcp", target, 5*time.Second)
+			ch <- res{c, err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				up, err := dial()
+				if err != nil {
+					t.Logf("forward into %s: %v", ns, err)
+					return
+				}
+				defer up.Close()
+				done := make(chan struct{}, 2)
+				go func() { _, _ = io.Copy(up, c); done <- struct{}{} }()
+				go func() { _, _ = io.Copy(c, up); done <- struct{}{} }()
+				<-done
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// The dashboard's migrate button moves a running job (on an --isolate
+// cluster, through a forward into node 1's namespace): the table shows it
+// on its new node and the timeline the migration, without a reload.
+func TestDashboardMigrateButton(t *testing.T) {
+	c := migrateCluster(t)
+	b := newBrowser(t)
+	addr := forwardInto(t, c.isolatedNS(t, 1), fmt.Sprintf("127.0.0.1:%d", webPort))
+	admin := strings.TrimSpace(c.MustCLI(1, "ssi", "dashboard", "token"))
+	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c", "while :; do sleep 0.1; done"))
+	ctx := b.tab(t)
+	row := css(`#procs tr[data-cpid="%s"]`, cpid)
+	b.run(t, ctx, "sign in", chromedp.Navigate("http://"+addr+"/#token="+admin), chromedp.WaitVisible(row),
+		chromedp.WaitVisible(css(`.card[data-node="3"][data-state="UP"]`)))
+	if n := eval[string](t, b, ctx, fmt.Sprintf(`document.querySelector('%s').children[1].textContent`, row)); n != "2" {
+		t.Fatalf("the table shows %s on node %q, want 2", cpid, n)
+	}
+	// Choose node 3 in the row's list and press migrate.
+	eval[string](t, b, ctx, fmt.Sprintf(`(() => { const s = document.querySelector('%s select.target'); s.value = '3'; return s.value })()`, row))
+	b.run(t, ctx, "press migrate", chromedp.Click(css(`#procs tr[data-cpid="%s"] button.migrate`, cpid)),
+		func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+			return chromedp.Poll[chromedp.Void](fmt.Sprintf(`document.querySelector('#banner').textContent.includes('%s moved from node 2 to node 3')`, cpid))(ctx, tg)
+		},
+		func(ctx context.Context, tg *chromedp.Target) (chromedp.Void, error) {
+			return chromedp.Poll[chromedp.Void](fmt.Sprintf(`(document.querySelector('%s') || {children: [0, {}]}).children[1].textContent === '3'`, row))(ctx, tg)
+		},
+		chromedp.WaitVisible(css(`#timeline li[data-kind="migration"][data-node="3"]`)))
+	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "3" {
+		t.Fatalf("where_pid %s: %q after the migrate button, want 3", cpid, got)
+	}
+	b.shot(t, ctx, "migrated")
 }

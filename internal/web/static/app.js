@@ -204,11 +204,13 @@ function renderProcs(s) {
   const admin = state.session && state.session.admin;
   const up = s.nodes.filter((n) => n.state === "UP");
   const rows = [];
+  let jobs = 0;
   for (const p of s.procs || []) {
+    if (!p.child) jobs++;
     const text = [p.cpid, "node" + p.node, p.node, p.user, p.cmd, p.state].join(" ").toLowerCase();
     if (q && !text.includes(q)) continue;
     const actions = el("td", { class: "admin-only" });
-    if (admin) {
+    if (admin && !p.child) {
       const armed = state.armed === p.cpid;
       actions.append(el("button", { class: "kill", "data-cpid": String(p.cpid), text: armed ? "confirm kill" : "kill", onclick: () => kill(p.cpid) }));
       if (p.migratable) {
@@ -216,13 +218,13 @@ function renderProcs(s) {
         actions.append(" ", sel, el("button", { class: "migrate", text: "migrate", onclick: () => migrate(p.cpid, sel.value) }));
       }
     }
-    rows.push(el("tr", { "data-cpid": String(p.cpid) },
+    rows.push(el("tr", p.child ? { "data-child-of": String(p.cpid), class: "child" } : { "data-cpid": String(p.cpid) },
       el("td", { text: String(p.cpid) }), el("td", { text: String(p.node) }), el("td", { text: String(p.pid) }),
       el("td", { text: p.user }), el("td", { text: p.state }), el("td", { text: p.cpu.toFixed(1) }),
       el("td", { text: fmtBytes(p.rss) }), el("td", { text: fmtDur(p.time_ms) }), el("td", { class: "cmd", title: p.cmd, text: p.cmd }), actions));
   }
   $("#procs tbody").replaceChildren(...rows);
-  $("#procs-note").textContent = (s.procs || []).length + " processes" + (q ? ", " + rows.length + " shown" : "");
+  $("#procs-note").textContent = jobs + " jobs, " + (s.procs || []).length + " processes" + (q ? ", " + rows.length + " shown" : "");
 }
 
 function renderNodes(s) {
