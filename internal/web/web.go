@@ -284,7 +284,7 @@ func (w *Web) authed(mutate bool, h handler) http.HandlerFunc {
 				httpError(rw, http.StatusUnsupportedMediaType, "send JSON")
 				return
 			}
-			if o := r.Header.Get("Origin"); o != "" && o != "http://"+r.Host {
+			if o := r.Header.Get("Origin"); o != "" && o != "http://"+r.Host && o != "https://"+r.Host {
 				httpError(rw, http.StatusForbidden, "cross-origin request refused")
 				return
 			}

@@ -263,3 +263,44 @@ func TestRateLimitPerAddress(t *testing.T) {
 		t.Fatal("an unparsable address was allowed")
 	}
 }
+
+// Admin dashboard tokens only for callers who may change the cluster;
+// anyone gets a read-only one, carrying their identity.
+func TestDashboardTokenIssuance(t *testing.T) {
+	ca, err := pki.NewCA("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := New(Config{Self: 3, FSM: newCluster(t).fsm, CA: ca, Control: &fakeControl{}, Log: slog.New(slog.DiscardHandler)})
+	svc := w.Service()
+	stranger := transport.WithCaller(context.Background(), transport.Caller{UID: 54321, GID: 54321})
+	if _, err := svc.DashboardToken(stranger, connect.NewRequest(&ssiv1.DashboardTokenRequest{})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("admin token for uid 54321: %v", err)
+	}
+	resp, err := svc.DashboardToken(stranger, connect.NewRequest(&ssiv1.DashboardTokenRequest{ReadOnly: true, TtlSeconds: 3600}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Verify(ca.Cert, resp.Msg.Token, time.Now())
+	if err != nil || c.Admin || c.UID != 54321 || c.Node != 3 || resp.Msg.Admin {
+		t.Fatalf("read-only token: %+v %v", c, err)
+	}
+	if d := time.Until(time.Unix(c.Expires, 0)); d < 59*time.Minute || d > time.Hour {
+		t.Fatalf("token expires in %v, want 1h", d)
+	}
+	if _, err := svc.DashboardToken(stranger, connect.NewRequest(&ssiv1.DashboardTokenRequest{ReadOnly: true, TtlSeconds: 5})); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("a 5s token: %v", err)
+	}
+	if _, err := svc.DashboardToken(context.Background(), connect.NewRequest(&ssiv1.DashboardTokenRequest{ReadOnly: true})); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("a token without peer credentials: %v", err)
+	}
+	// root (as the CLI of an admin) gets an admin token.
+	root := transport.WithCaller(context.Background(), transport.Caller{UID: 0})
+	resp, err = svc.DashboardToken(root, connect.NewRequest(&ssiv1.DashboardTokenRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := Verify(ca.Cert, resp.Msg.Token, time.Now()); err != nil || !c.Admin {
+		t.Fatalf("root's token: %+v %v", c, err)
+	}
+}
