@@ -125,8 +125,8 @@ func (f *topFrame) render(width, height int, interval time.Duration, interactive
 		lines = lines[:height]
 	}
 	for i, l := range lines {
-		if width > 0 && len(l) > width {
-			lines[i] = l[:width]
+		if r := []rune(l); width > 0 && len(r) > width {
+			lines[i] = string(r[:width]) // by characters: a command may be UTF-8
 		}
 	}
 	return lines
