@@ -114,6 +114,9 @@ Examples:
 		}
 		fmt.Fprintf(env.Stdout, "one root: node 1 serves %s as the cluster filesystem; node k mounts it at %s%s\n",
 			devcluster.ExportDir(absDir(*dir)), filepath.Join(absDir(*dir), "mnt", "nodek"), inside)
+		if !*isolate {
+			fmt.Fprintf(env.Stdout, "watch it: SSI_SOCKET=%s ssi top; the web dashboard: SSI_SOCKET=%[1]s ssi dashboard token (prints a sign-in URL)\n", devcluster.Socket(absDir(*dir), 1))
+		}
 		fmt.Fprintf(env.Stdout, "stop it with: ssi down --dir %s\n", *dir)
 		return nil
 	}
