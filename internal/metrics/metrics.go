@@ -7,8 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
-	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,7 +30,9 @@ const (
 // Registry is one node's metrics: Go runtime and process collectors plus
 // whatever the subsystems register.
 type Registry struct {
-	reg *prometheus.Registry
+	reg     *prometheus.Registry
+	once    sync.Once
+	handler http.Handler
 }
 
 // New returns a registry with the Go runtime's and the process's
@@ -52,15 +53,19 @@ func (r *Registry) Register(cs ...prometheus.Collector) {
 func (r *Registry) Gatherer() prometheus.Gatherer { return r.reg }
 
 // Handler serves the registry in the Prometheus text (or OpenMetrics)
-// format, at most maxScrapes at once.
+// format, at most maxScrapes at once (one handler per registry: it counts
+// its own requests in the registry).
 func (r *Registry) Handler(log *slog.Logger) http.Handler {
-	return promhttp.InstrumentMetricHandler(r.reg, promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{
-		ErrorLog:            slogLogger{log},
-		ErrorHandling:       promhttp.ContinueOnError,
-		MaxRequestsInFlight: maxScrapes,
-		Timeout:             scrapeLimit,
-		EnableOpenMetrics:   true,
-	}))
+	r.once.Do(func() {
+		r.handler = promhttp.InstrumentMetricHandler(r.reg, promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{
+			ErrorLog:            slogLogger{log},
+			ErrorHandling:       promhttp.ContinueOnError,
+			MaxRequestsInFlight: maxScrapes,
+			Timeout:             scrapeLimit,
+			EnableOpenMetrics:   true,
+		}))
+	})
+	return r.handler
 }
 
 type slogLogger struct{ log *slog.Logger }
@@ -117,19 +122,8 @@ func (s *Server) Close() error {
 }
 
 // Auto is the address flag value that picks a loopback address by itself
-// (LoopbackFor).
+// (nodeaddr.LoopbackFor).
 const Auto = "auto"
 
 // DefaultPort is the /metrics port of an automatic address.
 const DefaultPort = 7471
-
-// LoopbackFor is the automatic listen address of a node whose cluster
-// address is ip: ip itself when it is a loopback address (the nodes of
-// 'ssi up' each have their own, so they never clash), else 127.0.0.1;
-// never an address reachable from another machine.
-func LoopbackFor(ip string, port int) string {
-	if a, err := netip.ParseAddr(ip); err == nil && a.IsLoopback() {
-		return net.JoinHostPort(a.String(), strconv.Itoa(port))
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-}

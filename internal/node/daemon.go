@@ -23,6 +23,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/membership"
 	"github.com/ssi-cluster/ssi/internal/metrics"
+	"github.com/ssi-cluster/ssi/internal/nodeaddr"
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/placement"
 	"github.com/ssi-cluster/ssi/internal/procs"
@@ -208,7 +209,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if o.Metrics != "" {
 		addr, explicit := o.Metrics, o.Metrics != metrics.Auto
 		if !explicit {
-			addr = metrics.LoopbackFor(meta.IPAddr, metrics.DefaultPort)
+			addr = nodeaddr.LoopbackFor(meta.IPAddr, metrics.DefaultPort)
 		}
 		ms, err := metrics.Listen(addr, p.reg, lg)
 		switch {
@@ -225,7 +226,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if o.Web != "" {
 		addr, explicit := o.Web, o.Web != web.Auto
 		if !explicit {
-			addr = web.LoopbackFor(meta.IPAddr)
+			addr = nodeaddr.LoopbackFor(meta.IPAddr, web.DefaultPort)
 		}
 		switch err := p.web.Listen(addr); {
 		case err == nil:

@@ -33,7 +33,7 @@ import (
 var static embed.FS
 
 // Auto is the --web-listen value that picks a loopback address by itself
-// (as metrics.LoopbackFor does); DefaultPort is its port.
+// (nodeaddr.LoopbackFor); DefaultPort is its port.
 const (
 	Auto        = "auto"
 	DefaultPort = 7480
@@ -97,15 +97,6 @@ func New(cfg Config) *Web {
 	}
 	return &Web{cfg: cfg, log: cfg.Log.With("subsystem", "web"), subs: map[chan []byte]struct{}{}, history: map[uint32][]historyPoint{},
 		wake: make(chan struct{}, 1), streams: make(chan struct{}, maxStreams), limits: clientLimits{m: map[netip.Addr]*rate.Limiter{}}}
-}
-
-// LoopbackFor is the automatic address of a node whose cluster address is
-// ip: ip itself if it is a loopback address, else 127.0.0.1.
-func LoopbackFor(ip string) string {
-	if a, err := netip.ParseAddr(ip); err == nil && a.IsLoopback() {
-		return net.JoinHostPort(a.String(), strconv.Itoa(DefaultPort))
-	}
-	return net.JoinHostPort("127.0.0.1", strconv.Itoa(DefaultPort))
 }
 
 // URL is where the dashboard is served ("" when it is not).
