@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -29,8 +30,13 @@ func (c *Cluster) scrape(k int) (map[string]*dto.MetricFamily, error) {
 	if resp.StatusCode != 200 {
 		return nil, fmt.Errorf("node %d: GET /metrics: %s", k, resp.Status)
 	}
+	return parseMetrics(resp.Body)
+}
+
+// parseMetrics reads the Prometheus text format with Prometheus's parser.
+func parseMetrics(r io.Reader) (map[string]*dto.MetricFamily, error) {
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	return p.TextToMetricFamilies(resp.Body)
+	return p.TextToMetricFamilies(r)
 }
 
 // value is the sum of a family's samples whose labels include want

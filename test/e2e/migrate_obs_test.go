@@ -18,28 +18,17 @@ import (
 	"golang.org/x/sys/unix"
 
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
 // scrapeIsolated reads node k's /metrics from inside its network namespace
 // (an --isolate node serves them on its own 127.0.0.1).
 func (c *Cluster) scrapeIsolated(t *testing.T, k int) map[string]*dto.MetricFamily {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(c.Dir, "isolate.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var iso struct{ Prefix string }
-	if err := json.Unmarshal(b, &iso); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("ip", "netns", "exec", fmt.Sprintf("%s-n%d", iso.Prefix, k), "busybox", "wget", "-q", "-O", "-", fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)).Output()
+	out, err := exec.Command("ip", "netns", "exec", c.isolatedNS(t, k), "busybox", "wget", "-q", "-O", "-", fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)).Output()
 	if err != nil {
 		t.Fatalf("node %d: wget /metrics in its namespace: %v", k, err)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(strings.NewReader(string(out)))
+	mfs, err := parseMetrics(strings.NewReader(string(out)))
 	if err != nil {
 		t.Fatal(err)
 	}
