@@ -230,6 +230,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		}
 		switch err := p.web.Listen(addr); {
 		case err == nil:
+			defer p.web.Close()
 			lg.Info("serving the dashboard", "url", p.web.URL())
 		case explicit:
 			return fail(err)

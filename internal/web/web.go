@@ -131,16 +131,20 @@ func (w *Web) Listen(addr string) error {
 	return nil
 }
 
+// Close stops serving (and ends the live streams); it may be called more
+// than once.
+func (w *Web) Close() {
+	w.mu.Lock()
+	srv := w.srv
+	w.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+}
+
 // Run samples the cluster for the page until ctx ends, then stops serving.
 func (w *Web) Run(ctx context.Context) {
-	defer func() {
-		w.mu.Lock()
-		srv := w.srv
-		w.mu.Unlock()
-		if srv != nil {
-			_ = srv.Close()
-		}
-	}()
+	defer w.Close()
 	if w.URL() == "" {
 		<-ctx.Done()
 		return
