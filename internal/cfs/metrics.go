@@ -43,9 +43,10 @@ func (s *Server) initLatency() {
 
 const descLatencyHelp = "Time this node (as the server) took to serve a cluster filesystem request, by operation, including waiting for other nodes' invalidation acknowledgements."
 
-func (s *Server) observe(op ssiv1.FsOp, d time.Duration) {
+// observe records a request of operation op that started at start.
+func (s *Server) observe(op ssiv1.FsOp, start time.Time) {
 	if op > 0 && int(op) < len(s.latency) && s.latency[op] != nil {
-		s.latency[op].Observe(d.Seconds())
+		s.latency[op].Observe(time.Since(start).Seconds())
 	}
 }
 

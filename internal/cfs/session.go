@@ -204,14 +204,13 @@ func (x *session) serve(ctx context.Context, r *ssiv1.FsRequest) *ssiv1.FsMessag
 	if r.Op >= 0 && int(r.Op) < len(x.srv.requests) {
 		x.srv.requests[r.Op].Add(1)
 	}
-	start := time.Now()
-	defer func() {
-		took := time.Since(start)
-		x.srv.observe(r.Op, took)
-		if x.srv.log.Enabled(ctx, slog.LevelDebug) {
-			x.srv.log.Debug("cfs request", "client", x.node, "op", r.Op, "path", string(r.Path), "took", took)
-		}
-	}()
+	defer x.srv.observe(r.Op, time.Now())
+	if x.srv.log.Enabled(ctx, slog.LevelDebug) {
+		start := time.Now()
+		defer func() {
+			x.srv.log.Debug("cfs request", "client", x.node, "op", r.Op, "path", string(r.Path), "took", time.Since(start))
+		}()
+	}
 	m, err := x.do(ctx, r)
 	if m == nil {
 		m = &ssiv1.FsMessage{}
