@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"hash/fnv"
 	"log/slog"
 	"os"
@@ -45,7 +46,8 @@ type Server struct {
 	exclude map[string]bool // cleaned relative paths hidden from clients
 	log     *slog.Logger
 
-	requests [64]atomic.Uint64 // served, by operation
+	requests [64]atomic.Uint64        // served, by operation
+	latency  [64]prometheus.Histogram // time to serve, by operation (metrics.go)
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
@@ -97,6 +99,7 @@ func NewServer(c ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("cluster filesystem export %s: %w", root, err)
 	}
 	s := &Server{root: root, rootFd: fd, rootDev: st.Dev, rootIno: st.Ino, exclude: map[string]bool{}, log: c.Log, sessions: map[*session]struct{}{}}
+	s.initLatency()
 	excl := append([]string(nil), c.Exclude...)
 	if root == "/" {
 		for _, d := range DefaultExcludes {

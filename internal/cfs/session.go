@@ -216,6 +216,7 @@ func (x *session) serve(ctx context.Context, r *ssiv1.FsRequest) *ssiv1.FsMessag
 	if r.Op >= 0 && int(r.Op) < len(x.srv.requests) {
 		x.srv.requests[r.Op].Add(1)
 	}
+	defer x.srv.observe(r.Op, time.Now())
 	if x.srv.log.Enabled(ctx, slog.LevelDebug) {
 		start := time.Now()
 		defer func() {

@@ -15,6 +15,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/dhcpd"
 	"github.com/ssi-cluster/ssi/internal/membership"
+	"github.com/ssi-cluster/ssi/internal/metrics"
 	"github.com/ssi-cluster/ssi/internal/migrate"
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/pki"
@@ -22,6 +23,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/procs"
 	"github.com/ssi-cluster/ssi/internal/procspace"
 	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/web"
 )
 
 // wiring is what the subsystems are built from: the node's identity and
@@ -59,6 +61,10 @@ type parts struct {
 	mig    *migrate.Migrator
 	cfs    *cfs.FS
 	load   placement.Source
+	reg    *metrics.Registry // every subsystem's collectors (served by the daemon on --metrics-listen)
+
+	metricsURL string // where the daemon serves reg ("": nowhere)
+	web        *web.Web
 
 	peerHandler    http.Handler // the node-to-node services (cluster certificate required)
 	joinHandler    http.Handler // what a machine without a certificate may call: Join
@@ -116,15 +122,22 @@ func wire(w wiring) *parts {
 	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
+	// Metrics: each subsystem defines and registers its own.
+	p.reg = metrics.New()
+	peerRPC, ctlRPC := metrics.NewRPC("peer"), metrics.NewRPC("control")
+	p.reg.Register(peerRPC, ctlRPC, p.leader.Collector(), p.mem.Collector(), placement.LoadCollector(w.load),
+		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector())
+	peerOpts := connect.WithInterceptors(peerRPC)
+
 	// Every endpoint bounds the messages it reads (connect refuses a larger
 	// one before decoding it).
 	mux := http.NewServeMux()
-	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
-	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip, connect.WithReadMaxBytes(commandMessage)))
-	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
-	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
-	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
-	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, connect.WithReadMaxBytes(cfsMessage)))
+	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
+	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(commandMessage)))
+	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
+	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(cfsMessage)))
 	p.peerHandler = mux
 
 	join := http.NewServeMux()
@@ -135,9 +148,11 @@ func wire(w wiring) *parts {
 	})
 	p.joinHandler = join
 
+	ctlImpl := control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control(), p.cfs.Control()}
+	p.web = web.New(web.Config{Self: w.self, FSM: w.fsm, CA: w.ca, Control: ctlImpl, MetricsURL: func() string { return p.metricsURL }, Log: w.log})
 	ctl := http.NewServeMux()
-	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control(), p.cfs.Control()},
-		noGzip, connect.WithReadMaxBytes(commandMessage)))
+	ctl.Handle(ssiv1connect.NewControlHandler(ctlImpl, noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(commandMessage)))
+	ctl.Handle(ssiv1connect.NewObserveHandler(p.web.Service(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
 	p.controlHandler = ctl
 	return p
 }
@@ -152,6 +167,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.mem.Run,
 		p.dhcp.Run,
 		p.cfs.Run,
+		p.web.Run,
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()
