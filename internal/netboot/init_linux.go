@@ -349,4 +349,3 @@ func withLog(err error) error {
 	fmt.Fprintf(os.Stdout, "--- the last %d lines of %s ---\n%s\n---\n", len(lines), daemonLog, strings.Join(lines, "\n"))
 	return err
 }
-
