@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/netboot"
+	"github.com/ssi-cluster/ssi/internal/provision"
 	"github.com/ssi-cluster/ssi/internal/version"
 )
 
@@ -20,7 +21,7 @@ func init() {
 	cmd := &Command{
 		Name:    "mkinitrd",
 		Summary: "build the initramfs that boots a diskless node into the cluster",
-		Usage:   "ssi mkinitrd -o FILE [--kernel-modules DIR] [--modules LIST] [--binary PATH] [--force]",
+		Usage:   "ssi mkinitrd [-o FILE | --images DIR] [--kernel-modules DIR] [--modules LIST] [--binary PATH] [--force]",
 		Help: `Writes a gzip'd newc cpio archive whose /init is a static ssi binary: at
 boot it mounts /proc, /sys and /dev, loads the kernel modules of the image,
 brings up the node's NIC, gets its address by DHCP from the cluster, joins
@@ -36,16 +37,21 @@ every module they depend on (from each module's .modinfo: no modules.dep
 needed); those built into the kernel or absent are skipped. Without it no
 module is included (a kernel with everything built in).
 
+Without -o the image goes where ssi xen-config, --format qemu and
+ssi-addnode --xennode look for it: IMAGES/boot/initrd (--images, default
+/images/ssi; the directory ssi images init makes).
+
 --binary is the ssi to run as /init (default: this one); it must be
 statically linked (CGO_ENABLED=0 go build ./cmd/ssi).
 
 Examples:
-  ssi mkinitrd -o /images/ssi/boot/initrd --kernel-modules /lib/modules/6.1.0-28-amd64
+  ssi mkinitrd --kernel-modules /lib/modules/6.1.0-28-amd64     # /images/ssi/boot/initrd
   ssi mkinitrd -o initrd --binary ./ssi-static --modules fuse,e1000`,
 	}
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
-		out := fs.String("o", "", "write the initramfs here (required)")
+		out := fs.String("o", "", "write the initramfs here (default IMAGES/boot/initrd)")
+		images := fs.String("images", provision.DefaultImagesDir, "images directory whose boot/initrd is written without -o")
 		kmods := fs.String("kernel-modules", "", "the guest kernel's module directory, lib/modules/VERSION")
 		mods := fs.String("modules", "", "comma-separated modules to include instead of the default list (each must exist)")
 		bin := fs.String("binary", "", "the static ssi binary to run as /init (default: this one)")
@@ -54,7 +60,11 @@ Examples:
 			return err
 		}
 		if *out == "" {
-			return Usagef("-o FILE is required")
+			boot := filepath.Join(*images, "boot")
+			if st, err := os.Stat(boot); err != nil || !st.IsDir() {
+				return fmt.Errorf("%s does not exist: create the images directory with 'ssi images init %s', or give -o FILE", boot, *images)
+			}
+			*out = filepath.Join(boot, "initrd")
 		}
 		o := netboot.Options{Binary: *bin, ModuleDir: *kmods, Version: version.Version}
 		if o.Binary == "" {

@@ -104,7 +104,7 @@ func (im *Image) Names() []string {
 // with time 0 (the same inputs give the same bytes).
 func (im *Image) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: w}
-	zw, err := gzip.NewWriterLevel(cw, gzip.BestCompression)
+	zw, err := gzip.NewWriterLevel(cw, gzip.DefaultCompression)
 	if err != nil {
 		return 0, err
 	}
