@@ -142,3 +142,25 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// ReadImage reads a gzip'd newc archive back (u-root's reader): what
+// the kernel will unpack, for checks and tests.
+func ReadImage(r io.Reader) ([]cpio.Record, error) {
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return nil, fmt.Errorf("not a gzip'd initramfs: %w", err)
+	}
+	raw, err := io.ReadAll(io.LimitReader(zr, 1<<30))
+	if err != nil {
+		return nil, err
+	}
+	return cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(raw)))
+}
+
+// RecordData is a record's contents.
+func RecordData(r cpio.Record) ([]byte, error) {
+	if r.ReaderAt == nil {
+		return nil, nil
+	}
+	return io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+}

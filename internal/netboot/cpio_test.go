@@ -2,8 +2,6 @@ package netboot
 
 import (
 	"bytes"
-	"compress/gzip"
-	"io"
 	"os"
 	"os/exec"
 	"path"
@@ -14,18 +12,9 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
-// readImage reads a gzip'd newc archive back with u-root's reader.
 func readImage(t *testing.T, b []byte) []cpio.Record {
 	t.Helper()
-	zr, err := gzip.NewReader(bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(raw)))
+	recs, err := ReadImage(bytes.NewReader(b))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +22,7 @@ func readImage(t *testing.T, b []byte) []cpio.Record {
 }
 
 func content(t *testing.T, r cpio.Record) string {
-	b, err := io.ReadAll(io.NewSectionReader(r.ReaderAt, 0, int64(r.FileSize)))
+	b, err := RecordData(r)
 	if err != nil {
 		t.Fatal(err)
 	}
