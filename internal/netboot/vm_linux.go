@@ -185,11 +185,13 @@ func Control(socket string) ssiv1connect.ControlClient {
 // inside the namespace, exporting root and serving DHCP on the bridge.
 // Node 1 is the only Raft voter: guests under software emulation on a
 // shared machine answer too slowly to be counted on for a quorum (a
-// guest voter made node 1 step down in a loaded test run).
+// guest voter made node 1 step down in a loaded test run), and a node is
+// declared DOWN after 15 s of silence, not the default: an emulated guest
+// on a busy machine misses heartbeats for seconds.
 func StartNode1(ctx context.Context, o VMOptions, ns, root string) (int, error) {
 	data := filepath.Join(o.Dir, "node1")
 	if _, err := os.Stat(filepath.Join(data, "node.json")); err != nil {
-		if out, err := exec.Command(o.Host, "init", "--cluster-name", "vm", "--hwaddr", VMMAC(1), "--ipaddr", VMAddr(1).String(), "--voters", "1", "--data-dir", data).CombinedOutput(); err != nil {
+		if out, err := exec.Command(o.Host, "init", "--cluster-name", "vm", "--hwaddr", VMMAC(1), "--ipaddr", VMAddr(1).String(), "--voters", "1", "--failure-timeout", "15s", "--data-dir", data).CombinedOutput(); err != nil {
 			return 0, fmt.Errorf("ssi init of node 1: %v: %s", err, bytes.TrimSpace(out))
 		}
 	}
