@@ -192,6 +192,9 @@ func runVMUp(env *Env, cmd *Command, args []string) error {
 	if *bin == "" {
 		*bin = self
 	}
+	if err := netboot.VMReady(); err != nil {
+		return err
+	}
 	if err := netboot.CheckStatic(*bin); err != nil {
 		return err
 	}

@@ -338,6 +338,16 @@ func WaitUp(ctx context.Context, socket string, num int) error {
 // bridge, node 1 serving DHCP and the root, the initramfs, and Nodes
 // diskless guests booting from it; it returns when every guest is UP.
 func VMUp(ctx context.Context, o VMOptions) error {
+	err := vmUp(ctx, o)
+	if err != nil {
+		if _, serr := os.Stat(vmStateFile(o.Dir)); serr == nil && !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w\n(what was started is still running: stop it with ssi vm down --dir %s)", err, o.Dir)
+		}
+	}
+	return err
+}
+
+func vmUp(ctx context.Context, o VMOptions) error {
 	if err := VMReady(); err != nil {
 		return err
 	}

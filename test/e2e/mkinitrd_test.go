@@ -81,3 +81,28 @@ func TestMkinitrd(t *testing.T) {
 		t.Error("the archive has no executable /init equal to the static ssi")
 	}
 }
+
+// TestVMBadInput: ssi vm refuses bad input before it creates anything
+// (booting is TestNetbootVM's, make test-vm).
+func TestVMBadInput(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"up", "--nodes", "0", "--dir", dir}, 2, "--nodes"},
+		{[]string{"up", "--kernel", "/boot/x", "--dir", dir}, 2, "go together"},
+		{[]string{"up", "--memory", "64", "--dir", dir}, 2, "--memory"},
+		{[]string{"down", "--dir", dir}, 1, "no virtual nodes"},
+		{[]string{"sideways"}, 2, ""},
+	} {
+		r := run(t, nil, "", "ssi", append([]string{"vm"}, c.args...)...)
+		if r.Code != c.code || !strings.Contains(r.Stderr, c.msg) {
+			t.Errorf("vm %v: want exit %d and %q, got %v", c.args, c.code, c.msg, r)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
+		t.Errorf("bad input left %v", ents)
+	}
+}
