@@ -14,7 +14,7 @@ if [ -z "$pkg" ]; then
 	exit 1
 fi
 dir=$cache/$pkg
-if [ -f "$dir/.complete" ]; then
+if [ -f "$dir/.complete-v2" ]; then
 	echo "$dir"
 	exit 0
 fi
@@ -31,7 +31,19 @@ mkdir -p "$tmp/out"
 mv "$tmp/root/boot/vmlinuz-$ver" "$tmp/out/vmlinuz"
 mv "$tmp/root/lib/modules" "$tmp/out/modules"
 echo "$ver" >"$tmp/out/version"
+# The uncompressed kernel too (what the kernel's scripts/extract-vmlinux
+# does: the first xz stream of the bzImage): QEMU boots it directly through
+# its PVH entry point, without the bzImage's decompression under emulation
+# (measured: 1.7-1.9 s instead of 4.1-4.4 s to /init). The first stream
+# that unpacks to an ELF file is kept; without one, vmlinuz alone is used.
+for off in $(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$tmp/out/vmlinuz" | cut -d: -f1); do
+	if tail -c +$((off + 1)) "$tmp/out/vmlinuz" | xz -dc --single-stream >"$tmp/out/vmlinux" 2>/dev/null &&
+		[ "$(head -c 4 "$tmp/out/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ]; then
+		break
+	fi
+	rm -f "$tmp/out/vmlinux"
+done
 rm -rf "$dir"
 mv "$tmp/out" "$dir"
-touch "$dir/.complete"
+touch "$dir/.complete-v2"
 echo "$dir"

@@ -94,10 +94,10 @@ func DefaultKernelCache() string {
 	return "/var/cache/ssi-netboot"
 }
 
-// FindKernel returns the kernel and module directory of the newest
-// complete download in cache.
+// FindKernel returns the kernel (vmlinux if unpacked, else vmlinuz) and
+// module directory of the newest complete download in cache.
 func FindKernel(cache string) (kernel, modules string, err error) {
-	ds, _ := filepath.Glob(filepath.Join(cache, "linux-image-*", ".complete"))
+	ds, _ := filepath.Glob(filepath.Join(cache, "linux-image-*", ".complete-v2"))
 	sort.Strings(ds)
 	if len(ds) == 0 {
 		return "", "", fmt.Errorf("no guest kernel in %s: fetch Debian's with scripts/netboot-kernel.sh, or pass --kernel and --kernel-modules", cache)
@@ -107,7 +107,13 @@ func FindKernel(cache string) (kernel, modules string, err error) {
 	if err != nil {
 		return "", "", err
 	}
-	return filepath.Join(d, "vmlinuz"), filepath.Join(d, "modules", strings.TrimSpace(string(v))), nil
+	kernel = filepath.Join(d, "vmlinuz")
+	// The uncompressed kernel, when the script could unpack it: QEMU boots
+	// it through its PVH entry, sparing the decompression under emulation.
+	if _, err := os.Stat(filepath.Join(d, "vmlinux")); err == nil {
+		kernel = filepath.Join(d, "vmlinux")
+	}
+	return kernel, filepath.Join(d, "modules", strings.TrimSpace(string(v))), nil
 }
 
 // VMReady reports whether this machine can run `ssi vm`: root, QEMU, ip,
