@@ -20,9 +20,9 @@ if [ -f "$dir/.complete-v2" ]; then
 fi
 mkdir -p "$cache"
 tmp=$(mktemp -d "$cache/.fetch.XXXXXX")
-chmod 755 "$tmp" # apt-get download runs as _apt
+chmod 755 "$cache" "$tmp" # apt-get download runs as _apt
 trap 'rm -rf "$tmp"' EXIT
-(cd "$tmp" && apt-get download -qq "$pkg" >/dev/null)
+(cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>"$tmp/apt.err") || { cat "$tmp/apt.err" >&2; exit 1; }
 mkdir "$tmp/root"
 dpkg -x "$tmp"/*.deb "$tmp/root"
 ver=${pkg#linux-image-}
@@ -37,7 +37,8 @@ echo "$ver" >"$tmp/out/version"
 # (measured: 1.7-1.9 s instead of 4.1-4.4 s to /init). The first stream
 # that unpacks to an ELF file is kept; without one, vmlinuz alone is used.
 for off in $(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$tmp/out/vmlinuz" | cut -d: -f1); do
-	if tail -c +$((off + 1)) "$tmp/out/vmlinuz" | xz -dc --single-stream >"$tmp/out/vmlinux" 2>/dev/null &&
+	# xz stops after the stream: tail's SIGPIPE is not a failure here.
+	if (set +o pipefail; tail -c +$((off + 1)) "$tmp/out/vmlinuz" | xz -dc --single-stream) >"$tmp/out/vmlinux" 2>/dev/null &&
 		[ "$(head -c 4 "$tmp/out/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ]; then
 		break
 	fi
