@@ -39,10 +39,11 @@ demo-down:
 test: deps
 	@FUZZ_BUDGET=$(FUZZ_SHORT) bash scripts/test.sh
 
-# Diskless nodes booting in QEMU (software emulation) from the initramfs of
-# ssi mkinitrd: test/e2e/netboot_test.go, docs/NETBOOT.md. A few minutes.
+# Only the diskless nodes booting in QEMU (software emulation) from the
+# initramfs of ssi mkinitrd, verbosely (part of make test too; about a
+# minute): test/e2e/netboot_test.go, docs/NETBOOT.md.
 test-vm: deps
-	$(GO) test -tags vm -count=1 -timeout 20m -run TestNetbootVM -v ./test/e2e/
+	$(GO) test -race -count=1 -timeout 20m -run 'TestNetbootVM|TestMkinitrd|TestVMBadInput' -v ./test/e2e/
 
 # A longer run of every fuzz target: make fuzz [FUZZ_LONG=1000000x]
 fuzz:

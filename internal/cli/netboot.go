@@ -42,7 +42,8 @@ ssi-addnode --xennode look for it: IMAGES/boot/initrd (--images, default
 /images/ssi; the directory ssi images init makes).
 
 --binary is the ssi to run as /init (default: this one); it must be
-statically linked (CGO_ENABLED=0 go build ./cmd/ssi).
+statically linked (CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' ./cmd/ssi:
+stripped, the image is about 7 MB instead of 13 and boots faster).
 
 Examples:
   ssi mkinitrd --kernel-modules /lib/modules/6.1.0-28-amd64     # /images/ssi/boot/initrd

@@ -21,8 +21,9 @@ const (
 )
 
 // Size bounds outside which Build warns. ssi is one static Go binary of
-// some 26 MB that gzip brings to about half; with the modules a
-// diskless node needs the image is 12-16 MB. The seed's "more than 2 MB
+// some 26 MB (19 MB stripped with -ldflags='-s -w') that gzip brings to
+// about half; with the modules a diskless node needs the image is 7 MB
+// (stripped) to 13 MB. The seed's "more than 2 MB
 // means it was built wrong" was for a C init with a few modules; for a
 // Go init the signs are below 5 MB (the binary is not ssi, or stripped of
 // something it needs) or above 40 MB (a whole module tree, or a binary
@@ -65,7 +66,7 @@ func CheckStatic(path string) error {
 	defer f.Close()
 	for _, p := range f.Progs {
 		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s: %w (it needs a dynamic loader, which the initramfs does not have); build one with: CGO_ENABLED=0 go build -o ssi-static ./cmd/ssi", path, ErrNotStatic)
+			return fmt.Errorf("%s: %w (it needs a dynamic loader, which the initramfs does not have); build one with: CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o ssi-static ./cmd/ssi", path, ErrNotStatic)
 		}
 	}
 	if f.Type != elf.ET_EXEC && f.Type != elf.ET_DYN {
@@ -179,9 +180,9 @@ func Write(out string, force bool, o Options) (Result, error) {
 func sizeWarnings(n int64) []string {
 	switch {
 	case n < WarnBelow:
-		return []string{fmt.Sprintf("the image is only %.1f MB (an ssi initramfs is 12-16 MB): is --binary really a static ssi?", float64(n)/(1<<20))}
+		return []string{fmt.Sprintf("the image is only %.1f MB (an ssi initramfs is 7-13 MB): is --binary really a static ssi?", float64(n)/(1<<20))}
 	case n > WarnAbove:
-		return []string{fmt.Sprintf("the image is %.1f MB (an ssi initramfs is 12-16 MB): was it built with the race detector or debug data, or with more modules than a diskless node needs?", float64(n)/(1<<20))}
+		return []string{fmt.Sprintf("the image is %.1f MB (an ssi initramfs is 7-13 MB): was it built with the race detector or debug data, or with more modules than a diskless node needs?", float64(n)/(1<<20))}
 	}
 	return nil
 }

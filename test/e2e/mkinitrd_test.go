@@ -39,7 +39,7 @@ func TestMkinitrd(t *testing.T) {
 	}
 
 	static := filepath.Join(dir, "ssi-static")
-	build := exec.Command("go", "build", "-o", static, "../../cmd/ssi")
+	build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", static, "../../cmd/ssi")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("static build: %v: %s", err, b)
