@@ -53,10 +53,16 @@ func (c *Console) Step(name, hint string, f func() error) error {
 	return nil
 }
 
+// Console markers, for whoever watches a guest's console (ssi vm, tests).
+const (
+	RescueMarker   = "*** ssi-boot: RESCUE:"
+	HandoverMarker = "ssi-boot: handing over to "
+)
+
 // RescueText is what the console shows when the boot cannot go on.
 func RescueText(err error) string {
 	var b strings.Builder
-	b.WriteString("\n*** ssi-boot: RESCUE: this node could not boot into the cluster ***\n")
+	b.WriteString("\n" + RescueMarker + " this node could not boot into the cluster ***\n")
 	var fl *Failure
 	if errors.As(err, &fl) {
 		fmt.Fprintf(&b, "failed step: %s\nreason:      %v\n", fl.Step, fl.Err)

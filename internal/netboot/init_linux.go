@@ -149,7 +149,8 @@ func boot(con *Console) error {
 	}); err != nil {
 		return err
 	}
-	con.Printf("node %d (%s) is up in cluster %s; handing over to %s after %.3fs in the initramfs (%.3fs since the kernel started); the ssi daemon stays, PID %d, log in %s", meta.Num, meta.Name, meta.ClusterName, p.Init, time.Since(start).Seconds(), uptime().Seconds(), daemon.Process.Pid, daemonLog)
+	con.Printf("node %d (%s) is up in cluster %s, its root the cluster's; the ssi daemon stays (PID %d, log %s)", meta.Num, meta.Name, meta.ClusterName, daemon.Process.Pid, daemonLog)
+	fmt.Fprintf(con.W, "[%8.3f] %s%s after %.3fs in the initramfs (%.3fs since the kernel started)\n", uptime().Seconds(), HandoverMarker, p.Init, time.Since(start).Seconds(), uptime().Seconds())
 	argv := append([]string{p.Init}, p.Args...)
 	err := syscall.Exec(p.Init, argv, []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=linux"})
 	return &Failure{Step: "exec " + p.Init, Err: err, Hint: "the cluster root's init cannot run on this node: is it built for this machine, and are its libraries in the root?"}

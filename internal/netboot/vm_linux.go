@@ -442,12 +442,44 @@ func vmUp(ctx context.Context, o VMOptions) error {
 	tctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	for k := 2; k < 2+o.Nodes; k++ {
-		if err := WaitUp(tctx, st.Socket, k); err != nil {
-			return fmt.Errorf("%w after %v; see its console, %s", err, o.Timeout, VMConsole(o.Dir, k))
+		if err := WaitBooted(tctx, st.Socket, k, VMConsole(o.Dir, k)); err != nil {
+			return fmt.Errorf("%w (after %.0fs); its console: %s", err, time.Since(start).Seconds(), VMConsole(o.Dir, k))
 		}
 		logf("node %d is UP (%.1fs after the guests started)", k, time.Since(start).Seconds())
 	}
 	return nil
+}
+
+// WaitBooted waits until node num is UP and its console shows the boot
+// flow's hand-over to the real init (the cluster root is ready for jobs
+// only then); a rescue message on the console ends the wait at once with
+// its text.
+func WaitBooted(ctx context.Context, socket string, num int, console string) error {
+	up := make(chan error, 1)
+	go func() { up <- WaitUp(ctx, socket, num) }()
+	isUp := false
+	for {
+		b, _ := os.ReadFile(console)
+		if i := bytes.Index(b, []byte(RescueMarker)); i >= 0 {
+			return fmt.Errorf("node %d stopped at the rescue message:\n%s", num, strings.TrimSpace(string(b[i:])))
+		}
+		if isUp && bytes.Contains(b, []byte(HandoverMarker)) {
+			return nil
+		}
+		select {
+		case err := <-up:
+			if err != nil {
+				return err
+			}
+			isUp = true
+		case <-ctx.Done():
+			if !isUp {
+				return fmt.Errorf("node %d is not UP", num)
+			}
+			return fmt.Errorf("node %d is UP but its console shows no hand-over to the cluster root's init", num)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 func makeSwap(path string, size int64) error {

@@ -140,7 +140,7 @@ func TestNetbootVM(t *testing.T) {
 	last := -1
 	for _, step := range []string{"mount /proc, /sys, /dev: ok", "load kernel modules: ok", "network interface eth0, MAC " + netboot.VMMAC(2),
 		"address " + netboot.VMAddr(2).String() + " from DHCP", "joined cluster vm as node 2", "start the ssi daemon: ok",
-		"mount the cluster root on /newroot: ok", "switch_root into the cluster root: ok", "handing over to /bin/ssi"} {
+		"mount the cluster root on /newroot: ok", "switch_root into the cluster root: ok", netboot.HandoverMarker + "/bin/ssi"} {
 		i := strings.Index(console, step)
 		if i < 0 || i < last {
 			t.Fatalf("console lacks %q (or out of order):\n%s", step, console)
@@ -224,6 +224,9 @@ func netbootRescue(t *testing.T, dir string, env []string, kernel string) {
 	}
 	for _, c := range cases {
 		con := waitConsole(t, filepath.Join(dir, "rescue"+strconv.Itoa(c.num), "console.log"), "no kernel panic", 3*time.Minute)
+		if !strings.Contains(con, netboot.RescueMarker) {
+			t.Errorf("guest %d: no rescue marker:\n%s", c.num, con)
+		}
 		for _, w := range []string{"RESCUE", c.step, c.reason, "check:", c.fix} {
 			if !strings.Contains(con, w) {
 				t.Errorf("guest %d: the console lacks %q:\n%s", c.num, w, con)
