@@ -176,6 +176,45 @@ func TestNetbootVM(t *testing.T) {
 	}
 
 	t.Run("rescue", func(t *testing.T) { netbootRescue(t, dir, env, kernel) })
+	t.Run("vm-up-reports-rescue", func(t *testing.T) { vmUpRescue(t, static, kernel, modules) })
+}
+
+// vmUpRescue: a cluster root without an init (node 1 exports a tree with
+// only the node's directories) ends the boot at the rescue message, and
+// ssi vm up stops at once with it (exit 1) instead of waiting out its
+// timeout; ssi vm down cleans up.
+func vmUpRescue(t *testing.T, static, kernel, modules string) {
+	dir, root := t.TempDir(), t.TempDir()
+	for _, d := range []string{"proc", "dev", "sys", "run", "tmp"} {
+		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	up := exec.CommandContext(ctx, ssiBin, "vm", "up", "--nodes", "1", "--dir", dir, "--binary", static, "--root", root,
+		"--kernel", kernel, "--kernel-modules", modules, "--timeout", "4m")
+	var out bytes.Buffer
+	up.Stdout, up.Stderr = &out, &out
+	start := time.Now()
+	err := up.Run()
+	t.Cleanup(func() {
+		if r := run(t, nil, "", "ssi", "vm", "down", "--dir", dir); r.Code != 0 {
+			t.Errorf("ssi vm down: %v", r)
+		}
+	})
+	code := -1
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	}
+	for _, w := range []string{"stopped at the rescue message", "failed step: switch_root into the cluster root", "/sbin/init", "--cfs-export", "ssi vm down --dir " + dir} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("ssi vm up's output lacks %q:\n%s", w, out.String())
+		}
+	}
+	if code != 1 || time.Since(start) > 3*time.Minute {
+		t.Errorf("ssi vm up: exit %d after %v, want 1 well before its 4m timeout:\n%s", code, time.Since(start), out.String())
+	}
 }
 
 // netbootRescue boots three guests that must each stop at the rescue
