@@ -147,7 +147,7 @@ Examples:
   ssi vm down`,
 	}
 	subs := map[string]subcommand{
-		"up": {&Command{Name: "vm up", Summary: "start N diskless node VMs", Usage: "ssi vm up --nodes N [--dir DIR] [--kernel FILE --kernel-modules DIR] [--root DIR] [--binary PATH] [--memory MiB] [--timeout D]",
+		"up": {&Command{Name: "vm up", Summary: "start N diskless node VMs", Usage: "ssi vm up --nodes N [--dir DIR] [--kernel FILE --kernel-modules DIR] [--root DIR] [--binary PATH] [--initrd FILE] [--memory MiB] [--timeout D]",
 			Help: "Example:\n  ssi vm up --nodes 2"}, runVMUp},
 		"down": {&Command{Name: "vm down", Summary: "stop the VMs and node 1", Usage: "ssi vm down [--dir DIR]",
 			Help: "Example:\n  ssi vm down"}, runVMDown},
@@ -168,6 +168,7 @@ func runVMUp(env *Env, cmd *Command, args []string) error {
 	kmods := fs.String("kernel-modules", "", "the kernel's lib/modules/VERSION (with --kernel)")
 	root := fs.String("root", "", "a root filesystem tree for node 1 to export (default: a minimal one)")
 	bin := fs.String("binary", "", "the static ssi for the initramfs (default: this one)")
+	initrd := fs.String("initrd", "", "boot this initramfs (made by ssi mkinitrd for the same kernel) instead of building DIR/initrd")
 	mem := fs.Int("memory", 512, "MiB of memory per guest")
 	timeout := fs.Duration("timeout", 3*time.Minute, "how long to wait for the guests to be UP")
 	if err := parseNone(env, cmd, fs, args); err != nil {
@@ -200,7 +201,7 @@ func runVMUp(env *Env, cmd *Command, args []string) error {
 		return err
 	}
 	return netboot.VMUp(env.Ctx, netboot.VMOptions{Dir: abs, Nodes: *n, Kernel: *kernel, ModuleDir: *kmods, Root: *root,
-		Binary: *bin, Host: self, Memory: *mem, Timeout: *timeout, Log: env.Stdout})
+		Binary: *bin, Initrd: *initrd, Host: self, Memory: *mem, Timeout: *timeout, Log: env.Stdout})
 }
 
 func runVMDown(env *Env, cmd *Command, args []string) error {

@@ -80,7 +80,7 @@ func RescueText(err error) string {
 func joinHint(server string, err error) string {
 	switch connect.CodeOf(err) {
 	case connect.CodePermissionDenied, connect.CodeUnauthenticated:
-		return "the cluster refused the join token: tokens are used once and expire (ssi-addnode --token-ttl); issue a fresh one with 'ssi xen-config NODE --with-token' (or ssi vm up) and boot again"
+		return "the cluster refused the join token: tokens are used once and expire (--token-ttl); on a member, issue a fresh one with 'ssi token NODE' or 'ssi xen-config NODE --with-token --write', and boot again"
 	case connect.CodeNotFound, connect.CodeFailedPrecondition, connect.CodeAlreadyExists, connect.CodeInvalidArgument:
 		return "the cluster refused this machine: is its MAC the one registered for the token (ssi-addnode --hwaddr, clustertab)?"
 	}

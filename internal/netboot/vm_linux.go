@@ -56,6 +56,7 @@ type VMOptions struct {
 	ModuleDir string // its lib/modules/VERSION ('' : next to that kernel)
 	Root      string // the cluster root node 1 exports ('' : a minimal one made in Dir)
 	Binary    string // the static ssi for the initramfs (and the minimal root)
+	Initrd    string // an initramfs made by ssi mkinitrd to boot ('' : build DIR/initrd)
 	Host      string // the ssi that runs node 1 here (may be dynamic)
 	Memory    int    // MiB per guest
 	Timeout   time.Duration
@@ -410,12 +411,17 @@ func vmUp(ctx context.Context, o VMOptions) error {
 	if err != nil {
 		return err
 	}
-	initrd := filepath.Join(o.Dir, "initrd")
-	res, err := Write(initrd, true, Options{Binary: o.Binary, ModuleDir: o.ModuleDir})
-	if err != nil {
+	initrd := o.Initrd
+	if initrd == "" {
+		initrd = filepath.Join(o.Dir, "initrd")
+		res, err := Write(initrd, true, Options{Binary: o.Binary, ModuleDir: o.ModuleDir})
+		if err != nil {
+			return err
+		}
+		logf("initramfs %s: %.1f MB, %d modules", initrd, float64(res.Size)/(1<<20), len(res.Modules))
+	} else if _, err := os.Stat(initrd); err != nil {
 		return err
 	}
-	logf("initramfs %s: %.1f MB, %d modules", initrd, float64(res.Size)/(1<<20), len(res.Modules))
 	for k := 2; k < 2+o.Nodes; k++ {
 		swap := filepath.Join(o.Dir, "node"+strconv.Itoa(k), "swap.img")
 		if err := makeSwap(swap, 64<<20); err != nil {

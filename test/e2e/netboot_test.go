@@ -176,14 +176,14 @@ func TestNetbootVM(t *testing.T) {
 	}
 
 	t.Run("rescue", func(t *testing.T) { netbootRescue(t, dir, env, kernel) })
-	t.Run("vm-up-reports-rescue", func(t *testing.T) { vmUpRescue(t, static, kernel, modules) })
+	t.Run("vm-up-reports-rescue", func(t *testing.T) { vmUpRescue(t, static, kernel, modules, filepath.Join(dir, "initrd")) })
 }
 
 // vmUpRescue: a cluster root without an init (node 1 exports a tree with
 // only the node's directories) ends the boot at the rescue message, and
 // ssi vm up stops at once with it (exit 1) instead of waiting out its
 // timeout; ssi vm down cleans up.
-func vmUpRescue(t *testing.T, static, kernel, modules string) {
+func vmUpRescue(t *testing.T, static, kernel, modules, initrd string) {
 	dir, root := t.TempDir(), t.TempDir()
 	for _, d := range []string{"proc", "dev", "sys", "run", "tmp"} {
 		if err := os.Mkdir(filepath.Join(root, d), 0o755); err != nil {
@@ -192,7 +192,7 @@ func vmUpRescue(t *testing.T, static, kernel, modules string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	up := exec.CommandContext(ctx, ssiBin, "vm", "up", "--nodes", "1", "--dir", dir, "--binary", static, "--root", root,
+	up := exec.CommandContext(ctx, ssiBin, "vm", "up", "--nodes", "1", "--dir", dir, "--binary", static, "--root", root, "--initrd", initrd,
 		"--kernel", kernel, "--kernel-modules", modules, "--timeout", "4m")
 	var out bytes.Buffer
 	up.Stdout, up.Stderr = &out, &out
