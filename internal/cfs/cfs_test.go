@@ -43,16 +43,23 @@ func needFUSE(t *testing.T) {
 	}
 }
 
-func mountPair(t *testing.T) *pair {
+// mountDir is a temporary directory for mounts that other users reach
+// (the test's temporary directories are 0700).
+func mountDir(t *testing.T) string {
 	t.Helper()
 	needFUSE(t)
 	dir := t.TempDir()
-	// Other users reach the mounts (the temporary directories are 0700).
 	for _, d := range []string{filepath.Dir(dir), dir} {
 		if err := os.Chmod(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return dir
+}
+
+func mountPair(t *testing.T) *pair {
+	t.Helper()
+	dir := mountDir(t)
 	p := &pair{export: filepath.Join(dir, "export")}
 	var err error
 	p.srv, err = NewServer(ServerConfig{Export: p.export})

@@ -73,13 +73,7 @@ type replicated struct {
 
 func startReplicated(t *testing.T, prepare func(pexport, rexport string)) *replicated {
 	t.Helper()
-	needFUSE(t)
-	dir := t.TempDir()
-	for _, d := range []string{filepath.Dir(dir), dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := mountDir(t)
 	r := &replicated{pexport: filepath.Join(dir, "export1"), rexport: filepath.Join(dir, "export2"), rec: &record{cur: state.CFS{Server: 1, Replica: 2}}}
 	for _, d := range []string{r.pexport, r.rexport} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
