@@ -224,10 +224,21 @@ func (f *FS) startReplicator(ctx context.Context, srv *Server, to uint32, log *s
 	go func() { defer close(done); rp.run(rctx) }()
 	f.mu.Lock()
 	f.repl = rp
-	f.replStop = func() { cancel(); <-done }
+	f.replStop = func() {
+		cancel()
+		rp.pmu.Lock()
+		l := rp.link
+		rp.pmu.Unlock()
+		if l != nil {
+			l.close() // a round trip of a full copy in progress fails now
+		}
+		<-done
+	}
 	f.mu.Unlock()
 }
 
+// stopReplicator ends the replication loop (a full copy in progress
+// stops at its next file), then lets changes go uncopied.
 func (f *FS) stopReplicator() {
 	f.mu.Lock()
 	rp, stop := f.repl, f.replStop
@@ -236,15 +247,10 @@ func (f *FS) stopReplicator() {
 	if rp == nil {
 		return
 	}
+	stop()
 	rp.srv.changing.Lock()
 	rp.srv.repl.Store(nil)
 	rp.srv.changing.Unlock()
-	rp.mu.Lock()
-	if rp.link != nil {
-		rp.link.close()
-	}
-	rp.mu.Unlock()
-	stop()
 }
 
 func (f *FS) stopServing() {
