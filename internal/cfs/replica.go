@@ -216,7 +216,7 @@ type replicator struct {
 	// mu orders the changes and their copies: held from a change's start
 	// until its copy is sent, and for a whole full copy.
 	mu     sync.Mutex
-	link   link // written holding mu and pmu
+	link   link   // written holding mu and pmu
 	active bool   // the replica is in sync: changes are copied
 	gen    uint64 // counts the times it became active
 	out    bool   // this server recorded the replica out of sync since
