@@ -142,12 +142,14 @@ var commands = map[CommandType]commandInfo{
 	CmdSetBlocked:      {"SetBlocked", v0_2_0},
 	CmdMoved:           {"Moved", v0_2_0},
 	CmdSetCFS:          {"SetCFS", v0_3_0},
+	CmdSetJobRoot:      {"SetJobRoot", v0_3_0},
 }
 
 // v0_2_0 added load leveling (CmdSetLoadLevel) blocked nodes (CmdSetBlocked) and moves in the history (CmdMoved).
 var v0_2_0 = version.MustParse("0.2.0")
 
-// v0_3_0 added the cluster filesystem's replica and failover (CmdSetCFS).
+// v0_3_0 added the cluster filesystem's replica and failover (CmdSetCFS)
+// and the cluster setting of jobs' root (CmdSetJobRoot).
 var v0_3_0 = version.MustParse("0.3.0")
 
 // Introduced returns the release that introduced command type t, and false

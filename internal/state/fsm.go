@@ -342,6 +342,13 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applySetCFS(c, cmd)
+	case CmdSetJobRoot:
+		var cmd SetJobRoot
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		c.JobRoot = cmd.On
+		return nil, nil
 	default:
 		return nil, fmt.Errorf("command type %d is in the version table but this version cannot apply it (a bug: add it to state.apply)", byte(t))
 	}

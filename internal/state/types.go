@@ -142,6 +142,8 @@ type Cluster struct {
 	// CFS: who serves and who replicates the cluster filesystem (cfs.go);
 	// nil until the first 'ssi cfs replica'.
 	CFS *CFS `json:"cfs,omitempty"`
+	// JobRoot: jobs get the cluster filesystem as their / (cfs.go).
+	JobRoot bool `json:"job_root,omitempty"`
 
 	// Requests: the outcomes of the last commands that carried a request
 	// ID, oldest first (requests.go), so that a retried command returns the
