@@ -159,6 +159,12 @@ func (f *FS) reconcile(ctx context.Context, rec state.CFS, log *slog.Logger) {
 			log.Error("cannot open the cluster filesystem's export; this node can neither serve nor replicate it until this is fixed", "export", f.c.Export, "err", err)
 			srv = nil
 		} else {
+			// Mounts take their locks back first after a restart or a
+			// takeover (reclaim.go).
+			srv.graceFor = grace(f.failure())
+			if rec.Server == self {
+				srv.setGrace(srv.graceFor)
+			}
 			f.server = srv
 			f.svc.Set(srv)
 		}

@@ -67,6 +67,9 @@ func (s *Server) admits(node uint32, copies bool) error {
 func (s *Server) setRole(role int32, primary uint32, gen uint64) {
 	old := s.role.Swap(role)
 	s.primary.Store(primary)
+	if role == roleServe && old != roleServe && s.graceFor > 0 {
+		s.setGrace(s.graceFor)
+	}
 	if role == roleServe && old != roleServe {
 		s.aliasMu.RLock()
 		copied := len(s.alias) > 0
