@@ -141,10 +141,16 @@ var commands = map[CommandType]commandInfo{
 	CmdSetLoadLevel:    {"SetLoadLevel", v0_2_0},
 	CmdSetBlocked:      {"SetBlocked", v0_2_0},
 	CmdMoved:           {"Moved", v0_2_0},
+	CmdAddVIP:          {"AddVIP", v0_3_0},
+	CmdRemoveVIP:       {"RemoveVIP", v0_3_0},
+	CmdSetDirector:     {"SetDirector", v0_3_0},
 }
 
 // v0_2_0 added load leveling (CmdSetLoadLevel) blocked nodes (CmdSetBlocked) and moves in the history (CmdMoved).
 var v0_2_0 = version.MustParse("0.2.0")
+
+// v0_3_0 added the cluster virtual IP (CmdAddVIP, CmdRemoveVIP, CmdSetDirector).
+var v0_3_0 = version.MustParse("0.3.0")
 
 // Introduced returns the release that introduced command type t, and false
 // if this version does not know t.

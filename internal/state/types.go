@@ -139,6 +139,9 @@ type Cluster struct {
 	// Blocked: nodes that take no new jobs (loadlevel.go).
 	Blocked map[uint32]bool `json:"blocked,omitempty"`
 
+	// VIPs: the cluster virtual IPs by key (cvip.go).
+	VIPs map[string]*VIP `json:"vips,omitempty"`
+
 	// Requests: the outcomes of the last commands that carried a request
 	// ID, oldest first (requests.go), so that a retried command returns the
 	// first outcome instead of being applied twice.
@@ -177,6 +180,7 @@ func (c *Cluster) Clone() *Cluster {
 	out.Locations = cloneLocations(c.Locations)
 	out.LoadLevel = c.LoadLevel.clone()
 	out.Blocked = cloneBlocked(c.Blocked)
+	out.VIPs = cloneVIPs(c.VIPs)
 	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out
 }
