@@ -60,7 +60,7 @@ suites-cfs:
 proto:
 	protoc -I proto --go_out=. --go_opt=module=github.com/ssi-cluster/ssi \
 		--connect-go_out=. --connect-go_opt=module=github.com/ssi-cluster/ssi \
-		proto/ssi/v1/ssi.proto
+		proto/ssi/v1/*.proto
 
 vet:
 	$(GO) vet ./...

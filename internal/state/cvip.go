@@ -32,6 +32,9 @@ const (
 // Schedulers lists every scheduler.
 var Schedulers = []string{SchedRR, SchedWRR, SchedLC, SchedLoad, SchedSH}
 
+// DatapathUserspace forces the user-space proxy for a VIP.
+const DatapathUserspace = "userspace"
+
 // Bounds of the configuration.
 const (
 	MaxVIPs      = 256
@@ -56,6 +59,9 @@ type VIP struct {
 	Sched     string   `json:"sched"`
 	// Check is the health check's HTTP path ("" : a TCP connect).
 	Check string `json:"check,omitempty"`
+	// Datapath is "" (the kernel's where it can, else the user-space
+	// proxy) or DatapathUserspace (always the proxy: for comparisons).
+	Datapath string `json:"datapath,omitempty"`
 	// Director is the node that holds the address now (0: none yet).
 	Director      uint32    `json:"director,omitempty"`
 	DirectorSince time.Time `json:"director_since,omitempty"`
@@ -207,6 +213,12 @@ func ValidateVIP(v VIP) (VIP, error) {
 	}
 	if !known {
 		return v, Errorf(CodeInvalid, "scheduler %q is not one of %s", v.Sched, strings.Join(Schedulers, ", "))
+	}
+	if v.Datapath != "" && v.Datapath != DatapathUserspace {
+		return v, Errorf(CodeInvalid, "datapath %q is not auto or %s", v.Datapath, DatapathUserspace)
+	}
+	if v.Datapath == DatapathUserspace && v.Port == 0 {
+		return v, Errorf(CodeInvalid, "the user-space proxy serves one port: give the VIP a port")
 	}
 	if v.Port == 0 && v.TargetPort != 0 {
 		return v, Errorf(CodeInvalid, "a VIP of every port (no :PORT) forwards each port to the same port; --target-port needs a VIP port")
