@@ -195,11 +195,11 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 
 		if !snatDone[s.VIP] {
 			snatDone[s.VIP] = true
-			// Forwarded packets only: loading iif fails the rule for
-			// locally generated ones, whose source is already an address
-			// of the director (the VIP itself, usually).
+			// Forwarded packets only (iif 0: generated here, whose source
+			// is already an address of the director, usually the VIP).
 			conn.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
 				&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
 				&expr.Ct{Register: 1, Key: expr.CtKeyDST, Direction: 0},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: vip},
 				&expr.Immediate{Register: 1, Data: vip},
