@@ -56,6 +56,26 @@ func probeNftables(table string) error {
 	return nil
 }
 
+// leftover reports whether this network namespace has table (a
+// read-only look: nothing is created).
+func leftover(table string) bool {
+	conn, err := nftables.New()
+	if err != nil {
+		return false
+	}
+	defer conn.CloseLasting()
+	ts, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return false
+	}
+	for _, t := range ts {
+		if t.Name == table {
+			return true
+		}
+	}
+	return false
+}
+
 // ipvsPresent reports whether the kernel has IPVS (which ssi does not
 // program: see docs/CVIP.md).
 func ipvsPresent() bool {

@@ -13,6 +13,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/cfs"
 	"github.com/ssi-cluster/ssi/internal/consensus"
+	"github.com/ssi-cluster/ssi/internal/cvip"
 	"github.com/ssi-cluster/ssi/internal/dhcpd"
 	"github.com/ssi-cluster/ssi/internal/membership"
 	"github.com/ssi-cluster/ssi/internal/migrate"
@@ -58,6 +59,7 @@ type parts struct {
 	dhcp   *dhcpd.Service
 	mig    *migrate.Migrator
 	cfs    *cfs.FS
+	cvip   *cvip.Service
 	load   placement.Source
 
 	peerHandler    http.Handler // the node-to-node services (cluster certificate required)
@@ -112,6 +114,7 @@ func wire(w wiring) *parts {
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
 	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, Log: w.log})
+	p.cvip = cvip.New(cvip.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Net: w.net, Loads: p.place, Leaving: p.mem.Leaving, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
 	// Every endpoint bounds the messages it reads (connect refuses a larger
@@ -122,6 +125,7 @@ func wire(w wiring) *parts {
 	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
 	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewCvipPeerHandler(p.cvip.Peer(), noGzip, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, connect.WithReadMaxBytes(cfsMessage)))
 	p.peerHandler = mux
 
@@ -136,6 +140,7 @@ func wire(w wiring) *parts {
 	ctl := http.NewServeMux()
 	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control()},
 		noGzip, connect.WithReadMaxBytes(commandMessage)))
+	ctl.Handle(ssiv1connect.NewCvipHandler(p.cvip.Control(), noGzip, connect.WithReadMaxBytes(smallMessage)))
 	p.controlHandler = ctl
 	return p
 }
@@ -150,6 +155,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.mem.Run,
 		p.dhcp.Run,
 		p.cfs.Run,
+		p.cvip.Run,
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()
