@@ -4,6 +4,7 @@ package cli
 // replicated state; each director reports what it does for ssi cvip ls.
 
 import (
+	"flag"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -70,6 +71,25 @@ Example:
 	Register(family)
 }
 
+// parseVIPFlags parses flags before and after the one VIP[:PORT]
+// argument (ssi cvip add 10.0.0.100:80 --nodes 2,3, as users type it).
+func parseVIPFlags(env *Env, cmd *Command, fs *flag.FlagSet, args []string) (string, error) {
+	if err := Parse(env, cmd, fs, args); err != nil {
+		return "", err
+	}
+	if fs.NArg() == 0 {
+		return "", Usagef("expected one VIP[:PORT]")
+	}
+	arg := fs.Arg(0)
+	if err := Parse(env, cmd, fs, fs.Args()[1:]); err != nil {
+		return "", err
+	}
+	if fs.NArg() > 0 {
+		return "", Usagef("unexpected argument %q (one VIP[:PORT] only)", fs.Arg(0))
+	}
+	return arg, nil
+}
+
 // parseVIPArg parses VIP[:PORT].
 func parseVIPArg(s string) (string, uint16, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
@@ -121,7 +141,7 @@ func runCvipAdd(env *Env, cmd *Command, args []string) error {
 	target := fs.Uint("target-port", 0, "the backends' port (default: the VIP's)")
 	datapath := fs.String("datapath", "auto", "auto (the kernel's nftables where available) or userspace (always the proxy)")
 	socket := socketFlag(fs)
-	arg, err := parseOne(env, cmd, fs, args, "one VIP[:PORT]")
+	arg, err := parseVIPFlags(env, cmd, fs, args)
 	if err != nil {
 		return err
 	}
@@ -163,7 +183,7 @@ func runCvipRm(env *Env, cmd *Command, args []string) error {
 	fs := NewFlags(env, cmd)
 	proto := fs.String("proto", "tcp", "protocol: tcp or udp")
 	socket := socketFlag(fs)
-	arg, err := parseOne(env, cmd, fs, args, "one VIP[:PORT]")
+	arg, err := parseVIPFlags(env, cmd, fs, args)
 	if err != nil {
 		return err
 	}

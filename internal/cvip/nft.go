@@ -182,7 +182,7 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 				return fmt.Errorf("backend %d of %s: address %q is not IPv4", e.Num, s.Key, e.Addr)
 			}
 			dnat := []expr.Any{&expr.Immediate{Register: 1, Data: a.AsSlice()}}
-			nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1, Specified: true}
+			nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1}
 			if e.Port != 0 {
 				dnat = append(dnat, &expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(e.Port)})
 				nat.RegProtoMin, nat.RegProtoMax = 2, 2
@@ -223,7 +223,7 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 				&expr.Ct{Register: 1, Key: expr.CtKeyDST, Direction: 0},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: vip},
 				&expr.Immediate{Register: 1, Data: vip},
-				&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1, Specified: true},
+				&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
 			}})
 		}
 	}
