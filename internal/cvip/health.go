@@ -62,9 +62,9 @@ type target struct {
 
 // health is one backend's state.
 type health struct {
-	ok        bool
+	ok            bool
 	fails, passes int
-	reason    string
+	reason        string
 }
 
 // checker checks the backends of one VIP until stopped.
