@@ -59,6 +59,11 @@ type Service struct {
 	probed   bool
 	directed map[string]*directed
 	status   map[string]*ssiv1.VIPStatus // what ssi cvip ls shows, by key
+
+	// The loop's own: when a leader was last known, and whether it let
+	// go for want of one.
+	leaderSeen time.Time
+	fenced     bool
 }
 
 // directed is a VIP this node directs.
@@ -68,8 +73,9 @@ type directed struct {
 	ifc     *net.Interface
 	check   *checker
 	proxy   *proxy
-	taken   time.Time
-	garps   int // announcements sent
+	taken   time.Time // when this node started directing it
+	held    time.Time // when it took the address
+	garps   int       // announcements sent
 	holding bool
 	err     string
 }
@@ -83,7 +89,7 @@ func New(cfg Config) *Service {
 	if cfg.Leaving == nil {
 		cfg.Leaving = func() bool { return false }
 	}
-	s := &Service{cfg: cfg, log: cfg.Log, wake: make(chan struct{}, 1), directed: map[string]*directed{}, status: map[string]*ssiv1.VIPStatus{}}
+	s := &Service{cfg: cfg, log: cfg.Log, wake: make(chan struct{}, 1), directed: map[string]*directed{}, status: map[string]*ssiv1.VIPStatus{}, leaderSeen: time.Now()}
 	if cfg.Net != nil {
 		s.clients = peer.NewClients(cfg.Net, ssiv1connect.NewCvipPeerClient)
 	}
@@ -185,11 +191,30 @@ func (s *Service) stopDirecting(d *directed) {
 	s.log.Info("cvip: no longer directing", "vip", d.vip.Key())
 }
 
+// fenceAfter is how long a director keeps its VIPs without knowing a
+// leader: a director cut off from the majority cannot learn that another
+// node was elected in its place, so it lets go after this (plus the
+// address's lifetime). Longer than an election, so that losing the leader
+// alone does not drop the VIPs.
+const fenceAfter = 5 * time.Second
+
 // mine are the VIPs this node should direct now.
 func (s *Service) mine(c *state.Cluster) map[string]*state.VIP {
 	out := map[string]*state.VIP{}
 	if s.cfg.Leaving() {
 		return out
+	}
+	if s.cfg.Leader != nil {
+		if s.cfg.Leader.LeaderNum() != 0 {
+			s.leaderSeen = time.Now()
+		} else if time.Since(s.leaderSeen) > fenceAfter {
+			if !s.fenced {
+				s.log.Warn("cvip: no leader known for a while; letting go of the VIPs this node directs (another node may have been elected)", "after", fenceAfter)
+			}
+			s.fenced = true
+			return out
+		}
+		s.fenced = false
 	}
 	for k, v := range c.VIPs {
 		if v.Director == s.cfg.Self {
@@ -335,8 +360,15 @@ func (s *Service) dropStrays(c *state.Cluster, want map[string]*state.VIP) {
 }
 
 // hold keeps d's address on its interface (renewing its lifetime) and
-// announces it after taking it.
+// announces it after taking it. A new director takes the address only once
+// its first round of health checks is done (or a check's timeout has
+// passed): before, it would answer the VIP's packets itself, resetting
+// the connections that could have continued through it.
 func (s *Service) hold(d *directed) {
+	if !d.holding && !d.check.checked() && time.Since(d.taken) < checkTimeout+100*time.Millisecond {
+		time.AfterFunc(checkTimeout+150*time.Millisecond-time.Since(d.taken), s.poke)
+		return
+	}
 	if d.ifc == nil {
 		ifc, err := findInterface(d.addr, s.cfg.SelfIP)
 		if err != nil {
@@ -349,14 +381,17 @@ func (s *Service) hold(d *directed) {
 		d.err, d.holding = err.Error(), false
 		return
 	}
+	if !d.holding {
+		d.held = time.Now()
+	}
 	d.holding = true
-	if d.garps < len(garpAfter) && time.Since(d.taken) >= garpAfter[d.garps] {
+	if d.garps < len(garpAfter) && time.Since(d.held) >= garpAfter[d.garps] {
 		if err := gratuitousARP(d.ifc, d.addr); err != nil {
 			s.log.Warn("cvip: gratuitous ARP", "vip", d.vip.Key(), "err", err)
 		}
 		d.garps++
 		if d.garps < len(garpAfter) {
-			time.AfterFunc(garpAfter[d.garps]-time.Since(d.taken), s.poke)
+			time.AfterFunc(garpAfter[d.garps]-time.Since(d.held), s.poke)
 		}
 	}
 }

@@ -77,6 +77,15 @@ type checker struct {
 	mu      sync.Mutex
 	targets []target
 	state   map[target]*health
+	rounds  int // completed rounds of checks
+}
+
+// checked reports whether a round of checks has completed since the
+// targets last changed.
+func (c *checker) checked() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.rounds > 0
 }
 
 func newChecker(path string, wake func()) *checker {
@@ -92,6 +101,9 @@ func (c *checker) stop() { c.cancel(); <-c.done }
 func (c *checker) setTargets(ts []target) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if fmt.Sprint(ts) != fmt.Sprint(c.targets) {
+		c.rounds = 0
+	}
 	c.targets = ts
 	keep := map[target]*health{}
 	for _, t := range ts {
@@ -134,6 +146,12 @@ func (c *checker) run(ctx context.Context) {
 		}
 		changed := false
 		c.mu.Lock()
+		if fmt.Sprint(ts) == fmt.Sprint(c.targets) {
+			if c.rounds == 0 {
+				changed = true // the first round: wake the director
+			}
+			c.rounds++
+		}
 		for i, t := range ts {
 			h := c.state[t]
 			if h == nil {

@@ -4,15 +4,20 @@
 // GET /bulk?bytes=N sends N bytes, GET /healthz answers ok.
 // "cvipbackend get URL N" is the client: N requests, each on a new
 // connection, then one line of JSON counting the answers by body
-// (failures as "error").
+// (failures as "error"). "cvipbackend hold HOST:PORT N" opens N
+// connections and sends a request on each, then again on the same
+// connections for every line it reads, printing a JSON array of the
+// answers (or errors) each time: whether connections survive a change.
 package main
 
 import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"bufio"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -40,7 +45,58 @@ func get(url string, n int) {
 	_ = json.NewEncoder(os.Stdout).Encode(counts)
 }
 
+func hold(addr string, n int) {
+	type conn struct {
+		c   net.Conn
+		r   *bufio.Reader
+		err error
+	}
+	conns := make([]*conn, n)
+	for i := range conns {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		conns[i] = &conn{c: c, err: err}
+		if err == nil {
+			conns[i].r = bufio.NewReader(c)
+		}
+	}
+	round := func() {
+		out := make([]string, n)
+		for i, c := range conns {
+			if c.err == nil {
+				_ = c.c.SetDeadline(time.Now().Add(2 * time.Second))
+				_, c.err = fmt.Fprintf(c.c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", addr)
+			}
+			if c.err == nil {
+				var resp *http.Response
+				if resp, c.err = http.ReadResponse(c.r, nil); c.err == nil {
+					b, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					c.err = err
+					out[i] = strings.TrimSpace(string(b))
+				}
+			}
+			if c.err != nil {
+				out[i] = "error: " + c.err.Error()
+			}
+		}
+		_ = json.NewEncoder(os.Stdout).Encode(out)
+	}
+	round()
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		round()
+	}
+}
+
 func main() {
+	if len(os.Args) == 4 && os.Args[1] == "hold" {
+		n, err := strconv.Atoi(os.Args[3])
+		if err != nil || n < 1 || n > 1000 {
+			log.Fatalf("hold HOST:PORT N: N must be 1..1000")
+		}
+		hold(os.Args[2], n)
+		return
+	}
 	if len(os.Args) == 4 && os.Args[1] == "get" {
 		n, err := strconv.Atoi(os.Args[3])
 		if err != nil || n < 1 || n > 100000 {

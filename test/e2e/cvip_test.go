@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -107,6 +109,50 @@ func (e *cvipEnv) get(url string, n int) map[string]int {
 		e.t.Fatalf("client output %q: %v", out, err)
 	}
 	return m
+}
+
+// held is a client holding connections open (cvipbackend hold).
+type held struct {
+	t     *testing.T
+	in    io.WriteCloser
+	out   *bufio.Scanner
+	asked bool // the first round needs no asking
+}
+
+// hold opens n connections to addr from the client namespace and sends a
+// request on each; round sends one more on each and returns the answers.
+func (e *cvipEnv) hold(addr string, n int) *held {
+	e.t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", e.client, e.backend, "hold", addr, fmt.Sprint(n))
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { in.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return &held{t: e.t, in: in, out: bufio.NewScanner(out)}
+}
+
+func (h *held) round() []string {
+	h.t.Helper()
+	if h.asked {
+		_, _ = fmt.Fprintln(h.in)
+	}
+	h.asked = true
+	if !h.out.Scan() {
+		h.t.Fatalf("the holding client ended: %v", h.out.Err())
+	}
+	var got []string
+	if err := json.Unmarshal(h.out.Bytes(), &got); err != nil {
+		h.t.Fatalf("holding client: %q: %v", h.out.Text(), err)
+	}
+	return got
 }
 
 func (e *cvipEnv) ls(k int) []cvipLs {
@@ -231,6 +277,20 @@ func TestCvip(t *testing.T) {
 		t.Errorf("through the user-space proxy: %v", got)
 	}
 
+	// Open connections, to see which survive the failover: through a
+	// source-hash VIP (sh), and the round-robin one.
+	shKey := vip + ":82/tcp"
+	e.MustCLI(1, "ssi", "cvip", "add", vip+":82", "--nodes", "2,3", "--target-port", "8080", "--sched", "sh")
+	e.ready(2, shKey, "nftables", 2, 3)
+	sh := e.hold(vip+":82", 6)
+	rr := e.hold(vip+":80", 6)
+	shBefore, rrBefore := sh.round(), rr.round()
+	for i, a := range append(append([]string{}, shBefore...), rrBefore...) {
+		if !strings.HasPrefix(a, "node") {
+			t.Fatalf("held connection %d before the failover: %q", i, a)
+		}
+	}
+
 	// The director's node dies: its daemon is killed and its network goes
 	// (as when the machine itself stops); another node takes the VIP.
 	e.Kill(int(dir))
@@ -272,6 +332,20 @@ func TestCvip(t *testing.T) {
 			t.Errorf("after the failover node %d's server gets nothing: %v", b, got)
 		}
 	}
+	// Source hash: the new director sends each connection to the backend
+	// the old one chose, with the same SNAT to the VIP, so they go on.
+	if after := sh.round(); fmt.Sprint(after) != fmt.Sprint(shBefore) {
+		t.Errorf("connections through the sh VIP across the failover: before %v, after %v", shBefore, after)
+	}
+	rrAfter := rr.round()
+	kept := 0
+	for i := range rrAfter {
+		if rrAfter[i] == rrBefore[i] {
+			kept++
+		}
+	}
+	t.Logf("round robin: %d of %d open connections survived the failover (those the new director happened to send to the same backend)", kept, len(rrAfter))
+
 	// The client's ARP entry points at the new director (gratuitous ARP
 	// or a fresh resolution: the old director's MAC is gone either way).
 	want, err := exec.Command("ip", "netns", "exec", fmt.Sprintf("%s-n%d", e.prefix, newDir), "cat", "/sys/class/net/eth0/address").Output()
@@ -286,6 +360,7 @@ func TestCvip(t *testing.T) {
 	// Removing the VIP lets go of the address.
 	e.MustCLI(alive, "ssi", "cvip", "rm", vip+":80")
 	e.MustCLI(alive, "ssi", "cvip", "rm", vip+":81")
+	e.MustCLI(alive, "ssi", "cvip", "rm", vip+":82")
 	Eventually(t, 5*time.Second, func() string {
 		out, _ := exec.Command("ip", "-n", fmt.Sprintf("%s-n%d", e.prefix, newDir), "addr", "show", "dev", "eth0").Output()
 		if strings.Contains(string(out), " "+vip+"/32") {
