@@ -11,10 +11,10 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"flag"
 	"fmt"
-	"bufio"
 	"io"
 	"log"
 	"net"
