@@ -16,6 +16,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
+	"github.com/ssi-cluster/ssi/internal/cvip"
 	"github.com/ssi-cluster/ssi/internal/state"
 	"github.com/ssi-cluster/ssi/internal/transport"
 )
@@ -72,22 +73,23 @@ Example:
 }
 
 // parseVIPFlags parses flags before and after the one VIP[:PORT]
-// argument (ssi cvip add 10.0.0.100:80 --nodes 2,3, as users type it).
-func parseVIPFlags(env *Env, cmd *Command, fs *flag.FlagSet, args []string) (string, error) {
+// argument (ssi cvip add 10.0.0.100:80 --nodes 2,3, as users type it)
+// and the argument.
+func parseVIPFlags(env *Env, cmd *Command, fs *flag.FlagSet, args []string) (string, uint16, error) {
 	if err := Parse(env, cmd, fs, args); err != nil {
-		return "", err
+		return "", 0, err
 	}
 	if fs.NArg() == 0 {
-		return "", Usagef("expected one VIP[:PORT]")
+		return "", 0, Usagef("expected one VIP[:PORT]")
 	}
 	arg := fs.Arg(0)
 	if err := Parse(env, cmd, fs, fs.Args()[1:]); err != nil {
-		return "", err
+		return "", 0, err
 	}
 	if fs.NArg() > 0 {
-		return "", Usagef("unexpected argument %q (one VIP[:PORT] only)", fs.Arg(0))
+		return "", 0, Usagef("unexpected argument %q (one VIP[:PORT] only)", fs.Arg(0))
 	}
-	return arg, nil
+	return parseVIPArg(arg)
 }
 
 // parseVIPArg parses VIP[:PORT].
@@ -141,11 +143,7 @@ func runCvipAdd(env *Env, cmd *Command, args []string) error {
 	target := fs.Uint("target-port", 0, "the backends' port (default: the VIP's)")
 	datapath := fs.String("datapath", "auto", "auto (the kernel's nftables where available) or userspace (always the proxy)")
 	socket := socketFlag(fs)
-	arg, err := parseVIPFlags(env, cmd, fs, args)
-	if err != nil {
-		return err
-	}
-	addr, port, err := parseVIPArg(arg)
+	addr, port, err := parseVIPFlags(env, cmd, fs, args)
 	if err != nil {
 		return err
 	}
@@ -169,9 +167,7 @@ func runCvipAdd(env *Env, cmd *Command, args []string) error {
 	if _, err := state.ValidateVIP(v); err != nil {
 		return Usagef("%v", err)
 	}
-	pv := &ssiv1.VIP{Addr: v.Addr, Port: uint32(v.Port), Proto: v.Proto, TargetPort: uint32(v.TargetPort), Nodes: v.Nodes,
-		Weights: v.Weights, Directors: v.Directors, Sched: v.Sched, Check: v.Check, Datapath: v.Datapath}
-	resp, err := cvipClient(*socket).AddVIP(env.Ctx, connect.NewRequest(&ssiv1.AddVIPRequest{Vip: pv}))
+	resp, err := cvipClient(*socket).AddVIP(env.Ctx, connect.NewRequest(&ssiv1.AddVIPRequest{Vip: cvip.VIPToProto(&v)}))
 	if err != nil {
 		return err
 	}
@@ -183,11 +179,7 @@ func runCvipRm(env *Env, cmd *Command, args []string) error {
 	fs := NewFlags(env, cmd)
 	proto := fs.String("proto", "tcp", "protocol: tcp or udp")
 	socket := socketFlag(fs)
-	arg, err := parseVIPFlags(env, cmd, fs, args)
-	if err != nil {
-		return err
-	}
-	addr, port, err := parseVIPArg(arg)
+	addr, port, err := parseVIPFlags(env, cmd, fs, args)
 	if err != nil {
 		return err
 	}

@@ -77,29 +77,15 @@ func TestNextDirector(t *testing.T) {
 	}
 }
 
-// backend answers its name on every connection, after reading a line.
+// backend answers its name and what it read on every connection.
 func backend(t *testing.T, name string) *net.TCPAddr {
 	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				n, _ := c.Read(buf)
-				fmt.Fprintf(c, "%s %s", name, buf[:n])
-			}()
-		}
-	}()
-	return l.Addr().(*net.TCPAddr)
+	return serveConns(t, "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 64)
+		n, _ := c.Read(buf)
+		fmt.Fprintf(c, "%s %s", name, buf[:n])
+	}).(*net.TCPAddr)
 }
 
 func TestUserspaceProxySplicesToTheBackendsInTurn(t *testing.T) {
@@ -192,33 +178,20 @@ func TestHealthCheckerTakesAFailedBackendOutAndBack(t *testing.T) {
 }
 
 func TestHTTPProbe(t *testing.T) {
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 512)
-				n, _ := c.Read(buf)
-				status := "503 Service Unavailable"
-				if strings.HasPrefix(string(buf[:n]), "GET /ok ") {
-					status = "200 OK"
-				}
-				fmt.Fprintf(c, "HTTP/1.1 %s\r\nContent-Length: 0\r\n\r\n", status)
-			}()
+	addr := serveConns(t, "127.0.0.1:0", func(c net.Conn) {
+		defer c.Close()
+		buf := make([]byte, 512)
+		n, _ := c.Read(buf)
+		status := "503 Service Unavailable"
+		if strings.HasPrefix(string(buf[:n]), "GET /ok ") {
+			status = "200 OK"
 		}
-	}()
-	if err := probe(t.Context(), l.Addr().String(), "/ok"); err != nil {
+		fmt.Fprintf(c, "HTTP/1.1 %s\r\nContent-Length: 0\r\n\r\n", status)
+	}).String()
+	if err := probe(t.Context(), addr, "/ok"); err != nil {
 		t.Errorf("GET /ok: %v", err)
 	}
-	if err := probe(t.Context(), l.Addr().String(), "/bad"); err == nil || !strings.Contains(err.Error(), "503") {
+	if err := probe(t.Context(), addr, "/bad"); err == nil || !strings.Contains(err.Error(), "503") {
 		t.Errorf("GET /bad: %v", err)
 	}
 }

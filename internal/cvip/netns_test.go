@@ -44,10 +44,11 @@ func ipOrFail(t *testing.T, args ...string) {
 	}
 }
 
-// lineServer answers every connection with its name and a newline.
-func lineServer(t *testing.T, addr, name string) {
+// serveConns listens on addr until the test ends, handing each
+// connection to handle (which closes it) in a goroutine of its own.
+func serveConns(t *testing.T, addr string, handle func(net.Conn)) net.Addr {
 	t.Helper()
-	l, err := net.Listen("tcp", addr)
+	l, err := net.Listen("tcp4", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,10 +59,19 @@ func lineServer(t *testing.T, addr, name string) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintln(c, name)
-			c.Close()
+			go handle(c)
 		}
 	}()
+	return l.Addr()
+}
+
+// lineServer answers every connection with its name and a newline.
+func lineServer(t *testing.T, addr, name string) {
+	t.Helper()
+	serveConns(t, addr, func(c net.Conn) {
+		defer c.Close()
+		fmt.Fprintln(c, name)
+	})
 }
 
 func ask(t *testing.T, addr string) string {

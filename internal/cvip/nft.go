@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"strings"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -88,23 +87,8 @@ func (d *nftDatapath) sync(svcs []service) error {
 	if key == d.last {
 		return nil
 	}
-	conn, err := nftables.New()
-	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
-	}
-	defer conn.CloseLasting()
-	// Create (a no-op if it exists), delete and create again: the kernel
-	// applies the batch atomically, so packets see the old rules or the new.
-	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: d.table}
-	conn.AddTable(t)
-	conn.DelTable(t)
-	if len(svcs) > 0 {
-		if err := d.build(conn, svcs); err != nil {
-			return err
-		}
-	}
-	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("program nftables table %s: %w", d.table, err)
+	if err := d.replace(svcs); err != nil {
+		return err
 	}
 	d.last = key
 	if len(svcs) > 0 {
@@ -119,6 +103,14 @@ func (d *nftDatapath) sync(svcs []service) error {
 // remove deletes the table, if it exists.
 func (d *nftDatapath) remove() error {
 	d.last = ""
+	return d.replace(nil)
+}
+
+// replace puts a table with svcs in place of ours (none: no table) in one
+// transaction: create it (a no-op if it exists), delete it, create it
+// again; the kernel applies the batch atomically, so packets see the old
+// rules or the new.
+func (d *nftDatapath) replace(svcs []service) error {
 	conn, err := nftables.New()
 	if err != nil {
 		return fmt.Errorf("nftables: %w", err)
@@ -127,8 +119,13 @@ func (d *nftDatapath) remove() error {
 	t := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: d.table}
 	conn.AddTable(t)
 	conn.DelTable(t)
+	if len(svcs) > 0 {
+		if err := d.build(conn, svcs); err != nil {
+			return err
+		}
+	}
 	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("delete nftables table %s: %w", d.table, err)
+		return fmt.Errorf("program nftables table %s: %w", d.table, err)
 	}
 	return nil
 }
@@ -235,10 +232,3 @@ var errNoNftables = errors.New("nftables unavailable")
 
 // tableName is this node's table.
 func tableName(self uint32) string { return fmt.Sprintf("ssi_cvip_n%d", self) }
-
-// describe is the datapath's one-line name for ssi cvip ls.
-func describe(svc service) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s → %d backends over %d slots", svc.Key, len(svc.Eps), len(svc.Slots))
-	return b.String()
-}
