@@ -169,7 +169,7 @@ func (s *Service) release() {
 	nft := s.nft
 	s.mu.Unlock()
 	for _, d := range ds {
-		s.stopDirecting(d)
+		s.stopDirecting(d, false)
 	}
 	if nft != nil {
 		if err := nft.remove(); err != nil {
@@ -178,12 +178,26 @@ func (s *Service) release() {
 	}
 }
 
-func (s *Service) stopDirecting(d *directed) {
+// stillHeld reports whether another VIP directed here has address a.
+func (s *Service) stillHeld(a netip.Addr) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range s.directed {
+		if d.addr == a {
+			return true
+		}
+	}
+	return false
+}
+
+// stopDirecting ends d; keepAddr leaves its address to the other VIPs
+// that have it.
+func (s *Service) stopDirecting(d *directed, keepAddr bool) {
 	d.check.stop()
 	if d.proxy != nil {
 		d.proxy.stop()
 	}
-	if d.ifc != nil {
+	if d.ifc != nil && !keepAddr {
 		if err := dropAddr(d.ifc, d.addr); err != nil {
 			s.log.Warn("cvip: letting go of the VIP", "vip", d.vip.Key(), "err", err)
 		}
@@ -238,7 +252,7 @@ func (s *Service) reconcile(ctx context.Context) {
 	}
 	s.mu.Unlock()
 	for _, d := range stop {
-		s.stopDirecting(d)
+		s.stopDirecting(d, s.stillHeld(d.addr))
 	}
 	s.dropStrays(c, want)
 	if len(want) == 0 {
@@ -258,6 +272,7 @@ func (s *Service) reconcile(ctx context.Context) {
 	nft, noNft := s.datapath()
 	loads := s.loads(ctx, want)
 	var svcs []service
+	var items []item
 	keys := make([]string, 0, len(want))
 	for k := range want {
 		keys = append(keys, k)
@@ -300,7 +315,29 @@ func (s *Service) reconcile(ctx context.Context) {
 				d.proxy.setEndpoints(eps)
 			}
 		}
-		s.hold(d)
+		items = append(items, item{d, st})
+	}
+	if nft != nil {
+		if err := nft.sync(svcs); err != nil {
+			s.log.Error("cvip: programming nftables failed", "err", err)
+			for _, it := range items {
+				if it.st.Datapath == "nftables" {
+					it.st.Detail = err.Error()
+				}
+			}
+		}
+	}
+	// Addresses last, once every VIP on them is programmed: a VIP's
+	// packets never reach the director's own stack (which would reset
+	// them) while it has healthy backends.
+	ready := map[netip.Addr]bool{}
+	for _, it := range items {
+		r, seen := ready[it.d.addr]
+		ready[it.d.addr] = (r || !seen) && it.d.checkedOrLate()
+	}
+	for _, it := range items {
+		d, st := it.d, it.st
+		s.hold(d, ready[d.addr])
 		if d.err != "" {
 			st.Detail = d.err
 		}
@@ -309,21 +346,15 @@ func (s *Service) reconcile(ctx context.Context) {
 			st.Interface = d.ifc.Name
 		}
 		s.mu.Lock()
-		s.status[k] = st
+		s.status[d.vip.Key()] = st
 		s.mu.Unlock()
 	}
-	if nft != nil {
-		if err := nft.sync(svcs); err != nil {
-			s.log.Error("cvip: programming nftables failed", "err", err)
-			s.mu.Lock()
-			for _, svc := range svcs {
-				if st := s.status[svc.Key]; st != nil {
-					st.Detail = err.Error()
-				}
-			}
-			s.mu.Unlock()
-		}
-	}
+}
+
+// item is a VIP being directed and its status, within one reconcile.
+type item struct {
+	d  *directed
+	st *ssiv1.VIPStatus
 }
 
 // sameConfig reports whether a and b differ only in their director's
@@ -364,9 +395,9 @@ func (s *Service) dropStrays(c *state.Cluster, want map[string]*state.VIP) {
 // its first round of health checks is done (or a check's timeout has
 // passed): before, it would answer the VIP's packets itself, resetting
 // the connections that could have continued through it.
-func (s *Service) hold(d *directed) {
-	if !d.holding && !d.check.checked() && time.Since(d.taken) < checkTimeout+100*time.Millisecond {
-		time.AfterFunc(checkTimeout+150*time.Millisecond-time.Since(d.taken), s.poke)
+func (s *Service) hold(d *directed, ready bool) {
+	if !d.holding && !ready {
+		time.AfterFunc(100*time.Millisecond, s.poke)
 		return
 	}
 	if d.ifc == nil {
@@ -394,6 +425,12 @@ func (s *Service) hold(d *directed) {
 			time.AfterFunc(garpAfter[d.garps]-time.Since(d.held), s.poke)
 		}
 	}
+}
+
+// checkedOrLate reports whether d's first round of checks is done, or
+// should have been.
+func (d *directed) checkedOrLate() bool {
+	return d.check.checked() || time.Since(d.taken) >= checkTimeout+100*time.Millisecond
 }
 
 // nodeLoad is one node's load for --sched load.

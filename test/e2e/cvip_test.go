@@ -39,7 +39,7 @@ type cvipEnv struct {
 	backend string // the cvipbackend binary
 }
 
-func startCvip(t *testing.T) *cvipEnv {
+func startCvip(t *testing.T, n int, env ...string) *cvipEnv {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the cluster virtual IP test runs an --isolate cluster: needs root")
@@ -51,7 +51,22 @@ func startCvip(t *testing.T) *cvipEnv {
 	if out, err := exec.Command("go", "build", "-o", e.backend, "../cvipbackend").CombinedOutput(); err != nil {
 		t.Fatalf("build the test backend: %v\n%s", err, out)
 	}
-	e.Cluster = StartCluster(t, 3, "--isolate")
+	if len(env) == 0 {
+		e.Cluster = StartCluster(t, n, "--isolate")
+	} else { // StartCluster with the daemons' environment
+		c := &Cluster{t: t, Dir: t.TempDir(), BaseIP: randomBase(), N: n}
+		r := run(t, env, "", "ssi", "up", "--nodes", fmt.Sprint(n), "--dir", c.Dir, "--base-ip", c.BaseIP, "--isolate")
+		t.Cleanup(func() {
+			run(t, nil, "", "ssi", "down", "--dir", c.Dir)
+			if t.Failed() {
+				c.dumpLogs()
+			}
+		})
+		if r.Code != 0 {
+			t.Fatalf("ssi up failed: %v", r)
+		}
+		e.Cluster = c
+	}
 	e.prefix = isolatePrefix(t, e.Dir)
 	var iso struct {
 		Subnet netip.Prefix `json:"subnet"`
@@ -204,7 +219,7 @@ func (e *cvipEnv) ready(k int, key, dp string, healthy ...uint32) uint32 {
 // another takes the address and the client is served again; bad input is
 // refused and changes nothing.
 func TestCvip(t *testing.T) {
-	e := startCvip(t)
+	e := startCvip(t, 3)
 	vip := e.addr(200).String()
 	key := vip + ":80/tcp"
 	url := "http://" + vip + "/"
@@ -370,5 +385,29 @@ func TestCvip(t *testing.T) {
 	})
 	if r := e.CLI(alive, "ssi", "cvip", "rm", vip+":80"); r.Code != 1 {
 		t.Errorf("removing it twice: %v", r)
+	}
+}
+
+// TestCvipFallback: on nodes whose kernel datapath is unavailable (here
+// turned off with SSI_CVIP_NO_NFTABLES, as a kernel without nf_tables
+// would), a VIP is served by the user-space proxy, chosen without being
+// asked for, and ssi cvip ls says so and why.
+func TestCvipFallback(t *testing.T) {
+	e := startCvip(t, 2, "SSI_CVIP_NO_NFTABLES=1")
+	vip := e.addr(200).String()
+	key := vip + ":80/tcp"
+	e.serve(2)
+	e.MustCLI(1, "ssi", "cvip", "add", vip+":80", "--nodes", "2", "--directors", "1", "--target-port", "8080")
+	e.ready(2, key, "userspace", 2)
+	for _, v := range e.ls(1) {
+		if v.Key == key && !strings.Contains(v.Detail, "nftables turned off") {
+			t.Errorf("ssi cvip ls does not say why nftables is not used: %q", v.Detail)
+		}
+	}
+	if r := e.CLI(1, "ssi", "cvip", "ls"); !strings.Contains(r.Stdout, "userspace") {
+		t.Errorf("ssi cvip ls:\n%s", r.Stdout)
+	}
+	if got := e.get("http://"+vip+"/", 10); got["node2"] != 10 {
+		t.Errorf("through the fallback proxy: %v", got)
 	}
 }
