@@ -195,3 +195,26 @@ func TestHTTPProbe(t *testing.T) {
 		t.Errorf("GET /bad: %v", err)
 	}
 }
+
+func TestUserspaceProxyRelaysUDP(t *testing.T) {
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bport := pc.LocalAddr().(*net.UDPAddr).Port
+	pc.Close()
+	udpEcho(t, fmt.Sprintf("127.0.0.1:%d", bport), "udp-backend")
+	pc, _ = net.ListenPacket("udp4", "127.0.0.1:0")
+	vport := pc.LocalAddr().(*net.UDPAddr).Port
+	pc.Close()
+	vip := &state.VIP{Addr: "127.0.0.1", Port: uint16(vport), Proto: "udp", Sched: state.SchedRR}
+	p, err := startProxy(vip, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	p.setEndpoints([]endpoint{{Num: 2, Addr: "127.0.0.1", Port: uint16(bport), Weight: 1}})
+	if got := askUDP(t, fmt.Sprintf("127.0.0.1:%d", vport)); got != "udp-backend" {
+		t.Errorf("a datagram through the proxy: %q", got)
+	}
+}

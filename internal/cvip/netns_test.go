@@ -85,3 +85,42 @@ func ask(t *testing.T, addr string) string {
 	s, _ := bufio.NewReader(c).ReadString('\n')
 	return strings.TrimSpace(s)
 }
+
+// udpEcho answers every datagram with name.
+func udpEcho(t *testing.T, addr, name string) {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			_, _ = pc.WriteTo([]byte(name), from)
+		}
+	}()
+}
+
+func askUDP(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := net.Dial("udp4", addr)
+	if err != nil {
+		return "dial: " + err.Error()
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("?")); err != nil {
+		return err.Error()
+	}
+	buf := make([]byte, 512)
+	n, err := c.Read(buf)
+	if err != nil {
+		return err.Error()
+	}
+	return string(buf[:n])
+}

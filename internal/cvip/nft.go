@@ -134,7 +134,8 @@ func (d *nftDatapath) replace(svcs []service) error {
 //
 //	chain prerouting { type nat hook prerouting priority dstnat; jump services }
 //	chain output     { type nat hook output priority dstnat; jump services }
-//	chain services   { ip daddr VIP meta l4proto tcp th dport 80 goto svc0 ... }
+//	map services     { type ipv4_addr . inet_proto . inet_service : verdict; elements = { VIP . tcp . 80 : goto svc0, ... } }
+//	chain services   { ip daddr . meta l4proto . th dport vmap @services; ip daddr VIP2 meta l4proto udp goto svc1 (every port) }
 //	chain svc0       { numgen inc mod 4 vmap @slots0 }   (or jhash ip saddr mod 4, numgen random)
 //	map slots0       { 0 : goto ep0-0, 1 : goto ep0-1, ... }
 //	chain ep0-1      { dnat to 10.0.0.3:8080 }
@@ -150,6 +151,12 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 		conn.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: services.Name}}})
 	}
 	post := conn.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	// One verdict map from ip daddr . meta l4proto . th dport to the
+	// service chains, looked up by one rule; VIPs of every port (no
+	// port to key on) get a rule each after it.
+	svcMap := &nftables.Set{Table: t, Name: "services", IsMap: true, Concatenation: true, DataType: nftables.TypeVerdict,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)}
+	var svcElems []nftables.SetElement
 	snatDone := map[netip.Addr]bool{}
 	for i, s := range svcs {
 		if len(s.Eps) == 0 || len(s.Slots) == 0 {
@@ -157,18 +164,18 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 		}
 		vip := s.VIP.AsSlice()
 		svc := conn.AddChain(&nftables.Chain{Name: fmt.Sprintf("svc%d", i), Table: t})
-		match := []expr.Any{
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: vip},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{s.Proto}},
-		}
 		if s.Port != 0 {
-			match = append(match,
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(s.Port)})
+			key := append(append(append([]byte{}, vip...), s.Proto, 0, 0, 0), binaryutil.BigEndian.PutUint16(s.Port)...)
+			svcElems = append(svcElems, nftables.SetElement{Key: append(key, 0, 0), VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: svc.Name}})
+		} else {
+			conn.AddRule(&nftables.Rule{Table: t, Chain: services, Exprs: []expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: vip},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{s.Proto}},
+				&expr.Verdict{Kind: expr.VerdictGoto, Chain: svc.Name},
+			}})
 		}
-		conn.AddRule(&nftables.Rule{Table: t, Chain: services, Exprs: append(match, &expr.Verdict{Kind: expr.VerdictGoto, Chain: svc.Name})})
 
 		eps := make([]string, len(s.Eps))
 		for j, e := range s.Eps {
@@ -223,6 +230,17 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 				&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
 			}})
 		}
+	}
+	if len(svcElems) > 0 {
+		if err := conn.AddSet(svcMap, svcElems); err != nil {
+			return fmt.Errorf("the services map: %w", err)
+		}
+		conn.InsertRule(&nftables.Rule{Table: t, Chain: services, Exprs: []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
+			&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: svcMap.Name, SetID: svcMap.ID},
+		}})
 	}
 	return nil
 }

@@ -47,6 +47,29 @@ func TestNftablesDatapathBalancesInTheKernel(t *testing.T) {
 	if len(got) != 1 || got["vip itself"] != 0 {
 		t.Errorf("source hash sent one client to %v", got)
 	}
+	// Two services at once in the services map, a UDP one, and a VIP of
+	// every port (a rule of its own).
+	udpEcho(t, "10.9.0.2:5353", "b-udp")
+	eps53 := []endpoint{{Num: 3, Addr: "10.9.0.2", Port: 5353, Weight: 1}}
+	all := []endpoint{{Num: 2, Addr: "10.9.0.1", Weight: 1}}
+	svcs := []service{
+		svc,
+		{Key: "10.9.0.100:53/udp", VIP: netip.MustParseAddr("10.9.0.100"), Port: 53, Proto: unix.IPPROTO_UDP, Inc: true, Eps: eps53, Slots: slots(eps53)},
+		{Key: "10.9.0.101:*/tcp", VIP: netip.MustParseAddr("10.9.0.101"), Proto: unix.IPPROTO_TCP, Inc: true, Eps: all, Slots: slots(all)},
+	}
+	ipOrFail(t, "addr", "add", "10.9.0.101/32", "dev", "lo")
+	if err := d.sync(svcs); err != nil {
+		t.Fatal(err)
+	}
+	if got := askUDP(t, "10.9.0.100:53"); got != "b-udp" {
+		t.Errorf("UDP through the VIP: %q", got)
+	}
+	if got := ask(t, "10.9.0.101:8080"); got != "a" {
+		t.Errorf("a VIP of every port, port 8080: %q", got)
+	}
+	if got := ask(t, "10.9.0.100:80"); got != "a" && got != "b" {
+		t.Errorf("the first service with two more: %q", got)
+	}
 	if err := d.remove(); err != nil {
 		t.Fatal(err)
 	}
