@@ -139,7 +139,8 @@ func (d *nftDatapath) replace(svcs []service) error {
 //	chain svc0       { numgen inc mod 4 vmap @slots0 }   (or jhash ip saddr mod 4, numgen random)
 //	map slots0       { 0 : goto ep0-0, 1 : goto ep0-1, ... }
 //	chain ep0-1      { dnat to 10.0.0.3:8080 }
-//	chain postrouting { type nat hook postrouting priority srcnat; meta iif != 0 ct original ip daddr VIP snat to VIP ... }
+//	chain postrouting { type nat hook postrouting priority srcnat; meta iif != { 0, lo } ct original ip daddr VIP snat to VIP ... }
+//	chain input       { type nat hook input priority srcnat; the same (a backend on the director itself) }
 func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 	t := conn.AddTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: d.table})
 	services := conn.AddChain(&nftables.Chain{Name: "services", Table: t})
@@ -151,6 +152,7 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 		conn.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: services.Name}}})
 	}
 	post := conn.AddChain(&nftables.Chain{Name: "postrouting", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	in := conn.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeNAT, Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityNATSource})
 	// One verdict map from ip daddr . meta l4proto . th dport to the
 	// service chains, looked up by one rule; VIPs of every port (no
 	// port to key on) get a rule each after it.
@@ -219,16 +221,23 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 
 		if !snatDone[s.VIP] {
 			snatDone[s.VIP] = true
-			// Forwarded packets only (iif 0: generated here, whose source
-			// is already an address of the director, usually the VIP).
-			conn.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0, 0, 0, 0}},
-				&expr.Ct{Register: 1, Key: expr.CtKeyDST, Direction: 0},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: vip},
-				&expr.Immediate{Register: 1, Data: vip},
-				&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
-			}})
+			// Packets that came in (iif 0: generated here, whose source is
+			// already an address of the director, usually the VIP; iif 1,
+			// lo: the same, looped back), forwarded to a backend or
+			// delivered to one here: either way the backend sees the VIP
+			// as the peer, so that the same connection through another
+			// director is the same connection to it.
+			for _, c := range []*nftables.Chain{post, in} {
+				conn.AddRule(&nftables.Rule{Table: t, Chain: c, Exprs: []expr.Any{
+					&expr.Meta{Key: expr.MetaKeyIIF, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+					&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(1)},
+					&expr.Ct{Register: 1, Key: expr.CtKeyDST, Direction: 0},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: vip},
+					&expr.Immediate{Register: 1, Data: vip},
+					&expr.NAT{Type: expr.NATTypeSourceNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: 1, RegAddrMax: 1},
+				}})
+			}
 		}
 	}
 	if len(svcElems) > 0 {

@@ -294,13 +294,21 @@ func TestCvip(t *testing.T) {
 
 	// Open connections, to see which survive the failover: through a
 	// source-hash VIP (sh), and the round-robin one.
-	shKey := vip + ":82/tcp"
+	// Two sh VIPs with the backends in opposite orders: the client's hash
+	// lands on node 2 through one and node 3 through the other, so one set
+	// of connections is on the node that will direct next (node 2: the
+	// lowest UP), delivered there locally, and one is forwarded.
 	e.MustCLI(1, "ssi", "cvip", "add", vip+":82", "--nodes", "2,3", "--target-port", "8080", "--sched", "sh")
-	e.ready(2, shKey, "nftables", 2, 3)
-	sh := e.hold(vip+":82", 6)
+	e.MustCLI(1, "ssi", "cvip", "add", vip+":83", "--nodes", "3,2", "--target-port", "8080", "--sched", "sh")
+	e.ready(2, vip+":82/tcp", "nftables", 2, 3)
+	e.ready(2, vip+":83/tcp", "nftables", 2, 3)
+	sh, sh2 := e.hold(vip+":82", 6), e.hold(vip+":83", 6)
 	rr := e.hold(vip+":80", 6)
-	shBefore, rrBefore := sh.round(), rr.round()
-	for i, a := range append(append([]string{}, shBefore...), rrBefore...) {
+	shBefore, sh2Before, rrBefore := sh.round(), sh2.round(), rr.round()
+	if shBefore[0] == sh2Before[0] {
+		t.Fatalf("the two sh VIPs sent the client to the same backend (%s)", shBefore[0])
+	}
+	for i, a := range append(append(append([]string{}, shBefore...), sh2Before...), rrBefore...) {
 		if !strings.HasPrefix(a, "node") {
 			t.Fatalf("held connection %d before the failover: %q", i, a)
 		}
@@ -350,7 +358,10 @@ func TestCvip(t *testing.T) {
 	// Source hash: the new director sends each connection to the backend
 	// the old one chose, with the same SNAT to the VIP, so they go on.
 	if after := sh.round(); fmt.Sprint(after) != fmt.Sprint(shBefore) {
-		t.Errorf("connections through the sh VIP across the failover: before %v, after %v", shBefore, after)
+		t.Errorf("connections through the sh VIP :82 across the failover to node %d: before %v, after %v", newDirOf(e, alive, vip+":82/tcp"), shBefore, after)
+	}
+	if after := sh2.round(); fmt.Sprint(after) != fmt.Sprint(sh2Before) {
+		t.Errorf("connections through the sh VIP :83 across the failover to node %d: before %v, after %v", newDirOf(e, alive, vip+":83/tcp"), sh2Before, after)
 	}
 	rrAfter := rr.round()
 	kept := 0
@@ -376,6 +387,7 @@ func TestCvip(t *testing.T) {
 	e.MustCLI(alive, "ssi", "cvip", "rm", vip+":80")
 	e.MustCLI(alive, "ssi", "cvip", "rm", vip+":81")
 	e.MustCLI(alive, "ssi", "cvip", "rm", vip+":82")
+	e.MustCLI(alive, "ssi", "cvip", "rm", vip+":83")
 	Eventually(t, 5*time.Second, func() string {
 		out, _ := exec.Command("ip", "-n", fmt.Sprintf("%s-n%d", e.prefix, newDir), "addr", "show", "dev", "eth0").Output()
 		if strings.Contains(string(out), " "+vip+"/32") {
@@ -386,6 +398,16 @@ func TestCvip(t *testing.T) {
 	if r := e.CLI(alive, "ssi", "cvip", "rm", vip+":80"); r.Code != 1 {
 		t.Errorf("removing it twice: %v", r)
 	}
+}
+
+// newDirOf is the director of key as node k sees it.
+func newDirOf(e *cvipEnv, k int, key string) uint32 {
+	for _, v := range e.ls(k) {
+		if v.Key == key {
+			return v.Director
+		}
+	}
+	return 0
 }
 
 // TestCvipFallback: on nodes whose kernel datapath is unavailable (here
