@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -523,7 +524,6 @@ func (s *Service) endpoints(c *state.Cluster, d *directed, nft *nftDatapath, loa
 // Status is what this node reports about the VIPs it directs.
 func (s *Service) Status(keys []string) []*ssiv1.VIPStatus {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []*ssiv1.VIPStatus
 	for k, st := range s.status {
 		if len(keys) > 0 && !containsKey(keys, k) {
@@ -531,8 +531,42 @@ func (s *Service) Status(keys []string) []*ssiv1.VIPStatus {
 		}
 		out = append(out, cloneStatus(st))
 	}
+	s.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	// Connections on the kernel datapath: conntrack's count, read now.
+	for _, st := range out {
+		if st.Datapath != "nftables" {
+			continue
+		}
+		vip, port, proto, ok := parseKey(st.Key)
+		if !ok {
+			continue
+		}
+		counts := countConns(vip, port, proto)
+		if counts == nil {
+			continue
+		}
+		for _, b := range st.Backends {
+			host, _, _ := strings.Cut(b.Addr, ":")
+			b.Active = counts[host]
+		}
+	}
 	return out
+}
+
+// parseKey splits a VIP key, ADDR:PORT/PROTO.
+func parseKey(key string) (netip.Addr, uint16, string, bool) {
+	hp, proto, ok := strings.Cut(key, "/")
+	host, port, ok2 := strings.Cut(hp, ":")
+	a, err := netip.ParseAddr(host)
+	if !ok || !ok2 || err != nil {
+		return netip.Addr{}, 0, "", false
+	}
+	if port == "*" {
+		return a, 0, proto, true
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	return a, uint16(p), proto, err == nil
 }
 
 func containsKey(keys []string, k string) bool {

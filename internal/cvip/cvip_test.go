@@ -218,3 +218,20 @@ func TestUserspaceProxyRelaysUDP(t *testing.T) {
 		t.Errorf("a datagram through the proxy: %q", got)
 	}
 }
+
+func TestParseKey(t *testing.T) {
+	for key, want := range map[string]string{
+		"10.0.0.1:80/tcp": "10.0.0.1 80 tcp true",
+		"10.0.0.1:*/udp":  "10.0.0.1 0 udp true",
+		"10.0.0.1/tcp":    "invalid IP 0  false",
+	} {
+		a, p, proto, ok := parseKey(key)
+		if got := fmt.Sprintln(a, p, proto, ok); got != want+"\n" {
+			t.Errorf("parseKey(%q) = %s, want %s", key, got, want)
+		}
+	}
+	v := &state.VIP{Addr: "10.0.0.1", Proto: "udp"}
+	if a, p, proto, ok := parseKey(v.Key()); !ok || a.String() != v.Addr || p != 0 || proto != "udp" {
+		t.Errorf("the key of %+v does not parse back", v)
+	}
+}

@@ -26,6 +26,7 @@ type cvipLs struct {
 		Node    uint32 `json:"node"`
 		Healthy bool   `json:"healthy"`
 		Reason  string `json:"reason"`
+		Active  int64  `json:"active"`
 	} `json:"backends"`
 }
 
@@ -311,6 +312,20 @@ func TestCvip(t *testing.T) {
 	for i, a := range append(append(append([]string{}, shBefore...), sh2Before...), rrBefore...) {
 		if !strings.HasPrefix(a, "node") {
 			t.Fatalf("held connection %d before the failover: %q", i, a)
+		}
+	}
+
+	// ssi cvip ls counts them (conntrack's entries on the director).
+	for _, v := range e.ls(3) {
+		if v.Key != key {
+			continue
+		}
+		var n int64
+		for _, b := range v.Backends {
+			n += b.Active
+		}
+		if n < 6 {
+			t.Errorf("ssi cvip ls counts %d connections through %s, with 6 held open: %+v", n, key, v.Backends)
 		}
 	}
 
