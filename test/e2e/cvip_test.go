@@ -52,22 +52,7 @@ func startCvip(t *testing.T, n int, env ...string) *cvipEnv {
 	if out, err := exec.Command("go", "build", "-o", e.backend, "../cvipbackend").CombinedOutput(); err != nil {
 		t.Fatalf("build the test backend: %v\n%s", err, out)
 	}
-	if len(env) == 0 {
-		e.Cluster = StartCluster(t, n, "--isolate")
-	} else { // StartCluster with the daemons' environment
-		c := &Cluster{t: t, Dir: t.TempDir(), BaseIP: randomBase(), N: n}
-		r := run(t, env, "", "ssi", "up", "--nodes", fmt.Sprint(n), "--dir", c.Dir, "--base-ip", c.BaseIP, "--isolate")
-		t.Cleanup(func() {
-			run(t, nil, "", "ssi", "down", "--dir", c.Dir)
-			if t.Failed() {
-				c.dumpLogs()
-			}
-		})
-		if r.Code != 0 {
-			t.Fatalf("ssi up failed: %v", r)
-		}
-		e.Cluster = c
-	}
+	e.Cluster = StartClusterEnv(t, n, env, "--isolate")
 	e.prefix = isolatePrefix(t, e.Dir)
 	var iso struct {
 		Subnet netip.Prefix `json:"subnet"`
