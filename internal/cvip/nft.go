@@ -1,7 +1,6 @@
 package cvip
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -253,9 +252,6 @@ func (d *nftDatapath) build(conn *nftables.Conn, svcs []service) error {
 	}
 	return nil
 }
-
-// errNoNftables marks a datapath that fell back for want of nftables.
-var errNoNftables = errors.New("nftables unavailable")
 
 // tableName is this node's table.
 func tableName(self uint32) string { return fmt.Sprintf("ssi_cvip_n%d", self) }

@@ -1,8 +1,10 @@
 package cvip
 
 import (
+	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -35,6 +37,18 @@ func TestNftablesDatapathBalancesInTheKernel(t *testing.T) {
 	if got["a"] != 30 || got["b"] != 10 {
 		t.Errorf("40 connections with weights 3:1 went %v, want a:30 b:10", got)
 	}
+	// conntrack counts a connection held open, by backend (for lc and
+	// ssi cvip ls).
+	held, err := net.DialTimeout("tcp", "10.9.0.100:80", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := countConns(netip.MustParseAddr("10.9.0.100"), 80, "tcp")
+	held.Close()
+	if counts == nil || counts["10.9.0.1"]+counts["10.9.0.2"] < 1 {
+		t.Errorf("conntrack's count of a connection held open: %v", counts)
+	}
+
 	// Source hash: one client, one backend.
 	svc.Inc, svc.Hash = false, true
 	if err := d.sync([]service{svc}); err != nil {
