@@ -65,6 +65,7 @@ type Service struct {
 	// go for want of one.
 	leaderSeen time.Time
 	fenced     bool
+	lastErr    string // the last nftables error logged
 }
 
 // directed is a VIP this node directs.
@@ -320,12 +321,17 @@ func (s *Service) reconcile(ctx context.Context) {
 	}
 	if nft != nil {
 		if err := nft.sync(svcs); err != nil {
-			s.log.Error("cvip: programming nftables failed", "err", err)
+			if err.Error() != s.lastErr {
+				s.log.Error("cvip: programming nftables failed; retrying every tick", "err", err)
+			}
+			s.lastErr = err.Error()
 			for _, it := range items {
 				if it.st.Datapath == "nftables" {
 					it.st.Detail = err.Error()
 				}
 			}
+		} else {
+			s.lastErr = ""
 		}
 	}
 	// Addresses last, once every VIP on them is programmed: a VIP's
@@ -369,12 +375,22 @@ func sameConfig(a, b *state.VIP) bool {
 // dropStrays removes VIP addresses this node holds but does not direct
 // (left by a run that died before they expired).
 func (s *Service) dropStrays(c *state.Cluster, want map[string]*state.VIP) {
+	if len(c.VIPs) == 0 {
+		return
+	}
+	local := map[netip.Addr]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil {
+			local[p.Addr()] = true
+		}
+	}
 	for k, v := range c.VIPs {
 		if _, ok := want[k]; ok {
 			continue
 		}
 		a, err := netip.ParseAddr(v.Addr)
-		if err != nil {
+		if err != nil || !local[a] {
 			continue
 		}
 		ifc, err := findInterface(a, s.cfg.SelfIP)
