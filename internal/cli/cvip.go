@@ -29,7 +29,7 @@ func init() {
 	family := &Command{
 		Name:    "cvip",
 		Summary: "cluster virtual IPs: one service address for the whole cluster, balanced over nodes",
-		Usage:   "ssi cvip add VIP[:PORT] [options] | ssi cvip ls [--json] | ssi cvip rm VIP[:PORT] [--proto tcp|udp]",
+		Usage:   "ssi cvip add VIP[:PORT] [options] | ssi cvip ls [--json] | ssi cvip set VIP[:PORT] [options] | ssi cvip rm VIP[:PORT] [--proto tcp|udp]",
 		Help: `A cluster virtual IP is an address that is no node's own, on the nodes'
 network. One director node holds it (chosen through the cluster state; if
 it goes DOWN another takes the address and announces it with gratuitous
@@ -40,6 +40,7 @@ Examples:
   ssi cvip add 10.0.0.100:80 --nodes 2,3 --check /healthz
   ssi cvip add 10.0.0.100:80 --nodes 2:3,3:1 --sched wrr --target-port 8080
   ssi cvip ls
+  ssi cvip set 10.0.0.100:80 --nodes 2,3,4
   ssi cvip rm 10.0.0.100:80`,
 	}
 	addCmd := &Command{Name: "cvip add", Summary: "create a cluster virtual IP",
@@ -59,15 +60,25 @@ Example:
   ssi cvip add 10.0.0.100:80 --nodes 2,3 --directors 1,2 --check /`}
 	lsCmd := &Command{Name: "cvip ls", Summary: "list the cluster virtual IPs, their directors, datapaths and backends", Usage: "ssi cvip ls [--json]",
 		Help: "Example:\n  ssi cvip ls --json"}
+	setCmd := &Command{Name: "cvip set", Summary: "change a cluster virtual IP's settings in place (the others keep their values)",
+		Usage: "ssi cvip set VIP[:PORT] [--proto tcp|udp] [--nodes LIST] [--directors LIST] [--sched S] [--check PATH] [--target-port P] [--datapath auto|userspace]",
+		Help: `The director keeps the address and the connections it carries: backends
+added start taking new connections once their first check passes, backends
+removed take no new ones. --check "" goes back to a TCP connect,
+--target-port 0 to the VIP's port.
+
+Example:
+  ssi cvip set 10.0.0.100:80 --nodes 2,3,4`}
 	rmCmd := &Command{Name: "cvip rm", Summary: "remove a cluster virtual IP", Usage: "ssi cvip rm VIP[:PORT] [--proto tcp|udp]",
 		Help: "Example:\n  ssi cvip rm 10.0.0.100:80"}
 	subs := map[string]subcommand{
 		"add": {addCmd, runCvipAdd},
 		"ls":  {lsCmd, runCvipLs},
+		"set": {setCmd, runCvipSet},
 		"rm":  {rmCmd, runCvipRm},
 	}
 	family.Run = func(env *Env, args []string) error {
-		return runSubcommand(env, family, subs, []string{"add", "ls", "rm"}, args)
+		return runSubcommand(env, family, subs, []string{"add", "ls", "set", "rm"}, args)
 	}
 	Register(family)
 }
@@ -133,45 +144,105 @@ func parseBackends(s string) ([]uint32, map[uint32]uint32, error) {
 	return nodes, weights, nil
 }
 
-func runCvipAdd(env *Env, cmd *Command, args []string) error {
+// vipFlags are the settings of ssi cvip add and set.
+type vipFlags struct {
+	fs                                        *flag.FlagSet
+	proto, nodes, directors, sched, check, dp *string
+	target                                    *uint
+	socket                                    *string
+}
+
+func newVIPFlags(env *Env, cmd *Command) *vipFlags {
 	fs := NewFlags(env, cmd)
-	proto := fs.String("proto", "tcp", "protocol: tcp or udp")
-	nodes := fs.String("nodes", "", "backend nodes, e.g. 2,3 (with --sched wrr: 2:3,3:1 for weights); default every node")
-	directors := fs.String("directors", "", "nodes that may direct, in order of preference, e.g. 1,2; default every node")
-	sched := fs.String("sched", state.SchedRR, "scheduler: "+strings.Join(state.Schedulers, ", "))
-	check := fs.String("check", "", "HTTP path of the health check (default: a TCP connect)")
-	target := fs.Uint("target-port", 0, "the backends' port (default: the VIP's)")
-	datapath := fs.String("datapath", "auto", "auto (the kernel's nftables where available) or userspace (always the proxy)")
-	socket := socketFlag(fs)
-	addr, port, err := parseVIPFlags(env, cmd, fs, args)
-	if err != nil {
-		return err
+	return &vipFlags{
+		fs:        fs,
+		proto:     fs.String("proto", "tcp", "protocol: tcp or udp"),
+		nodes:     fs.String("nodes", "", "backend nodes, e.g. 2,3 (with --sched wrr: 2:3,3:1 for weights); default every node"),
+		directors: fs.String("directors", "", "nodes that may direct, in order of preference, e.g. 1,2; default every node"),
+		sched:     fs.String("sched", state.SchedRR, "scheduler: "+strings.Join(state.Schedulers, ", ")),
+		check:     fs.String("check", "", "HTTP path of the health check (default: a TCP connect)"),
+		target:    fs.Uint("target-port", 0, "the backends' port (default: the VIP's)"),
+		dp:        fs.String("datapath", "auto", "auto (the kernel's nftables where available) or userspace (always the proxy)"),
+		socket:    socketFlag(fs),
 	}
-	if *target > 65535 {
-		return Usagef("--target-port %d is out of range", *target)
+}
+
+// settings are the VIP settings the flags give (not its address, port or
+// protocol), parsed but not yet validated as a whole.
+func (f *vipFlags) settings() (state.VIP, error) {
+	if *f.target > 65535 {
+		return state.VIP{}, Usagef("--target-port %d is out of range", *f.target)
 	}
-	v := state.VIP{Addr: addr, Port: port, Proto: *proto, Sched: *sched, Check: *check, TargetPort: uint16(*target)}
-	switch *datapath {
+	v := state.VIP{Sched: *f.sched, Check: *f.check, TargetPort: uint16(*f.target)}
+	switch *f.dp {
 	case "auto":
 	case state.DatapathUserspace:
 		v.Datapath = state.DatapathUserspace
 	default:
-		return Usagef("--datapath %q is not auto or userspace", *datapath)
+		return v, Usagef("--datapath %q is not auto or userspace", *f.dp)
 	}
-	if v.Nodes, v.Weights, err = parseBackends(*nodes); err != nil {
+	var err error
+	if v.Nodes, v.Weights, err = parseBackends(*f.nodes); err != nil {
+		return v, err
+	}
+	if v.Directors, err = parseNodeList(*f.directors); err != nil {
+		return v, Usagef("--directors: %v", err)
+	}
+	return v, nil
+}
+
+func runCvipAdd(env *Env, cmd *Command, args []string) error {
+	f := newVIPFlags(env, cmd)
+	addr, port, err := parseVIPFlags(env, cmd, f.fs, args)
+	if err != nil {
 		return err
 	}
-	if v.Directors, err = parseNodeList(*directors); err != nil {
-		return Usagef("--directors: %v", err)
+	v, err := f.settings()
+	if err != nil {
+		return err
 	}
+	v.Addr, v.Port, v.Proto = addr, port, *f.proto
 	if _, err := state.ValidateVIP(v); err != nil {
 		return Usagef("%v", err)
 	}
-	resp, err := cvipClient(*socket).AddVIP(env.Ctx, connect.NewRequest(&ssiv1.AddVIPRequest{Vip: cvip.VIPToProto(&v)}))
+	resp, err := cvipClient(*f.socket).AddVIP(env.Ctx, connect.NewRequest(&ssiv1.AddVIPRequest{Vip: cvip.VIPToProto(&v)}))
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(env.Stdout, "added %s (a director takes it within a second; see ssi cvip ls)\n", resp.Msg.Vip.Key)
+	return nil
+}
+
+// runCvipSet changes the settings given, the others keep their values.
+func runCvipSet(env *Env, cmd *Command, args []string) error {
+	f := newVIPFlags(env, cmd)
+	addr, port, err := parseVIPFlags(env, cmd, f.fs, args)
+	if err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+	var fields []string
+	for _, fl := range []struct{ flag, field string }{
+		{"nodes", "nodes"}, {"directors", "directors"}, {"sched", "sched"}, {"check", "check"}, {"target-port", "target_port"}, {"datapath", "datapath"},
+	} {
+		if given[fl.flag] {
+			fields = append(fields, fl.field)
+		}
+	}
+	if len(fields) == 0 {
+		return Usagef("nothing to change: give at least one of --nodes, --directors, --sched, --check, --target-port, --datapath")
+	}
+	v, err := f.settings()
+	if err != nil {
+		return err
+	}
+	key := state.VIPKey(addr, port, *f.proto)
+	resp, err := cvipClient(*f.socket).SetVIP(env.Ctx, connect.NewRequest(&ssiv1.SetVIPRequest{Key: key, Vip: cvip.VIPToProto(&v), Fields: fields}))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stdout, "changed %s\n", resp.Msg.Vip.Key)
 	return nil
 }
 

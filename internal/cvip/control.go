@@ -82,6 +82,31 @@ func (c *Control) AddVIP(ctx context.Context, req *connect.Request[ssiv1.AddVIPR
 	return connect.NewResponse(&ssiv1.AddVIPResponse{Vip: VIPToProto(&out)}), nil
 }
 
+// SetVIP changes a VIP's settings in place; its director keeps the
+// address and the connections it carries.
+func (c *Control) SetVIP(ctx context.Context, req *connect.Request[ssiv1.SetVIPRequest]) (*connect.Response[ssiv1.SetVIPResponse], error) {
+	s := c.s
+	if err := transport.AuthorizeAdmin(ctx, "change a cluster virtual IP"); err != nil {
+		return nil, err
+	}
+	if len(req.Msg.Key) > 64 || len(req.Msg.Fields) > len(state.SetVIPFields) {
+		return nil, rpcerr.ToConnect(s.cfg.Self, state.Errorf(state.CodeInvalid, "%q is not a VIP key, or too many fields", req.Msg.Key))
+	}
+	v, err := VIPFromProto(req.Msg.Vip)
+	if err != nil {
+		return nil, rpcerr.ToConnect(s.cfg.Self, err)
+	}
+	res, err := s.cfg.Leader.Apply(ctx, state.CmdSetVIP, state.SetVIP{Key: req.Msg.Key, VIP: v, Fields: req.Msg.Fields})
+	if err != nil {
+		return nil, rpcerr.ToConnect(s.cfg.Self, err)
+	}
+	var out state.VIP
+	if err := res.Decode(&out); err != nil {
+		return nil, rpcerr.ToConnect(s.cfg.Self, err)
+	}
+	return connect.NewResponse(&ssiv1.SetVIPResponse{Vip: VIPToProto(&out)}), nil
+}
+
 // RemoveVIP deletes a VIP; its director lets go of the address.
 func (c *Control) RemoveVIP(ctx context.Context, req *connect.Request[ssiv1.RemoveVIPRequest]) (*connect.Response[ssiv1.RemoveVIPResponse], error) {
 	s := c.s

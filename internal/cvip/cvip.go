@@ -245,16 +245,35 @@ func (s *Service) reconcile(ctx context.Context) {
 	want := s.mine(c)
 	s.mu.Lock()
 	var stop []*directed
+	var proxies []*proxy
 	for k, d := range s.directed {
-		if v, ok := want[k]; !ok || !sameConfig(v, &d.vip) {
+		v, ok := want[k]
+		switch {
+		case !ok:
 			stop = append(stop, d)
 			delete(s.directed, k)
 			delete(s.status, k)
+		case !sameConfig(v, &d.vip):
+			// ssi cvip set: changed in place, the address and the
+			// connections stay.
+			s.log.Info("cvip: the VIP's settings changed", "vip", k)
+			d.vip = *v
+			d.check.setPath(v.Check)
+			if d.proxy != nil && v.Datapath != state.DatapathUserspace && s.nft != nil {
+				proxies = append(proxies, d.proxy) // now on the kernel datapath
+				d.proxy = nil
+			}
+			if d.proxy != nil {
+				d.proxy.setSched(v.Sched)
+			}
 		}
 	}
 	s.mu.Unlock()
 	for _, d := range stop {
 		s.stopDirecting(d, s.stillHeld(d.addr))
+	}
+	for _, p := range proxies {
+		p.stop()
 	}
 	s.dropStrays(c, want)
 	if len(want) == 0 {

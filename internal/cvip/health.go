@@ -80,6 +80,14 @@ type checker struct {
 	rounds  int // completed rounds of checks
 }
 
+// setPath changes the HTTP path checked ("" : a TCP connect) from the
+// next round on.
+func (c *checker) setPath(path string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.path = path
+}
+
 // checked reports whether a round of checks has completed since the
 // targets last changed.
 func (c *checker) checked() bool {
@@ -133,12 +141,13 @@ func (c *checker) run(ctx context.Context) {
 	for {
 		c.mu.Lock()
 		ts := append([]target(nil), c.targets...)
+		path := c.path
 		c.mu.Unlock()
 		var wg sync.WaitGroup
 		errs := make([]error, len(ts))
 		for i, t := range ts {
 			wg.Add(1)
-			go func() { defer wg.Done(); errs[i] = probe(ctx, t.Addr, c.path) }()
+			go func() { defer wg.Done(); errs[i] = probe(ctx, t.Addr, path) }()
 		}
 		wg.Wait()
 		if ctx.Err() != nil {
@@ -164,8 +173,8 @@ func (c *checker) run(ctx context.Context) {
 					h.ok = true
 				}
 				h.reason = "tcp connect ok"
-				if c.path != "" {
-					h.reason = "GET " + c.path + " ok"
+				if path != "" {
+					h.reason = "GET " + path + " ok"
 				}
 			} else {
 				h.passes, h.fails = 0, h.fails+1

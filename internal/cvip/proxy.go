@@ -126,6 +126,13 @@ func (p *proxy) setEndpoints(eps []endpoint) {
 	}
 }
 
+// setSched changes the scheduler from the next connection on.
+func (p *proxy) setSched(sched string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.sched = sched
+}
+
 // activeConns is the number of connections to backend num now.
 func (p *proxy) activeConns(num uint32) int64 {
 	p.mu.Lock()

@@ -3,6 +3,7 @@ package state
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,7 +18,8 @@ const (
 	CmdAddVIP      CommandType = 20
 	CmdRemoveVIP   CommandType = 21
 	CmdSetDirector CommandType = 22
-	// 23 and 24 are reserved for the cluster virtual IP.
+	CmdSetVIP      CommandType = 23
+	// 24 is reserved for the cluster virtual IP.
 )
 
 // Schedulers: how the director picks a backend for a new connection.
@@ -172,6 +174,18 @@ type RemoveVIP struct {
 	Key string `json:"key"`
 }
 
+// SetVIP changes the named fields of the VIP Key to those of VIP, all or
+// none: nodes (with weights), directors, sched, check, target_port,
+// datapath. Its address, port and protocol (its key) stay.
+type SetVIP struct {
+	Key    string   `json:"key"`
+	VIP    VIP      `json:"vip"`
+	Fields []string `json:"fields"`
+}
+
+// SetVIPFields are the fields SetVIP can change.
+var SetVIPFields = []string{"nodes", "directors", "sched", "check", "target_port", "datapath"}
+
 // SetDirector records that node Node directs the VIP Key (0: none). The
 // change happens only if the current director is From: the leader's
 // election duty races with itself across leadership changes.
@@ -313,6 +327,54 @@ func applyAddVIP(c *Cluster, cmd AddVIP) (*VIP, error) {
 	c.VIPs[v.Key()] = &v
 	out := v.clone()
 	return out, nil
+}
+
+func applySetVIP(c *Cluster, cmd SetVIP) (*VIP, error) {
+	cur, ok := c.VIPs[cmd.Key]
+	if !ok {
+		return nil, Errorf(CodeNotFound, "no cluster virtual IP %s (ssi cvip ls lists them)", cmd.Key)
+	}
+	if len(cmd.Fields) == 0 {
+		return nil, Errorf(CodeInvalid, "nothing to change")
+	}
+	next := cur.clone()
+	for _, f := range cmd.Fields {
+		switch f {
+		case "nodes":
+			next.Nodes, next.Weights = append([]uint32(nil), cmd.VIP.Nodes...), cmd.VIP.clone().Weights
+		case "directors":
+			next.Directors = append([]uint32(nil), cmd.VIP.Directors...)
+		case "sched":
+			next.Sched = cmd.VIP.Sched
+		case "check":
+			next.Check = cmd.VIP.Check
+		case "target_port":
+			next.TargetPort = cmd.VIP.TargetPort
+		case "datapath":
+			next.Datapath = cmd.VIP.Datapath
+		default:
+			return nil, Errorf(CodeInvalid, "field %q cannot be changed (only %s)", f, strings.Join(SetVIPFields, ", "))
+		}
+	}
+	if next.Sched != SchedWRR && len(next.Weights) > 0 {
+		if slices.Contains(cmd.Fields, "sched") && !slices.Contains(cmd.Fields, "nodes") {
+			next.Weights = nil // leaving wrr drops the weights
+		}
+	}
+	v, err := ValidateVIP(*next)
+	if err != nil {
+		return nil, err
+	}
+	for what, list := range map[string][]uint32{"backend": v.Nodes, "director": v.Directors} {
+		for _, n := range list {
+			if c.Nodes[n] == nil {
+				return nil, Errorf(CodeNotFound, "node %d (in the %s list) is not in the node table", n, what)
+			}
+		}
+	}
+	v.Director, v.DirectorSince, v.Created = cur.Director, cur.DirectorSince, cur.Created
+	c.VIPs[cmd.Key] = &v
+	return v.clone(), nil
 }
 
 func applyRemoveVIP(c *Cluster, cmd RemoveVIP) error {

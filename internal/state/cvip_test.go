@@ -119,3 +119,44 @@ func TestSetDirectorOnlyFromTheCurrentToAnUpDirector(t *testing.T) {
 	}
 	a.must(CmdSetDirector, SetDirector{Key: key, Node: 0, From: 2, Time: t0})
 }
+
+func TestSetVIPChangesNamedFieldsOnly(t *testing.T) {
+	a := vipCluster(t)
+	key := "192.168.64.200:80/tcp"
+	a.must(CmdAddVIP, AddVIP{Time: t0, VIP: VIP{Addr: "192.168.64.200", Port: 80, Nodes: []uint32{2, 3}, Check: "/h", Directors: []uint32{1}}})
+	a.must(CmdSetState, SetState{Num: 1, To: Up, Time: t0})
+	a.must(CmdSetDirector, SetDirector{Key: key, Node: 1, Time: t0})
+	r := a.must(CmdSetVIP, SetVIP{Key: key, VIP: VIP{Nodes: []uint32{2, 3}, Weights: map[uint32]uint32{2: 4}, Sched: SchedWRR}, Fields: []string{"nodes", "sched"}})
+	var v VIP
+	if err := r.Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	got := a.f.Cluster().VIPs[key]
+	if got.Sched != SchedWRR || got.Weight(2) != 4 || got.Check != "/h" || got.Director != 1 || !reflect.DeepEqual(got.Directors, []uint32{1}) || v.Sched != SchedWRR {
+		t.Fatalf("after set: %+v", got)
+	}
+	// Leaving wrr drops the weights.
+	a.must(CmdSetVIP, SetVIP{Key: key, VIP: VIP{Sched: SchedRR}, Fields: []string{"sched"}})
+	if got := a.f.Cluster().VIPs[key]; got.Sched != SchedRR || len(got.Weights) != 0 {
+		t.Errorf("back to rr: %+v", got)
+	}
+	for name, tc := range map[string]struct {
+		cmd  SetVIP
+		want error
+	}{
+		"unknown vip":     {SetVIP{Key: "192.168.64.9:80/tcp", Fields: []string{"sched"}, VIP: VIP{Sched: SchedRR}}, ErrNotFound},
+		"nothing":         {SetVIP{Key: key}, ErrInvalid},
+		"unknown field":   {SetVIP{Key: key, Fields: []string{"addr"}}, ErrInvalid},
+		"unknown node":    {SetVIP{Key: key, Fields: []string{"nodes"}, VIP: VIP{Nodes: []uint32{9}}}, ErrNotFound},
+		"bad scheduler":   {SetVIP{Key: key, Fields: []string{"sched"}, VIP: VIP{Sched: "x"}}, ErrInvalid},
+		"check on a path": {SetVIP{Key: key, Fields: []string{"check"}, VIP: VIP{Check: "nope"}}, ErrInvalid},
+	} {
+		before := a.f.Cluster().VIPs[key]
+		if r := a.apply(CmdSetVIP, tc.cmd); !errors.Is(r.Error(), tc.want) {
+			t.Errorf("%s: %v, want %v", name, r.Err, tc.want)
+		}
+		if after := a.f.Cluster().VIPs[key]; !reflect.DeepEqual(before, after) {
+			t.Errorf("%s: the refused change changed the VIP", name)
+		}
+	}
+}

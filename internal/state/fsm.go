@@ -351,6 +351,12 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applyRemoveVIP(c, cmd)
+	case CmdSetVIP:
+		var cmd SetVIP
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return applySetVIP(c, cmd)
 	case CmdSetDirector:
 		var cmd SetDirector
 		if err := decode(&cmd); err != nil {

@@ -270,6 +270,26 @@ func TestCvip(t *testing.T) {
 		t.Errorf("node 3's server is back but gets nothing: %v", got)
 	}
 
+	// ssi cvip set changes the backends in place: the director keeps the
+	// address (and is not re-elected).
+	e.MustCLI(2, "ssi", "cvip", "set", vip+":80", "--nodes", "3")
+	Eventually(t, 5*time.Second, func() string {
+		if got := e.get(url, 10); got["node3"] != 10 {
+			return fmt.Sprintf("after ssi cvip set --nodes 3: %v", got)
+		}
+		return ""
+	})
+	e.MustCLI(2, "ssi", "cvip", "set", vip+":80", "--nodes", "2,3")
+	if d := e.ready(2, key, "nftables", 2, 3); d != dir {
+		t.Errorf("ssi cvip set moved the VIP from node %d to node %d", dir, d)
+	}
+	if got := e.get(url, 20); got["node2"] == 0 || got["node3"] == 0 || got["error"] != 0 {
+		t.Errorf("after ssi cvip set --nodes 2,3: %v", got)
+	}
+	if r := e.CLI(2, "ssi", "cvip", "set", vip+":80", "--nodes", "2,9"); r.Code != 1 || !strings.Contains(r.Stderr, "node 9") {
+		t.Errorf("ssi cvip set with an unknown node: %v", r)
+	}
+
 	// The user-space proxy, for the same backends.
 	ukey := vip + ":81/tcp"
 	e.MustCLI(1, "ssi", "cvip", "add", vip+":81", "--nodes", "2,3", "--target-port", "8080", "--datapath", "userspace")

@@ -433,6 +433,112 @@ func (x *AddVIPResponse) GetVip() *VIP {
 	return nil
 }
 
+// SetVIPRequest changes the named fields of the VIP key to those of vip:
+// nodes (with weights), directors, sched, check, target_port, datapath.
+type SetVIPRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Vip           *VIP                   `protobuf:"bytes,2,opt,name=vip,proto3" json:"vip,omitempty"`
+	Fields        []string               `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetVIPRequest) Reset() {
+	*x = SetVIPRequest{}
+	mi := &file_ssi_v1_cvip_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetVIPRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetVIPRequest) ProtoMessage() {}
+
+func (x *SetVIPRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_cvip_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetVIPRequest.ProtoReflect.Descriptor instead.
+func (*SetVIPRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SetVIPRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *SetVIPRequest) GetVip() *VIP {
+	if x != nil {
+		return x.Vip
+	}
+	return nil
+}
+
+func (x *SetVIPRequest) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+type SetVIPResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vip           *VIP                   `protobuf:"bytes,1,opt,name=vip,proto3" json:"vip,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetVIPResponse) Reset() {
+	*x = SetVIPResponse{}
+	mi := &file_ssi_v1_cvip_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetVIPResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetVIPResponse) ProtoMessage() {}
+
+func (x *SetVIPResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_cvip_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetVIPResponse.ProtoReflect.Descriptor instead.
+func (*SetVIPResponse) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SetVIPResponse) GetVip() *VIP {
+	if x != nil {
+		return x.Vip
+	}
+	return nil
+}
+
 type RemoveVIPRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
@@ -442,7 +548,7 @@ type RemoveVIPRequest struct {
 
 func (x *RemoveVIPRequest) Reset() {
 	*x = RemoveVIPRequest{}
-	mi := &file_ssi_v1_cvip_proto_msgTypes[5]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -454,7 +560,7 @@ func (x *RemoveVIPRequest) String() string {
 func (*RemoveVIPRequest) ProtoMessage() {}
 
 func (x *RemoveVIPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_cvip_proto_msgTypes[5]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -467,7 +573,7 @@ func (x *RemoveVIPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveVIPRequest.ProtoReflect.Descriptor instead.
 func (*RemoveVIPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{5}
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemoveVIPRequest) GetKey() string {
@@ -485,7 +591,7 @@ type RemoveVIPResponse struct {
 
 func (x *RemoveVIPResponse) Reset() {
 	*x = RemoveVIPResponse{}
-	mi := &file_ssi_v1_cvip_proto_msgTypes[6]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +603,7 @@ func (x *RemoveVIPResponse) String() string {
 func (*RemoveVIPResponse) ProtoMessage() {}
 
 func (x *RemoveVIPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_cvip_proto_msgTypes[6]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +616,7 @@ func (x *RemoveVIPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveVIPResponse.ProtoReflect.Descriptor instead.
 func (*RemoveVIPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{6}
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{8}
 }
 
 type ListVIPsRequest struct {
@@ -521,7 +627,7 @@ type ListVIPsRequest struct {
 
 func (x *ListVIPsRequest) Reset() {
 	*x = ListVIPsRequest{}
-	mi := &file_ssi_v1_cvip_proto_msgTypes[7]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +639,7 @@ func (x *ListVIPsRequest) String() string {
 func (*ListVIPsRequest) ProtoMessage() {}
 
 func (x *ListVIPsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_cvip_proto_msgTypes[7]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +652,7 @@ func (x *ListVIPsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVIPsRequest.ProtoReflect.Descriptor instead.
 func (*ListVIPsRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{7}
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{9}
 }
 
 type ListVIPsResponse struct {
@@ -560,7 +666,7 @@ type ListVIPsResponse struct {
 
 func (x *ListVIPsResponse) Reset() {
 	*x = ListVIPsResponse{}
-	mi := &file_ssi_v1_cvip_proto_msgTypes[8]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -572,7 +678,7 @@ func (x *ListVIPsResponse) String() string {
 func (*ListVIPsResponse) ProtoMessage() {}
 
 func (x *ListVIPsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_cvip_proto_msgTypes[8]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -585,7 +691,7 @@ func (x *ListVIPsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVIPsResponse.ProtoReflect.Descriptor instead.
 func (*ListVIPsResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{8}
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListVIPsResponse) GetVips() []*VIP {
@@ -618,7 +724,7 @@ type VIPStatusRequest struct {
 
 func (x *VIPStatusRequest) Reset() {
 	*x = VIPStatusRequest{}
-	mi := &file_ssi_v1_cvip_proto_msgTypes[9]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -630,7 +736,7 @@ func (x *VIPStatusRequest) String() string {
 func (*VIPStatusRequest) ProtoMessage() {}
 
 func (x *VIPStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_cvip_proto_msgTypes[9]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -643,7 +749,7 @@ func (x *VIPStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatusRequest.ProtoReflect.Descriptor instead.
 func (*VIPStatusRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{9}
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *VIPStatusRequest) GetKeys() []string {
@@ -662,7 +768,7 @@ type VIPStatusResponse struct {
 
 func (x *VIPStatusResponse) Reset() {
 	*x = VIPStatusResponse{}
-	mi := &file_ssi_v1_cvip_proto_msgTypes[10]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +780,7 @@ func (x *VIPStatusResponse) String() string {
 func (*VIPStatusResponse) ProtoMessage() {}
 
 func (x *VIPStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_cvip_proto_msgTypes[10]
+	mi := &file_ssi_v1_cvip_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +793,7 @@ func (x *VIPStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIPStatusResponse.ProtoReflect.Descriptor instead.
 func (*VIPStatusResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{10}
+	return file_ssi_v1_cvip_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *VIPStatusResponse) GetStatus() []*VIPStatus {
@@ -739,6 +845,12 @@ const file_ssi_v1_cvip_proto_rawDesc = "" +
 	"\rAddVIPRequest\x12\x1d\n" +
 	"\x03vip\x18\x01 \x01(\v2\v.ssi.v1.VIPR\x03vip\"/\n" +
 	"\x0eAddVIPResponse\x12\x1d\n" +
+	"\x03vip\x18\x01 \x01(\v2\v.ssi.v1.VIPR\x03vip\"X\n" +
+	"\rSetVIPRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1d\n" +
+	"\x03vip\x18\x02 \x01(\v2\v.ssi.v1.VIPR\x03vip\x12\x16\n" +
+	"\x06fields\x18\x03 \x03(\tR\x06fields\"/\n" +
+	"\x0eSetVIPResponse\x12\x1d\n" +
 	"\x03vip\x18\x01 \x01(\v2\v.ssi.v1.VIPR\x03vip\"$\n" +
 	"\x10RemoveVIPRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\"\x13\n" +
@@ -751,9 +863,10 @@ const file_ssi_v1_cvip_proto_rawDesc = "" +
 	"\x10VIPStatusRequest\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\">\n" +
 	"\x11VIPStatusResponse\x12)\n" +
-	"\x06status\x18\x01 \x03(\v2\x11.ssi.v1.VIPStatusR\x06status2\xc0\x01\n" +
+	"\x06status\x18\x01 \x03(\v2\x11.ssi.v1.VIPStatusR\x06status2\xf9\x01\n" +
 	"\x04Cvip\x127\n" +
-	"\x06AddVIP\x12\x15.ssi.v1.AddVIPRequest\x1a\x16.ssi.v1.AddVIPResponse\x12@\n" +
+	"\x06AddVIP\x12\x15.ssi.v1.AddVIPRequest\x1a\x16.ssi.v1.AddVIPResponse\x127\n" +
+	"\x06SetVIP\x12\x15.ssi.v1.SetVIPRequest\x1a\x16.ssi.v1.SetVIPResponse\x12@\n" +
 	"\tRemoveVIP\x12\x18.ssi.v1.RemoveVIPRequest\x1a\x19.ssi.v1.RemoveVIPResponse\x12=\n" +
 	"\bListVIPs\x12\x17.ssi.v1.ListVIPsRequest\x1a\x18.ssi.v1.ListVIPsResponse2I\n" +
 	"\bCvipPeer\x12=\n" +
@@ -771,42 +884,48 @@ func file_ssi_v1_cvip_proto_rawDescGZIP() []byte {
 	return file_ssi_v1_cvip_proto_rawDescData
 }
 
-var file_ssi_v1_cvip_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_ssi_v1_cvip_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_ssi_v1_cvip_proto_goTypes = []any{
 	(*VIP)(nil),               // 0: ssi.v1.VIP
 	(*Backend)(nil),           // 1: ssi.v1.Backend
 	(*VIPStatus)(nil),         // 2: ssi.v1.VIPStatus
 	(*AddVIPRequest)(nil),     // 3: ssi.v1.AddVIPRequest
 	(*AddVIPResponse)(nil),    // 4: ssi.v1.AddVIPResponse
-	(*RemoveVIPRequest)(nil),  // 5: ssi.v1.RemoveVIPRequest
-	(*RemoveVIPResponse)(nil), // 6: ssi.v1.RemoveVIPResponse
-	(*ListVIPsRequest)(nil),   // 7: ssi.v1.ListVIPsRequest
-	(*ListVIPsResponse)(nil),  // 8: ssi.v1.ListVIPsResponse
-	(*VIPStatusRequest)(nil),  // 9: ssi.v1.VIPStatusRequest
-	(*VIPStatusResponse)(nil), // 10: ssi.v1.VIPStatusResponse
-	nil,                       // 11: ssi.v1.VIP.WeightsEntry
+	(*SetVIPRequest)(nil),     // 5: ssi.v1.SetVIPRequest
+	(*SetVIPResponse)(nil),    // 6: ssi.v1.SetVIPResponse
+	(*RemoveVIPRequest)(nil),  // 7: ssi.v1.RemoveVIPRequest
+	(*RemoveVIPResponse)(nil), // 8: ssi.v1.RemoveVIPResponse
+	(*ListVIPsRequest)(nil),   // 9: ssi.v1.ListVIPsRequest
+	(*ListVIPsResponse)(nil),  // 10: ssi.v1.ListVIPsResponse
+	(*VIPStatusRequest)(nil),  // 11: ssi.v1.VIPStatusRequest
+	(*VIPStatusResponse)(nil), // 12: ssi.v1.VIPStatusResponse
+	nil,                       // 13: ssi.v1.VIP.WeightsEntry
 }
 var file_ssi_v1_cvip_proto_depIdxs = []int32{
-	11, // 0: ssi.v1.VIP.weights:type_name -> ssi.v1.VIP.WeightsEntry
+	13, // 0: ssi.v1.VIP.weights:type_name -> ssi.v1.VIP.WeightsEntry
 	1,  // 1: ssi.v1.VIPStatus.backends:type_name -> ssi.v1.Backend
 	0,  // 2: ssi.v1.AddVIPRequest.vip:type_name -> ssi.v1.VIP
 	0,  // 3: ssi.v1.AddVIPResponse.vip:type_name -> ssi.v1.VIP
-	0,  // 4: ssi.v1.ListVIPsResponse.vips:type_name -> ssi.v1.VIP
-	2,  // 5: ssi.v1.ListVIPsResponse.status:type_name -> ssi.v1.VIPStatus
-	2,  // 6: ssi.v1.VIPStatusResponse.status:type_name -> ssi.v1.VIPStatus
-	3,  // 7: ssi.v1.Cvip.AddVIP:input_type -> ssi.v1.AddVIPRequest
-	5,  // 8: ssi.v1.Cvip.RemoveVIP:input_type -> ssi.v1.RemoveVIPRequest
-	7,  // 9: ssi.v1.Cvip.ListVIPs:input_type -> ssi.v1.ListVIPsRequest
-	9,  // 10: ssi.v1.CvipPeer.Status:input_type -> ssi.v1.VIPStatusRequest
-	4,  // 11: ssi.v1.Cvip.AddVIP:output_type -> ssi.v1.AddVIPResponse
-	6,  // 12: ssi.v1.Cvip.RemoveVIP:output_type -> ssi.v1.RemoveVIPResponse
-	8,  // 13: ssi.v1.Cvip.ListVIPs:output_type -> ssi.v1.ListVIPsResponse
-	10, // 14: ssi.v1.CvipPeer.Status:output_type -> ssi.v1.VIPStatusResponse
-	11, // [11:15] is the sub-list for method output_type
-	7,  // [7:11] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	0,  // 4: ssi.v1.SetVIPRequest.vip:type_name -> ssi.v1.VIP
+	0,  // 5: ssi.v1.SetVIPResponse.vip:type_name -> ssi.v1.VIP
+	0,  // 6: ssi.v1.ListVIPsResponse.vips:type_name -> ssi.v1.VIP
+	2,  // 7: ssi.v1.ListVIPsResponse.status:type_name -> ssi.v1.VIPStatus
+	2,  // 8: ssi.v1.VIPStatusResponse.status:type_name -> ssi.v1.VIPStatus
+	3,  // 9: ssi.v1.Cvip.AddVIP:input_type -> ssi.v1.AddVIPRequest
+	5,  // 10: ssi.v1.Cvip.SetVIP:input_type -> ssi.v1.SetVIPRequest
+	7,  // 11: ssi.v1.Cvip.RemoveVIP:input_type -> ssi.v1.RemoveVIPRequest
+	9,  // 12: ssi.v1.Cvip.ListVIPs:input_type -> ssi.v1.ListVIPsRequest
+	11, // 13: ssi.v1.CvipPeer.Status:input_type -> ssi.v1.VIPStatusRequest
+	4,  // 14: ssi.v1.Cvip.AddVIP:output_type -> ssi.v1.AddVIPResponse
+	6,  // 15: ssi.v1.Cvip.SetVIP:output_type -> ssi.v1.SetVIPResponse
+	8,  // 16: ssi.v1.Cvip.RemoveVIP:output_type -> ssi.v1.RemoveVIPResponse
+	10, // 17: ssi.v1.Cvip.ListVIPs:output_type -> ssi.v1.ListVIPsResponse
+	12, // 18: ssi.v1.CvipPeer.Status:output_type -> ssi.v1.VIPStatusResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_cvip_proto_init() }
@@ -820,7 +939,7 @@ func file_ssi_v1_cvip_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_cvip_proto_rawDesc), len(file_ssi_v1_cvip_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -41,6 +41,8 @@ const (
 const (
 	// CvipAddVIPProcedure is the fully-qualified name of the Cvip's AddVIP RPC.
 	CvipAddVIPProcedure = "/ssi.v1.Cvip/AddVIP"
+	// CvipSetVIPProcedure is the fully-qualified name of the Cvip's SetVIP RPC.
+	CvipSetVIPProcedure = "/ssi.v1.Cvip/SetVIP"
 	// CvipRemoveVIPProcedure is the fully-qualified name of the Cvip's RemoveVIP RPC.
 	CvipRemoveVIPProcedure = "/ssi.v1.Cvip/RemoveVIP"
 	// CvipListVIPsProcedure is the fully-qualified name of the Cvip's ListVIPs RPC.
@@ -52,6 +54,7 @@ const (
 // CvipClient is a client for the ssi.v1.Cvip service.
 type CvipClient interface {
 	AddVIP(context.Context, *connect.Request[ssiv1.AddVIPRequest]) (*connect.Response[ssiv1.AddVIPResponse], error)
+	SetVIP(context.Context, *connect.Request[ssiv1.SetVIPRequest]) (*connect.Response[ssiv1.SetVIPResponse], error)
 	RemoveVIP(context.Context, *connect.Request[ssiv1.RemoveVIPRequest]) (*connect.Response[ssiv1.RemoveVIPResponse], error)
 	ListVIPs(context.Context, *connect.Request[ssiv1.ListVIPsRequest]) (*connect.Response[ssiv1.ListVIPsResponse], error)
 }
@@ -73,6 +76,12 @@ func NewCvipClient(httpClient connect.HTTPClient, baseURL string, opts ...connec
 			connect.WithSchema(cvipMethods.ByName("AddVIP")),
 			connect.WithClientOptions(opts...),
 		),
+		setVIP: connect.NewClient[ssiv1.SetVIPRequest, ssiv1.SetVIPResponse](
+			httpClient,
+			baseURL+CvipSetVIPProcedure,
+			connect.WithSchema(cvipMethods.ByName("SetVIP")),
+			connect.WithClientOptions(opts...),
+		),
 		removeVIP: connect.NewClient[ssiv1.RemoveVIPRequest, ssiv1.RemoveVIPResponse](
 			httpClient,
 			baseURL+CvipRemoveVIPProcedure,
@@ -91,6 +100,7 @@ func NewCvipClient(httpClient connect.HTTPClient, baseURL string, opts ...connec
 // cvipClient implements CvipClient.
 type cvipClient struct {
 	addVIP    *connect.Client[ssiv1.AddVIPRequest, ssiv1.AddVIPResponse]
+	setVIP    *connect.Client[ssiv1.SetVIPRequest, ssiv1.SetVIPResponse]
 	removeVIP *connect.Client[ssiv1.RemoveVIPRequest, ssiv1.RemoveVIPResponse]
 	listVIPs  *connect.Client[ssiv1.ListVIPsRequest, ssiv1.ListVIPsResponse]
 }
@@ -98,6 +108,11 @@ type cvipClient struct {
 // AddVIP calls ssi.v1.Cvip.AddVIP.
 func (c *cvipClient) AddVIP(ctx context.Context, req *connect.Request[ssiv1.AddVIPRequest]) (*connect.Response[ssiv1.AddVIPResponse], error) {
 	return c.addVIP.CallUnary(ctx, req)
+}
+
+// SetVIP calls ssi.v1.Cvip.SetVIP.
+func (c *cvipClient) SetVIP(ctx context.Context, req *connect.Request[ssiv1.SetVIPRequest]) (*connect.Response[ssiv1.SetVIPResponse], error) {
+	return c.setVIP.CallUnary(ctx, req)
 }
 
 // RemoveVIP calls ssi.v1.Cvip.RemoveVIP.
@@ -113,6 +128,7 @@ func (c *cvipClient) ListVIPs(ctx context.Context, req *connect.Request[ssiv1.Li
 // CvipHandler is an implementation of the ssi.v1.Cvip service.
 type CvipHandler interface {
 	AddVIP(context.Context, *connect.Request[ssiv1.AddVIPRequest]) (*connect.Response[ssiv1.AddVIPResponse], error)
+	SetVIP(context.Context, *connect.Request[ssiv1.SetVIPRequest]) (*connect.Response[ssiv1.SetVIPResponse], error)
 	RemoveVIP(context.Context, *connect.Request[ssiv1.RemoveVIPRequest]) (*connect.Response[ssiv1.RemoveVIPResponse], error)
 	ListVIPs(context.Context, *connect.Request[ssiv1.ListVIPsRequest]) (*connect.Response[ssiv1.ListVIPsResponse], error)
 }
@@ -128,6 +144,12 @@ func NewCvipHandler(svc CvipHandler, opts ...connect.HandlerOption) (string, htt
 		CvipAddVIPProcedure,
 		svc.AddVIP,
 		connect.WithSchema(cvipMethods.ByName("AddVIP")),
+		connect.WithHandlerOptions(opts...),
+	)
+	cvipSetVIPHandler := connect.NewUnaryHandler(
+		CvipSetVIPProcedure,
+		svc.SetVIP,
+		connect.WithSchema(cvipMethods.ByName("SetVIP")),
 		connect.WithHandlerOptions(opts...),
 	)
 	cvipRemoveVIPHandler := connect.NewUnaryHandler(
@@ -146,6 +168,8 @@ func NewCvipHandler(svc CvipHandler, opts ...connect.HandlerOption) (string, htt
 		switch r.URL.Path {
 		case CvipAddVIPProcedure:
 			cvipAddVIPHandler.ServeHTTP(w, r)
+		case CvipSetVIPProcedure:
+			cvipSetVIPHandler.ServeHTTP(w, r)
 		case CvipRemoveVIPProcedure:
 			cvipRemoveVIPHandler.ServeHTTP(w, r)
 		case CvipListVIPsProcedure:
@@ -161,6 +185,10 @@ type UnimplementedCvipHandler struct{}
 
 func (UnimplementedCvipHandler) AddVIP(context.Context, *connect.Request[ssiv1.AddVIPRequest]) (*connect.Response[ssiv1.AddVIPResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Cvip.AddVIP is not implemented"))
+}
+
+func (UnimplementedCvipHandler) SetVIP(context.Context, *connect.Request[ssiv1.SetVIPRequest]) (*connect.Response[ssiv1.SetVIPResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Cvip.SetVIP is not implemented"))
 }
 
 func (UnimplementedCvipHandler) RemoveVIP(context.Context, *connect.Request[ssiv1.RemoveVIPRequest]) (*connect.Response[ssiv1.RemoveVIPResponse], error) {
