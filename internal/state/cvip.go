@@ -313,12 +313,8 @@ func applyAddVIP(c *Cluster, cmd AddVIP) (*VIP, error) {
 	if len(c.VIPs) >= MaxVIPs {
 		return nil, Errorf(CodeFull, "the cluster already has %d virtual IPs, the most it can have", len(c.VIPs))
 	}
-	for what, list := range map[string][]uint32{"backend": v.Nodes, "director": v.Directors} {
-		for _, n := range list {
-			if c.Nodes[n] == nil {
-				return nil, Errorf(CodeNotFound, "node %d (in the %s list) is not in the node table", n, what)
-			}
-		}
+	if err := knownNodes(c, &v); err != nil {
+		return nil, err
 	}
 	v.Created = cmd.Time
 	if c.VIPs == nil {
@@ -365,16 +361,24 @@ func applySetVIP(c *Cluster, cmd SetVIP) (*VIP, error) {
 	if err != nil {
 		return nil, err
 	}
-	for what, list := range map[string][]uint32{"backend": v.Nodes, "director": v.Directors} {
-		for _, n := range list {
-			if c.Nodes[n] == nil {
-				return nil, Errorf(CodeNotFound, "node %d (in the %s list) is not in the node table", n, what)
-			}
-		}
+	if err := knownNodes(c, &v); err != nil {
+		return nil, err
 	}
 	v.Director, v.DirectorSince, v.Created = cur.Director, cur.DirectorSince, cur.Created
 	c.VIPs[cmd.Key] = &v
 	return v.clone(), nil
+}
+
+// knownNodes checks that v's backends and directors are in the table.
+func knownNodes(c *Cluster, v *VIP) error {
+	for what, list := range map[string][]uint32{"backend": v.Nodes, "director": v.Directors} {
+		for _, n := range list {
+			if c.Nodes[n] == nil {
+				return Errorf(CodeNotFound, "node %d (in the %s list) is not in the node table", n, what)
+			}
+		}
+	}
+	return nil
 }
 
 func applyRemoveVIP(c *Cluster, cmd RemoveVIP) error {
