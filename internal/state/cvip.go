@@ -2,6 +2,7 @@ package state
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -251,7 +252,8 @@ func ValidateVIP(v VIP) (VIP, error) {
 	if len(v.Directors) > MaxBackends {
 		return v, Errorf(CodeInvalid, "at most %d director nodes per VIP, not %d", MaxBackends, len(v.Directors))
 	}
-	for what, list := range map[string][]uint32{"backend": v.Nodes, "director": v.Directors} {
+	for _, l := range v.lists() {
+		what, list := l.what, l.nums
 		seen := map[uint32]bool{}
 		for _, n := range list {
 			if n == 0 {
@@ -263,7 +265,8 @@ func ValidateVIP(v VIP) (VIP, error) {
 			seen[n] = true
 		}
 	}
-	for n, w := range v.Weights {
+	for _, n := range slices.Sorted(maps.Keys(v.Weights)) {
+		w := v.Weights[n]
 		if w < 1 || w > MaxWeight {
 			return v, Errorf(CodeInvalid, "weight %d of node %d is not between 1 and %d", w, n, MaxWeight)
 		}
@@ -369,9 +372,22 @@ func applySetVIP(c *Cluster, cmd SetVIP) (*VIP, error) {
 	return v.clone(), nil
 }
 
+// nodeList is one of a VIP's lists of nodes, named for messages.
+type nodeList struct {
+	what string
+	nums []uint32
+}
+
+// lists are v's node lists in a fixed order: the state machine's messages
+// (remembered in the replicated state) must be the same on every node.
+func (v *VIP) lists() []nodeList {
+	return []nodeList{{"backend", v.Nodes}, {"director", v.Directors}}
+}
+
 // knownNodes checks that v's backends and directors are in the table.
 func knownNodes(c *Cluster, v *VIP) error {
-	for what, list := range map[string][]uint32{"backend": v.Nodes, "director": v.Directors} {
+	for _, l := range v.lists() {
+		what, list := l.what, l.nums
 		for _, n := range list {
 			if c.Nodes[n] == nil {
 				return Errorf(CodeNotFound, "node %d (in the %s list) is not in the node table", n, what)
