@@ -9,9 +9,11 @@
 #              round robin over both backends
 #   nftables   the VIP, directed by node 1 through the kernel datapath
 #   userspace  a VIP on another port, --datapath userspace (the proxy)
-# Each gets four runs: requests/s over kept-alive connections (and their
+# Each gets three runs: requests/s over kept-alive connections (and their
 # p99 latency), new connections/s (Connection: close: one request per
-# connection), and bulk throughput (10 MiB responses).
+# connection), and bulk throughput (10 MiB responses). At the end node 1
+# dies (its daemon killed, its network down) and the time until a third
+# VIP, which any node may direct, serves again is measured.
 #
 # Usage: bench/cvip.sh [SECONDS per run, default 5]
 # Needs root and scripts/deps.sh --bench (wrk, haproxy). Works in
@@ -55,6 +57,8 @@ export SSI_SOCKET=$dir/cluster/node1/ssi.sock
 for k in 2 3; do "$ssi" run -d -p -n $k "$backend" --listen :8080 --name node$k >/dev/null; done
 "$ssi" cvip add "$vip:80" --nodes 2,3 --directors 1 --target-port 8080 --check /healthz >/dev/null
 "$ssi" cvip add "$vip:81" --nodes 2,3 --directors 1 --target-port 8080 --check /healthz --datapath userspace >/dev/null
+# For the failover at the end: any node may direct it (node 1 does first).
+"$ssi" cvip add "$vip:82" --nodes 2,3 --target-port 8080 --check /healthz >/dev/null
 
 cat >"$dir/haproxy.cfg" <<CFG
 global
@@ -109,6 +113,17 @@ for t in "${targets[@]}"; do
 	echo "$t: ${rps[$t]} req/s, ${conn[$t]} conn/s, p99 ${lat[$t]} ms, ${bulk[$t]} MB/s" >&2
 done
 
+# Failover: the director of $vip:82 (node 1) dies.
+kill -9 "$(cat "$dir/cluster/node1/ssi.pid")"
+ip -n "$prefix-n1" link set eth0 down
+t0=$(date +%s%N) failover=""
+for i in $(seq 1 200); do
+	if ip netns exec "$client" "$backend" get "http://$vip:82/" 1 | grep -q node; then
+		failover=$(( ($(date +%s%N) - t0) / 1000000 ))
+		break
+	fi
+done
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
 echo
 echo "cluster virtual IP, $(nproc) CPUs, ${secs}s per run, wrk -t2 -c32 (bulk: -t1 -c4, 10 MiB responses)"
@@ -120,3 +135,4 @@ for t in "${targets[@]}"; do
 		"$(ratio "${lat[$t]}" "${lat[haproxy]}"), $(ratio "${lat[$t]}" "${lat[direct]}")" \
 		"$(ratio "${bulk[$t]}" "${bulk[haproxy]}"), $(ratio "${bulk[$t]}" "${bulk[direct]}")"
 done
+echo "failover: the VIP served again ${failover:-never (200 tries)} ms after its director's node died (director and Raft leader)"
