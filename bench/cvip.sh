@@ -43,7 +43,7 @@ mkdir -p "$dir/bin"
 "$ssi" up --nodes 3 --dir "$dir/cluster" --isolate >/dev/null
 prefix=$(sed -n 's/.*"prefix":"\([^"]*\)".*/\1/p' "$dir/cluster/isolate.json")
 subnet=$(sed -n 's/.*"subnet":"\([0-9.]*\)\.0\.0\/16".*/\1/p' "$dir/cluster/isolate.json")
-n1=$subnet.0.1 n2=$subnet.0.2 n3=$subnet.0.3 vip=$subnet.0.200
+n1=$subnet.0.1 n2=$subnet.0.2 n3=$subnet.0.3 vip=$subnet.0.200 vip2=$subnet.0.201
 client=$prefix-cl
 ip netns add "$client"
 ip link add "${prefix}vc" type veth peer name eth0 netns "$client"
@@ -57,8 +57,9 @@ export SSI_SOCKET=$dir/cluster/node1/ssi.sock
 for k in 2 3; do "$ssi" run -d -p -n $k "$backend" --listen :8080 --name node$k >/dev/null; done
 "$ssi" cvip add "$vip:80" --nodes 2,3 --directors 1 --target-port 8080 --check /healthz >/dev/null
 "$ssi" cvip add "$vip:81" --nodes 2,3 --directors 1 --target-port 8080 --check /healthz --datapath userspace >/dev/null
-# For the failover at the end: any node may direct it (node 1 does first).
-"$ssi" cvip add "$vip:82" --nodes 2,3 --target-port 8080 --check /healthz >/dev/null
+# For the failover at the end, on an address of its own (the VIPs on one
+# address share their directors): any node may direct it, node 1 first.
+"$ssi" cvip add "$vip2:80" --nodes 2,3 --target-port 8080 --check /healthz >/dev/null
 
 cat >"$dir/haproxy.cfg" <<CFG
 global
@@ -113,12 +114,12 @@ for t in "${targets[@]}"; do
 	echo "$t: ${rps[$t]} req/s, ${conn[$t]} conn/s, p99 ${lat[$t]} ms, ${bulk[$t]} MB/s" >&2
 done
 
-# Failover: the director of $vip:82 (node 1) dies.
+# Failover: the director of $vip2 (node 1) dies.
 kill -9 "$(cat "$dir/cluster/node1/ssi.pid")"
 ip -n "$prefix-n1" link set eth0 down
 t0=$(date +%s%N) failover=""
 for i in $(seq 1 200); do
-	if ip netns exec "$client" "$backend" get "http://$vip:82/" 1 | grep -q node; then
+	if ip netns exec "$client" "$backend" get "http://$vip2/" 1 | grep -q node; then
 		failover=$(( ($(date +%s%N) - t0) / 1000000 ))
 		break
 	fi

@@ -359,7 +359,14 @@ func (s *Service) reconcile(ctx context.Context) {
 	ready := map[netip.Addr]bool{}
 	for _, it := range items {
 		r, seen := ready[it.d.addr]
-		ready[it.d.addr] = (r || !seen) && it.d.checkedOrLate()
+		ready[it.d.addr] = (r || !seen) && it.d.checked()
+	}
+	for _, v := range c.VIPs { // and every VIP on the address is ours
+		if a, err := netip.ParseAddr(v.Addr); err == nil && v.Director != s.cfg.Self {
+			if _, ok := ready[a]; ok {
+				ready[a] = false
+			}
+		}
 	}
 	for _, it := range items {
 		d, st := it.d, it.st
@@ -428,9 +435,10 @@ func (s *Service) dropStrays(c *state.Cluster, want map[string]*state.VIP) {
 
 // hold keeps d's address on its interface (renewing its lifetime) and
 // announces it after taking it. A new director takes the address only once
-// its first round of health checks is done (or a check's timeout has
-// passed): before, it would answer the VIP's packets itself, resetting
-// the connections that could have continued through it.
+// the first round of health checks of every VIP on it is done and they are
+// programmed: before, it would answer the VIP's packets itself, resetting
+// the connections that could have continued through it (and conntrack
+// would remember them un-NATed).
 func (s *Service) hold(d *directed, ready bool) {
 	if !d.holding && !ready {
 		time.AfterFunc(100*time.Millisecond, s.poke)
@@ -463,11 +471,10 @@ func (s *Service) hold(d *directed, ready bool) {
 	}
 }
 
-// checkedOrLate reports whether d's first round of checks is done, or
-// should have been.
-func (d *directed) checkedOrLate() bool {
-	return d.check.checked() || time.Since(d.taken) >= checkTimeout+100*time.Millisecond
-}
+// checked reports whether d's first round of checks is done (it takes
+// at most a check's timeout): until then the VIP has no backend it could
+// send a connection to, and the address waits.
+func (d *directed) checked() bool { return d.check.checked() }
 
 // nodeLoad is one node's load for --sched load.
 type nodeLoad struct {

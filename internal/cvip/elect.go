@@ -39,11 +39,13 @@ func (s *Service) elect(ctx context.Context, _ uint32) {
 	for {
 		changed := s.cfg.FSM.Changed()
 		c := s.cfg.FSM.Cluster()
+		done := map[string]bool{} // addresses moved in this pass (one SetDirector moves them all)
 		for _, v := range c.SortedVIPs() {
 			num, ok := nextDirector(c, v)
-			if !ok {
+			if !ok || done[v.Addr] {
 				continue
 			}
+			done[v.Addr] = true
 			cmd := state.SetDirector{Key: v.Key(), Node: num, From: v.Director, Time: time.Now()}
 			actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := s.cfg.Leader.Apply(actx, state.CmdSetDirector, cmd)

@@ -73,6 +73,7 @@ type checker struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	wake   func()
+	kick   chan struct{} // new targets: check them now
 
 	mu      sync.Mutex
 	targets []target
@@ -98,7 +99,7 @@ func (c *checker) checked() bool {
 
 func newChecker(path string, wake func()) *checker {
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &checker{path: path, cancel: cancel, done: make(chan struct{}), wake: wake, state: map[target]*health{}}
+	c := &checker{path: path, cancel: cancel, done: make(chan struct{}), wake: wake, kick: make(chan struct{}, 1), state: map[target]*health{}}
 	go c.run(ctx)
 	return c
 }
@@ -111,6 +112,10 @@ func (c *checker) setTargets(ts []target) {
 	defer c.mu.Unlock()
 	if fmt.Sprint(ts) != fmt.Sprint(c.targets) {
 		c.rounds = 0
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
 	}
 	c.targets = ts
 	keep := map[target]*health{}
@@ -193,6 +198,7 @@ func (c *checker) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
+		case <-c.kick:
 		}
 	}
 }

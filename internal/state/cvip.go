@@ -319,6 +319,14 @@ func applyAddVIP(c *Cluster, cmd AddVIP) (*VIP, error) {
 	if err := knownNodes(c, &v); err != nil {
 		return nil, err
 	}
+	// One address, one director: the VIPs on an address share their
+	// directors and the node directing them.
+	if o := c.sameAddr(v.Addr, ""); o != nil {
+		if !slices.Equal(o.Directors, v.Directors) {
+			return nil, Errorf(CodeConflict, "the VIPs on %s share one director: give %s the directors of %s (%s)", v.Addr, v.Key(), o.Key(), directorsText(o.Directors))
+		}
+		v.Director, v.DirectorSince = o.Director, o.DirectorSince
+	}
 	v.Created = cmd.Time
 	if c.VIPs == nil {
 		c.VIPs = map[string]*VIP{}
@@ -369,6 +377,14 @@ func applySetVIP(c *Cluster, cmd SetVIP) (*VIP, error) {
 	}
 	v.Director, v.DirectorSince, v.Created = cur.Director, cur.DirectorSince, cur.Created
 	c.VIPs[cmd.Key] = &v
+	if slices.Contains(cmd.Fields, "directors") {
+		// The directors belong to the address: every VIP on it gets them.
+		for _, o := range c.SortedVIPs() {
+			if o.Addr == v.Addr {
+				o.Directors = append([]uint32(nil), v.Directors...)
+			}
+		}
+	}
 	return v.clone(), nil
 }
 
@@ -405,6 +421,8 @@ func applyRemoveVIP(c *Cluster, cmd RemoveVIP) error {
 	return nil
 }
 
+// applySetDirector moves every VIP on the address of cmd.Key that node
+// cmd.From directs (one address, one director), in one entry.
 func applySetDirector(c *Cluster, cmd SetDirector) error {
 	v, ok := c.VIPs[cmd.Key]
 	if !ok {
@@ -424,8 +442,33 @@ func applySetDirector(c *Cluster, cmd SetDirector) error {
 			return Errorf(CodeConflict, "node %d is not one of VIP %s's directors %v", cmd.Node, cmd.Key, v.Directors)
 		}
 	}
-	v.Director, v.DirectorSince = cmd.Node, cmd.Time
+	for _, o := range c.SortedVIPs() {
+		if o.Addr == v.Addr && o.Director == cmd.From && (cmd.Node == 0 || o.MayDirect(cmd.Node)) {
+			o.Director, o.DirectorSince = cmd.Node, cmd.Time
+		}
+	}
 	return nil
+}
+
+// sameAddr is a VIP on addr other than the one with key except, or nil.
+func (c *Cluster) sameAddr(addr, except string) *VIP {
+	for _, o := range c.SortedVIPs() {
+		if o.Addr == addr && o.Key() != except {
+			return o
+		}
+	}
+	return nil
+}
+
+func directorsText(ds []uint32) string {
+	if len(ds) == 0 {
+		return "every node: no --directors"
+	}
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = strconv.Itoa(int(d))
+	}
+	return "--directors " + strings.Join(parts, ",")
 }
 
 // vipUsing says which VIP names node num as a backend or director, "" if

@@ -160,3 +160,32 @@ func TestSetVIPChangesNamedFieldsOnly(t *testing.T) {
 		}
 	}
 }
+
+func TestOneAddressOneDirector(t *testing.T) {
+	a := vipCluster(t)
+	for num := uint32(1); num <= 3; num++ {
+		a.must(CmdSetState, SetState{Num: num, To: Up, Time: t0})
+	}
+	a.must(CmdAddVIP, AddVIP{Time: t0, VIP: VIP{Addr: "192.168.64.200", Port: 80, Directors: []uint32{1, 2}}})
+	a.must(CmdSetDirector, SetDirector{Key: "192.168.64.200:80/tcp", Node: 1, Time: t0})
+	if r := a.apply(CmdAddVIP, AddVIP{Time: t0, VIP: VIP{Addr: "192.168.64.200", Port: 81, Directors: []uint32{3}}}); !errors.Is(r.Error(), ErrConflict) || !strings.Contains(r.Err.Msg, "--directors 1,2") {
+		t.Errorf("a VIP on the same address with other directors: %v", r.Err)
+	}
+	a.must(CmdAddVIP, AddVIP{Time: t0, VIP: VIP{Addr: "192.168.64.200", Port: 81, Directors: []uint32{1, 2}}})
+	a.must(CmdAddVIP, AddVIP{Time: t0, VIP: VIP{Addr: "192.168.64.201", Port: 80}})
+	c := a.f.Cluster()
+	if c.VIPs["192.168.64.200:81/tcp"].Director != 1 {
+		t.Fatalf("a new VIP on a directed address has director %d, want the address's, 1", c.VIPs["192.168.64.200:81/tcp"].Director)
+	}
+	// One SetDirector moves the address, every VIP on it, nothing else.
+	a.must(CmdSetDirector, SetDirector{Key: "192.168.64.200:81/tcp", Node: 2, From: 1, Time: t0})
+	c = a.f.Cluster()
+	if c.VIPs["192.168.64.200:80/tcp"].Director != 2 || c.VIPs["192.168.64.200:81/tcp"].Director != 2 || c.VIPs["192.168.64.201:80/tcp"].Director != 0 {
+		t.Errorf("after moving 192.168.64.200: %d %d %d", c.VIPs["192.168.64.200:80/tcp"].Director, c.VIPs["192.168.64.200:81/tcp"].Director, c.VIPs["192.168.64.201:80/tcp"].Director)
+	}
+	// The directors belong to the address.
+	a.must(CmdSetVIP, SetVIP{Key: "192.168.64.200:80/tcp", VIP: VIP{Directors: []uint32{2, 3}}, Fields: []string{"directors"}})
+	if got := a.f.Cluster().VIPs["192.168.64.200:81/tcp"].Directors; !reflect.DeepEqual(got, []uint32{2, 3}) {
+		t.Errorf("the other VIP on the address has directors %v", got)
+	}
+}
