@@ -30,6 +30,11 @@ demo: deps build links
 	SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./bin/cluster -V
 	@echo "one root: a file written on node 2 is read on node $(DEMO_NODES):"
 	echo "hello from node 2" > $(DEMO_DIR)/mnt/node2/hello && cat $(DEMO_DIR)/mnt/node$(DEMO_NODES)/hello
+	@if [ $(DEMO_NODES) -gt 1 ]; then \
+	  echo "a synchronous replica of the cluster root on node 2, which takes over if node 1 dies:"; \
+	  SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./$(BIN) cfs replica 2 >/dev/null && \
+	  for i in $$(seq 50); do SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./$(BIN) cfs --json | grep -q '"synced": true' && break; sleep 0.2; done; \
+	  SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./$(BIN) cfs; fi
 
 demo-down:
 	./$(BIN) down --dir $(DEMO_DIR)

@@ -39,7 +39,11 @@ for arg in "$@"; do
 		;;
 	esac
 done
-for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc fusermount3:fuse3 "${bench[@]}"; do
+# obs: chromium, the real headless browser the dashboard's end-to-end tests
+# drive (test/e2e/dashboard_test.go, through chromedp); tmux (above) drives
+# ssi top's.
+obs=(chromium:chromium)
+for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc fusermount3:fuse3 "${obs[@]}" "${bench[@]}"; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

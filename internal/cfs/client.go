@@ -40,6 +40,10 @@ type ClientConfig struct {
 	Server uint32 // the node that serves
 	Net    peer.Net
 	Local  *Server // the server, when it runs in this process
+	// Target, when set, names the serving node (and its Server when it is
+	// this process's) at each connection, instead of Server and Local: the
+	// cluster may move the service (failover).
+	Target func() (uint32, *Server)
 	// Failure is the failure-detection time: how long an access waits for a
 	// lost server before EIO (read when needed: the cluster may change it).
 	Failure  func() time.Duration
@@ -278,15 +282,16 @@ func (cl *Client) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		var l link
 		var err error
-		if cl.c.Local != nil {
-			l, err = dialLocal(cl.c.Local, cl.c.Self, cl.deliver)
+		server, local := cl.target()
+		if local != nil {
+			l, err = dialLocal(local, cl.c.Self, cl.deliver)
 		} else if d, ok := cl.c.Net.(peer.Dialer); ok {
-			l, err = dialConn(ctx, d, cl.c.Server, cl.c.Self, cl.deliver)
+			l, err = dialConn(ctx, d, server, cl.c.Self, 0, cl.deliver)
 		} else {
-			l, err = dialPeer(ctx, cl.c.Net, cl.c.Server, cl.c.Self, cl.deliver)
+			l, err = dialPeer(ctx, cl.c.Net, server, cl.c.Self, 0, cl.deliver)
 		}
 		if err != nil {
-			cl.log.Debug("cluster filesystem: no session", "server", cl.c.Server, "err", err)
+			cl.log.Debug("cluster filesystem: no session", "server", server, "err", err)
 			select {
 			case <-ctx.Done():
 				return
@@ -307,7 +312,7 @@ func (cl *Client) run(ctx context.Context) {
 		if epoch > 1 {
 			// Invalidations may have been lost with the old session.
 			cl.flushAll()
-			cl.log.Info("cluster filesystem session restored", "server", cl.c.Server)
+			cl.log.Info("cluster filesystem session restored", "server", server)
 		}
 		cl.watch(ctx, l)
 		cl.mu.Lock()
@@ -321,9 +326,18 @@ func (cl *Client) run(ctx context.Context) {
 			close(ch) // their callers answer EIO
 		}
 		if ctx.Err() == nil {
-			cl.log.Warn("cluster filesystem session lost; reconnecting", "server", cl.c.Server)
+			cl.log.Warn("cluster filesystem session lost; reconnecting", "server", server)
 		}
 	}
+}
+
+// target is the node to connect to, and its Server if it is in this
+// process.
+func (cl *Client) target() (uint32, *Server) {
+	if cl.c.Target != nil {
+		return cl.c.Target()
+	}
+	return cl.c.Server, cl.c.Local
 }
 
 // learnRoot records the root directory under the id the server knows it
@@ -350,7 +364,7 @@ func (cl *Client) watch(ctx context.Context, l link) {
 			return
 		case <-t.C:
 			if f := max(4*cl.c.Failure(), 10*time.Second); time.Since(time.Unix(0, cl.heard.Load())) > f {
-				cl.log.Warn("cluster filesystem server silent; ending the session", "server", cl.c.Server, "silent", f)
+				cl.log.Warn("cluster filesystem server silent; ending the session", "silent", f)
 				return
 			}
 			id := cl.nextID.Add(1)
@@ -462,29 +476,82 @@ func (cl *Client) flushAll() {
 
 // call sends one request and waits for its answer. Without a session it
 // waits up to the failure-detection time for one, then fails with EIO, as
-// an NFS soft mount does; a session lost while waiting is EIO too.
+// an NFS soft mount does. A request that may be made twice is sent again
+// on the next session when its own was lost (the server failed over or
+// restarted); the others fail with EIO.
 func (cl *Client) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage, syscall.Errno) {
+	m, errno, lost := cl.callOnce(ctx, r)
+	if lost != 0 && retryable(r) && cl.waitSession(lost) {
+		m, errno, _ = cl.callOnce(ctx, r)
+	}
+	return m, errno
+}
+
+// retryable are the requests (without a handle) that may be made twice.
+func retryable(r *ssiv1.FsRequest) bool {
+	switch r.Op {
+	case ssiv1.FsOp_FS_OP_LOOKUP, ssiv1.FsOp_FS_OP_GETATTR, ssiv1.FsOp_FS_OP_READLINK, ssiv1.FsOp_FS_OP_READDIR,
+		ssiv1.FsOp_FS_OP_STATFS, ssiv1.FsOp_FS_OP_GETXATTR, ssiv1.FsOp_FS_OP_LISTXATTR, ssiv1.FsOp_FS_OP_OPEN:
+		return r.Handle == 0
+	case ssiv1.FsOp_FS_OP_SETATTR:
+		return r.Handle == 0 && r.Set.GetValid()&(fattrAtimeNow|fattrMtimeNow) == 0
+	}
+	return false
+}
+
+// waitSession waits up to the failure-detection time for a session newer
+// than epoch lost.
+func (cl *Client) waitSession(lost uint64) bool {
+	deadline := time.Now().Add(cl.c.Failure())
+	for {
+		cl.mu.Lock()
+		up := cl.link != nil && cl.epoch > lost
+		cl.mu.Unlock()
+		if up {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitReady waits up to the failure-detection time for a session.
+func (cl *Client) waitReady() bool {
+	cl.mu.Lock()
+	ready := cl.ready
+	cl.mu.Unlock()
+	t := time.NewTimer(cl.c.Failure())
+	defer t.Stop()
+	select {
+	case <-ready:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// callOnce is one attempt; lost, when not 0, is the session (epoch) that
+// ended before the answer.
+func (cl *Client) callOnce(ctx context.Context, r *ssiv1.FsRequest) (m *ssiv1.FsMessage, errno syscall.Errno, lost uint64) {
 	cl.mu.Lock()
 	ready := cl.ready
 	cl.mu.Unlock()
 	select {
 	case <-ready:
 	default:
-		t := time.NewTimer(cl.c.Failure())
-		select {
-		case <-ready:
-			t.Stop()
-		case <-t.C:
-			return nil, syscall.EIO
+		if !cl.waitReady() {
+			return nil, syscall.EIO, 0
 		}
 	}
 	r.Id = cl.nextID.Add(1)
 	ch := make(chan *ssiv1.FsMessage, 1)
 	cl.mu.Lock()
-	l := cl.link
+	l, epoch := cl.link, cl.epoch
 	if l == nil {
 		cl.mu.Unlock()
-		return nil, syscall.EIO
+		return nil, syscall.EIO, epoch
 	}
 	cl.pending[r.Id] = ch
 	cl.mu.Unlock()
@@ -492,7 +559,7 @@ func (cl *Client) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessag
 		cl.mu.Lock()
 		delete(cl.pending, r.Id)
 		cl.mu.Unlock()
-		return nil, syscall.EIO
+		return nil, syscall.EIO, epoch
 	}
 	var cancelled <-chan struct{}
 	if r.Op == ssiv1.FsOp_FS_OP_SETLKW {
@@ -504,9 +571,9 @@ func (cl *Client) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessag
 		select {
 		case m, ok := <-ch:
 			if !ok {
-				return nil, syscall.EIO
+				return nil, syscall.EIO, epoch
 			}
-			return m, syscall.Errno(m.Errno)
+			return m, syscall.Errno(m.Errno), 0
 		case <-cancelled:
 			cancelled = nil
 			_ = l.send(&ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_CANCEL, Ack: r.Id})

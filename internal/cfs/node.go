@@ -152,6 +152,10 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	ch := n.newChild(ctx, m.Attr, out)
+	// The kernel asks for the file's capability before the first write: a
+	// file just made has none, and for one that existed the server's kernel
+	// drops it when the data lands anyway (TestCapabilityCheck).
+	n.c.setNoCaps(m.Attr.Ino)
 	return ch, (ch.Operations().(*node)).newFile(m.Handle, flags&^syscall.O_TRUNC), fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -322,12 +326,33 @@ func (f *file) handle(ctx context.Context) uint64 {
 	return f.id
 }
 
+// call sends a request about the open file. When the session is lost
+// before the answer, a request that may be made twice is sent again
+// through the file opened anew on the next session (the server failed
+// over or restarted): reads, writes at an offset, fsync, lseek.
 func (f *file) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage, syscall.Errno) {
-	if r.Handle = f.handle(ctx); r.Handle == 0 {
-		return nil, syscall.EIO
+	for again := false; ; again = true {
+		if r.Handle = f.handle(ctx); r.Handle == 0 {
+			return nil, syscall.EIO
+		}
+		r.Ino = f.n.id()
+		m, errno, lost := f.n.c.callOnce(ctx, r)
+		if lost == 0 || again || !f.retryable(r) || !f.n.c.waitSession(lost) {
+			return m, errno
+		}
 	}
-	r.Ino = f.n.id()
-	return f.n.c.call(ctx, r)
+}
+
+func (f *file) retryable(r *ssiv1.FsRequest) bool {
+	switch r.Op {
+	case ssiv1.FsOp_FS_OP_READ, ssiv1.FsOp_FS_OP_FSYNC, ssiv1.FsOp_FS_OP_LSEEK, ssiv1.FsOp_FS_OP_GETATTR, ssiv1.FsOp_FS_OP_GETLK:
+		return true
+	case ssiv1.FsOp_FS_OP_WRITE:
+		return f.flags&syscall.O_APPEND == 0
+	case ssiv1.FsOp_FS_OP_ALLOCATE:
+		return r.Mode == 0
+	}
+	return false
 }
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

@@ -381,6 +381,7 @@ func (x *session) remove(rel string, dir bool) (*ssiv1.FsMessage, error) {
 	if err := unix.Unlinkat(dfd, name, flags); err != nil {
 		return nil, err
 	}
+	x.srv.gone(&st)
 	pid := x.srv.fileID(dst)
 	x.invalidate([]*ssiv1.FsInval{entryInval(pid, name), inodeInval(pid), inodeInval(x.srv.fileID(&st))})
 	return nil, nil
@@ -411,6 +412,9 @@ func (x *session) rename(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, erro
 	hadDst := unix.Fstatat(nfd, nname, &dstFile, unix.AT_SYMLINK_NOFOLLOW) == nil
 	if err := unix.Renameat2(ofd, oname, nfd, nname, uint(r.Flags)); err != nil {
 		return nil, err
+	}
+	if hadDst && r.Flags&unix.RENAME_EXCHANGE == 0 {
+		x.srv.gone(&dstFile)
 	}
 	_ = unix.Fstat(ofd, &od)
 	_ = unix.Fstat(nfd, &nd)

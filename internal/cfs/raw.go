@@ -93,7 +93,7 @@ func (v *Service) serveConn(c net.Conn, log *slog.Logger) {
 		return
 	}
 	_ = c.SetReadDeadline(time.Time{})
-	x, err := srv.open(node, func(m *ssiv1.FsMessage) error { return writeFrame(c, m) })
+	x, err := srv.open(node, func(m *ssiv1.FsMessage) error { return writeFrame(c, m) }, hello.Flags&helloCopies != 0)
 	if err != nil {
 		log.Warn("refused a cluster filesystem session", "node", node, "err", err)
 		return
@@ -119,7 +119,7 @@ func (v *Service) serveConn(c net.Conn, log *slog.Logger) {
 }
 
 // dialConn opens a session over a connection of its own.
-func dialConn(ctx context.Context, d peer.Dialer, server, self uint32, deliver func(*ssiv1.FsMessage)) (link, error) {
+func dialConn(ctx context.Context, d peer.Dialer, server, self, flags uint32, deliver func(*ssiv1.FsMessage)) (link, error) {
 	c, err := d.Dial(ctx, server, transport.ProtoCFS)
 	if err != nil {
 		return nil, err
@@ -133,7 +133,7 @@ func dialConn(ctx context.Context, d peer.Dialer, server, self uint32, deliver f
 		},
 		shut: func() { c.Close() },
 	}
-	return l.start(server, self, deliver, func(on bool) {
+	return l.start(server, self, flags, deliver, func(on bool) {
 		if on {
 			_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
 		} else {

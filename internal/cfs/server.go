@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"hash/fnv"
 	"log/slog"
 	"os"
@@ -45,12 +46,26 @@ type Server struct {
 	exclude map[string]bool // cleaned relative paths hidden from clients
 	log     *slog.Logger
 
-	requests [64]atomic.Uint64 // served, by operation
+	requests [64]atomic.Uint64        // served, by operation
+	latency  [64]prometheus.Histogram // time to serve, by operation (metrics.go)
 
 	mu       sync.Mutex
 	sessions map[*session]struct{}
 	invalSeq atomic.Uint64
 	closed   bool
+
+	// Replication (replica.go).
+	role       atomic.Int32  // what the server does now (roleServe unless told)
+	primary    atomic.Uint32 // on a replica: the node whose copies it takes
+	sessionSeq atomic.Uint64
+	repl       atomic.Pointer[replicator] // serving with a replica: its link
+	changing   sync.RWMutex               // held by changes; setting repl waits for them
+	aliasMu    sync.RWMutex
+	// alias: the id clients know a file by, by its inode here, when this
+	// export is a copy (its server said which id each file has); own ids
+	// of files made here after a takeover carry ownGen.
+	alias  map[uint64]uint64
+	ownGen atomic.Uint64
 }
 
 // ServerConfig configures a Server.
@@ -84,6 +99,7 @@ func NewServer(c ServerConfig) (*Server, error) {
 		return nil, fmt.Errorf("cluster filesystem export %s: %w", root, err)
 	}
 	s := &Server{root: root, rootFd: fd, rootDev: st.Dev, rootIno: st.Ino, exclude: map[string]bool{}, log: c.Log, sessions: map[*session]struct{}{}}
+	s.initLatency()
 	excl := append([]string(nil), c.Exclude...)
 	if root == "/" {
 		for _, d := range DefaultExcludes {
@@ -159,9 +175,9 @@ type sender func(*ssiv1.FsMessage) error
 
 // open starts a session for a client node; send is called for every answer
 // and pushed invalidation, one at a time.
-func (s *Server) open(node uint32, send sender) (*session, error) {
+func (s *Server) open(node uint32, send sender, copies bool) (*session, error) {
 	x := &session{
-		srv: s, node: node, send: send,
+		srv: s, node: node, send: send, id: s.sessionSeq.Add(1), copies: copies,
 		handles:  map[uint64]*handle{},
 		interest: map[uint64]struct{}{},
 		locks:    map[lockKey]int{},
@@ -173,6 +189,9 @@ func (s *Server) open(node uint32, send sender) (*session, error) {
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil, errors.New("the cluster filesystem server is stopping")
+	}
+	if err := s.admits(node, copies); err != nil {
+		return nil, err
 	}
 	if len(s.sessions) >= maxSessions {
 		return nil, fmt.Errorf("too many cluster filesystem sessions (%d)", maxSessions)
@@ -203,6 +222,16 @@ func (s *Server) others(self *session) []*session {
 // fileID is the identity a client sees: the inode number, with the device
 // folded in for files on other filesystems below the export.
 func (s *Server) fileID(st *unix.Stat_t) uint64 {
+	if st.Dev == s.rootDev {
+		if id, ok := s.aliasOf(st.Ino); ok {
+			return id
+		}
+		if g := s.ownGen.Load(); g != 0 {
+			// This export was another server's copy: its own inode numbers
+			// could be ids clients already know other files by.
+			return 1<<62 | (g&0x3fff)<<48 | st.Ino&(1<<48-1)
+		}
+	}
 	if st.Dev == s.rootDev && (st.Ino == s.rootIno || (st.Ino != 1 && st.Ino != ^uint64(0))) {
 		// 1 is the kernel's number of a FUSE root, and ^0 go-fuse's own:
 		// another file with either gets a number of its own below.

@@ -37,6 +37,13 @@ func (x *session) accept(r *ssiv1.FsRequest, slots chan struct{}) {
 		_ = x.deliver(&ssiv1.FsMessage{Id: r.Id})
 		return
 	}
+	if x.copies {
+		// The server's copies are made one at a time, in the order sent.
+		if err := x.deliver(x.serve(context.Background(), r)); err != nil {
+			x.end(fmt.Errorf("cannot answer: %w", err))
+		}
+		return
+	}
 	slots <- struct{}{}
 	ctx, cancel := context.WithCancel(context.Background())
 	x.mu.Lock()
@@ -100,7 +107,7 @@ func (v *Service) Session(ctx context.Context, st *connect.BidiStream[ssiv1.FsRe
 	if hello.Op != ssiv1.FsOp_FS_OP_HELLO || hello.Node != node {
 		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("a session starts with HELLO from node %d", node))
 	}
-	x, err := srv.open(node, st.Send)
+	x, err := srv.open(node, st.Send, hello.Flags&helloCopies != 0)
 	if err != nil {
 		return connect.NewError(connect.CodeResourceExhausted, err)
 	}
@@ -152,7 +159,7 @@ type localLink struct {
 }
 
 func dialLocal(s *Server, self uint32, deliver func(*ssiv1.FsMessage)) (link, error) {
-	x, err := s.open(self, func(m *ssiv1.FsMessage) error { deliver(m); return nil })
+	x, err := s.open(self, func(m *ssiv1.FsMessage) error { deliver(m); return nil }, false)
 	if err != nil {
 		return nil, err
 	}
@@ -185,12 +192,12 @@ type wireLink struct {
 // start says HELLO, delivers the answer, then every message until the
 // stream ends. handshake, if set, is called with true before and false
 // after the HELLO (to bound its wait).
-func (l *wireLink) start(server, self uint32, deliver func(*ssiv1.FsMessage), handshake func(bool)) (link, error) {
+func (l *wireLink) start(server, self, flags uint32, deliver func(*ssiv1.FsMessage), handshake func(bool)) (link, error) {
 	l.dead = make(chan struct{})
 	if handshake != nil {
 		handshake(true)
 	}
-	if err := l.write(&ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_HELLO, Node: self}); err != nil {
+	if err := l.write(&ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_HELLO, Node: self, Flags: flags}); err != nil {
 		l.close()
 		return nil, fmt.Errorf("open a cluster filesystem session with node %d: %w", server, err)
 	}
@@ -216,7 +223,7 @@ func (l *wireLink) start(server, self uint32, deliver func(*ssiv1.FsMessage), ha
 	return l, nil
 }
 
-func dialPeer(ctx context.Context, net peer.Net, server, self uint32, deliver func(*ssiv1.FsMessage)) (link, error) {
+func dialPeer(ctx context.Context, net peer.Net, server, self, flags uint32, deliver func(*ssiv1.FsMessage)) (link, error) {
 	conn, err := net.To(server)
 	if err != nil {
 		return nil, fmt.Errorf("reach node %d: %w", server, err)
@@ -225,7 +232,7 @@ func dialPeer(ctx context.Context, net peer.Net, server, self uint32, deliver fu
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	st := cl.Session(sctx)
 	l := &wireLink{write: st.Send, receive: st.Receive, shut: cancel}
-	return l.start(server, self, deliver, nil)
+	return l.start(server, self, flags, deliver, nil)
 }
 
 func (l *wireLink) send(r *ssiv1.FsRequest) error {

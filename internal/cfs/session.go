@@ -22,6 +22,12 @@ type session struct {
 	srv  *Server
 	node uint32
 	send sender
+	id   uint64 // the server's number for it (replication names handles by it)
+	// copies: this is the serving node's replication session on a replica
+	// (replica.go); its requests are applied in order, handles translated.
+	copies bool
+	copied map[[2]uint64]uint64 // on a replica: (session, handle) at the server -> handle here
+	sync   *copyState           // on a replica: the full copy in progress
 
 	sendMu sync.Mutex
 
@@ -48,10 +54,11 @@ type session struct {
 }
 
 type handle struct {
-	fd    int
-	id    uint64 // the file's id
-	path  string
-	flags int
+	fd     int
+	id     uint64 // the file's id
+	path   string
+	flags  int
+	copied bool // the replica has it open too (replica.go)
 }
 
 type lockKey struct {
@@ -66,8 +73,10 @@ func (x *session) end(err error) {
 		x.mu.Lock()
 		x.ended = true
 		x.endErr = err
+		copied := false
 		for _, h := range x.handles {
 			unix.Close(h.fd)
+			copied = copied || h.copied
 		}
 		for _, fd := range x.locks {
 			unix.Close(fd)
@@ -79,6 +88,9 @@ func (x *session) end(err error) {
 		x.mu.Unlock()
 		x.srv.drop(x)
 		close(x.done)
+		if copied {
+			x.srv.sessionClosed(x.id)
+		}
 		x.srv.log.Info("cluster filesystem session ended", "client", x.node, "reason", err)
 	})
 }
@@ -204,13 +216,29 @@ func (x *session) serve(ctx context.Context, r *ssiv1.FsRequest) *ssiv1.FsMessag
 	if r.Op >= 0 && int(r.Op) < len(x.srv.requests) {
 		x.srv.requests[r.Op].Add(1)
 	}
+	defer x.srv.observe(r.Op, time.Now())
 	if x.srv.log.Enabled(ctx, slog.LevelDebug) {
 		start := time.Now()
 		defer func() {
 			x.srv.log.Debug("cfs request", "client", x.node, "op", r.Op, "path", string(r.Path), "took", time.Since(start))
 		}()
 	}
-	m, err := x.do(ctx, r)
+	var m *ssiv1.FsMessage
+	var err error
+	switch {
+	case x.copies:
+		m, err = x.applyCopy(ctx, r)
+	case changes(x, r):
+		x.srv.changing.RLock()
+		if rp := x.srv.repl.Load(); rp != nil {
+			m, err = rp.change(ctx, x, r)
+		} else {
+			m, err = x.do(ctx, r)
+		}
+		x.srv.changing.RUnlock()
+	default:
+		m, err = x.do(ctx, r)
+	}
 	if m == nil {
 		m = &ssiv1.FsMessage{}
 	}

@@ -174,6 +174,17 @@ func parseOne(env *Env, cmd *Command, fs *flag.FlagSet, args []string, what stri
 	return fs.Arg(0), nil
 }
 
+// parseNone parses flags and refuses positional arguments.
+func parseNone(env *Env, cmd *Command, fs *flag.FlagSet, args []string) error {
+	if err := Parse(env, cmd, fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return Usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
 func printCommandHelp(w io.Writer, cmd *Command, fs *flag.FlagSet) {
 	fmt.Fprintf(w, "usage: %s\n\n%s\n", cmd.Usage, cmd.Summary)
 	if cmd.Help != "" {

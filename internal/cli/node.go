@@ -24,11 +24,13 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/cfs"
+	"github.com/ssi-cluster/ssi/internal/metrics"
 	"github.com/ssi-cluster/ssi/internal/migrate"
 	"github.com/ssi-cluster/ssi/internal/node"
 	"github.com/ssi-cluster/ssi/internal/nodeaddr"
 	"github.com/ssi-cluster/ssi/internal/pki"
 	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/web"
 )
 
 func dataDirFlag(fs *flag.FlagSet) *string {
@@ -100,7 +102,7 @@ func init() {
 	cmd := &Command{
 		Name:    "daemon",
 		Summary: "run this node (the ssi daemon)",
-		Usage:   "ssi daemon [--data-dir DIR] [--socket PATH] [--listen ADDR] [--pid-file PATH] [--log-level info] [--cfs-mount PATH] [--cfs-export DIR] [--cfs-server N] [--cfs-job-root]",
+		Usage:   "ssi daemon [--data-dir DIR] [--socket PATH] [--listen ADDR] [--pid-file PATH] [--log-level info] [--cfs-mount PATH] [--cfs-export DIR] [--cfs-server N] [--cfs-job-root] [--metrics-listen ADDR] [--web-listen ADDR]",
 		Help: `Runs the node whose data directory was made by 'ssi init' or 'ssi join'
 until it is shut down (clusternode_shutdown, ssi shutdown --cluster) or
 receives SIGTERM/SIGINT. A systemd unit is in dist/ssi.service.
@@ -112,6 +114,10 @@ With --cfs-job-root, the jobs this node starts get the cluster filesystem
 as their / (with the node's /proc, /dev, /sys and /run bound in): give it
 to every node. A per-node flag for now; it will become a cluster setting
 (docs/CFS.md).
+
+Every node serves Prometheus metrics (--metrics-listen) and the web
+dashboard (--web-listen) on a loopback address unless told otherwise
+(docs/OBSERVABILITY.md).
 
 Example:
   ssi daemon --data-dir /var/lib/ssi`,
@@ -129,7 +135,9 @@ Example:
 		cfsMount := fs.String("cfs-mount", cfs.DefaultMount, "where this node mounts the cluster filesystem ('' for none)")
 		cfsExport := fs.String("cfs-export", cfs.DefaultExport, "the directory the serving node exports as the cluster filesystem")
 		cfsServer := fs.Uint("cfs-server", cfs.DefaultServer, "the node that serves the cluster filesystem")
-		cfsJobRoot := fs.Bool("cfs-job-root", false, "run this node's jobs with the cluster filesystem as their / (will become a cluster setting)")
+		cfsJobRoot := fs.Bool("cfs-job-root", false, "run this node's jobs with the cluster filesystem as their /, whatever the cluster setting (ssi cfs jobroot)")
+		metricsAddr := fs.String("metrics-listen", metrics.Auto, "serve Prometheus /metrics here (host:port; 'auto': this node's loopback address, else 127.0.0.1, port 7471; '' for none)")
+		webAddr := fs.String("web-listen", web.Auto, "serve the web dashboard here (host:port; 'auto': this node's loopback address, else 127.0.0.1, port 7480; '' for none); docs/OBSERVABILITY.md")
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -152,7 +160,7 @@ Example:
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 		// A data directory that holds no node (node.ErrNotInitialized) is a
 		// plain local error: exit 1 (see errors.go).
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath,
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath, Metrics: *metricsAddr, Web: *webAddr,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl},
 			CFS:  node.CFSOptions{Mount: *cfsMount, Export: *cfsExport, Server: uint32(*cfsServer), JobRoot: *cfsJobRoot}})
 		if errors.Is(err, state.ErrHalted) {

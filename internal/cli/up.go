@@ -114,6 +114,13 @@ Examples:
 		}
 		fmt.Fprintf(env.Stdout, "one root: node 1 serves %s as the cluster filesystem; node k mounts it at %s%s\n",
 			devcluster.ExportDir(absDir(*dir)), filepath.Join(absDir(*dir), "mnt", "nodek"), inside)
+		if *n > 1 {
+			fmt.Fprintf(env.Stdout, "  a synchronous replica that takes over if node 1 dies: SSI_SOCKET=%s ssi cfs replica 2 (its copy: %s)\n",
+				devcluster.Socket(absDir(*dir), 1), devcluster.NodeExportDir(absDir(*dir), 2))
+		}
+		if !*isolate {
+			fmt.Fprintf(env.Stdout, "watch it: SSI_SOCKET=%s ssi top; the web dashboard: SSI_SOCKET=%[1]s ssi dashboard token (prints a sign-in URL)\n", devcluster.Socket(absDir(*dir), 1))
+		}
 		fmt.Fprintf(env.Stdout, "stop it with: ssi down --dir %s\n", *dir)
 		return nil
 	}

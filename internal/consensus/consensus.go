@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -50,6 +51,8 @@ type Leader struct {
 	mu      sync.Mutex
 	changed chan struct{} // closed and replaced when the leader changes
 	duties  []func(ctx context.Context, prev uint32)
+
+	leaderChanges atomic.Uint64 // leader changes this node observed (metrics.go)
 }
 
 // New returns the handle of node self on r; net reaches the other nodes.
@@ -128,6 +131,7 @@ func (l *Leader) Run(ctx context.Context) {
 			return
 		case o := <-obs:
 			lo := o.Data.(raft.LeaderObservation)
+			l.leaderChanges.Add(1)
 			if n := NumOf(lo.LeaderID); n != 0 && n != l.self {
 				prev = n
 			}

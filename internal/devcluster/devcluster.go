@@ -69,6 +69,17 @@ func MountDir(dir string, k int) string { return filepath.Join(dir, "mnt", "node
 // ExportDir is the directory node 1 exports as the cluster filesystem.
 func ExportDir(dir string) string { return filepath.Join(dir, "root") }
 
+// NodeExportDir is node k's --cfs-export: ExportDir for node 1, and for
+// the others a directory of their own, where a node keeps its copy when
+// it is the replica (ssi cfs replica K) and which it serves after taking
+// over.
+func NodeExportDir(dir string, k int) string {
+	if k == 1 {
+		return ExportDir(dir)
+	}
+	return filepath.Join(dir, "root-node"+strconv.Itoa(k))
+}
+
 // PIDFile is node k's PID file.
 func PIDFile(dir string, k int) string { return filepath.Join(NodeDir(dir, k), "ssi.pid") }
 
@@ -266,7 +277,7 @@ func start(o Options, net *isolation, k int, joinArgs []string) error {
 	defer logf.Close()
 	// Nodes on one machine share its kernel: count each node's own processes.
 	args := []string{"daemon", "--data-dir", dir, "--socket", Socket(o.Dir, k), "--pid-file", PIDFile(o.Dir, k), "--load-source", "jobs",
-		"--cfs-mount", MountDir(o.Dir, k), "--cfs-export", ExportDir(o.Dir)}
+		"--cfs-mount", MountDir(o.Dir, k), "--cfs-export", NodeExportDir(o.Dir, k)}
 	if o.JobRoot {
 		args = append(args, "--cfs-job-root")
 	}

@@ -81,12 +81,13 @@ type Membership struct {
 	quiesced atomic.Bool // heartbeats stopped: the node is leaving
 	guard    joinGuard   // failed joins, by source and MAC
 	caughtUp atomic.Bool // the state machine has applied StartIndex
+	stats    *stats      // heartbeat counters and RTT (metrics.go)
 }
 
 // New returns the service and registers its leader duties with cfg.Leader.
 func New(cfg Config) *Membership {
 	m := &Membership{cfg: cfg, log: cfg.Log, det: clms.NewDetector(state.DefaultFailureTimeout),
-		clients: peer.NewClients(cfg.Net, ssiv1connect.NewMembershipClient)}
+		clients: peer.NewClients(cfg.Net, ssiv1connect.NewMembershipClient), stats: newStats()}
 	cfg.Leader.OnLeading(m.lead)
 	cfg.Leader.OnLeading(m.reconcileRaft)
 	return m
@@ -145,7 +146,10 @@ func (m *Membership) Run(ctx context.Context) {
 		hb := &ssiv1.HeartbeatRequest{Num: m.cfg.Self, BootId: m.cfg.BootID, AppliedIndex: m.cfg.Leader.AppliedIndex(),
 			Load: l.Value, RunQueue: l.RunQueue, CpuBusy: l.CPUBusy, Ncpu: uint32(l.NCPU), MemFree: l.MemFree}
 		hctx, cancel := context.WithTimeout(ctx, 2*interval)
-		if err := m.sendHeartbeat(hctx, hb); err != nil {
+		sent := time.Now()
+		err := m.sendHeartbeat(hctx, hb)
+		m.stats.sent(err, time.Since(sent))
+		if err != nil {
 			m.log.Debug("heartbeat not delivered", "err", err)
 		}
 		cancel()
@@ -179,6 +183,7 @@ func (m *Membership) sendHeartbeat(ctx context.Context, hb *ssiv1.HeartbeatReque
 func (m *Membership) heartbeat(ctx context.Context, in consensus.Inbound, hb *ssiv1.HeartbeatRequest) (*ssiv1.HeartbeatResponse, error) {
 	return consensus.Forward(ctx, m.cfg.Leader, in, hb,
 		func(_ context.Context, hb *ssiv1.HeartbeatRequest) (*ssiv1.HeartbeatResponse, error) {
+			m.stats.received.Inc()
 			m.det.Observe(clms.Heartbeat{Num: hb.Num, BootID: hb.BootId, Applied: hb.AppliedIndex, Load: hb.Load,
 				RunQueue: hb.RunQueue, CPUBusy: hb.CpuBusy, NCPU: int(hb.Ncpu), MemFree: hb.MemFree}, time.Now())
 			return &ssiv1.HeartbeatResponse{LeaderNum: m.cfg.Self}, nil

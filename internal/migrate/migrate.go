@@ -69,6 +69,7 @@ type Migrator struct {
 	clients     *peer.Clients[ssiv1connect.MigrateClient]
 	procClients *peer.Clients[ssiv1connect.ProcessClient]
 	arr         arrivals
+	stats       *stats // migrations out of this node (metrics.go)
 }
 
 // New returns the node's migrator.
@@ -77,7 +78,7 @@ func New(cfg Config) *Migrator {
 		cfg.Log = slog.Default()
 	}
 	m := &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient),
-		procClients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient)}
+		procClients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient), stats: newStats()}
 	// Checkpoints a daemon that died left behind (in memory, on tmpfs).
 	if cfg.DataDir != "" {
 		_ = os.RemoveAll(m.stagingBase())
@@ -307,10 +308,14 @@ func (m *Migrator) moveRequest(ctx context.Context, q *ssiv1.MigrateRequest, rep
 	}
 	j, err := m.cfg.Jobs.Movable(cpid, procs.Caller{UID: q.Uid})
 	if err != nil {
-		return nil, m.jobsError(err)
+		err = m.jobsError(err)
+		m.stats.refusedEarly("migrate", err)
+		return nil, err
 	}
 	if len(j.Nodes) > 0 && !slices.Contains(j.Nodes, to.Num) {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d may run only on nodes %v (ssi run --nodes)", cpid, j.Nodes))
+		err := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d may run only on nodes %v (ssi run --nodes)", cpid, j.Nodes))
+		m.stats.refusedEarly("migrate", err)
+		return nil, err
 	}
 	criuPath, err := m.criu()
 	if err != nil {
@@ -336,6 +341,14 @@ func (m *Migrator) jobsError(err error) error {
 }
 
 func (m *Migrator) move(ctx context.Context, j *procs.Job, to *state.Node, criuPath, why string, report progressFunc) (*ssiv1.MigratePhases, error) {
+	start := time.Now()
+	ph, err := m.moveOnce(ctx, j, to, criuPath, why, report)
+	m.stats.record(why, start, ph, err)
+	return ph, err
+}
+
+// moveOnce is move without the metrics.
+func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, criuPath, why string, report progressFunc) (*ssiv1.MigratePhases, error) {
 	ph := &ssiv1.MigratePhases{}
 	start := time.Now()
 	step := func(phase string, bytes int64) {

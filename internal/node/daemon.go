@@ -22,12 +22,15 @@ import (
 	"github.com/ssi-cluster/ssi/internal/cfs"
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/membership"
+	"github.com/ssi-cluster/ssi/internal/metrics"
+	"github.com/ssi-cluster/ssi/internal/nodeaddr"
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/placement"
 	"github.com/ssi-cluster/ssi/internal/procs"
 	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/state"
 	"github.com/ssi-cluster/ssi/internal/transport"
+	"github.com/ssi-cluster/ssi/internal/web"
 )
 
 // Load sources (see internal/placement).
@@ -49,7 +52,12 @@ type Options struct {
 	CRIU    string // the criu binary for migration ("": migrate.FindCRIU's search)
 	Raft    RaftTiming
 	CFS     CFSOptions
-	Log     *slog.Logger
+	// Metrics is where /metrics is served ("": not served; metrics.Auto:
+	// a loopback address of this node, see metrics.LoopbackFor).
+	Metrics string
+	// Web is where the dashboard is served ("": not served; web.Auto).
+	Web string
+	Log *slog.Logger
 }
 
 // CFSOptions place the cluster filesystem (docs/CFS.md).
@@ -197,6 +205,38 @@ func Run(ctx context.Context, o Options) (err error) {
 			lg.Warn("cannot write PID file", "path", o.PIDFile, "err", err)
 		}
 		defer os.Remove(o.PIDFile)
+	}
+	if o.Metrics != "" {
+		addr, explicit := o.Metrics, o.Metrics != metrics.Auto
+		if !explicit {
+			addr = nodeaddr.LoopbackFor(meta.IPAddr, metrics.DefaultPort)
+		}
+		ms, err := metrics.Listen(addr, p.reg, lg)
+		switch {
+		case err == nil:
+			defer ms.Close()
+			p.metricsURL = "http://" + ms.Addr().String() + "/metrics"
+			lg.Info("serving metrics", "url", p.metricsURL)
+		case explicit:
+			return fail(err)
+		default:
+			lg.Warn("not serving metrics: the default address is taken; give --metrics-listen", "err", err)
+		}
+	}
+	if o.Web != "" {
+		addr, explicit := o.Web, o.Web != web.Auto
+		if !explicit {
+			addr = nodeaddr.LoopbackFor(meta.IPAddr, web.DefaultPort)
+		}
+		switch err := p.web.Listen(addr); {
+		case err == nil:
+			defer p.web.Close()
+			lg.Info("serving the dashboard", "url", p.web.URL())
+		case explicit:
+			return fail(err)
+		default:
+			lg.Warn("not serving the dashboard: the default address is taken; give --web-listen", "err", err)
+		}
 	}
 	loops, stopLoops := context.WithCancel(context.Background())
 	waitLoops := p.start(loops)

@@ -16,6 +16,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/cvip"
 	"github.com/ssi-cluster/ssi/internal/dhcpd"
 	"github.com/ssi-cluster/ssi/internal/membership"
+	"github.com/ssi-cluster/ssi/internal/metrics"
 	"github.com/ssi-cluster/ssi/internal/migrate"
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/pki"
@@ -23,6 +24,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/procs"
 	"github.com/ssi-cluster/ssi/internal/procspace"
 	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/web"
 )
 
 // wiring is what the subsystems are built from: the node's identity and
@@ -61,6 +63,10 @@ type parts struct {
 	cfs    *cfs.FS
 	cvip   *cvip.Service
 	load   placement.Source
+	reg    *metrics.Registry // every subsystem's collectors (served by the daemon on --metrics-listen)
+
+	metricsURL string // where the daemon serves reg ("": nowhere)
+	web        *web.Web
 
 	peerHandler    http.Handler // the node-to-node services (cluster certificate required)
 	joinHandler    http.Handler // what a machine without a certificate may call: Join
@@ -74,6 +80,7 @@ type control struct {
 	*loadsControl
 	*dhcpControl
 	*migrateControl
+	*cfsControl
 }
 
 type (
@@ -82,6 +89,7 @@ type (
 	loadsControl   = placement.Control
 	dhcpControl    = dhcpd.Control
 	migrateControl = migrate.Control
+	cfsControl     = cfs.Control
 )
 
 var _ ssiv1connect.ControlHandler = control{}
@@ -110,23 +118,30 @@ func wire(w wiring) *parts {
 	})
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
 	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
-	w.cfs.Net, w.cfs.FSM, w.cfs.Log = w.net, w.fsm, w.log
+	w.cfs.Net, w.cfs.FSM, w.cfs.Leader, w.cfs.Log = w.net, w.fsm, p.leader, w.log
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
 	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, Log: w.log})
 	p.cvip = cvip.New(cvip.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Net: w.net, Loads: p.place, Leaving: p.mem.Leaving, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
+	// Metrics: each subsystem defines and registers its own.
+	p.reg = metrics.New()
+	peerRPC, ctlRPC := metrics.NewRPC("peer"), metrics.NewRPC("control")
+	p.reg.Register(peerRPC, ctlRPC, p.leader.Collector(), p.mem.Collector(), placement.LoadCollector(w.load),
+		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector())
+	peerOpts := connect.WithInterceptors(peerRPC)
+
 	// Every endpoint bounds the messages it reads (connect refuses a larger
 	// one before decoding it).
 	mux := http.NewServeMux()
-	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
-	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip, connect.WithReadMaxBytes(commandMessage)))
-	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
-	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, connect.WithReadMaxBytes(smallMessage)))
-	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, connect.WithReadMaxBytes(streamMessage)))
-	mux.Handle(ssiv1connect.NewCvipPeerHandler(p.cvip.Peer(), noGzip, connect.WithReadMaxBytes(smallMessage)))
-	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, connect.WithReadMaxBytes(cfsMessage)))
+	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
+	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(commandMessage)))
+	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
+	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewCvipPeerHandler(p.cvip.Peer(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
+	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(cfsMessage)))
 	p.peerHandler = mux
 
 	join := http.NewServeMux()
@@ -137,10 +152,12 @@ func wire(w wiring) *parts {
 	})
 	p.joinHandler = join
 
+	ctlImpl := control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control(), p.cfs.Control()}
+	p.web = web.New(web.Config{Self: w.self, FSM: w.fsm, CA: w.ca, Control: ctlImpl, MetricsURL: func() string { return p.metricsURL }, Log: w.log})
 	ctl := http.NewServeMux()
-	ctl.Handle(ssiv1connect.NewControlHandler(control{p.mem.Control(), p.space.Control(), p.place.Control(), p.dhcp.Control(), p.mig.Control()},
-		noGzip, connect.WithReadMaxBytes(commandMessage)))
-	ctl.Handle(ssiv1connect.NewCvipHandler(p.cvip.Control(), noGzip, connect.WithReadMaxBytes(smallMessage)))
+	ctl.Handle(ssiv1connect.NewControlHandler(ctlImpl, noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(commandMessage)))
+	ctl.Handle(ssiv1connect.NewObserveHandler(p.web.Service(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
+	ctl.Handle(ssiv1connect.NewCvipHandler(p.cvip.Control(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
 	p.controlHandler = ctl
 	return p
 }
@@ -155,6 +172,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.mem.Run,
 		p.dhcp.Run,
 		p.cfs.Run,
+		p.web.Run,
 		p.cvip.Run,
 	} {
 		wg.Add(1)

@@ -111,6 +111,8 @@ type Manager struct {
 	cleaning  map[*rexec.Job]struct{} // ended, the engine's cleanup still under way
 	exited    []vproc.CPID            // detached jobs that ended, oldest first
 	forgotten func(vproc.CPID)        // see OnForget
+
+	started, failed atomic.Uint64 // jobs Start started and could not start (metrics.go)
 }
 
 // Job is one process tree started through ssi.
@@ -252,11 +254,13 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 	}
 	rj, err := rexec.Start(ctx, spec)
 	if err != nil {
+		m.failed.Add(1)
 		if j.LogPath != "" {
 			os.Remove(j.LogPath)
 		}
 		return nil, err
 	}
+	m.started.Add(1)
 	j.job, j.Started = rj, time.Now()
 	m.track(j)
 	return j, nil

@@ -42,11 +42,11 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-// A newer node's command: type 0x42, introduced in 0.4.0.
+// A newer node's command: type 0x42, introduced in 0.9.0.
 var (
-	v0_4_0     = version.MustParse("0.4.0")
+	vFuture    = version.MustParse("0.9.0")
 	futureBody = []byte(`{"num":1,"colour":"blue"}`)
-	futureCmd  = Entry{Type: 0x42, Needs: v0_4_0, Body: futureBody}.Bytes()
+	futureCmd  = Entry{Type: 0x42, Needs: vFuture, Body: futureBody}.Bytes()
 )
 
 func TestUnknownTypeHaltsTheFSM(t *testing.T) {
@@ -75,12 +75,12 @@ func TestUnknownTypeHaltsTheFSM(t *testing.T) {
 	if !errors.As(a.f.HaltErr(), &h) {
 		t.Fatalf("HaltErr() = %v, want a *HaltError", a.f.HaltErr())
 	}
-	want := HaltError{Index: haltIndex, Type: 0x42, Node: version.Current, Needs: v0_4_0, Detail: h.Detail}
+	want := HaltError{Index: haltIndex, Type: 0x42, Node: version.Current, Needs: vFuture, Detail: h.Detail}
 	if *h != want {
 		t.Errorf("HaltErr() = %+v, want %+v", *h, want)
 	}
 	msg := h.Error()
-	for _, part := range []string{"log entry 3 ", "command type unknown (66)", "runs ssi " + version.Version, "introduced in ssi 0.4.0", "Upgrade this node to ssi >= 0.4.0"} {
+	for _, part := range []string{"log entry 3 ", "command type unknown (66)", "runs ssi " + version.Version, "introduced in ssi 0.9.0", "Upgrade this node to ssi >= 0.9.0"} {
 		if !strings.Contains(msg, part) {
 			t.Errorf("the halt message does not say %q:\n%s", part, msg)
 		}
@@ -88,7 +88,7 @@ func TestUnknownTypeHaltsTheFSM(t *testing.T) {
 	if r.Err.Msg != msg || !errors.Is(a.f.HaltErr(), ErrHalted) {
 		t.Errorf("the refusal %q does not carry the halt message %q", r.Err.Msg, msg)
 	}
-	if l := logged.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "index=3") || !strings.Contains(l, "needs_version=0.4.0") {
+	if l := logged.String(); !strings.Contains(l, "level=ERROR") || !strings.Contains(l, "index=3") || !strings.Contains(l, "needs_version=0.9.0") {
 		t.Errorf("the halt was not logged as an error with its index and version:\n%s", l)
 	}
 
@@ -177,7 +177,7 @@ func TestSkippableUnknownTypesAreSkipped(t *testing.T) {
 	before := a.f.Cluster()
 	for _, data := range [][]byte{
 		{byte(IgnoreUnknown | 0x42), '{', '}'}, // legacy
-		Entry{Type: IgnoreUnknown | 0x42, Needs: v0_4_0, Body: futureBody}.Bytes(),
+		Entry{Type: IgnoreUnknown | 0x42, Needs: vFuture, Body: futureBody}.Bytes(),
 		{byte(IgnoreUnknown | 0x42), 0x01, 'x'}, // a future format
 	} {
 		if r := a.raw(data); r.Err != nil {
@@ -313,7 +313,7 @@ func TestEncodeRefusesTypesOutsideTheTable(t *testing.T) {
 func TestCommandTypesAreNeverRenumbered(t *testing.T) {
 	pinned := map[CommandType]byte{
 		CmdBootstrap: 1, CmdAddNodes: 2, CmdSetState: 3, CmdSetToken: 4, CmdJoin: 5, CmdRemoveNode: 6,
-		CmdClusterShutdown: 7, CmdSetDHCP: 8, CmdRecordLease: 9, CmdReplaceVoter: 10, CmdSetLocation: 11, CmdSetLoadLevel: 12, CmdSetBlocked: 13, CmdMoved: 14, CmdAddVIP: 20, CmdRemoveVIP: 21, CmdSetDirector: 22, CmdSetVIP: 23, IgnoreUnknown: 0x80,
+		CmdClusterShutdown: 7, CmdSetDHCP: 8, CmdRecordLease: 9, CmdReplaceVoter: 10, CmdSetLocation: 11, CmdSetLoadLevel: 12, CmdSetBlocked: 13, CmdMoved: 14, CmdSetCFS: 30, CmdSetJobRoot: 31, CmdAddVIP: 20, CmdRemoveVIP: 21, CmdSetDirector: 22, CmdSetVIP: 23, IgnoreUnknown: 0x80,
 	}
 	for typ, n := range pinned {
 		if byte(typ) != n {
@@ -365,7 +365,7 @@ func TestCheckEntry(t *testing.T) {
 	}
 	err := CheckEntry(futureCmd)
 	var h *HaltError
-	if !errors.As(err, &h) || h.Index != 0 || h.Needs != v0_4_0 || !strings.Contains(err.Error(), "upgrade every node before using the command") {
+	if !errors.As(err, &h) || h.Index != 0 || h.Needs != vFuture || !strings.Contains(err.Error(), "upgrade every node before using the command") {
 		t.Errorf("a newer command: %v", err)
 	}
 }
@@ -375,7 +375,7 @@ func restore(f *FSM, snap string) error {
 }
 
 func TestSnapshotOfANewerVersionHalts(t *testing.T) {
-	for name, req := range map[string]string{"newer": "0.4.0", "unreadable": "0.4.0-rc1"} {
+	for name, req := range map[string]string{"newer": "0.9.0", "unreadable": "0.9.0-rc1"} {
 		t.Run(name, func(t *testing.T) {
 			f := NewFSM(discardLog)
 			err := restore(f, `{"name":"ssi1","nodes":{},"next_num":2,"requires":"`+req+`"}`)
@@ -386,7 +386,7 @@ func TestSnapshotOfANewerVersionHalts(t *testing.T) {
 			if f.ClusterName() != "" {
 				t.Errorf("the refused snapshot was restored")
 			}
-			if name == "newer" && !strings.Contains(err.Error(), "Upgrade this node to ssi >= 0.4.0") {
+			if name == "newer" && !strings.Contains(err.Error(), "Upgrade this node to ssi >= 0.9.0") {
 				t.Errorf("message: %v", err)
 			}
 			if r := f.ApplyEntry(1, mustEncode(CmdBootstrap, Bootstrap{})); !errors.Is(r.Error(), ErrHalted) {
@@ -433,7 +433,7 @@ func TestRequiresOnlyRises(t *testing.T) {
 	}
 	a := newApplier(t)
 	a.apply(CmdRemoveNode, RemoveNode{Num: 9}) // refused
-	a.raw(Entry{Type: IgnoreUnknown | 0x42, Needs: v0_4_0, Body: futureBody}.Bytes())
+	a.raw(Entry{Type: IgnoreUnknown | 0x42, Needs: vFuture, Body: futureBody}.Bytes())
 	if got := a.f.Cluster().Requires; got != "0.1.0" {
 		t.Errorf("requires %q after refused and skipped entries, want 0.1.0", got)
 	}

@@ -339,6 +339,19 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applySetBlocked(c, cmd)
+	case CmdSetCFS:
+		var cmd SetCFS
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applySetCFS(c, cmd)
+	case CmdSetJobRoot:
+		var cmd SetJobRoot
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		c.JobRoot = cmd.On
+		return nil, nil
 	case CmdAddVIP:
 		var cmd AddVIP
 		if err := decode(&cmd); err != nil {

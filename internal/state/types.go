@@ -139,6 +139,11 @@ type Cluster struct {
 	// Blocked: nodes that take no new jobs (loadlevel.go).
 	Blocked map[uint32]bool `json:"blocked,omitempty"`
 
+	// CFS: who serves and who replicates the cluster filesystem (cfs.go);
+	// nil until the first 'ssi cfs replica'.
+	CFS *CFS `json:"cfs,omitempty"`
+	// JobRoot: jobs get the cluster filesystem as their / (cfs.go).
+	JobRoot bool `json:"job_root,omitempty"`
 	// VIPs: the cluster virtual IPs by key (cvip.go).
 	VIPs map[string]*VIP `json:"vips,omitempty"`
 
@@ -180,6 +185,10 @@ func (c *Cluster) Clone() *Cluster {
 	out.Locations = cloneLocations(c.Locations)
 	out.LoadLevel = c.LoadLevel.clone()
 	out.Blocked = cloneBlocked(c.Blocked)
+	if c.CFS != nil {
+		cp := *c.CFS
+		out.CFS = &cp
+	}
 	out.VIPs = cloneVIPs(c.VIPs)
 	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out

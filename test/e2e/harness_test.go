@@ -276,7 +276,7 @@ func (c *Cluster) StartDaemon(k int) *exec.Cmd {
 	}
 	defer logf.Close()
 	cmd := exec.Command(ssiBin, "daemon", "--data-dir", dir, "--socket", c.Socket(k), "--pid-file", filepath.Join(dir, "ssi.pid"),
-		"--cfs-mount", devcluster.MountDir(c.Dir, k), "--cfs-export", devcluster.ExportDir(c.Dir))
+		"--cfs-mount", devcluster.MountDir(c.Dir, k), "--cfs-export", devcluster.NodeExportDir(c.Dir, k))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

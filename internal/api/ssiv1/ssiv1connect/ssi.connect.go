@@ -98,6 +98,12 @@ const (
 	ControlLoadLevelProcedure = "/ssi.v1.Control/LoadLevel"
 	// ControlBlockNodeProcedure is the fully-qualified name of the Control's BlockNode RPC.
 	ControlBlockNodeProcedure = "/ssi.v1.Control/BlockNode"
+	// ControlCfsStatusProcedure is the fully-qualified name of the Control's CfsStatus RPC.
+	ControlCfsStatusProcedure = "/ssi.v1.Control/CfsStatus"
+	// ControlSetCfsReplicaProcedure is the fully-qualified name of the Control's SetCfsReplica RPC.
+	ControlSetCfsReplicaProcedure = "/ssi.v1.Control/SetCfsReplica"
+	// ControlSetCfsJobRootProcedure is the fully-qualified name of the Control's SetCfsJobRoot RPC.
+	ControlSetCfsJobRootProcedure = "/ssi.v1.Control/SetCfsJobRoot"
 	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
 	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
 	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
@@ -159,6 +165,9 @@ type ControlClient interface {
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 	LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error)
 	BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error)
+	CfsStatus(context.Context, *connect.Request[ssiv1.CfsStatusRequest]) (*connect.Response[ssiv1.CfsState], error)
+	SetCfsReplica(context.Context, *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error)
+	SetCfsJobRoot(context.Context, *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -298,6 +307,24 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("BlockNode")),
 			connect.WithClientOptions(opts...),
 		),
+		cfsStatus: connect.NewClient[ssiv1.CfsStatusRequest, ssiv1.CfsState](
+			httpClient,
+			baseURL+ControlCfsStatusProcedure,
+			connect.WithSchema(controlMethods.ByName("CfsStatus")),
+			connect.WithClientOptions(opts...),
+		),
+		setCfsReplica: connect.NewClient[ssiv1.SetCfsReplicaRequest, ssiv1.CfsState](
+			httpClient,
+			baseURL+ControlSetCfsReplicaProcedure,
+			connect.WithSchema(controlMethods.ByName("SetCfsReplica")),
+			connect.WithClientOptions(opts...),
+		),
+		setCfsJobRoot: connect.NewClient[ssiv1.SetCfsJobRootRequest, ssiv1.CfsState](
+			httpClient,
+			baseURL+ControlSetCfsJobRootProcedure,
+			connect.WithSchema(controlMethods.ByName("SetCfsJobRoot")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -324,6 +351,9 @@ type controlClient struct {
 	expel         *connect.Client[ssiv1.ExpelRequest, ssiv1.ExpelResponse]
 	loadLevel     *connect.Client[ssiv1.LoadLevelRequest, ssiv1.LoadLevelResponse]
 	blockNode     *connect.Client[ssiv1.BlockNodeRequest, ssiv1.BlockNodeResponse]
+	cfsStatus     *connect.Client[ssiv1.CfsStatusRequest, ssiv1.CfsState]
+	setCfsReplica *connect.Client[ssiv1.SetCfsReplicaRequest, ssiv1.CfsState]
+	setCfsJobRoot *connect.Client[ssiv1.SetCfsJobRootRequest, ssiv1.CfsState]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -431,6 +461,21 @@ func (c *controlClient) BlockNode(ctx context.Context, req *connect.Request[ssiv
 	return c.blockNode.CallUnary(ctx, req)
 }
 
+// CfsStatus calls ssi.v1.Control.CfsStatus.
+func (c *controlClient) CfsStatus(ctx context.Context, req *connect.Request[ssiv1.CfsStatusRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return c.cfsStatus.CallUnary(ctx, req)
+}
+
+// SetCfsReplica calls ssi.v1.Control.SetCfsReplica.
+func (c *controlClient) SetCfsReplica(ctx context.Context, req *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return c.setCfsReplica.CallUnary(ctx, req)
+}
+
+// SetCfsJobRoot calls ssi.v1.Control.SetCfsJobRoot.
+func (c *controlClient) SetCfsJobRoot(ctx context.Context, req *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return c.setCfsJobRoot.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -454,6 +499,9 @@ type ControlHandler interface {
 	Expel(context.Context, *connect.Request[ssiv1.ExpelRequest]) (*connect.Response[ssiv1.ExpelResponse], error)
 	LoadLevel(context.Context, *connect.Request[ssiv1.LoadLevelRequest]) (*connect.Response[ssiv1.LoadLevelResponse], error)
 	BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error)
+	CfsStatus(context.Context, *connect.Request[ssiv1.CfsStatusRequest]) (*connect.Response[ssiv1.CfsState], error)
+	SetCfsReplica(context.Context, *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error)
+	SetCfsJobRoot(context.Context, *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -589,6 +637,24 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("BlockNode")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlCfsStatusHandler := connect.NewUnaryHandler(
+		ControlCfsStatusProcedure,
+		svc.CfsStatus,
+		connect.WithSchema(controlMethods.ByName("CfsStatus")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlSetCfsReplicaHandler := connect.NewUnaryHandler(
+		ControlSetCfsReplicaProcedure,
+		svc.SetCfsReplica,
+		connect.WithSchema(controlMethods.ByName("SetCfsReplica")),
+		connect.WithHandlerOptions(opts...),
+	)
+	controlSetCfsJobRootHandler := connect.NewUnaryHandler(
+		ControlSetCfsJobRootProcedure,
+		svc.SetCfsJobRoot,
+		connect.WithSchema(controlMethods.ByName("SetCfsJobRoot")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -633,6 +699,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlLoadLevelHandler.ServeHTTP(w, r)
 		case ControlBlockNodeProcedure:
 			controlBlockNodeHandler.ServeHTTP(w, r)
+		case ControlCfsStatusProcedure:
+			controlCfsStatusHandler.ServeHTTP(w, r)
+		case ControlSetCfsReplicaProcedure:
+			controlSetCfsReplicaHandler.ServeHTTP(w, r)
+		case ControlSetCfsJobRootProcedure:
+			controlSetCfsJobRootHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -724,6 +796,18 @@ func (UnimplementedControlHandler) LoadLevel(context.Context, *connect.Request[s
 
 func (UnimplementedControlHandler) BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.BlockNode is not implemented"))
+}
+
+func (UnimplementedControlHandler) CfsStatus(context.Context, *connect.Request[ssiv1.CfsStatusRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.CfsStatus is not implemented"))
+}
+
+func (UnimplementedControlHandler) SetCfsReplica(context.Context, *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.SetCfsReplica is not implemented"))
+}
+
+func (UnimplementedControlHandler) SetCfsJobRoot(context.Context, *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.SetCfsJobRoot is not implemented"))
 }
 
 // MembershipClient is a client for the ssi.v1.Membership service.
