@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/state"
 )
 
@@ -238,5 +241,36 @@ func TestParseKey(t *testing.T) {
 	v := &state.VIP{Addr: "10.0.0.1", Proto: "udp"}
 	if a, p, proto, ok := parseKey(v.Key()); !ok || a.String() != v.Addr || p != 0 || proto != "udp" {
 		t.Errorf("the key of %+v does not parse back", v)
+	}
+}
+
+func TestMetricsArePresentWithNothingDirected(t *testing.T) {
+	s := New(Config{Self: 1})
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(s.Collector()); err != nil {
+		t.Fatal(err)
+	}
+	s.status["10.0.0.1:80/tcp"] = &ssiv1.VIPStatus{Key: "10.0.0.1:80/tcp", Datapath: "nftables",
+		Backends: []*ssiv1.Backend{{Num: 2, Healthy: true}, {Num: 3}}}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			key := mf.GetName()
+			for _, l := range m.Label {
+				key += "," + l.GetValue()
+			}
+			got[key] = m.Gauge.GetValue()
+		}
+	}
+	want := map[string]float64{
+		"ssi_cvip_directed,nftables": 1, "ssi_cvip_directed,userspace": 0,
+		"ssi_cvip_backends,healthy": 1, "ssi_cvip_backends,unhealthy": 1, "ssi_cvip_proxy_connections": 0,
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("metrics %v, want %v", got, want)
 	}
 }

@@ -133,6 +133,17 @@ func (p *proxy) setSched(sched string) {
 	p.sched = sched
 }
 
+// endpointNums are the backends the proxy has counted connections for.
+func (p *proxy) endpointNums() []uint32 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]uint32, 0, len(p.active))
+	for n := range p.active {
+		out = append(out, n)
+	}
+	return out
+}
+
 // activeConns is the number of connections to backend num now.
 func (p *proxy) activeConns(num uint32) int64 {
 	p.mu.Lock()

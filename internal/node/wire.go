@@ -129,7 +129,7 @@ func wire(w wiring) *parts {
 	p.reg = metrics.New()
 	peerRPC, ctlRPC := metrics.NewRPC("peer"), metrics.NewRPC("control")
 	p.reg.Register(peerRPC, ctlRPC, p.leader.Collector(), p.mem.Collector(), placement.LoadCollector(w.load),
-		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector())
+		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector(), p.cvip.Collector())
 	peerOpts := connect.WithInterceptors(peerRPC)
 
 	// Every endpoint bounds the messages it reads (connect refuses a larger
