@@ -330,7 +330,9 @@ func (s *Service) reconcile(ctx context.Context) {
 				if err != nil {
 					d.err = err.Error()
 				}
+				s.mu.Lock() // Collect reads it
 				d.proxy = p
+				s.mu.Unlock()
 			}
 			if d.proxy != nil {
 				d.proxy.setEndpoints(eps)
