@@ -11,7 +11,7 @@ FUZZ_SHORT ?= 30000x
 FUZZ_LONG ?= 300000x
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: all build deps demo demo-down test fuzz bench bench-cfs suites-cfs proto vet fmt clean links
+.PHONY: all build deps demo demo-down test fuzz bench bench-cfs bench-cvip suites-cfs proto vet fmt clean links
 
 all: build
 
@@ -56,6 +56,13 @@ bench: build
 bench-cfs:
 	@bash scripts/deps.sh --bench
 	bash bench/cfs.sh
+
+# The cluster virtual IP vs HAProxy vs a direct connection (bench/cvip.sh;
+# docs/PERFORMANCE.md): make bench-cvip [CVIP_SECONDS=5]
+CVIP_SECONDS ?= 5
+bench-cvip:
+	@bash scripts/deps.sh --bench
+	bash bench/cvip.sh $(CVIP_SECONDS)
 
 # CPython's and Go's own test suites on the cluster filesystem and on ext4.
 suites-cfs:
