@@ -43,16 +43,23 @@ func needFUSE(t *testing.T) {
 	}
 }
 
-func mountPair(t *testing.T) *pair {
+// mountDir is a temporary directory for mounts that other users reach
+// (the test's temporary directories are 0700).
+func mountDir(t *testing.T) string {
 	t.Helper()
 	needFUSE(t)
 	dir := t.TempDir()
-	// Other users reach the mounts (the temporary directories are 0700).
 	for _, d := range []string{filepath.Dir(dir), dir} {
 		if err := os.Chmod(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return dir
+}
+
+func mountPair(t *testing.T) *pair {
+	t.Helper()
+	dir := mountDir(t)
 	p := &pair{export: filepath.Join(dir, "export")}
 	var err error
 	p.srv, err = NewServer(ServerConfig{Export: p.export})
@@ -558,6 +565,29 @@ func TestCapabilityCheck(t *testing.T) {
 	f.Close()
 	if _, err := unix.Getxattr(fb, capsXattr, make([]byte, 64)); err != unix.ENODATA {
 		t.Fatalf("a write on a kept the capability b set: %v", err)
+	}
+	// A file made and written asks nothing; one that existed with a
+	// capability and is opened with O_CREAT loses it on write all the same.
+	before = p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR)
+	if err := os.WriteFile(p.at(p.a, "new"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR) - before; n != 0 {
+		t.Errorf("creating and writing a file asked for security.capability %d times", n)
+	}
+	if err := unix.Setxattr(fb, capsXattr, caps, 0); err != nil {
+		t.Fatal(err)
+	}
+	f, err = os.OpenFile(fa, os.O_WRONLY|os.O_CREATE, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("#"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := unix.Getxattr(fb, capsXattr, make([]byte, 64)); err != unix.ENODATA {
+		t.Fatalf("a write through O_CREAT kept the capability: %v", err)
 	}
 }
 
