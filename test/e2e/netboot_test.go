@@ -1,5 +1,6 @@
-// The network boot in real virtual machines (docs/NETBOOT.md; alone:
-// make test-vm):
+//go:build vm
+
+// The network boot in real virtual machines (make test-vm; docs/NETBOOT.md):
 // QEMU under software emulation boots Debian's stock kernel with the
 // initramfs of ssi mkinitrd, against node 1, a daemon on this machine in a
 // network namespace serving DHCP and the cluster root.
