@@ -99,7 +99,7 @@ func boot(con *Console) error {
 	if err := con.Step("DHCP on "+ifc.Name, "no DHCP server answered MAC "+ifc.HardwareAddr.String()+": is it registered (ssi-addnode --hwaddr "+ifc.HardwareAddr.String()+"; clustertab) and does a node serve DHCP on this network ('ssi dhcp show': enabled, serving on the guests' bridge)?", func() (err error) {
 		lease, err = dhcp(ifc, p.Timeout)
 		if err == nil {
-			con.Printf("address %s from DHCP server %s", lease.ACK.YourIPAddr, lease.ACK.ServerIPAddr)
+			con.Printf("address %s from DHCP server %s", lease.ACK.YourIPAddr, lease.ACK.ServerIdentifier())
 		}
 		return err
 	}); err != nil {
