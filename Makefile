@@ -11,7 +11,7 @@ FUZZ_SHORT ?= 30000x
 FUZZ_LONG ?= 300000x
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: all build deps demo demo-down test fuzz bench bench-cfs bench-cvip suites-cfs proto vet fmt clean links
+.PHONY: all build deps demo demo-down test test-vm fuzz bench bench-cfs bench-cvip suites-cfs proto vet fmt clean links
 
 all: build
 
@@ -43,6 +43,12 @@ demo-down:
 # target, then the list of skipped tests (scripts/test.sh).
 test: deps
 	@FUZZ_BUDGET=$(FUZZ_SHORT) bash scripts/test.sh
+
+# Diskless nodes booting in QEMU (software emulation) from the initramfs of
+# ssi mkinitrd: test/e2e/netboot_test.go (build tag vm), docs/NETBOOT.md.
+# 1-1.5 minutes on a quiet 2-core machine, up to 5 under load: not in make test.
+test-vm: deps
+	$(GO) test -race -tags vm -count=1 -timeout 30m -run 'TestNetbootVM|TestMkinitrd|TestVMBadInput' -v ./test/e2e/
 
 # A longer run of every fuzz target: make fuzz [FUZZ_LONG=1000000x]
 fuzz:

@@ -43,7 +43,14 @@ done
 # drive (test/e2e/dashboard_test.go, through chromedp); tmux (above) drives
 # ssi top's.
 obs=(chromium:chromium)
-for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc fusermount3:fuse3 "${obs[@]}" "${bench[@]}"; do
+# netboot: qemu-system-x86 boots the diskless guests of ssi vm and of the
+# network-boot test (test/e2e/netboot_test.go, software emulation); binutils'
+# objcopy and ld make the fake kernel modules and static binary of
+# internal/netboot's tests. The guest kernel is Debian's stock one, fetched
+# (not installed) by scripts/netboot-kernel.sh into /var/cache/ssi-netboot;
+# xz-utils unpacks its vmlinux for a faster (PVH) boot.
+netboot=(qemu-system-x86_64:qemu-system-x86 objcopy:binutils ld:binutils nsenter:util-linux xz:xz-utils)
+for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc fusermount3:fuse3 "${obs[@]}" "${netboot[@]}" "${bench[@]}"; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
 done

@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/ssi-cluster/ssi/internal/cli"
+	"github.com/ssi-cluster/ssi/internal/netboot"
 	"github.com/ssi-cluster/ssi/internal/nsinit"
 )
 
@@ -16,6 +17,15 @@ func main() {
 	// instruction: dispatch it before the CLI installs any handler.
 	if len(os.Args) > 1 && os.Args[1] == nsinit.Command {
 		os.Exit(nsinit.Main(os.Args[2:]))
+	}
+	// The same for PID 1 of an initramfs made by ssi mkinitrd (the kernel
+	// runs it as /init, a name the CLI would take for 'ssi init') and for
+	// the minimal root init of ssi vm; neither returns.
+	if netboot.IsInit() {
+		netboot.Init()
+	}
+	if len(os.Args) > 1 && os.Args[1] == netboot.RootInitCommand {
+		netboot.RootInit()
 	}
 	os.Exit(cli.Main(os.Args))
 }

@@ -173,7 +173,7 @@ func TestQEMUCommand(t *testing.T) {
 		"-m":      {"128"},
 		"-drive":  {"file=/images/ssi/node1/ssi1.img,format=raw,if=virtio", "file=/images/ssi/node1/ssi1_swap.img,format=raw,if=virtio"},
 		"-netdev": {"bridge,id=net0"},
-		"-device": {"virtio-net-pci,netdev=net0,mac=0a:00:00:00:11:d1"},
+		"-device": {"virtio-net-pci,netdev=net0,mac=0a:00:00:00:11:d1", "virtio-rng-pci"},
 		"-append": {"root=/dev/vda ro console=ttyS0 ip=192.168.64.141::192.168.64.1:255.255.255.0:ssi1:eth0:off ssi.server=192.168.64.141:7470 ssi.token=K10abc"},
 	}
 	for k, w := range want {

@@ -28,7 +28,7 @@ func qemuValue(s string) string {
 // with -kernel/-initrd/-append, -m, one virtio -drive per image (root
 // image on init nodes, then the swap image), a virtio NIC with the node's
 // MAC on a host bridge (-netdev bridge: GuestOptions.Bridge, or
-// qemu-bridge-helper's default br0), the serial console on stdio, and KVM
+// qemu-bridge-helper's default br0), a virtio RNG, the serial console on stdio, and KVM
 // acceleration falling back to TCG.
 func QEMUCommand(n Node, o GuestOptions) ([]string, error) {
 	o, err := prepare(n, o)
@@ -64,6 +64,10 @@ func QEMUCommand(n Node, o GuestOptions) ([]string, error) {
 	argv = append(argv,
 		"-netdev", netdev,
 		"-device", "virtio-net-pci,netdev=net0,mac="+n.HWAddr,
+		// An entropy source: without one a guest's early getrandom
+		// (the DHCP client of ssi mkinitrd's /init) blocks for minutes
+		// under emulation (docs/NETBOOT.md).
+		"-device", "virtio-rng-pci",
 	)
 	return argv, nil
 }
