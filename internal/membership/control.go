@@ -97,7 +97,10 @@ func (s *Control) AddNodes(ctx context.Context, req *connect.Request[ssiv1.AddNo
 	if err != nil {
 		return nil, err
 	}
-	fp := m.cfg.FSM.Cluster().CAFingerprint
+	fp, err := m.caFingerprint()
+	if err != nil {
+		return nil, err
+	}
 	now := time.Now()
 	cmd := state.AddNodes{Time: now}
 	tokens := make([]pki.Token, len(req.Msg.Nodes))
@@ -127,6 +130,18 @@ func (s *Control) AddNodes(ctx context.Context, req *connect.Request[ssiv1.AddNo
 	return connect.NewResponse(out), nil
 }
 
+// caFingerprint is the cluster CA's fingerprint, which every token
+// carries; a node that has not applied the cluster's creation yet (right
+// after 'ssi init') does not know it, and must not hand out tokens that
+// could never join.
+func (m *Membership) caFingerprint() (string, error) {
+	fp := m.cfg.FSM.Cluster().CAFingerprint
+	if fp == "" {
+		return "", rpcerr.Unavailable("node %d has not applied the cluster's creation yet (no CA fingerprint for the token); try again in a moment", m.cfg.Self)
+	}
+	return fp, nil
+}
+
 // IssueToken gives a registered node a new join token.
 func (s *Control) IssueToken(ctx context.Context, req *connect.Request[ssiv1.TokenRequest]) (*connect.Response[ssiv1.TokenResponse], error) {
 	m := s.m
@@ -137,7 +152,11 @@ func (s *Control) IssueToken(ctx context.Context, req *connect.Request[ssiv1.Tok
 	if err != nil {
 		return nil, err
 	}
-	tok, err := pki.NewToken(m.cfg.FSM.Cluster().CAFingerprint)
+	fp, err := m.caFingerprint()
+	if err != nil {
+		return nil, err
+	}
+	tok, err := pki.NewToken(fp)
 	if err != nil {
 		return nil, s.fail(err)
 	}

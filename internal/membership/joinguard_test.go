@@ -1,6 +1,7 @@
 package membership
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -12,7 +13,7 @@ import (
 
 func TestJoinGuard(t *testing.T) {
 	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	tok, _ := pki.NewToken("fp")
+	tok, _ := pki.NewToken(strings.Repeat("0f", 32))
 	c := &state.Cluster{Name: "secret-name", Nodes: map[uint32]*state.Node{
 		2: {Num: 2, HWAddr: "0a:00:00:00:11:02", TokenHash: tok.Hash(), TokenExpires: now.Add(time.Hour)},
 		3: {Num: 3, HWAddr: "0a:00:00:00:11:03", TokenHash: tok.Hash(), TokenExpires: now.Add(-time.Second)},

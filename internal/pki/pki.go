@@ -158,6 +158,9 @@ const tokenPrefix = "SSI1-"
 
 // NewToken returns a fresh token for the CA with the given fingerprint.
 func NewToken(fingerprint string) (Token, error) {
+	if len(fingerprint) != 64 {
+		return Token{}, fmt.Errorf("a join token needs the cluster CA's fingerprint (64 hex digits), got %q", fingerprint)
+	}
 	b := make([]byte, 16)
 	if _, err := rand.Read(b); err != nil {
 		return Token{}, fmt.Errorf("generate token: %w", err)

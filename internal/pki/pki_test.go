@@ -120,3 +120,12 @@ func TestSignedNodeCertificateIsAcceptedAndForeignIsNot(t *testing.T) {
 		t.Errorf("foreign-CA client accepted")
 	}
 }
+
+// A token without the cluster's fingerprint could never join: refused.
+func TestNewTokenNeedsTheFingerprint(t *testing.T) {
+	for _, fp := range []string{"", "fp", strings.Repeat("a", 63)} {
+		if tok, err := NewToken(fp); err == nil {
+			t.Errorf("NewToken(%q) = %v, want an error", fp, tok)
+		}
+	}
+}
