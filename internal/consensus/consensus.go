@@ -53,6 +53,8 @@ type Leader struct {
 	duties  []func(ctx context.Context, prev uint32)
 
 	leaderChanges atomic.Uint64 // leader changes this node observed (metrics.go)
+
+	reads reads // linearizable reads (read.go)
 }
 
 // New returns the handle of node self on r; net reaches the other nodes.

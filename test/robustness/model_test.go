@@ -37,7 +37,7 @@ type input struct {
 
 type output struct {
 	Result string // ok, refused, unknown
-	Num    uint32 // add: the number given
+	Num    uint32 // add: the number given (unknown: the one the final table shows, 0 if none)
 	Table  string // read: canonicalRows of the suite's rows
 	On     bool   // readll
 	Msg    string // refused/unknown: what the CLI said (for the report)
@@ -96,8 +96,13 @@ func stepTable(st tableState, in input, out output) (bool, tableState) {
 		case resUnk:
 			// Made or not: not made is the same as linearizing it after
 			// everything, which porcupine can do since it never returned.
+			// When the final table shows it was made (resolveUnknown), Num
+			// is the number it got.
 			if present {
 				return true, st
+			}
+			if out.Num != 0 && out.Num != st.Next {
+				return false, st
 			}
 		}
 		rows[in.MAC] = st.Next
