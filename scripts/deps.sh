@@ -37,6 +37,9 @@ done
 # drive (test/e2e/dashboard_test.go, through chromedp); tmux (above) drives
 # ssi top's.
 obs=(chromium:chromium)
+# robustness: test/robustness (make robustness) needs only ip (iproute2,
+# above) for its namespaces, routes and links; its CPU load is a Go busy
+# loop of its own, so no stress-ng.
 for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc fusermount3:fuse3 "${obs[@]}" "${bench[@]}"; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")
