@@ -144,6 +144,13 @@ func startCluster(t *testing.T, n int) *cluster {
 	if len(c.ips) != n {
 		t.Fatalf("node table after ssi up: %v", rows)
 	}
+	// ssi up --isolate names the address each node listens on (it once
+	// printed an empty one; issue 10).
+	for k := 1; k <= n; k++ {
+		if want := fmt.Sprintf("(listens on %s,", c.ips[k]); !strings.Contains(string(out), want) {
+			t.Errorf("ssi up --isolate does not say node %d %s...):\n%s", k, want, out)
+		}
+	}
 	return c
 }
 
