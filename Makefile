@@ -11,7 +11,7 @@ FUZZ_SHORT ?= 30000x
 FUZZ_LONG ?= 300000x
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: all build deps demo demo-down test fuzz bench bench-cfs suites-cfs proto vet fmt clean links robustness
+.PHONY: all build deps demo demo-down test fuzz bench bench-cfs bench-cvip suites-cfs proto vet fmt clean links robustness
 
 all: build
 
@@ -30,6 +30,11 @@ demo: deps build links
 	SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./bin/cluster -V
 	@echo "one root: a file written on node 2 is read on node $(DEMO_NODES):"
 	echo "hello from node 2" > $(DEMO_DIR)/mnt/node2/hello && cat $(DEMO_DIR)/mnt/node$(DEMO_NODES)/hello
+	@if [ $(DEMO_NODES) -gt 1 ]; then \
+	  echo "a synchronous replica of the cluster root on node 2, which takes over if node 1 dies:"; \
+	  SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./$(BIN) cfs replica 2 >/dev/null && \
+	  for i in $$(seq 50); do SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./$(BIN) cfs --json | grep -q '"synced": true' && break; sleep 0.2; done; \
+	  SSI_SOCKET=$(DEMO_DIR)/node1/ssi.sock ./$(BIN) cfs; fi
 
 demo-down:
 	./$(BIN) down --dir $(DEMO_DIR)
@@ -59,6 +64,13 @@ bench: build
 bench-cfs:
 	@bash scripts/deps.sh --bench
 	bash bench/cfs.sh
+
+# The cluster virtual IP vs HAProxy vs a direct connection (bench/cvip.sh;
+# docs/PERFORMANCE.md): make bench-cvip [CVIP_SECONDS=5]
+CVIP_SECONDS ?= 5
+bench-cvip:
+	@bash scripts/deps.sh --bench
+	bash bench/cvip.sh $(CVIP_SECONDS)
 
 # CPython's and Go's own test suites on the cluster filesystem and on ext4.
 suites-cfs:

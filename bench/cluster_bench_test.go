@@ -151,7 +151,7 @@ func (c *cluster) restart(k int) {
 	logf, _ := os.OpenFile(filepath.Join(dir, "ssi.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	defer logf.Close()
 	cmd := exec.Command(ssiBin, "daemon", "--data-dir", dir, "--socket", devcluster.Socket(c.dir, k), "--pid-file", devcluster.PIDFile(c.dir, k),
-		"--cfs-mount", devcluster.MountDir(c.dir, k), "--cfs-export", devcluster.ExportDir(c.dir))
+		"--cfs-mount", devcluster.MountDir(c.dir, k), "--cfs-export", devcluster.NodeExportDir(c.dir, k))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

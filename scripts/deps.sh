@@ -19,13 +19,19 @@ need=()
 # --bench: also what the benchmarks compare against (sshd for the ssh
 # reference of the process-space figures; the benchmark starts a private
 # sshd on loopback and leaves the system's untouched), fio for bench/fs.sh
-# and sshfs for its reference mount (bench/sshfs.sh).
+# and sshfs for its reference mount (bench/sshfs.sh); wrk and haproxy for
+# bench/cvip.sh (the cluster virtual IP against HAProxy and a direct
+# connection).
 # --suites: CPython's own test suite and Debian's interpreter for it, for
 # scripts/fs-suites.sh. Both flags can be given.
 bench=() suites=0
 for arg in "$@"; do
 	case $arg in
-	--bench) bench=(sshd:openssh-server ssh:openssh-client fio:fio sshfs:sshfs) ;;
+	--bench)
+		bench=(sshd:openssh-server ssh:openssh-client fio:fio sshfs:sshfs)
+		# cvip: wrk drives bench/cvip.sh, HAProxy in TCP mode is its baseline.
+		bench+=(wrk:wrk haproxy:haproxy)
+		;;
 	--suites) suites=1 ;;
 	*)
 		echo "deps: unknown argument $arg (usage: scripts/deps.sh [--bench] [--suites])" >&2

@@ -566,6 +566,29 @@ func TestCapabilityCheck(t *testing.T) {
 	if _, err := unix.Getxattr(fb, capsXattr, make([]byte, 64)); err != unix.ENODATA {
 		t.Fatalf("a write on a kept the capability b set: %v", err)
 	}
+	// A file made and written asks nothing; one that existed with a
+	// capability and is opened with O_CREAT loses it on write all the same.
+	before = p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR)
+	if err := os.WriteFile(p.at(p.a, "new"), []byte("data"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if n := p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR) - before; n != 0 {
+		t.Errorf("creating and writing a file asked for security.capability %d times", n)
+	}
+	if err := unix.Setxattr(fb, capsXattr, caps, 0); err != nil {
+		t.Fatal(err)
+	}
+	f, err = os.OpenFile(fa, os.O_WRONLY|os.O_CREATE, 0o755)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("#"), 0); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := unix.Getxattr(fb, capsXattr, make([]byte, 64)); err != unix.ENODATA {
+		t.Fatalf("a write through O_CREAT kept the capability: %v", err)
+	}
 }
 
 // O_APPEND writes from two nodes at once never overwrite each other (the

@@ -310,9 +310,11 @@ func (cl *Client) run(ctx context.Context) {
 		cl.mu.Unlock()
 		go cl.learnRoot(ctx)
 		if epoch > 1 {
-			// Invalidations may have been lost with the old session.
+			// Invalidations may have been lost with the old session, and
+			// the locks are gone with it if the server restarted or changed.
 			cl.flushAll()
 			cl.log.Info("cluster filesystem session restored", "server", server)
+			go cl.reclaim(ctx)
 		}
 		cl.watch(ctx, l)
 		cl.mu.Lock()

@@ -27,9 +27,10 @@ func (c *Control) CfsStatus(ctx context.Context, _ *connect.Request[ssiv1.CfsSta
 }
 
 func (f *FS) status(rec state.CFS) *ssiv1.CfsState {
-	out := &ssiv1.CfsState{Server: rec.Server, Replica: rec.Replica, Synced: rec.Synced, Failovers: rec.Failovers, Mount: f.c.Mount, Role: "client"}
+	out := &ssiv1.CfsState{Server: rec.Server, Replica: rec.Replica, Synced: rec.Synced, Failovers: rec.Failovers, Mount: f.c.Mount, Role: "client", NodeJobRoot: f.wantJobRoot()}
 	if f.c.FSM != nil {
-		out.Recorded = f.c.FSM.Cluster().CFS != nil
+		c := f.c.FSM.Cluster()
+		out.Recorded, out.JobRoot = c.CFS != nil, c.JobRoot
 	}
 	switch f.c.Self {
 	case rec.Server:
@@ -40,17 +41,44 @@ func (f *FS) status(rec state.CFS) *ssiv1.CfsState {
 	return out
 }
 
+// SetCfsJobRoot turns the cluster setting on or off: jobs started through
+// ssi get the cluster filesystem as their / on every node (a node started
+// with --cfs-job-root does whatever the setting). Root only.
+func (c *Control) SetCfsJobRoot(ctx context.Context, req *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	f := c.f
+	if err := rootOnly(ctx, "turn the cluster root as jobs' / on or off"); err != nil {
+		return nil, err
+	}
+	if f.c.Leader == nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node keeps no cluster state"))
+	}
+	if _, err := f.c.Leader.Apply(ctx, state.CmdSetJobRoot, state.SetJobRoot{On: req.Msg.On}); err != nil {
+		return nil, rpcerr.ToConnect(f.c.Self, err)
+	}
+	st := f.status(f.Record())
+	st.JobRoot = req.Msg.On // this node's copy of the state may not have it yet
+	return connect.NewResponse(st), nil
+}
+
+// rootOnly refuses a caller who is not root.
+func rootOnly(ctx context.Context, what string) error {
+	tc, ok := transport.CallerFrom(ctx)
+	if !ok {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("caller unknown: no peer credentials"))
+	}
+	if tc.UID != 0 {
+		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("only root may %s", what))
+	}
+	return nil
+}
+
 // SetCfsReplica names the node that replicates the cluster filesystem (0:
 // none). Root only. The serving node then copies its export there and
 // records the replica in sync; until then the replica cannot take over.
 func (c *Control) SetCfsReplica(ctx context.Context, req *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error) {
 	f := c.f
-	tc, ok := transport.CallerFrom(ctx)
-	if !ok {
-		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("caller unknown: no peer credentials"))
-	}
-	if tc.UID != 0 {
-		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("only root may choose the cluster filesystem's replica"))
+	if err := rootOnly(ctx, "choose the cluster filesystem's replica"); err != nil {
+		return nil, err
 	}
 	if f.c.Leader == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this node keeps no cluster state"))

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
@@ -58,6 +59,9 @@ type FS struct {
 	target   uint32 // the serving node the mount follows
 	repl     *replicator
 	replStop func() // ends repl's loop and waits for it
+
+	clusterJobRoot atomic.Bool // the cluster setting, as last applied here
+	jobRootStop    func()      // takes the job root's binds away (nil: none)
 }
 
 // New builds the part; Run starts it. With a Leader it registers the
@@ -120,9 +124,7 @@ func (f *FS) Run(ctx context.Context) {
 			f.mu.Unlock()
 			log.Info("cluster filesystem mounted", "mount", f.c.Mount, "server", rec.Server)
 			defer cl.Close()
-			if f.c.JobRoot {
-				defer f.runJobRoot(ctx, log)() // undone before the unmount
-			}
+			defer f.stopJobRoot() // before the unmount
 		}
 	}
 	f.follow(ctx, log)
@@ -157,6 +159,12 @@ func (f *FS) reconcile(ctx context.Context, rec state.CFS, log *slog.Logger) {
 			log.Error("cannot open the cluster filesystem's export; this node can neither serve nor replicate it until this is fixed", "export", f.c.Export, "err", err)
 			srv = nil
 		} else {
+			// Mounts take their locks back first after a restart or a
+			// takeover (reclaim.go).
+			srv.graceFor = grace(f.failure())
+			if rec.Server == self {
+				srv.setGrace(srv.graceFor)
+			}
 			f.server = srv
 			f.svc.Set(srv)
 		}
@@ -282,6 +290,12 @@ func (f *FS) failure() time.Duration {
 // client, the session with a server recorded DOWN ends.
 func (f *FS) follow(ctx context.Context, log *slog.Logger) {
 	if f.c.FSM == nil {
+		f.mu.Lock()
+		cl := f.client
+		f.mu.Unlock()
+		if cl != nil {
+			f.followJobRoot(ctx, log)
+		}
 		<-ctx.Done()
 		return
 	}
@@ -291,9 +305,13 @@ func (f *FS) follow(ctx context.Context, log *slog.Logger) {
 		c := f.c.FSM.Cluster()
 		rec := c.CFSRecord(f.c.Server)
 		f.reconcile(ctx, rec, log)
+		f.clusterJobRoot.Store(c.JobRoot)
 		f.mu.Lock()
 		srv, cl := f.server, f.client
 		f.mu.Unlock()
+		if cl != nil {
+			f.followJobRoot(ctx, log)
+		}
 		if n, ok := c.Nodes[rec.Server]; ok && cl != nil && rec.Server != f.c.Self && !n.State.Live() && seen[0] != n.StateIndex {
 			seen[0] = n.StateIndex
 			log.Warn("the cluster filesystem's server is down: accesses fail until it is back or its replica takes over", "server", rec.Server)

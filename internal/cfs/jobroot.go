@@ -58,7 +58,7 @@ type jobRoot struct {
 // an error wrapping ErrNoJobRoot when they should and this node cannot
 // give it now.
 func (f *FS) JobRoot() (string, error) {
-	if !f.c.JobRoot || f.c.Mount == "" {
+	if !f.wantJobRoot() || f.c.Mount == "" {
 		return "", nil
 	}
 	f.mu.Lock()
@@ -68,6 +68,43 @@ func (f *FS) JobRoot() (string, error) {
 		return "", fmt.Errorf("node %d: %w (jobs run with the cluster filesystem at %s as their /; see the node's log)", f.c.Self, ErrNoJobRoot, f.c.Mount)
 	}
 	return f.c.Mount, nil
+}
+
+// wantJobRoot says whether this node's jobs get the cluster root: the
+// cluster setting (ssi cfs jobroot on) or the node's --cfs-job-root.
+func (f *FS) wantJobRoot() bool { return f.c.JobRoot || f.clusterJobRoot.Load() }
+
+// followJobRoot starts or stops the binds as the setting changes (called
+// by follow with the mount up).
+func (f *FS) followJobRoot(ctx context.Context, log *slog.Logger) {
+	want := f.wantJobRoot()
+	f.mu.Lock()
+	running, stop := f.jobRootStop != nil, f.jobRootStop
+	f.mu.Unlock()
+	switch {
+	case want && !running:
+		stop := f.runJobRoot(ctx, log)
+		f.mu.Lock()
+		f.jobRootStop = stop
+		f.mu.Unlock()
+	case !want && running:
+		log.Info("jobs keep the node's own / again")
+		stop()
+		f.mu.Lock()
+		f.jobRootStop, f.jobRoot = nil, nil
+		f.mu.Unlock()
+	}
+}
+
+// stopJobRoot takes the binds away (before the unmount).
+func (f *FS) stopJobRoot() {
+	f.mu.Lock()
+	stop := f.jobRootStop
+	f.jobRootStop = nil
+	f.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // runJobRoot binds the node's trees over the mount and keeps them there

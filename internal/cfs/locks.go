@@ -100,6 +100,9 @@ func (x *session) lock(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessag
 	if lk == nil {
 		return nil, unix.EINVAL
 	}
+	if err := x.waitGrace(ctx, r); err != nil {
+		return nil, err
+	}
 	key := lockKey{owner: r.Owner, file: h.id, flock: r.Flags&lkFlock != 0}
 	fd, err := x.lockFd(key, h)
 	if err != nil {
@@ -117,7 +120,7 @@ func (x *session) lock(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessag
 			how = unix.LOCK_EX
 		}
 		try := func() error { return unix.Flock(fd, how|unix.LOCK_NB) }
-		return nil, x.retryLock(ctx, r.Op == ssiv1.FsOp_FS_OP_SETLKW, try)
+		return nil, x.retryLock(ctx, r.Op == ssiv1.FsOp_FS_OP_SETLKW && r.Flags&lkReclaim == 0, try)
 	}
 	fl := unix.Flock_t{Type: int16(lk.Type), Whence: 0, Start: int64(lk.Start)}
 	if lk.End < 1<<63-1 && lk.End >= lk.Start {
@@ -136,7 +139,7 @@ func (x *session) lock(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessag
 		return &ssiv1.FsMessage{Lock: out}, nil
 	}
 	try := func() error { return unix.FcntlFlock(uintptr(fd), unix.F_OFD_SETLK, &fl) }
-	return nil, x.retryLock(ctx, r.Op == ssiv1.FsOp_FS_OP_SETLKW, try)
+	return nil, x.retryLock(ctx, r.Op == ssiv1.FsOp_FS_OP_SETLKW && r.Flags&lkReclaim == 0, try)
 }
 
 // retryLock takes a lock; a blocking request tries again until it gets it

@@ -15,8 +15,11 @@ import (
 var (
 	descRequests = prometheus.NewDesc("ssi_cfs_requests_total",
 		"Cluster filesystem requests this node served (as the server), by operation.", []string{"op"}, nil)
-	descServing = prometheus.NewDesc("ssi_cfs_serving", "1 when this node serves the cluster filesystem, else 0.", nil, nil)
-	descMounted = prometheus.NewDesc("ssi_cfs_mounted", "1 when this node has the cluster filesystem mounted, else 0.", nil, nil)
+	descServing     = prometheus.NewDesc("ssi_cfs_serving", "1 when this node serves the cluster filesystem, else 0.", nil, nil)
+	descReplicating = prometheus.NewDesc("ssi_cfs_replicating", "1 when this node is the cluster filesystem's replica, else 0.", nil, nil)
+	descInSync      = prometheus.NewDesc("ssi_cfs_replica_in_sync", "1 when the cluster filesystem has a replica in sync (it may take over), else 0 (as this node last applied the cluster state).", nil, nil)
+	descFailovers   = prometheus.NewDesc("ssi_cfs_failovers_total", "Times a replica took over the cluster filesystem (the cluster state's count).", nil, nil)
+	descMounted     = prometheus.NewDesc("ssi_cfs_mounted", "1 when this node has the cluster filesystem mounted, else 0.", nil, nil)
 	// The histograms' own description, for Describe.
 	descLatency = prometheus.NewDesc("ssi_cfs_request_duration_seconds",
 		"Time this node (as the server) took to serve a cluster filesystem request, by operation, including waiting for other nodes' invalidation acknowledgements.", []string{"op"}, nil)
@@ -58,6 +61,9 @@ type cfsCollector struct{ f *FS }
 func (c cfsCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRequests
 	ch <- descServing
+	ch <- descReplicating
+	ch <- descInSync
+	ch <- descFailovers
 	ch <- descMounted
 	ch <- descLatency
 }
@@ -72,9 +78,13 @@ func (c cfsCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		return 0
 	}
-	ch <- prometheus.MustNewConstMetric(descServing, prometheus.GaugeValue, b(srv != nil))
+	rec := c.f.Record()
+	ch <- prometheus.MustNewConstMetric(descServing, prometheus.GaugeValue, b(srv != nil && srv.role.Load() == roleServe))
+	ch <- prometheus.MustNewConstMetric(descReplicating, prometheus.GaugeValue, b(srv != nil && srv.role.Load() == roleReplica))
+	ch <- prometheus.MustNewConstMetric(descInSync, prometheus.GaugeValue, b(rec.Replica != 0 && rec.Synced))
+	ch <- prometheus.MustNewConstMetric(descFailovers, prometheus.CounterValue, float64(rec.Failovers))
 	ch <- prometheus.MustNewConstMetric(descMounted, prometheus.GaugeValue, b(cl != nil))
-	if srv == nil {
+	if srv == nil || srv.role.Load() != roleServe {
 		return
 	}
 	for v := range ssiv1.FsOp_name {

@@ -17,6 +17,10 @@ import (
 type node struct {
 	fs.Inode
 	c *Client
+
+	lmu   sync.Mutex
+	locks []*ssiv1.FsRequest // the granted lock requests, to make again on a new session (reclaim.go)
+	files map[*file]struct{} // the open files
 }
 
 var (
@@ -143,7 +147,14 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 }
 
 func (n *node) newFile(h uint64, flags uint32) *file {
-	return &file{n: n, id: h, flags: flags, epoch: n.c.epochNow()}
+	f := &file{n: n, id: h, flags: flags, epoch: n.c.epochNow()}
+	n.lmu.Lock()
+	if n.files == nil {
+		n.files = map[*file]struct{}{}
+	}
+	n.files[f] = struct{}{}
+	n.lmu.Unlock()
+	return f
 }
 
 func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
@@ -152,6 +163,10 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	ch := n.newChild(ctx, m.Attr, out)
+	// The kernel asks for the file's capability before the first write: a
+	// file just made has none, and for one that existed the server's kernel
+	// drops it when the data lands anyway (TestCapabilityCheck).
+	n.c.setNoCaps(m.Attr.Ino)
 	return ch, (ch.Operations().(*node)).newFile(m.Handle, flags&^syscall.O_TRUNC), fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -343,6 +358,8 @@ func (f *file) retryable(r *ssiv1.FsRequest) bool {
 	switch r.Op {
 	case ssiv1.FsOp_FS_OP_READ, ssiv1.FsOp_FS_OP_FSYNC, ssiv1.FsOp_FS_OP_LSEEK, ssiv1.FsOp_FS_OP_GETATTR, ssiv1.FsOp_FS_OP_GETLK:
 		return true
+	case ssiv1.FsOp_FS_OP_SETLK, ssiv1.FsOp_FS_OP_SETLKW:
+		return true // the session's locks went with it: asking again is the same request
 	case ssiv1.FsOp_FS_OP_WRITE:
 		return f.flags&syscall.O_APPEND == 0
 	case ssiv1.FsOp_FS_OP_ALLOCATE:
@@ -377,6 +394,9 @@ func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
+	f.n.lmu.Lock()
+	delete(f.n.files, f)
+	f.n.lmu.Unlock()
 	f.mu.Lock()
 	id, epoch := f.id, f.epoch
 	f.dead = true
@@ -401,12 +421,20 @@ func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags
 }
 
 func (f *file) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	_, errno := f.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETLK, Owner: owner, Lock: lockOf(lk), Flags: flags})
-	return errno
+	return f.setLock(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETLK, Owner: owner, Lock: lockOf(lk), Flags: flags &^ lkReclaim})
 }
 
 func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	_, errno := f.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETLKW, Owner: owner, Lock: lockOf(lk), Flags: flags})
+	return f.setLock(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETLKW, Owner: owner, Lock: lockOf(lk), Flags: flags &^ lkReclaim})
+}
+
+// setLock takes or drops a lock and remembers it to take it again after a
+// failover (reclaim.go).
+func (f *file) setLock(ctx context.Context, r *ssiv1.FsRequest) syscall.Errno {
+	_, errno := f.call(ctx, r)
+	if errno == 0 {
+		f.n.held(r)
+	}
 	return errno
 }
 

@@ -67,6 +67,9 @@ func (s *Server) admits(node uint32, copies bool) error {
 func (s *Server) setRole(role int32, primary uint32, gen uint64) {
 	old := s.role.Swap(role)
 	s.primary.Store(primary)
+	if role == roleServe && old != roleServe && s.graceFor > 0 {
+		s.setGrace(s.graceFor)
+	}
 	if role == roleServe && old != roleServe {
 		s.aliasMu.RLock()
 		copied := len(s.alias) > 0
@@ -243,13 +246,26 @@ func (rp *replicator) change(ctx context.Context, x *session, r *ssiv1.FsRequest
 		rp.mu.Unlock()
 		return m, err
 	}
-	m, err := x.do(ctx, r)
+	var m *ssiv1.FsMessage
+	var err error
 	var wait <-chan *ssiv1.FsMessage
-	if err == nil {
-		if c := x.copyOf(r, m); c != nil {
-			wait = rp.sendLocked(c)
-			if (r.Op == ssiv1.FsOp_FS_OP_OPEN || r.Op == ssiv1.FsOp_FS_OP_CREATE) && m != nil {
-				x.setCopied(m.Handle)
+	diverged := false
+	if c := x.copyOf(r, &ssiv1.FsMessage{Count: uint32(len(r.Data))}); r.Op == ssiv1.FsOp_FS_OP_WRITE && c != nil {
+		// A write goes to the replica first and is made here while the
+		// replica makes it: the two disks work at once. Should it fail
+		// here, the replica is behind no more but ahead: out of sync all
+		// the same.
+		wait = rp.sendLocked(c)
+		m, err = x.do(ctx, r)
+		diverged = err != nil || m == nil || int(m.Count) != len(r.Data)
+	} else {
+		m, err = x.do(ctx, r)
+		if err == nil {
+			if c := x.copyOf(r, m); c != nil {
+				wait = rp.sendLocked(c)
+				if (r.Op == ssiv1.FsOp_FS_OP_OPEN || r.Op == ssiv1.FsOp_FS_OP_CREATE) && m != nil {
+					x.setCopied(m.Handle)
+				}
 			}
 		}
 	}
@@ -259,11 +275,14 @@ func (rp *replicator) change(ctx context.Context, x *session, r *ssiv1.FsRequest
 		return m, err
 	}
 	a, ok := <-wait
-	if ok && a.Errno == 0 {
+	if ok && a.Errno == 0 && !diverged {
 		return m, err
 	}
 	reason := "its session ended"
-	if ok {
+	switch {
+	case diverged:
+		reason = fmt.Sprintf("the server's own write failed (%v) after the replica's", err)
+	case ok:
 		reason = fmt.Sprintf("it failed to make a %v: %v", r.Op, unix.Errno(a.Errno))
 	}
 	if lerr := rp.lost(ctx, gen, reason); lerr != nil {

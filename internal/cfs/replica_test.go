@@ -69,6 +69,7 @@ type replicated struct {
 	mu               sync.Mutex
 	serving          *Server
 	cut              chan struct{} // closed: the replica refuses the server's session
+	dir              string
 }
 
 func startReplicated(t *testing.T, prepare func(pexport, rexport string)) *replicated {
@@ -95,7 +96,15 @@ func startReplicated(t *testing.T, prepare func(pexport, rexport string)) *repli
 	r.replica.setRole(roleReplica, 1, 0)
 	r.serving = r.primary
 	r.startReplicator(t)
-	r.cl, err = Mount(context.Background(), ClientConfig{Self: 3, Name: "gamma", Mount: filepath.Join(dir, "mnt"), Failure: func() time.Duration { return 3 * time.Second }, CacheTimeout: testCacheTimeout,
+	r.dir = dir
+	r.cl = r.mount(t, 3, "gamma")
+	return r
+}
+
+// mount is a client node that follows whichever node serves.
+func (r *replicated) mount(t *testing.T, self uint32, name string) *Client {
+	t.Helper()
+	cl, err := Mount(context.Background(), ClientConfig{Self: self, Name: name, Mount: filepath.Join(r.dir, name), Failure: func() time.Duration { return 3 * time.Second }, CacheTimeout: testCacheTimeout,
 		Target: func() (uint32, *Server) {
 			r.mu.Lock()
 			defer r.mu.Unlock()
@@ -107,8 +116,8 @@ func startReplicated(t *testing.T, prepare func(pexport, rexport string)) *repli
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(r.cl.Close)
-	return r
+	t.Cleanup(cl.Close)
+	return cl
 }
 
 func (r *replicated) startReplicator(t *testing.T) {
@@ -317,16 +326,7 @@ func TestReplicaTakesEveryChangeAndTakesOver(t *testing.T) {
 
 	// The server is lost: the replica takes over (as the leader would
 	// record), the mount follows it.
-	r.stop()
-	r.primary.setRole(roleIdle, 0, 0)
-	if err := r.rec.apply(context.Background(), state.SetCFS{CFS: state.CFS{Server: 2, Replica: 1, Failovers: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	r.replica.setRole(roleServe, 0, 1)
-	r.mu.Lock()
-	r.serving = r.replica
-	r.mu.Unlock()
-	r.cl.Drop()
+	r.takeOver(t)
 
 	if _, err := open.WriteAt([]byte("after it"), 20); err != nil {
 		t.Fatalf("writing a file opened before the failover: %v", err)
@@ -432,5 +432,87 @@ func TestReplicaAdmitsOnlyItsServer(t *testing.T) {
 	case <-x.done:
 	case <-time.After(time.Second):
 		t.Error("the replication session outlived the replica's role")
+	}
+}
+
+// takeOver loses the server: the replica serves (as the leader would
+// record it), and the mounts follow it.
+func (r *replicated) takeOver(t *testing.T, mounts ...*Client) {
+	t.Helper()
+	r.stop()
+	r.primary.setRole(roleIdle, 0, 0)
+	if err := r.rec.apply(context.Background(), state.SetCFS{CFS: state.CFS{Server: 2, Replica: 1, Failovers: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	r.replica.setRole(roleServe, 0, 1)
+	r.mu.Lock()
+	r.serving = r.replica
+	r.mu.Unlock()
+	for _, cl := range append([]*Client{r.cl}, mounts...) {
+		cl.Drop()
+	}
+}
+
+// The locks a node held are its again on the server that took over: the
+// mount takes them again, and the new server holds other nodes' requests
+// back until it has.
+func TestLocksAreTakenAgainAfterATakeover(t *testing.T) {
+	r := startReplicated(t, nil)
+	r.waitSynced(t)
+	b := r.mount(t, 4, "delta")
+	if err := os.WriteFile(r.at("lk"), []byte("0123456789"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fa, err := os.OpenFile(r.at("lk"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fa.Close()
+	fb, err := os.OpenFile(filepath.Join(b.c.Mount, "lk"), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fb.Close()
+	wr := unix.Flock_t{Type: unix.F_WRLCK, Start: 2, Len: 3}
+	if err := unix.FcntlFlock(fa.Fd(), unix.F_SETLK, &wr); err != nil {
+		t.Fatal(err)
+	}
+	flk, err := os.Open(r.at("lk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer flk.Close()
+	if err := unix.Flock(int(flk.Fd()), unix.LOCK_SH|unix.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	// A range locked and unlocked again is not taken again.
+	tmp := unix.Flock_t{Type: unix.F_WRLCK, Start: 8, Len: 1}
+	if err := unix.FcntlFlock(fa.Fd(), unix.F_SETLK, &tmp); err != nil {
+		t.Fatal(err)
+	}
+	tmp.Type = unix.F_UNLCK
+	if err := unix.FcntlFlock(fa.Fd(), unix.F_SETLK, &tmp); err != nil {
+		t.Fatal(err)
+	}
+
+	r.replica.graceFor = 3 * time.Second
+	r.takeOver(t, b)
+	if err := unix.FcntlFlock(fb.Fd(), unix.F_SETLK, &wr); err != unix.EAGAIN && err != unix.EACCES {
+		t.Fatalf("after the takeover another node took the lock a node held: %v", err)
+	}
+	if err := unix.Flock(int(fb.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != unix.EWOULDBLOCK {
+		t.Fatalf("after the takeover another node took an exclusive flock beside a shared one: %v", err)
+	}
+	free := unix.Flock_t{Type: unix.F_WRLCK, Start: 8, Len: 1}
+	if err := unix.FcntlFlock(fb.Fd(), unix.F_SETLK, &free); err != nil {
+		t.Fatalf("a range unlocked before the takeover is not free after it: %v", err)
+	}
+	wr.Type = unix.F_UNLCK
+	if err := unix.FcntlFlock(fa.Fd(), unix.F_SETLK, &wr); err != nil {
+		t.Fatal(err)
+	}
+	wr.Type = unix.F_WRLCK
+	if err := unix.FcntlFlock(fb.Fd(), unix.F_SETLK, &wr); err != nil {
+		t.Fatalf("the lock once released: %v", err)
 	}
 }

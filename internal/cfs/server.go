@@ -66,6 +66,10 @@ type Server struct {
 	// of files made here after a takeover carry ownGen.
 	alias  map[uint64]uint64
 	ownGen atomic.Uint64
+	// graceUntil: until then (Unix nanoseconds) lock requests that are not
+	// reclaims wait (reclaim.go).
+	graceUntil atomic.Int64
+	graceFor   time.Duration // the grace period of a takeover (0: none)
 }
 
 // ServerConfig configures a Server.

@@ -113,7 +113,7 @@ func init() {
 	cmd := &Command{
 		Name:    "cfs",
 		Summary: "the cluster filesystem: who serves it, its replica",
-		Usage:   "ssi cfs [status] [--json] | ssi cfs replica [--socket PATH] N|none",
+		Usage:   "ssi cfs [status] [--json] | ssi cfs replica [--socket PATH] N|none | ssi cfs jobroot [--socket PATH] on|off",
 		Help: `'ssi cfs' (or 'ssi cfs status') says which node serves the cluster
 filesystem, which node replicates it and whether the replica is in sync
 (only then can it take over), how many failovers happened, and what this
@@ -123,7 +123,12 @@ export to node N's own --cfs-export, then copies every change there before
 acknowledging it. When the serving node goes DOWN, an in-sync replica
 takes over and every mount follows it; the old server, when it comes
 back, becomes the replica and is brought up to date. 'ssi cfs replica
-none' stops replicating. Root only. Details: docs/CFS.md.
+none' stops replicating. Root only.
+'ssi cfs jobroot on' gives jobs started through ssi (onnode, run,
+migration targets) the cluster filesystem as their /, on every node, with
+the node's /proc, /dev, /sys and /run bound in; 'off' gives them the
+node's own / again (a node started with --cfs-job-root keeps it on). Root
+only. Details: docs/CFS.md.
 
 Example:
   ssi cfs replica 2; ssi cfs`,
@@ -133,7 +138,7 @@ Example:
 		socket := socketFlag(fs)
 		asJSON := fs.Bool("json", false, "print JSON")
 		sub := "status"
-		if len(args) > 0 && (args[0] == "status" || args[0] == "replica") {
+		if len(args) > 0 && (args[0] == "status" || args[0] == "replica" || args[0] == "jobroot") {
 			sub, args = args[0], args[1:]
 		}
 		if err := Parse(env, cmd, fs, args); err != nil {
@@ -143,7 +148,7 @@ Example:
 		switch sub {
 		case "status":
 			if fs.NArg() != 0 {
-				return Usagef("unknown subcommand %q: want status or replica", fs.Arg(0))
+				return Usagef("unknown subcommand %q: want status, replica or jobroot", fs.Arg(0))
 			}
 			resp, err := control(*socket).CfsStatus(env.Ctx, connect.NewRequest(&ssiv1.CfsStatusRequest{}))
 			if err != nil {
@@ -167,9 +172,18 @@ Example:
 				return err
 			}
 			st = resp.Msg
+		case "jobroot":
+			if fs.NArg() != 1 || (fs.Arg(0) != "on" && fs.Arg(0) != "off") {
+				return Usagef("want on or off")
+			}
+			resp, err := control(*socket).SetCfsJobRoot(env.Ctx, connect.NewRequest(&ssiv1.SetCfsJobRootRequest{On: fs.Arg(0) == "on"}))
+			if err != nil {
+				return err
+			}
+			st = resp.Msg
 		}
 		if *asJSON {
-			return writeJSON(env.Stdout, cfsJSON{Server: st.Server, Replica: st.Replica, Synced: st.Synced, Failovers: st.Failovers, Recorded: st.Recorded, Mount: st.Mount, Role: st.Role})
+			return writeJSON(env.Stdout, cfsJSON{Server: st.Server, Replica: st.Replica, Synced: st.Synced, Failovers: st.Failovers, Recorded: st.Recorded, Mount: st.Mount, Role: st.Role, JobRoot: st.JobRoot, NodeJobRoot: st.NodeJobRoot})
 		}
 		fmt.Fprintf(env.Stdout, "server:    node %d\n", st.Server)
 		switch {
@@ -186,6 +200,14 @@ Example:
 			mount = "not mounted"
 		}
 		fmt.Fprintf(env.Stdout, "this node: %s (mount: %s)\n", st.Role, mount)
+		switch {
+		case st.JobRoot:
+			fmt.Fprintf(env.Stdout, "jobs' /:   the cluster root, on every node (ssi cfs jobroot on)\n")
+		case st.NodeJobRoot:
+			fmt.Fprintf(env.Stdout, "jobs' /:   the node's own; on this node the cluster root (--cfs-job-root)\n")
+		default:
+			fmt.Fprintf(env.Stdout, "jobs' /:   the node's own (ssi cfs jobroot on: the cluster root)\n")
+		}
 		return nil
 	}
 	Register(cmd)
@@ -200,4 +222,8 @@ type cfsJSON struct {
 	Recorded  bool   `json:"recorded"`
 	Mount     string `json:"mount"`
 	Role      string `json:"role"`
+	// JobRoot is the cluster setting; NodeJobRoot whether this node's jobs
+	// get the cluster root (the setting, or the node's --cfs-job-root).
+	JobRoot     bool `json:"job_root"`
+	NodeJobRoot bool `json:"node_job_root"`
 }

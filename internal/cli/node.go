@@ -135,7 +135,7 @@ Example:
 		cfsMount := fs.String("cfs-mount", cfs.DefaultMount, "where this node mounts the cluster filesystem ('' for none)")
 		cfsExport := fs.String("cfs-export", cfs.DefaultExport, "the directory the serving node exports as the cluster filesystem")
 		cfsServer := fs.Uint("cfs-server", cfs.DefaultServer, "the node that serves the cluster filesystem")
-		cfsJobRoot := fs.Bool("cfs-job-root", false, "run this node's jobs with the cluster filesystem as their / (will become a cluster setting)")
+		cfsJobRoot := fs.Bool("cfs-job-root", false, "run this node's jobs with the cluster filesystem as their /, whatever the cluster setting (ssi cfs jobroot)")
 		metricsAddr := fs.String("metrics-listen", metrics.Auto, "serve Prometheus /metrics here (host:port; 'auto': this node's loopback address, else 127.0.0.1, port 7471; '' for none)")
 		webAddr := fs.String("web-listen", web.Auto, "serve the web dashboard here (host:port; 'auto': this node's loopback address, else 127.0.0.1, port 7480; '' for none); docs/OBSERVABILITY.md")
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")

@@ -13,6 +13,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/cfs"
 	"github.com/ssi-cluster/ssi/internal/consensus"
+	"github.com/ssi-cluster/ssi/internal/cvip"
 	"github.com/ssi-cluster/ssi/internal/dhcpd"
 	"github.com/ssi-cluster/ssi/internal/membership"
 	"github.com/ssi-cluster/ssi/internal/metrics"
@@ -60,6 +61,7 @@ type parts struct {
 	dhcp   *dhcpd.Service
 	mig    *migrate.Migrator
 	cfs    *cfs.FS
+	cvip   *cvip.Service
 	load   placement.Source
 	reg    *metrics.Registry // every subsystem's collectors (served by the daemon on --metrics-listen)
 
@@ -121,13 +123,14 @@ func wire(w wiring) *parts {
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
 	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, Log: w.log})
+	p.cvip = cvip.New(cvip.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Net: w.net, Loads: p.place, Leaving: p.mem.Leaving, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
 	// Metrics: each subsystem defines and registers its own.
 	p.reg = metrics.New()
 	peerRPC, ctlRPC := metrics.NewRPC("peer"), metrics.NewRPC("control")
 	p.reg.Register(peerRPC, ctlRPC, p.leader.Collector(), p.mem.Collector(), placement.LoadCollector(w.load),
-		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector())
+		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector(), p.cvip.Collector())
 	peerOpts := connect.WithInterceptors(peerRPC)
 
 	// Every endpoint bounds the messages it reads (connect refuses a larger
@@ -139,6 +142,7 @@ func wire(w wiring) *parts {
 	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
 	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewCvipPeerHandler(p.cvip.Peer(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(cfsMessage)))
 	p.peerHandler = mux
 
@@ -155,6 +159,7 @@ func wire(w wiring) *parts {
 	ctl := http.NewServeMux()
 	ctl.Handle(ssiv1connect.NewControlHandler(ctlImpl, noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(commandMessage)))
 	ctl.Handle(ssiv1connect.NewObserveHandler(p.web.Service(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
+	ctl.Handle(ssiv1connect.NewCvipHandler(p.cvip.Control(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
 	p.controlHandler = ctl
 	return p
 }
@@ -170,6 +175,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.dhcp.Run,
 		p.cfs.Run,
 		p.web.Run,
+		p.cvip.Run,
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()

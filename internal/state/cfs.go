@@ -88,3 +88,14 @@ func (c *Cluster) CFSRecord(def uint32) CFS {
 	}
 	return CFS{Server: def}
 }
+
+// CmdSetJobRoot turns the cluster root as jobs' / on or off for every node
+// (ssi cfs jobroot on|off; docs/CFS.md "Jobs with the cluster root as /").
+const CmdSetJobRoot CommandType = 31
+
+// SetJobRoot is the cluster setting: jobs started through ssi get the
+// cluster filesystem as their /. A node started with --cfs-job-root does
+// so whatever the setting.
+type SetJobRoot struct {
+	On bool `json:"on"`
+}

@@ -51,3 +51,22 @@ func TestSetCFS(t *testing.T) {
 		t.Error("Clone shares the record")
 	}
 }
+
+// The job-root setting goes through the log.
+func TestSetJobRoot(t *testing.T) {
+	a := newApplier(t)
+	if a.f.Cluster().JobRoot {
+		t.Fatal("jobs get the cluster root by default")
+	}
+	a.must(CmdSetJobRoot, SetJobRoot{On: true})
+	if !a.f.Cluster().JobRoot {
+		t.Fatal("SetJobRoot on did not take")
+	}
+	if c := a.f.Cluster().Clone(); !c.JobRoot {
+		t.Error("Clone lost the setting")
+	}
+	a.must(CmdSetJobRoot, SetJobRoot{On: false})
+	if a.f.Cluster().JobRoot {
+		t.Fatal("SetJobRoot off did not take")
+	}
+}

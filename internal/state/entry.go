@@ -142,12 +142,19 @@ var commands = map[CommandType]commandInfo{
 	CmdSetBlocked:      {"SetBlocked", v0_2_0},
 	CmdMoved:           {"Moved", v0_2_0},
 	CmdSetCFS:          {"SetCFS", v0_3_0},
+	CmdSetJobRoot:      {"SetJobRoot", v0_3_0},
+	CmdAddVIP:          {"AddVIP", v0_3_0},
+	CmdRemoveVIP:       {"RemoveVIP", v0_3_0},
+	CmdSetDirector:     {"SetDirector", v0_3_0},
+	CmdSetVIP:          {"SetVIP", v0_3_0},
 }
 
 // v0_2_0 added load leveling (CmdSetLoadLevel) blocked nodes (CmdSetBlocked) and moves in the history (CmdMoved).
 var v0_2_0 = version.MustParse("0.2.0")
 
-// v0_3_0 added the cluster filesystem's replica and failover (CmdSetCFS).
+// v0_3_0 added the cluster filesystem's replica and failover (CmdSetCFS),
+// the cluster setting of jobs' root (CmdSetJobRoot) and the cluster
+// virtual IP (CmdAddVIP, CmdRemoveVIP, CmdSetDirector, CmdSetVIP).
 var v0_3_0 = version.MustParse("0.3.0")
 
 // Introduced returns the release that introduced command type t, and false

@@ -264,6 +264,9 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 		if n.State != NeverUp && n.State != Down {
 			return nil, Errorf(CodeConflict, "node %d is %s; shut it down first (clusternode_shutdown %d)", cmd.Num, n.State, cmd.Num)
 		}
+		if vip := vipUsing(c, cmd.Num); vip != "" {
+			return nil, Errorf(CodeConflict, "node %d is a backend or director of the cluster virtual IP %s; remove the VIP first (ssi cvip rm %s)", cmd.Num, vip, vip)
+		}
 		if n.InitNode && len(c.Nodes) > 1 {
 			return nil, Errorf(CodeConflict, "node %d created the cluster and is its init node; it cannot be removed while other nodes exist", cmd.Num)
 		}
@@ -342,6 +345,37 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applySetCFS(c, cmd)
+	case CmdSetJobRoot:
+		var cmd SetJobRoot
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		c.JobRoot = cmd.On
+		return nil, nil
+	case CmdAddVIP:
+		var cmd AddVIP
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return applyAddVIP(c, cmd)
+	case CmdRemoveVIP:
+		var cmd RemoveVIP
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applyRemoveVIP(c, cmd)
+	case CmdSetVIP:
+		var cmd SetVIP
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return applySetVIP(c, cmd)
+	case CmdSetDirector:
+		var cmd SetDirector
+		if err := decode(&cmd); err != nil {
+			return nil, err
+		}
+		return nil, applySetDirector(c, cmd)
 	default:
 		return nil, fmt.Errorf("command type %d is in the version table but this version cannot apply it (a bug: add it to state.apply)", byte(t))
 	}
@@ -423,6 +457,9 @@ func applyAddNodes(c *Cluster, cmd AddNodes) ([]*Node, error) {
 		}
 		if other, dup := byIP[ip.String()]; dup {
 			return nil, Errorf(CodeExists, "IP address %s is already registered as node %d%s", ip, other, where)
+		}
+		if vip := vipAt(c, ip.String()); vip != "" {
+			return nil, Errorf(CodeExists, "IP address %s is the cluster virtual IP %s%s", ip, vip, where)
 		}
 		if other, dup := byName[strings.ToLower(name)]; dup {
 			return nil, Errorf(CodeExists, "node name %q is already used by node %d%s", name, other, where)

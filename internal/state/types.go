@@ -142,6 +142,10 @@ type Cluster struct {
 	// CFS: who serves and who replicates the cluster filesystem (cfs.go);
 	// nil until the first 'ssi cfs replica'.
 	CFS *CFS `json:"cfs,omitempty"`
+	// JobRoot: jobs get the cluster filesystem as their / (cfs.go).
+	JobRoot bool `json:"job_root,omitempty"`
+	// VIPs: the cluster virtual IPs by key (cvip.go).
+	VIPs map[string]*VIP `json:"vips,omitempty"`
 
 	// Requests: the outcomes of the last commands that carried a request
 	// ID, oldest first (requests.go), so that a retried command returns the
@@ -193,6 +197,7 @@ func (c *Cluster) Clone() *Cluster {
 		cp := *c.CFS
 		out.CFS = &cp
 	}
+	out.VIPs = cloneVIPs(c.VIPs)
 	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out
 }

@@ -104,9 +104,16 @@ func randomBase() string {
 // cluster when the test ends.
 func StartCluster(t *testing.T, n int, extra ...string) *Cluster {
 	t.Helper()
+	return StartClusterEnv(t, n, nil, extra...)
+}
+
+// StartClusterEnv is StartCluster with env added to the environment of
+// ssi up, which its daemons inherit.
+func StartClusterEnv(t *testing.T, n int, env []string, extra ...string) *Cluster {
+	t.Helper()
 	c := &Cluster{t: t, Dir: t.TempDir(), BaseIP: randomBase(), N: n}
 	args := append([]string{"up", "--nodes", strconv.Itoa(n), "--dir", c.Dir, "--base-ip", c.BaseIP}, extra...)
-	r := run(t, nil, "", "ssi", args...)
+	r := run(t, env, "", "ssi", args...)
 	t.Cleanup(func() {
 		run(t, nil, "", "ssi", "down", "--dir", c.Dir)
 		if t.Failed() {

@@ -56,9 +56,10 @@ func populateRoot(t *testing.T, root string) {
 	}
 }
 
-// Jobs whose / is the cluster root (ssi up --job-root): on an isolated
-// cluster each sees its node's name in the CDSL /etc/hostname, the node's
-// /proc, and what a job on another node wrote.
+// Jobs whose / is the cluster root (the cluster setting, ssi cfs jobroot
+// on): on an isolated cluster each sees its node's name in the CDSL
+// /etc/hostname, the node's /proc, and what a job on another node wrote;
+// with the setting off, jobs have their node's own / again.
 func TestJobRoot(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the cluster filesystem mounts FUSE: needs root (CI runs as root)")
@@ -70,7 +71,7 @@ func TestJobRoot(t *testing.T) {
 	// The cluster as StartCluster makes it, with the root populated first.
 	c := &Cluster{t: t, Dir: t.TempDir(), BaseIP: randomBase(), N: n}
 	populateRoot(t, devcluster.ExportDir(c.Dir))
-	r := run(t, nil, "", "ssi", "up", "--nodes", strconv.Itoa(n), "--dir", c.Dir, "--base-ip", c.BaseIP, "--isolate", "--job-root")
+	r := run(t, nil, "", "ssi", "up", "--nodes", strconv.Itoa(n), "--dir", c.Dir, "--base-ip", c.BaseIP, "--isolate")
 	t.Cleanup(func() {
 		run(t, nil, "", "ssi", "down", "--dir", c.Dir)
 		if t.Failed() {
@@ -91,6 +92,12 @@ func TestJobRoot(t *testing.T) {
 			t.Fatalf("node %d: %s: %v", k, script, r)
 		}
 		return r.Stdout
+	}
+	if r := c.CLI(2, "ssi", "cfs", "jobroot", "maybe"); r.Code != 2 {
+		t.Fatalf("ssi cfs jobroot maybe: %v", r)
+	}
+	if r := c.CLI(1, "ssi", "cfs", "jobroot", "on"); r.Code != 0 {
+		t.Fatalf("ssi cfs jobroot on: %v", r)
 	}
 	// A job's / is the cluster root with the node's /proc in it, once the
 	// node has mounted it and bound its trees in.
@@ -142,5 +149,21 @@ func TestJobRoot(t *testing.T) {
 		if err != nil || len(ents) != 0 {
 			t.Errorf("the export's /%s: %d entries, %v; want an empty directory", d, len(ents), err)
 		}
+	}
+
+	// Off: jobs get their node's own / again, on every node.
+	if r := c.CLI(3, "ssi", "cfs", "jobroot", "off"); r.Code != 0 {
+		t.Fatalf("ssi cfs jobroot off: %v", r)
+	}
+	for k := 1; k <= n; k++ {
+		Eventually(t, 20*time.Second, func() string {
+			if r := sh(k, "test -d /usr && test ! -e /data"); r.Code != 0 {
+				return fmt.Sprintf("node %d: a job's / is still the cluster root: %v", k, r)
+			}
+			return ""
+		})
+	}
+	if r := c.CLI(2, "ssi", "cfs", "--json"); !strings.Contains(strings.Join(strings.Fields(r.Stdout), ""), `"job_root":false,"node_job_root":false`) {
+		t.Errorf("ssi cfs --json after jobroot off: %v", r)
 	}
 }

@@ -2910,9 +2910,11 @@ type CfsState struct {
 	Replica       uint32                 `protobuf:"varint,2,opt,name=replica,proto3" json:"replica,omitempty"` // 0: none
 	Synced        bool                   `protobuf:"varint,3,opt,name=synced,proto3" json:"synced,omitempty"`   // the replica holds every acknowledged change: it may take over
 	Failovers     uint64                 `protobuf:"varint,4,opt,name=failovers,proto3" json:"failovers,omitempty"`
-	Recorded      bool                   `protobuf:"varint,5,opt,name=recorded,proto3" json:"recorded,omitempty"` // false: no record yet, every node follows its --cfs-server
-	Mount         string                 `protobuf:"bytes,6,opt,name=mount,proto3" json:"mount,omitempty"`        // this node's mount ("" : none)
-	Role          string                 `protobuf:"bytes,7,opt,name=role,proto3" json:"role,omitempty"`          // this node: serving, replica or client
+	Recorded      bool                   `protobuf:"varint,5,opt,name=recorded,proto3" json:"recorded,omitempty"`                            // false: no record yet, every node follows its --cfs-server
+	Mount         string                 `protobuf:"bytes,6,opt,name=mount,proto3" json:"mount,omitempty"`                                   // this node's mount ("" : none)
+	Role          string                 `protobuf:"bytes,7,opt,name=role,proto3" json:"role,omitempty"`                                     // this node: serving, replica or client
+	JobRoot       bool                   `protobuf:"varint,8,opt,name=job_root,json=jobRoot,proto3" json:"job_root,omitempty"`               // the cluster setting: jobs get the cluster root as their /
+	NodeJobRoot   bool                   `protobuf:"varint,9,opt,name=node_job_root,json=nodeJobRoot,proto3" json:"node_job_root,omitempty"` // this node gives its jobs the cluster root (the setting, or its --cfs-job-root)
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2996,6 +2998,64 @@ func (x *CfsState) GetRole() string {
 	return ""
 }
 
+func (x *CfsState) GetJobRoot() bool {
+	if x != nil {
+		return x.JobRoot
+	}
+	return false
+}
+
+func (x *CfsState) GetNodeJobRoot() bool {
+	if x != nil {
+		return x.NodeJobRoot
+	}
+	return false
+}
+
+type SetCfsJobRootRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	On            bool                   `protobuf:"varint,1,opt,name=on,proto3" json:"on,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetCfsJobRootRequest) Reset() {
+	*x = SetCfsJobRootRequest{}
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCfsJobRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCfsJobRootRequest) ProtoMessage() {}
+
+func (x *SetCfsJobRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCfsJobRootRequest.ProtoReflect.Descriptor instead.
+func (*SetCfsJobRootRequest) Descriptor() ([]byte, []int) {
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *SetCfsJobRootRequest) GetOn() bool {
+	if x != nil {
+		return x.On
+	}
+	return false
+}
+
 type SetCfsReplicaRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Replica       uint32                 `protobuf:"varint,1,opt,name=replica,proto3" json:"replica,omitempty"` // 0: none
@@ -3005,7 +3065,7 @@ type SetCfsReplicaRequest struct {
 
 func (x *SetCfsReplicaRequest) Reset() {
 	*x = SetCfsReplicaRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3017,7 +3077,7 @@ func (x *SetCfsReplicaRequest) String() string {
 func (*SetCfsReplicaRequest) ProtoMessage() {}
 
 func (x *SetCfsReplicaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[37]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3030,7 +3090,7 @@ func (x *SetCfsReplicaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetCfsReplicaRequest.ProtoReflect.Descriptor instead.
 func (*SetCfsReplicaRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{37}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SetCfsReplicaRequest) GetReplica() uint32 {
@@ -3050,7 +3110,7 @@ type BlockNodeRequest struct {
 
 func (x *BlockNodeRequest) Reset() {
 	*x = BlockNodeRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3062,7 +3122,7 @@ func (x *BlockNodeRequest) String() string {
 func (*BlockNodeRequest) ProtoMessage() {}
 
 func (x *BlockNodeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[38]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3075,7 +3135,7 @@ func (x *BlockNodeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockNodeRequest.ProtoReflect.Descriptor instead.
 func (*BlockNodeRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{38}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *BlockNodeRequest) GetNode() uint32 {
@@ -3101,7 +3161,7 @@ type BlockNodeResponse struct {
 
 func (x *BlockNodeResponse) Reset() {
 	*x = BlockNodeResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3113,7 +3173,7 @@ func (x *BlockNodeResponse) String() string {
 func (*BlockNodeResponse) ProtoMessage() {}
 
 func (x *BlockNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[39]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3126,7 +3186,7 @@ func (x *BlockNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockNodeResponse.ProtoReflect.Descriptor instead.
 func (*BlockNodeResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{39}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *BlockNodeResponse) GetBlocked() []uint32 {
@@ -3147,7 +3207,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3159,7 +3219,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[40]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3172,7 +3232,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{40}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *JoinRequest) GetTokenSecret() string {
@@ -3213,7 +3273,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3225,7 +3285,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[41]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3238,7 +3298,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{41}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *JoinResponse) GetNum() uint32 {
@@ -3320,7 +3380,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3332,7 +3392,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[42]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3345,7 +3405,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{42}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *HeartbeatRequest) GetNum() uint32 {
@@ -3413,7 +3473,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3425,7 +3485,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[43]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3438,7 +3498,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{43}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *HeartbeatResponse) GetLeaderNum() uint32 {
@@ -3457,7 +3517,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3469,7 +3529,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[44]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3482,7 +3542,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{44}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -3502,7 +3562,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3514,7 +3574,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[45]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3527,7 +3587,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{45}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ApplyResponse) GetResult() []byte {
@@ -3553,7 +3613,7 @@ type PeerShutdownRequest struct {
 
 func (x *PeerShutdownRequest) Reset() {
 	*x = PeerShutdownRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3565,7 +3625,7 @@ func (x *PeerShutdownRequest) String() string {
 func (*PeerShutdownRequest) ProtoMessage() {}
 
 func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[46]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3578,7 +3638,7 @@ func (x *PeerShutdownRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownRequest.ProtoReflect.Descriptor instead.
 func (*PeerShutdownRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{46}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *PeerShutdownRequest) GetReason() string {
@@ -3596,7 +3656,7 @@ type PeerShutdownResponse struct {
 
 func (x *PeerShutdownResponse) Reset() {
 	*x = PeerShutdownResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3608,7 +3668,7 @@ func (x *PeerShutdownResponse) String() string {
 func (*PeerShutdownResponse) ProtoMessage() {}
 
 func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[47]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3621,7 +3681,7 @@ func (x *PeerShutdownResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerShutdownResponse.ProtoReflect.Descriptor instead.
 func (*PeerShutdownResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{47}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
 }
 
 type LoadLevelRequest struct {
@@ -3636,7 +3696,7 @@ type LoadLevelRequest struct {
 
 func (x *LoadLevelRequest) Reset() {
 	*x = LoadLevelRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3648,7 +3708,7 @@ func (x *LoadLevelRequest) String() string {
 func (*LoadLevelRequest) ProtoMessage() {}
 
 func (x *LoadLevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[48]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3661,7 +3721,7 @@ func (x *LoadLevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadLevelRequest.ProtoReflect.Descriptor instead.
 func (*LoadLevelRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{48}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *LoadLevelRequest) GetSet() bool {
@@ -3702,7 +3762,7 @@ type LoadLevelResponse struct {
 
 func (x *LoadLevelResponse) Reset() {
 	*x = LoadLevelResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3714,7 +3774,7 @@ func (x *LoadLevelResponse) String() string {
 func (*LoadLevelResponse) ProtoMessage() {}
 
 func (x *LoadLevelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[49]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3727,7 +3787,7 @@ func (x *LoadLevelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoadLevelResponse.ProtoReflect.Descriptor instead.
 func (*LoadLevelResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{49}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *LoadLevelResponse) GetAll() bool {
@@ -3754,7 +3814,7 @@ type LevelRequest struct {
 
 func (x *LevelRequest) Reset() {
 	*x = LevelRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3766,7 +3826,7 @@ func (x *LevelRequest) String() string {
 func (*LevelRequest) ProtoMessage() {}
 
 func (x *LevelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[50]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3779,7 +3839,7 @@ func (x *LevelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelRequest.ProtoReflect.Descriptor instead.
 func (*LevelRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{50}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *LevelRequest) GetTo() uint32 {
@@ -3806,7 +3866,7 @@ type LevelResponse struct {
 
 func (x *LevelResponse) Reset() {
 	*x = LevelResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3818,7 +3878,7 @@ func (x *LevelResponse) String() string {
 func (*LevelResponse) ProtoMessage() {}
 
 func (x *LevelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[51]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3831,7 +3891,7 @@ func (x *LevelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LevelResponse.ProtoReflect.Descriptor instead.
 func (*LevelResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{51}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *LevelResponse) GetCpid() int64 {
@@ -3859,7 +3919,7 @@ type ExpelRequest struct {
 
 func (x *ExpelRequest) Reset() {
 	*x = ExpelRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3871,7 +3931,7 @@ func (x *ExpelRequest) String() string {
 func (*ExpelRequest) ProtoMessage() {}
 
 func (x *ExpelRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[52]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3884,7 +3944,7 @@ func (x *ExpelRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelRequest.ProtoReflect.Descriptor instead.
 func (*ExpelRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{52}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ExpelRequest) GetNode() uint32 {
@@ -3919,7 +3979,7 @@ type ExpelResult struct {
 
 func (x *ExpelResult) Reset() {
 	*x = ExpelResult{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3931,7 +3991,7 @@ func (x *ExpelResult) String() string {
 func (*ExpelResult) ProtoMessage() {}
 
 func (x *ExpelResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[53]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3944,7 +4004,7 @@ func (x *ExpelResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelResult.ProtoReflect.Descriptor instead.
 func (*ExpelResult) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{53}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ExpelResult) GetCpid() int64 {
@@ -3978,7 +4038,7 @@ type ExpelResponse struct {
 
 func (x *ExpelResponse) Reset() {
 	*x = ExpelResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3990,7 +4050,7 @@ func (x *ExpelResponse) String() string {
 func (*ExpelResponse) ProtoMessage() {}
 
 func (x *ExpelResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[54]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4003,7 +4063,7 @@ func (x *ExpelResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExpelResponse.ProtoReflect.Descriptor instead.
 func (*ExpelResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{54}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ExpelResponse) GetNode() uint32 {
@@ -4033,7 +4093,7 @@ type CheckpointRequest struct {
 
 func (x *CheckpointRequest) Reset() {
 	*x = CheckpointRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4105,7 @@ func (x *CheckpointRequest) String() string {
 func (*CheckpointRequest) ProtoMessage() {}
 
 func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[55]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4118,7 @@ func (x *CheckpointRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRequest.ProtoReflect.Descriptor instead.
 func (*CheckpointRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{55}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CheckpointRequest) GetCpid() int64 {
@@ -4108,7 +4168,7 @@ type CheckpointResponse struct {
 
 func (x *CheckpointResponse) Reset() {
 	*x = CheckpointResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4120,7 +4180,7 @@ func (x *CheckpointResponse) String() string {
 func (*CheckpointResponse) ProtoMessage() {}
 
 func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[56]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4133,7 +4193,7 @@ func (x *CheckpointResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointResponse.ProtoReflect.Descriptor instead.
 func (*CheckpointResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{56}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CheckpointResponse) GetNode() uint32 {
@@ -4176,7 +4236,7 @@ type RestartRequest struct {
 
 func (x *RestartRequest) Reset() {
 	*x = RestartRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4188,7 +4248,7 @@ func (x *RestartRequest) String() string {
 func (*RestartRequest) ProtoMessage() {}
 
 func (x *RestartRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[57]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4201,7 +4261,7 @@ func (x *RestartRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartRequest.ProtoReflect.Descriptor instead.
 func (*RestartRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{57}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *RestartRequest) GetDir() string {
@@ -4243,7 +4303,7 @@ type RestartResponse struct {
 
 func (x *RestartResponse) Reset() {
 	*x = RestartResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4255,7 +4315,7 @@ func (x *RestartResponse) String() string {
 func (*RestartResponse) ProtoMessage() {}
 
 func (x *RestartResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[58]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4268,7 +4328,7 @@ func (x *RestartResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RestartResponse.ProtoReflect.Descriptor instead.
 func (*RestartResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{58}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *RestartResponse) GetCpid() int64 {
@@ -4304,7 +4364,7 @@ type MigrateRequest struct {
 
 func (x *MigrateRequest) Reset() {
 	*x = MigrateRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4316,7 +4376,7 @@ func (x *MigrateRequest) String() string {
 func (*MigrateRequest) ProtoMessage() {}
 
 func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[59]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4329,7 +4389,7 @@ func (x *MigrateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateRequest.ProtoReflect.Descriptor instead.
 func (*MigrateRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{59}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *MigrateRequest) GetCpid() int64 {
@@ -4371,7 +4431,7 @@ type MigrateResponse struct {
 
 func (x *MigrateResponse) Reset() {
 	*x = MigrateResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4383,7 +4443,7 @@ func (x *MigrateResponse) String() string {
 func (*MigrateResponse) ProtoMessage() {}
 
 func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[60]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4396,7 +4456,7 @@ func (x *MigrateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateResponse.ProtoReflect.Descriptor instead.
 func (*MigrateResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{60}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *MigrateResponse) GetFrom() uint32 {
@@ -4435,7 +4495,7 @@ type MigratePhases struct {
 
 func (x *MigratePhases) Reset() {
 	*x = MigratePhases{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4447,7 +4507,7 @@ func (x *MigratePhases) String() string {
 func (*MigratePhases) ProtoMessage() {}
 
 func (x *MigratePhases) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[61]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4460,7 +4520,7 @@ func (x *MigratePhases) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigratePhases.ProtoReflect.Descriptor instead.
 func (*MigratePhases) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{61}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *MigratePhases) GetFreezeUs() int64 {
@@ -4519,7 +4579,7 @@ type MigrateProgress struct {
 
 func (x *MigrateProgress) Reset() {
 	*x = MigrateProgress{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4531,7 +4591,7 @@ func (x *MigrateProgress) String() string {
 func (*MigrateProgress) ProtoMessage() {}
 
 func (x *MigrateProgress) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[62]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4544,7 +4604,7 @@ func (x *MigrateProgress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateProgress.ProtoReflect.Descriptor instead.
 func (*MigrateProgress) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{62}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *MigrateProgress) GetPhase() string {
@@ -4606,7 +4666,7 @@ type MigrateHeader struct {
 
 func (x *MigrateHeader) Reset() {
 	*x = MigrateHeader{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4618,7 +4678,7 @@ func (x *MigrateHeader) String() string {
 func (*MigrateHeader) ProtoMessage() {}
 
 func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[63]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4631,7 +4691,7 @@ func (x *MigrateHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateHeader.ProtoReflect.Descriptor instead.
 func (*MigrateHeader) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{63}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *MigrateHeader) GetCpid() int64 {
@@ -4750,7 +4810,7 @@ type MigrateChunk struct {
 
 func (x *MigrateChunk) Reset() {
 	*x = MigrateChunk{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4762,7 +4822,7 @@ func (x *MigrateChunk) String() string {
 func (*MigrateChunk) ProtoMessage() {}
 
 func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[64]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4775,7 +4835,7 @@ func (x *MigrateChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateChunk.ProtoReflect.Descriptor instead.
 func (*MigrateChunk) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{64}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *MigrateChunk) GetHeader() *MigrateHeader {
@@ -4810,7 +4870,7 @@ type MigrateReceipt struct {
 
 func (x *MigrateReceipt) Reset() {
 	*x = MigrateReceipt{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4822,7 +4882,7 @@ func (x *MigrateReceipt) String() string {
 func (*MigrateReceipt) ProtoMessage() {}
 
 func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[65]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4835,7 +4895,7 @@ func (x *MigrateReceipt) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MigrateReceipt.ProtoReflect.Descriptor instead.
 func (*MigrateReceipt) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{65}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *MigrateReceipt) GetRestored() bool {
@@ -4876,7 +4936,7 @@ type DHCPSettings struct {
 
 func (x *DHCPSettings) Reset() {
 	*x = DHCPSettings{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4888,7 +4948,7 @@ func (x *DHCPSettings) String() string {
 func (*DHCPSettings) ProtoMessage() {}
 
 func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[66]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4901,7 +4961,7 @@ func (x *DHCPSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPSettings.ProtoReflect.Descriptor instead.
 func (*DHCPSettings) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{66}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *DHCPSettings) GetEnabled() bool {
@@ -4976,7 +5036,7 @@ type DHCPLease struct {
 
 func (x *DHCPLease) Reset() {
 	*x = DHCPLease{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4988,7 +5048,7 @@ func (x *DHCPLease) String() string {
 func (*DHCPLease) ProtoMessage() {}
 
 func (x *DHCPLease) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[67]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5001,7 +5061,7 @@ func (x *DHCPLease) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DHCPLease.ProtoReflect.Descriptor instead.
 func (*DHCPLease) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{67}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *DHCPLease) GetHwaddr() string {
@@ -5061,7 +5121,7 @@ type GetDHCPRequest struct {
 
 func (x *GetDHCPRequest) Reset() {
 	*x = GetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5073,7 +5133,7 @@ func (x *GetDHCPRequest) String() string {
 func (*GetDHCPRequest) ProtoMessage() {}
 
 func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[68]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5086,7 +5146,7 @@ func (x *GetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*GetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{68}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{69}
 }
 
 type GetDHCPResponse struct {
@@ -5102,7 +5162,7 @@ type GetDHCPResponse struct {
 
 func (x *GetDHCPResponse) Reset() {
 	*x = GetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5114,7 +5174,7 @@ func (x *GetDHCPResponse) String() string {
 func (*GetDHCPResponse) ProtoMessage() {}
 
 func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[69]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5127,7 +5187,7 @@ func (x *GetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*GetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{69}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *GetDHCPResponse) GetSettings() *DHCPSettings {
@@ -5177,7 +5237,7 @@ type SetDHCPRequest struct {
 
 func (x *SetDHCPRequest) Reset() {
 	*x = SetDHCPRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[70]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5189,7 +5249,7 @@ func (x *SetDHCPRequest) String() string {
 func (*SetDHCPRequest) ProtoMessage() {}
 
 func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[70]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5202,7 +5262,7 @@ func (x *SetDHCPRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPRequest.ProtoReflect.Descriptor instead.
 func (*SetDHCPRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{70}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *SetDHCPRequest) GetSettings() *DHCPSettings {
@@ -5228,7 +5288,7 @@ type SetDHCPResponse struct {
 
 func (x *SetDHCPResponse) Reset() {
 	*x = SetDHCPResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[71]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5240,7 +5300,7 @@ func (x *SetDHCPResponse) String() string {
 func (*SetDHCPResponse) ProtoMessage() {}
 
 func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[71]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5253,7 +5313,7 @@ func (x *SetDHCPResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetDHCPResponse.ProtoReflect.Descriptor instead.
 func (*SetDHCPResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{71}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SetDHCPResponse) GetSettings() *DHCPSettings {
@@ -5271,7 +5331,7 @@ type ProvisionInfoRequest struct {
 
 func (x *ProvisionInfoRequest) Reset() {
 	*x = ProvisionInfoRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[72]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5283,7 +5343,7 @@ func (x *ProvisionInfoRequest) String() string {
 func (*ProvisionInfoRequest) ProtoMessage() {}
 
 func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[72]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5296,7 +5356,7 @@ func (x *ProvisionInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoRequest.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{72}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{73}
 }
 
 // What provisioning tools need beyond the node table (Status).
@@ -5313,7 +5373,7 @@ type ProvisionInfoResponse struct {
 
 func (x *ProvisionInfoResponse) Reset() {
 	*x = ProvisionInfoResponse{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[73]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5325,7 +5385,7 @@ func (x *ProvisionInfoResponse) String() string {
 func (*ProvisionInfoResponse) ProtoMessage() {}
 
 func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[73]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5338,7 +5398,7 @@ func (x *ProvisionInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProvisionInfoResponse.ProtoReflect.Descriptor instead.
 func (*ProvisionInfoResponse) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{73}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *ProvisionInfoResponse) GetClusterName() string {
@@ -5406,7 +5466,7 @@ type FsRequest struct {
 
 func (x *FsRequest) Reset() {
 	*x = FsRequest{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[74]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5418,7 +5478,7 @@ func (x *FsRequest) String() string {
 func (*FsRequest) ProtoMessage() {}
 
 func (x *FsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[74]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5431,7 +5491,7 @@ func (x *FsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsRequest.ProtoReflect.Descriptor instead.
 func (*FsRequest) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{74}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *FsRequest) GetId() uint64 {
@@ -5603,7 +5663,7 @@ type FsSetAttr struct {
 
 func (x *FsSetAttr) Reset() {
 	*x = FsSetAttr{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[75]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5615,7 +5675,7 @@ func (x *FsSetAttr) String() string {
 func (*FsSetAttr) ProtoMessage() {}
 
 func (x *FsSetAttr) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[75]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5628,7 +5688,7 @@ func (x *FsSetAttr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsSetAttr.ProtoReflect.Descriptor instead.
 func (*FsSetAttr) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{75}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *FsSetAttr) GetValid() uint32 {
@@ -5700,7 +5760,7 @@ type FsAttr struct {
 
 func (x *FsAttr) Reset() {
 	*x = FsAttr{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[76]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5712,7 +5772,7 @@ func (x *FsAttr) String() string {
 func (*FsAttr) ProtoMessage() {}
 
 func (x *FsAttr) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[76]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5725,7 +5785,7 @@ func (x *FsAttr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsAttr.ProtoReflect.Descriptor instead.
 func (*FsAttr) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{76}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *FsAttr) GetIno() uint64 {
@@ -5823,7 +5883,7 @@ type FsDirEntry struct {
 
 func (x *FsDirEntry) Reset() {
 	*x = FsDirEntry{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[77]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5835,7 +5895,7 @@ func (x *FsDirEntry) String() string {
 func (*FsDirEntry) ProtoMessage() {}
 
 func (x *FsDirEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[77]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5848,7 +5908,7 @@ func (x *FsDirEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsDirEntry.ProtoReflect.Descriptor instead.
 func (*FsDirEntry) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{77}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *FsDirEntry) GetName() []byte {
@@ -5884,7 +5944,7 @@ type FsLock struct {
 
 func (x *FsLock) Reset() {
 	*x = FsLock{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[78]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5896,7 +5956,7 @@ func (x *FsLock) String() string {
 func (*FsLock) ProtoMessage() {}
 
 func (x *FsLock) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[78]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5909,7 +5969,7 @@ func (x *FsLock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsLock.ProtoReflect.Descriptor instead.
 func (*FsLock) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{78}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *FsLock) GetStart() uint64 {
@@ -5956,7 +6016,7 @@ type FsStatfs struct {
 
 func (x *FsStatfs) Reset() {
 	*x = FsStatfs{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[79]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5968,7 +6028,7 @@ func (x *FsStatfs) String() string {
 func (*FsStatfs) ProtoMessage() {}
 
 func (x *FsStatfs) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[79]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5981,7 +6041,7 @@ func (x *FsStatfs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsStatfs.ProtoReflect.Descriptor instead.
 func (*FsStatfs) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{79}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *FsStatfs) GetBlocks() uint64 {
@@ -6053,7 +6113,7 @@ type FsInval struct {
 
 func (x *FsInval) Reset() {
 	*x = FsInval{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[80]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6065,7 +6125,7 @@ func (x *FsInval) String() string {
 func (*FsInval) ProtoMessage() {}
 
 func (x *FsInval) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[80]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6078,7 +6138,7 @@ func (x *FsInval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsInval.ProtoReflect.Descriptor instead.
 func (*FsInval) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{80}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *FsInval) GetIno() uint64 {
@@ -6124,7 +6184,7 @@ type FsMessage struct {
 
 func (x *FsMessage) Reset() {
 	*x = FsMessage{}
-	mi := &file_ssi_v1_ssi_proto_msgTypes[81]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6136,7 +6196,7 @@ func (x *FsMessage) String() string {
 func (*FsMessage) ProtoMessage() {}
 
 func (x *FsMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_ssi_v1_ssi_proto_msgTypes[81]
+	mi := &file_ssi_v1_ssi_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6149,7 +6209,7 @@ func (x *FsMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsMessage.ProtoReflect.Descriptor instead.
 func (*FsMessage) Descriptor() ([]byte, []int) {
-	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{81}
+	return file_ssi_v1_ssi_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *FsMessage) GetId() uint64 {
@@ -6448,7 +6508,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\rLoadsResponse\x12&\n" +
 	"\x05loads\x18\x01 \x03(\v2\x10.ssi.v1.NodeLoadR\x05loads\x12\x18\n" +
 	"\afastest\x18\x02 \x01(\rR\afastest\"\x12\n" +
-	"\x10CfsStatusRequest\"\xb8\x01\n" +
+	"\x10CfsStatusRequest\"\xf7\x01\n" +
 	"\bCfsState\x12\x16\n" +
 	"\x06server\x18\x01 \x01(\rR\x06server\x12\x18\n" +
 	"\areplica\x18\x02 \x01(\rR\areplica\x12\x16\n" +
@@ -6456,7 +6516,11 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\tfailovers\x18\x04 \x01(\x04R\tfailovers\x12\x1a\n" +
 	"\brecorded\x18\x05 \x01(\bR\brecorded\x12\x14\n" +
 	"\x05mount\x18\x06 \x01(\tR\x05mount\x12\x12\n" +
-	"\x04role\x18\a \x01(\tR\x04role\"0\n" +
+	"\x04role\x18\a \x01(\tR\x04role\x12\x19\n" +
+	"\bjob_root\x18\b \x01(\bR\ajobRoot\x12\"\n" +
+	"\rnode_job_root\x18\t \x01(\bR\vnodeJobRoot\"&\n" +
+	"\x14SetCfsJobRootRequest\x12\x0e\n" +
+	"\x02on\x18\x01 \x01(\bR\x02on\"0\n" +
 	"\x14SetCfsReplicaRequest\x12\x18\n" +
 	"\areplica\x18\x01 \x01(\rR\areplica\"@\n" +
 	"\x10BlockNodeRequest\x12\x12\n" +
@@ -6780,8 +6844,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x0fFS_OP_SYNC_DATA\x10\"\x12\x12\n" +
 	"\x0eFS_OP_SYNC_END\x10#\x12\x14\n" +
 	"\x10FS_OP_SYNC_XATTR\x10$\x12\x17\n" +
-	"\x13FS_OP_CLOSE_SESSION\x10%2\xf7\n" +
-	"\n" +
+	"\x13FS_OP_CLOSE_SESSION\x10%2\xb8\v\n" +
 	"\aControl\x127\n" +
 	"\x06Status\x12\x15.ssi.v1.StatusRequest\x1a\x16.ssi.v1.StatusResponse\x121\n" +
 	"\x04Exec\x12\x11.ssi.v1.ExecInput\x1a\x12.ssi.v1.ExecOutput(\x010\x01\x124\n" +
@@ -6808,7 +6871,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\tLoadLevel\x12\x18.ssi.v1.LoadLevelRequest\x1a\x19.ssi.v1.LoadLevelResponse\x12@\n" +
 	"\tBlockNode\x12\x18.ssi.v1.BlockNodeRequest\x1a\x19.ssi.v1.BlockNodeResponse\x127\n" +
 	"\tCfsStatus\x12\x18.ssi.v1.CfsStatusRequest\x1a\x10.ssi.v1.CfsState\x12?\n" +
-	"\rSetCfsReplica\x12\x1c.ssi.v1.SetCfsReplicaRequest\x1a\x10.ssi.v1.CfsState2\xc8\x01\n" +
+	"\rSetCfsReplica\x12\x1c.ssi.v1.SetCfsReplicaRequest\x1a\x10.ssi.v1.CfsState\x12?\n" +
+	"\rSetCfsJobRoot\x12\x1c.ssi.v1.SetCfsJobRootRequest\x1a\x10.ssi.v1.CfsState2\xc8\x01\n" +
 	"\n" +
 	"Membership\x121\n" +
 	"\x04Join\x12\x13.ssi.v1.JoinRequest\x1a\x14.ssi.v1.JoinResponse\x12@\n" +
@@ -6849,7 +6913,7 @@ func file_ssi_v1_ssi_proto_rawDescGZIP() []byte {
 }
 
 var file_ssi_v1_ssi_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 83)
+var file_ssi_v1_ssi_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_ssi_v1_ssi_proto_goTypes = []any{
 	(NodeState)(0),                // 0: ssi.v1.NodeState
 	(NodeRole)(0),                 // 1: ssi.v1.NodeRole
@@ -6891,52 +6955,53 @@ var file_ssi_v1_ssi_proto_goTypes = []any{
 	(*LoadsResponse)(nil),         // 37: ssi.v1.LoadsResponse
 	(*CfsStatusRequest)(nil),      // 38: ssi.v1.CfsStatusRequest
 	(*CfsState)(nil),              // 39: ssi.v1.CfsState
-	(*SetCfsReplicaRequest)(nil),  // 40: ssi.v1.SetCfsReplicaRequest
-	(*BlockNodeRequest)(nil),      // 41: ssi.v1.BlockNodeRequest
-	(*BlockNodeResponse)(nil),     // 42: ssi.v1.BlockNodeResponse
-	(*JoinRequest)(nil),           // 43: ssi.v1.JoinRequest
-	(*JoinResponse)(nil),          // 44: ssi.v1.JoinResponse
-	(*HeartbeatRequest)(nil),      // 45: ssi.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),     // 46: ssi.v1.HeartbeatResponse
-	(*ApplyRequest)(nil),          // 47: ssi.v1.ApplyRequest
-	(*ApplyResponse)(nil),         // 48: ssi.v1.ApplyResponse
-	(*PeerShutdownRequest)(nil),   // 49: ssi.v1.PeerShutdownRequest
-	(*PeerShutdownResponse)(nil),  // 50: ssi.v1.PeerShutdownResponse
-	(*LoadLevelRequest)(nil),      // 51: ssi.v1.LoadLevelRequest
-	(*LoadLevelResponse)(nil),     // 52: ssi.v1.LoadLevelResponse
-	(*LevelRequest)(nil),          // 53: ssi.v1.LevelRequest
-	(*LevelResponse)(nil),         // 54: ssi.v1.LevelResponse
-	(*ExpelRequest)(nil),          // 55: ssi.v1.ExpelRequest
-	(*ExpelResult)(nil),           // 56: ssi.v1.ExpelResult
-	(*ExpelResponse)(nil),         // 57: ssi.v1.ExpelResponse
-	(*CheckpointRequest)(nil),     // 58: ssi.v1.CheckpointRequest
-	(*CheckpointResponse)(nil),    // 59: ssi.v1.CheckpointResponse
-	(*RestartRequest)(nil),        // 60: ssi.v1.RestartRequest
-	(*RestartResponse)(nil),       // 61: ssi.v1.RestartResponse
-	(*MigrateRequest)(nil),        // 62: ssi.v1.MigrateRequest
-	(*MigrateResponse)(nil),       // 63: ssi.v1.MigrateResponse
-	(*MigratePhases)(nil),         // 64: ssi.v1.MigratePhases
-	(*MigrateProgress)(nil),       // 65: ssi.v1.MigrateProgress
-	(*MigrateHeader)(nil),         // 66: ssi.v1.MigrateHeader
-	(*MigrateChunk)(nil),          // 67: ssi.v1.MigrateChunk
-	(*MigrateReceipt)(nil),        // 68: ssi.v1.MigrateReceipt
-	(*DHCPSettings)(nil),          // 69: ssi.v1.DHCPSettings
-	(*DHCPLease)(nil),             // 70: ssi.v1.DHCPLease
-	(*GetDHCPRequest)(nil),        // 71: ssi.v1.GetDHCPRequest
-	(*GetDHCPResponse)(nil),       // 72: ssi.v1.GetDHCPResponse
-	(*SetDHCPRequest)(nil),        // 73: ssi.v1.SetDHCPRequest
-	(*SetDHCPResponse)(nil),       // 74: ssi.v1.SetDHCPResponse
-	(*ProvisionInfoRequest)(nil),  // 75: ssi.v1.ProvisionInfoRequest
-	(*ProvisionInfoResponse)(nil), // 76: ssi.v1.ProvisionInfoResponse
-	(*FsRequest)(nil),             // 77: ssi.v1.FsRequest
-	(*FsSetAttr)(nil),             // 78: ssi.v1.FsSetAttr
-	(*FsAttr)(nil),                // 79: ssi.v1.FsAttr
-	(*FsDirEntry)(nil),            // 80: ssi.v1.FsDirEntry
-	(*FsLock)(nil),                // 81: ssi.v1.FsLock
-	(*FsStatfs)(nil),              // 82: ssi.v1.FsStatfs
-	(*FsInval)(nil),               // 83: ssi.v1.FsInval
-	(*FsMessage)(nil),             // 84: ssi.v1.FsMessage
-	nil,                           // 85: ssi.v1.LoadLevelResponse.NodesEntry
+	(*SetCfsJobRootRequest)(nil),  // 40: ssi.v1.SetCfsJobRootRequest
+	(*SetCfsReplicaRequest)(nil),  // 41: ssi.v1.SetCfsReplicaRequest
+	(*BlockNodeRequest)(nil),      // 42: ssi.v1.BlockNodeRequest
+	(*BlockNodeResponse)(nil),     // 43: ssi.v1.BlockNodeResponse
+	(*JoinRequest)(nil),           // 44: ssi.v1.JoinRequest
+	(*JoinResponse)(nil),          // 45: ssi.v1.JoinResponse
+	(*HeartbeatRequest)(nil),      // 46: ssi.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),     // 47: ssi.v1.HeartbeatResponse
+	(*ApplyRequest)(nil),          // 48: ssi.v1.ApplyRequest
+	(*ApplyResponse)(nil),         // 49: ssi.v1.ApplyResponse
+	(*PeerShutdownRequest)(nil),   // 50: ssi.v1.PeerShutdownRequest
+	(*PeerShutdownResponse)(nil),  // 51: ssi.v1.PeerShutdownResponse
+	(*LoadLevelRequest)(nil),      // 52: ssi.v1.LoadLevelRequest
+	(*LoadLevelResponse)(nil),     // 53: ssi.v1.LoadLevelResponse
+	(*LevelRequest)(nil),          // 54: ssi.v1.LevelRequest
+	(*LevelResponse)(nil),         // 55: ssi.v1.LevelResponse
+	(*ExpelRequest)(nil),          // 56: ssi.v1.ExpelRequest
+	(*ExpelResult)(nil),           // 57: ssi.v1.ExpelResult
+	(*ExpelResponse)(nil),         // 58: ssi.v1.ExpelResponse
+	(*CheckpointRequest)(nil),     // 59: ssi.v1.CheckpointRequest
+	(*CheckpointResponse)(nil),    // 60: ssi.v1.CheckpointResponse
+	(*RestartRequest)(nil),        // 61: ssi.v1.RestartRequest
+	(*RestartResponse)(nil),       // 62: ssi.v1.RestartResponse
+	(*MigrateRequest)(nil),        // 63: ssi.v1.MigrateRequest
+	(*MigrateResponse)(nil),       // 64: ssi.v1.MigrateResponse
+	(*MigratePhases)(nil),         // 65: ssi.v1.MigratePhases
+	(*MigrateProgress)(nil),       // 66: ssi.v1.MigrateProgress
+	(*MigrateHeader)(nil),         // 67: ssi.v1.MigrateHeader
+	(*MigrateChunk)(nil),          // 68: ssi.v1.MigrateChunk
+	(*MigrateReceipt)(nil),        // 69: ssi.v1.MigrateReceipt
+	(*DHCPSettings)(nil),          // 70: ssi.v1.DHCPSettings
+	(*DHCPLease)(nil),             // 71: ssi.v1.DHCPLease
+	(*GetDHCPRequest)(nil),        // 72: ssi.v1.GetDHCPRequest
+	(*GetDHCPResponse)(nil),       // 73: ssi.v1.GetDHCPResponse
+	(*SetDHCPRequest)(nil),        // 74: ssi.v1.SetDHCPRequest
+	(*SetDHCPResponse)(nil),       // 75: ssi.v1.SetDHCPResponse
+	(*ProvisionInfoRequest)(nil),  // 76: ssi.v1.ProvisionInfoRequest
+	(*ProvisionInfoResponse)(nil), // 77: ssi.v1.ProvisionInfoResponse
+	(*FsRequest)(nil),             // 78: ssi.v1.FsRequest
+	(*FsSetAttr)(nil),             // 79: ssi.v1.FsSetAttr
+	(*FsAttr)(nil),                // 80: ssi.v1.FsAttr
+	(*FsDirEntry)(nil),            // 81: ssi.v1.FsDirEntry
+	(*FsLock)(nil),                // 82: ssi.v1.FsLock
+	(*FsStatfs)(nil),              // 83: ssi.v1.FsStatfs
+	(*FsInval)(nil),               // 84: ssi.v1.FsInval
+	(*FsMessage)(nil),             // 85: ssi.v1.FsMessage
+	nil,                           // 86: ssi.v1.LoadLevelResponse.NodesEntry
 }
 var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	0,  // 0: ssi.v1.Node.state:type_name -> ssi.v1.NodeState
@@ -6959,24 +7024,24 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	21, // 17: ssi.v1.WaitResponse.exit:type_name -> ssi.v1.ExecExit
 	0,  // 18: ssi.v1.NodeLoad.state:type_name -> ssi.v1.NodeState
 	35, // 19: ssi.v1.LoadsResponse.loads:type_name -> ssi.v1.NodeLoad
-	85, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
-	56, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
-	64, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
-	63, // 23: ssi.v1.MigrateProgress.done:type_name -> ssi.v1.MigrateResponse
-	66, // 24: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
-	69, // 25: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
-	70, // 26: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
-	69, // 27: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
-	69, // 28: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	86, // 20: ssi.v1.LoadLevelResponse.nodes:type_name -> ssi.v1.LoadLevelResponse.NodesEntry
+	57, // 21: ssi.v1.ExpelResponse.jobs:type_name -> ssi.v1.ExpelResult
+	65, // 22: ssi.v1.MigrateResponse.phases:type_name -> ssi.v1.MigratePhases
+	64, // 23: ssi.v1.MigrateProgress.done:type_name -> ssi.v1.MigrateResponse
+	67, // 24: ssi.v1.MigrateChunk.header:type_name -> ssi.v1.MigrateHeader
+	70, // 25: ssi.v1.GetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
+	71, // 26: ssi.v1.GetDHCPResponse.leases:type_name -> ssi.v1.DHCPLease
+	70, // 27: ssi.v1.SetDHCPRequest.settings:type_name -> ssi.v1.DHCPSettings
+	70, // 28: ssi.v1.SetDHCPResponse.settings:type_name -> ssi.v1.DHCPSettings
 	2,  // 29: ssi.v1.FsRequest.op:type_name -> ssi.v1.FsOp
-	78, // 30: ssi.v1.FsRequest.set:type_name -> ssi.v1.FsSetAttr
-	81, // 31: ssi.v1.FsRequest.lock:type_name -> ssi.v1.FsLock
-	79, // 32: ssi.v1.FsMessage.attr:type_name -> ssi.v1.FsAttr
-	80, // 33: ssi.v1.FsMessage.entries:type_name -> ssi.v1.FsDirEntry
-	82, // 34: ssi.v1.FsMessage.statfs:type_name -> ssi.v1.FsStatfs
-	81, // 35: ssi.v1.FsMessage.lock:type_name -> ssi.v1.FsLock
-	83, // 36: ssi.v1.FsMessage.inval:type_name -> ssi.v1.FsInval
-	79, // 37: ssi.v1.FsMessage.attr2:type_name -> ssi.v1.FsAttr
+	79, // 30: ssi.v1.FsRequest.set:type_name -> ssi.v1.FsSetAttr
+	82, // 31: ssi.v1.FsRequest.lock:type_name -> ssi.v1.FsLock
+	80, // 32: ssi.v1.FsMessage.attr:type_name -> ssi.v1.FsAttr
+	81, // 33: ssi.v1.FsMessage.entries:type_name -> ssi.v1.FsDirEntry
+	83, // 34: ssi.v1.FsMessage.statfs:type_name -> ssi.v1.FsStatfs
+	82, // 35: ssi.v1.FsMessage.lock:type_name -> ssi.v1.FsLock
+	84, // 36: ssi.v1.FsMessage.inval:type_name -> ssi.v1.FsInval
+	80, // 37: ssi.v1.FsMessage.attr2:type_name -> ssi.v1.FsAttr
 	5,  // 38: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
 	19, // 39: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
 	27, // 40: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
@@ -6988,79 +7053,81 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	11, // 46: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
 	13, // 47: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
 	15, // 48: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	71, // 49: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	73, // 50: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	75, // 51: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	62, // 52: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	62, // 53: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
-	58, // 54: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	60, // 55: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	55, // 56: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
-	51, // 57: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
-	41, // 58: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
+	72, // 49: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	74, // 50: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	76, // 51: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	63, // 52: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	63, // 53: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
+	59, // 54: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	61, // 55: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	56, // 56: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	52, // 57: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
+	42, // 58: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
 	38, // 59: ssi.v1.Control.CfsStatus:input_type -> ssi.v1.CfsStatusRequest
-	40, // 60: ssi.v1.Control.SetCfsReplica:input_type -> ssi.v1.SetCfsReplicaRequest
-	43, // 61: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	45, // 62: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	49, // 63: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	47, // 64: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	19, // 65: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	27, // 66: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	29, // 67: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	31, // 68: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	33, // 69: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	62, // 70: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	62, // 71: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
-	67, // 72: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	58, // 73: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	60, // 74: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	55, // 75: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
-	53, // 76: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
-	36, // 77: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	77, // 78: ssi.v1.Cfs.Session:input_type -> ssi.v1.FsRequest
-	6,  // 79: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	23, // 80: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	28, // 81: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	30, // 82: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	32, // 83: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	34, // 84: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	37, // 85: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	10, // 86: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	12, // 87: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	14, // 88: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	16, // 89: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	72, // 90: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	74, // 91: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	76, // 92: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	63, // 93: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	65, // 94: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
-	59, // 95: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	61, // 96: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	57, // 97: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
-	52, // 98: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
-	42, // 99: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
-	39, // 100: ssi.v1.Control.CfsStatus:output_type -> ssi.v1.CfsState
-	39, // 101: ssi.v1.Control.SetCfsReplica:output_type -> ssi.v1.CfsState
-	44, // 102: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	46, // 103: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	50, // 104: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	48, // 105: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	23, // 106: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	28, // 107: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	30, // 108: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	32, // 109: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	34, // 110: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	63, // 111: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	65, // 112: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
-	68, // 113: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	59, // 114: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	61, // 115: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	57, // 116: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
-	54, // 117: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
-	37, // 118: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	84, // 119: ssi.v1.Cfs.Session:output_type -> ssi.v1.FsMessage
-	79, // [79:120] is the sub-list for method output_type
-	38, // [38:79] is the sub-list for method input_type
+	41, // 60: ssi.v1.Control.SetCfsReplica:input_type -> ssi.v1.SetCfsReplicaRequest
+	40, // 61: ssi.v1.Control.SetCfsJobRoot:input_type -> ssi.v1.SetCfsJobRootRequest
+	44, // 62: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	46, // 63: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	50, // 64: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	48, // 65: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	19, // 66: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	27, // 67: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	29, // 68: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	31, // 69: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	33, // 70: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	63, // 71: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	63, // 72: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
+	68, // 73: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	59, // 74: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	61, // 75: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	56, // 76: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	54, // 77: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
+	36, // 78: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	78, // 79: ssi.v1.Cfs.Session:input_type -> ssi.v1.FsRequest
+	6,  // 80: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	23, // 81: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 82: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 83: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 84: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 85: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	37, // 86: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	10, // 87: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	12, // 88: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	14, // 89: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	16, // 90: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	73, // 91: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	75, // 92: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	77, // 93: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	64, // 94: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	66, // 95: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
+	60, // 96: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	62, // 97: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	58, // 98: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	53, // 99: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
+	43, // 100: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
+	39, // 101: ssi.v1.Control.CfsStatus:output_type -> ssi.v1.CfsState
+	39, // 102: ssi.v1.Control.SetCfsReplica:output_type -> ssi.v1.CfsState
+	39, // 103: ssi.v1.Control.SetCfsJobRoot:output_type -> ssi.v1.CfsState
+	45, // 104: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	47, // 105: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	51, // 106: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	49, // 107: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	23, // 108: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 109: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 110: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 111: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 112: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	64, // 113: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	66, // 114: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
+	69, // 115: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	60, // 116: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	62, // 117: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	58, // 118: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	55, // 119: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
+	37, // 120: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	85, // 121: ssi.v1.Cfs.Session:output_type -> ssi.v1.FsMessage
+	80, // [80:122] is the sub-list for method output_type
+	38, // [38:80] is the sub-list for method input_type
 	38, // [38:38] is the sub-list for extension type_name
 	38, // [38:38] is the sub-list for extension extendee
 	0,  // [0:38] is the sub-list for field type_name
@@ -7094,7 +7161,7 @@ func file_ssi_v1_ssi_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ssi_v1_ssi_proto_rawDesc), len(file_ssi_v1_ssi_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   83,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   7,
 		},

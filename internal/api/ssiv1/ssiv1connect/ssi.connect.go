@@ -102,6 +102,8 @@ const (
 	ControlCfsStatusProcedure = "/ssi.v1.Control/CfsStatus"
 	// ControlSetCfsReplicaProcedure is the fully-qualified name of the Control's SetCfsReplica RPC.
 	ControlSetCfsReplicaProcedure = "/ssi.v1.Control/SetCfsReplica"
+	// ControlSetCfsJobRootProcedure is the fully-qualified name of the Control's SetCfsJobRoot RPC.
+	ControlSetCfsJobRootProcedure = "/ssi.v1.Control/SetCfsJobRoot"
 	// MembershipJoinProcedure is the fully-qualified name of the Membership's Join RPC.
 	MembershipJoinProcedure = "/ssi.v1.Membership/Join"
 	// MembershipHeartbeatProcedure is the fully-qualified name of the Membership's Heartbeat RPC.
@@ -165,6 +167,7 @@ type ControlClient interface {
 	BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error)
 	CfsStatus(context.Context, *connect.Request[ssiv1.CfsStatusRequest]) (*connect.Response[ssiv1.CfsState], error)
 	SetCfsReplica(context.Context, *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error)
+	SetCfsJobRoot(context.Context, *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error)
 }
 
 // NewControlClient constructs a client for the ssi.v1.Control service. By default, it uses the
@@ -316,6 +319,12 @@ func NewControlClient(httpClient connect.HTTPClient, baseURL string, opts ...con
 			connect.WithSchema(controlMethods.ByName("SetCfsReplica")),
 			connect.WithClientOptions(opts...),
 		),
+		setCfsJobRoot: connect.NewClient[ssiv1.SetCfsJobRootRequest, ssiv1.CfsState](
+			httpClient,
+			baseURL+ControlSetCfsJobRootProcedure,
+			connect.WithSchema(controlMethods.ByName("SetCfsJobRoot")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -344,6 +353,7 @@ type controlClient struct {
 	blockNode     *connect.Client[ssiv1.BlockNodeRequest, ssiv1.BlockNodeResponse]
 	cfsStatus     *connect.Client[ssiv1.CfsStatusRequest, ssiv1.CfsState]
 	setCfsReplica *connect.Client[ssiv1.SetCfsReplicaRequest, ssiv1.CfsState]
+	setCfsJobRoot *connect.Client[ssiv1.SetCfsJobRootRequest, ssiv1.CfsState]
 }
 
 // Status calls ssi.v1.Control.Status.
@@ -461,6 +471,11 @@ func (c *controlClient) SetCfsReplica(ctx context.Context, req *connect.Request[
 	return c.setCfsReplica.CallUnary(ctx, req)
 }
 
+// SetCfsJobRoot calls ssi.v1.Control.SetCfsJobRoot.
+func (c *controlClient) SetCfsJobRoot(ctx context.Context, req *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return c.setCfsJobRoot.CallUnary(ctx, req)
+}
+
 // ControlHandler is an implementation of the ssi.v1.Control service.
 type ControlHandler interface {
 	Status(context.Context, *connect.Request[ssiv1.StatusRequest]) (*connect.Response[ssiv1.StatusResponse], error)
@@ -486,6 +501,7 @@ type ControlHandler interface {
 	BlockNode(context.Context, *connect.Request[ssiv1.BlockNodeRequest]) (*connect.Response[ssiv1.BlockNodeResponse], error)
 	CfsStatus(context.Context, *connect.Request[ssiv1.CfsStatusRequest]) (*connect.Response[ssiv1.CfsState], error)
 	SetCfsReplica(context.Context, *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error)
+	SetCfsJobRoot(context.Context, *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error)
 }
 
 // NewControlHandler builds an HTTP handler from the service implementation. It returns the path on
@@ -633,6 +649,12 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 		connect.WithSchema(controlMethods.ByName("SetCfsReplica")),
 		connect.WithHandlerOptions(opts...),
 	)
+	controlSetCfsJobRootHandler := connect.NewUnaryHandler(
+		ControlSetCfsJobRootProcedure,
+		svc.SetCfsJobRoot,
+		connect.WithSchema(controlMethods.ByName("SetCfsJobRoot")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/ssi.v1.Control/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControlStatusProcedure:
@@ -681,6 +703,8 @@ func NewControlHandler(svc ControlHandler, opts ...connect.HandlerOption) (strin
 			controlCfsStatusHandler.ServeHTTP(w, r)
 		case ControlSetCfsReplicaProcedure:
 			controlSetCfsReplicaHandler.ServeHTTP(w, r)
+		case ControlSetCfsJobRootProcedure:
+			controlSetCfsJobRootHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -780,6 +804,10 @@ func (UnimplementedControlHandler) CfsStatus(context.Context, *connect.Request[s
 
 func (UnimplementedControlHandler) SetCfsReplica(context.Context, *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.SetCfsReplica is not implemented"))
+}
+
+func (UnimplementedControlHandler) SetCfsJobRoot(context.Context, *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("ssi.v1.Control.SetCfsJobRoot is not implemented"))
 }
 
 // MembershipClient is a client for the ssi.v1.Membership service.
