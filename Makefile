@@ -11,7 +11,7 @@ FUZZ_SHORT ?= 30000x
 FUZZ_LONG ?= 300000x
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/go/bin
 
-.PHONY: all build deps demo demo-down test test-vm fuzz bench bench-cfs bench-cvip suites-cfs proto vet fmt clean links
+.PHONY: all build deps demo demo-down test test-vm fuzz bench bench-cfs bench-cvip suites-cfs proto vet fmt clean links robustness
 
 all: build
 
@@ -49,6 +49,14 @@ test: deps
 # 1-1.5 minutes on a quiet 2-core machine, up to 5 under load: not in make test.
 test-vm: deps
 	$(GO) test -race -tags vm -count=1 -timeout 30m -run 'TestNetbootVM|TestMkinitrd|TestVMBadInput' -v ./test/e2e/
+
+# The robustness suite for longer, under a CPU-saturating load that also
+# counts false DOWNs (test/robustness; docs/RELIABILITY.md). make test runs
+# it briefly (40s of operations and faults).
+ROBUSTNESS_DURATION ?= 10m
+robustness: deps
+	ROBUSTNESS_DURATION=$(ROBUSTNESS_DURATION) ROBUSTNESS_LOAD=1 ROBUSTNESS_CHECK_TIMEOUT=10m \
+		$(GO) test -count=1 -run TestRobustness -v -timeout 90m ./test/robustness/
 
 # A longer run of every fuzz target: make fuzz [FUZZ_LONG=1000000x]
 fuzz:

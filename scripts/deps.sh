@@ -50,6 +50,9 @@ obs=(chromium:chromium)
 # (not installed) by scripts/netboot-kernel.sh into /var/cache/ssi-netboot;
 # xz-utils unpacks its vmlinux for a faster (PVH) boot.
 netboot=(qemu-system-x86_64:qemu-system-x86 objcopy:binutils ld:binutils nsenter:util-linux xz:xz-utils)
+# robustness: test/robustness (make robustness) needs only ip (iproute2,
+# above) for its namespaces, routes and links; its CPU load is a Go busy
+# loop of its own, so no stress-ng.
 for pair in ip:iproute2 mke2fs:e2fsprogs mkswap:util-linux unshare:util-linux busybox:busybox tmux:tmux pgrep:procps cc:gcc fusermount3:fuse3 "${obs[@]}" "${netboot[@]}" "${bench[@]}"; do
 	bin=${pair%%:*} pkg=${pair#*:}
 	command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || need+=("$pkg")

@@ -72,6 +72,25 @@ func (d *Detector) Reset(now time.Time, prev uint32) {
 	}
 }
 
+// Stalled credits every node with a time the leader itself did not run
+// (its process was starved of CPU or stopped): gap is how much later than
+// due its loop ran. Heartbeats sent meanwhile wait unread in its sockets,
+// so without the credit a leader that resumes judges live nodes silent
+// ("no heartbeat for 1.767s" on a busy machine: issue 10). A node that
+// really died during the stall is found that much later.
+func (d *Detector) Stalled(gap time.Duration) {
+	if gap <= 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.start = d.start.Add(gap)
+	for n, s := range d.last {
+		s.at = s.at.Add(gap)
+		d.last[n] = s
+	}
+}
+
 // Observe records a heartbeat received at now.
 func (d *Detector) Observe(hb Heartbeat, now time.Time) {
 	d.mu.Lock()

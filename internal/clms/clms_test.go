@@ -141,3 +141,42 @@ func TestSilenceOfANodeThatJoinedAfterTheElection(t *testing.T) {
 		t.Errorf("reason %q, want %q", out[0].Reason, want)
 	}
 }
+
+// A leader whose own loop did not run for a while (CPU starvation,
+// SIGSTOP) credits every node with that time: the heartbeats sent
+// meanwhile are still unread, so no live node goes DOWN for the leader's
+// stall (issue 10's false DOWNs on a busy machine). A node that stays
+// silent after it is still declared DOWN, a stall later.
+func TestLeaderStallIsNobodysSilence(t *testing.T) {
+	c := cluster(&state.Node{Num: 1, State: state.Up, BootID: "a"}, &state.Node{Num: 2, State: state.Up, BootID: "b"})
+	stalled := func(credit bool) map[uint32]state.SetState {
+		d := NewDetector(time.Second)
+		d.Reset(t0, 0)
+		d.Observe(Heartbeat{Num: 1, BootID: "a"}, t0.Add(100*time.Millisecond))
+		d.Observe(Heartbeat{Num: 2, BootID: "b"}, t0.Add(100*time.Millisecond))
+		// The loop ran last at 150ms and next at 1.9s.
+		if credit {
+			d.Stalled(1700 * time.Millisecond)
+		}
+		return decide(d, c, t0.Add(1900*time.Millisecond))
+	}
+	if got := stalled(false); len(got) != 2 {
+		t.Fatalf("without the credit both nodes should look silent (the old behaviour): %v", got)
+	}
+	if got := stalled(true); len(got) != 0 {
+		t.Fatalf("a stall of the leader made nodes DOWN: %v", got)
+	}
+	d := NewDetector(time.Second)
+	d.Reset(t0, 0)
+	d.Observe(Heartbeat{Num: 1, BootID: "a"}, t0.Add(100*time.Millisecond))
+	d.Observe(Heartbeat{Num: 2, BootID: "b"}, t0.Add(100*time.Millisecond))
+	d.Stalled(1700 * time.Millisecond)
+	d.Observe(Heartbeat{Num: 1, BootID: "a"}, t0.Add(1950*time.Millisecond)) // node 1's queued heartbeat, read after the stall
+	got := decide(d, c, t0.Add(2900*time.Millisecond))
+	if s, ok := got[2]; !ok || s.To != state.Down {
+		t.Fatalf("node 2, silent a full timeout after the stall, not proposed DOWN: %v", got)
+	}
+	if _, ok := got[1]; ok {
+		t.Errorf("node 1 heartbeated after the stall but was proposed: %v", got[1])
+	}
+}

@@ -6,7 +6,9 @@
 // the original sender's identity (peer.SetOrigin), retrying while an
 // election runs. It also runs the duties other subsystems register for the
 // time this node leads (OnLeading) and tells them when the leader changes
-// (LeaderChanged). It serves the Consensus RPC service (Apply).
+// (LeaderChanged). Reads that must not be older than any acknowledged
+// change wait in ReadBarrier for the leader's read index (read.go). It
+// serves the Consensus RPC service (Apply) and ReadIndex.
 //
 // It must not decide what to apply: commands come typed from the
 // subsystems, and the state machine (internal/state) judges them.
@@ -53,6 +55,8 @@ type Leader struct {
 	duties  []func(ctx context.Context, prev uint32)
 
 	leaderChanges atomic.Uint64 // leader changes this node observed (metrics.go)
+
+	reads reads // linearizable reads (read.go)
 }
 
 // New returns the handle of node self on r; net reaches the other nodes.

@@ -44,6 +44,12 @@ func (s *Control) Status(ctx context.Context, req *connect.Request[ssiv1.StatusR
 	if !req.Msg.Stale && !m.CaughtUp() {
 		return nil, rpcerr.Unavailable("node %d is catching up with the cluster log after its start (it held %d entries): its node table is not complete yet; try again in a moment, ask another node, or use --stale", m.cfg.Self, m.cfg.StartIndex)
 	}
+	if !req.Msg.Stale {
+		// Linearizable: nothing acknowledged before this read is missing.
+		if err := l.ReadBarrier(ctx); err != nil {
+			return nil, s.fail(fmt.Errorf("node %d cannot confirm its node table is current (use --stale for what it has): %w", m.cfg.Self, err))
+		}
+	}
 	c := m.cfg.FSM.Cluster()
 	leader := l.LeaderNum()
 	suffrage := map[uint32]raft.ServerSuffrage{}

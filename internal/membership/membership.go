@@ -208,16 +208,29 @@ func (m *Membership) lead(ctx context.Context, prev uint32) {
 	}
 	t := time.NewTicker(leaderTick)
 	defer t.Stop()
+	due := time.Now().Add(leaderTick)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		_, timeout := Timing(m.cfg.FSM.Config())
+		// A tick far later than due means this process did not run (CPU
+		// starvation, SIGSTOP): the nodes' heartbeats of that time are
+		// still unread, so the stall is nobody's silence. Transitions are
+		// decided once the handlers had a tick to catch up.
+		now := time.Now()
+		late := now.Sub(due) - leaderTick // a tick dropped by the ticker is not a stall
+		due = now.Add(leaderTick)
+		if late > timeout/4 {
+			m.det.Stalled(late)
+			m.log.Warn("the leader's membership loop ran late: every node credited with the stall", "late", late.Round(time.Millisecond))
+			continue
+		}
 		if m.quiesced.Load() || !m.cfg.Leader.IsLeader() {
 			continue
 		}
-		_, timeout := Timing(m.cfg.FSM.Config())
 		m.det.SetTimeout(timeout)
 		for _, cmd := range m.det.Decide(m.cfg.FSM.Cluster(), time.Now()) {
 			res, _, err := m.cfg.Leader.ApplyLocal(state.CmdSetState, cmd)
@@ -232,6 +245,8 @@ func (m *Membership) lead(ctx context.Context, prev uint32) {
 			}
 			m.log.Info("membership transition", "target", cmd.Num, "to", cmd.To, "reason", cmd.Reason)
 		}
+		// Time spent applying (handlers ran meanwhile) is no stall.
+		due = time.Now().Add(leaderTick)
 	}
 }
 

@@ -254,6 +254,12 @@ func (c *Control) LoadLevel(ctx context.Context, req *connect.Request[ssiv1.Load
 			return nil, m.fail(err)
 		}
 	}
+	if !q.Set {
+		// A read: never older than a change acknowledged before it.
+		if err := m.cfg.Leader.ReadBarrier(ctx); err != nil {
+			return nil, m.fail(err)
+		}
+	}
 	ll := m.cfg.FSM.Cluster().LoadLevel
 	if q.Set {
 		// This node's copy of the state may not have the change yet.

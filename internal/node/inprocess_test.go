@@ -384,3 +384,46 @@ type discardWriter struct{ header http.Header }
 func (d *discardWriter) Header() http.Header         { return d.header }
 func (d *discardWriter) Write(b []byte) (int, error) { return len(b), nil }
 func (d *discardWriter) WriteHeader(int)             {}
+
+// A read on a follower that lags (the leader's traffic to it is delayed)
+// waits in ReadBarrier until it has applied every change acknowledged
+// before the read: the change is missing from its state before the
+// barrier and there after it.
+func TestInProcessReadBarrierWaitsForAcknowledgedChanges(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newTestCluster(t, 3)
+		leader := c.nodes[1].parts.leader.LeaderNum()
+		var slow uint32
+		for k := range c.nodes {
+			if k != leader {
+				slow = k
+				break
+			}
+		}
+		c.net.Delay(leader, slow, 300*time.Millisecond)
+		tok, _ := pki.NewToken(c.ca.Fingerprint())
+		if _, err := c.nodes[leader].parts.leader.Apply(context.Background(), state.CmdAddNodes, state.AddNodes{Time: time.Now(),
+			Nodes: []state.NodeSpec{{HWAddr: mac(9), IPAddr: "10.0.0.9", TokenHash: tok.Hash(), TokenExpires: time.Now().Add(time.Hour)}}}); err != nil {
+			t.Fatal(err)
+		}
+		has := func() bool {
+			for _, nd := range c.nodes[slow].fsm.Cluster().Nodes {
+				if nd.HWAddr == mac(9) {
+					return true
+				}
+			}
+			return false
+		}
+		if has() {
+			t.Fatal("the lagging follower had the change already: the test did not test anything")
+		}
+		if err := c.nodes[slow].parts.leader.ReadBarrier(context.Background()); err != nil {
+			t.Fatalf("ReadBarrier on node %d: %v", slow, err)
+		}
+		if !has() {
+			t.Fatalf("node %d passed ReadBarrier without the change acknowledged before it", slow)
+		}
+		c.net.Heal(slow)
+		time.Sleep(2 * time.Second) // let the delayed writes drain before the nodes stop
+	})
+}

@@ -111,6 +111,7 @@ var noGzip = connect.WithCompression("gzip", nil, nil)
 func wire(w wiring) *parts {
 	p := &parts{load: w.load}
 	p.leader = consensus.New(w.self, w.raft, w.net, w.log)
+	p.leader.UseFSM(w.fsm, w.net)
 	p.mem = membership.New(membership.Config{
 		Self: w.self, BootID: w.bootID, FSM: w.fsm, Leader: p.leader, Net: w.net, CA: w.ca,
 		Seeds: w.seeds, Load: w.load.Current, Bootstrap: w.bootstrap, Bootstrapped: w.bootstrapped,
@@ -137,6 +138,7 @@ func wire(w wiring) *parts {
 	mux := http.NewServeMux()
 	mux.Handle(ssiv1connect.NewMembershipHandler(p.mem.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewConsensusHandler(p.leader.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(commandMessage)))
+	mux.Handle(ssiv1connect.NewReadIndexHandler(p.leader.ReadService(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
 	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))

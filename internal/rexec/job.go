@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -150,7 +151,13 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 		}
 	} else {
 		var err error
-		path, err = nsinit.LookPath(spec.Argv[0], pathOf(spec.Env), spec.Dir)
+		// As the caller: a root daemon must not tell a user which of
+		// root's files exist (issue 10).
+		var cred *nsinit.Credential
+		if root && spec.UID != 0 {
+			cred = &nsinit.Credential{UID: spec.UID, GID: spec.GID, Groups: spec.Groups}
+		}
+		path, err = nsinit.LookPathAs(spec.Argv[0], pathOf(spec.Env), spec.Dir, cred)
 		if err != nil {
 			return nil, fmt.Errorf("starting job: %w", err)
 		}
@@ -293,6 +300,10 @@ func (j *Job) setupStdio(spec Spec) ([]*os.File, error) {
 		}
 		j.tty = master
 		j.closers = append(j.closers, master)
+		if err := giveTTY(slave, spec); err != nil {
+			slave.Close()
+			return nil, err
+		}
 		if spec.Rows > 0 || spec.Cols > 0 {
 			if err := setWinsize(master, spec.Rows, spec.Cols); err != nil {
 				slave.Close()
@@ -704,4 +715,26 @@ func (j *Job) setExited(st Status, err error) {
 	}
 	j.exitStatus, j.exitErr = st, err
 	close(j.exited)
+}
+
+// giveTTY makes a job's terminal its user's, as login(1) does: owned by
+// the job's user, group tty, mode 0620 (a root daemon's pty is root's
+// otherwise, and the user could not open its own terminal).
+func giveTTY(slave *os.File, spec Spec) error {
+	if os.Geteuid() != 0 || spec.UID == 0 {
+		return nil
+	}
+	gid := int(spec.GID)
+	if g, err := user.LookupGroup("tty"); err == nil {
+		if n, err := strconv.Atoi(g.Gid); err == nil {
+			gid = n
+		}
+	}
+	if err := slave.Chown(int(spec.UID), gid); err != nil {
+		return fmt.Errorf("giving the terminal to uid %d: %w", spec.UID, err)
+	}
+	if err := slave.Chmod(0o620); err != nil {
+		return fmt.Errorf("giving the terminal to uid %d: %w", spec.UID, err)
+	}
+	return nil
 }

@@ -625,7 +625,9 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if f.haltErr != nil {
 		return nil, fmt.Errorf("snapshot cluster state: %w", f.haltErr)
 	}
-	b, err := json.Marshal(f.c)
+	c := *f.c // shallow: only SnapshotApplied differs
+	c.SnapshotApplied = f.applied
+	b, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot cluster state: %w", err)
 	}
@@ -660,6 +662,10 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		f.halt(h)
 		return fmt.Errorf("restore cluster state from snapshot: %w", h)
 	}
+	if c.SnapshotApplied > 0 {
+		f.applied = c.SnapshotApplied
+	}
+	c.SnapshotApplied = 0
 	f.c = c
 	close(f.changed)
 	f.changed = make(chan struct{})

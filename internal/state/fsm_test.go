@@ -269,6 +269,11 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	default:
 		t.Errorf("restore did not signal a change")
 	}
+	// A restored node knows how far its state reaches (a linearizable
+	// read waits for the leader's applied index: consensus.ReadBarrier).
+	if got, want := g.AppliedIndex(), a.f.AppliedIndex(); got != want || want == 0 {
+		t.Errorf("restored applied index %d, want the snapshot's %d", got, want)
+	}
 	if err := g.Restore(io.NopCloser(bytes.NewReader([]byte("{not json")))); err == nil {
 		t.Errorf("garbage snapshot restored")
 	}

@@ -157,6 +157,14 @@ type Cluster struct {
 	// entry, and in snapshots of versions without stamps). A node older
 	// than that refuses a snapshot of it (docs/UPGRADES.md).
 	Requires string `json:"requires,omitempty"`
+
+	// SnapshotApplied is the log index of the last command the state
+	// holds, set only in a snapshot (FSM.Snapshot), so that a node restored
+	// from one knows how far its state reaches: a linearizable read waits
+	// until the state machine has applied the leader's read index
+	// (consensus.Leader.ReadBarrier). 0 in the live state and in snapshots
+	// of versions before 0.3.0.
+	SnapshotApplied uint64 `json:"snapshot_applied,omitempty"`
 }
 
 // requires parses Requires; "" is the zero version.

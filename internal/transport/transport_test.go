@@ -270,6 +270,7 @@ func TestClientWithoutCertificate(t *testing.T) {
 	}
 	for _, p := range []string{
 		ssiv1connect.MembershipHeartbeatProcedure, ssiv1connect.ConsensusApplyProcedure, ssiv1connect.MembershipShutdownProcedure, ssiv1connect.ProcessExecProcedure,
+		ssiv1connect.ReadIndexReadIndexProcedure,
 		joinPath + "/", joinPath + "X", strings.ToLower(joinPath), "/", "/ssi.v1.Peer/Join/../Apply",
 	} {
 		code, body, err := get(t, anon, "https://"+srv.addr+p)
