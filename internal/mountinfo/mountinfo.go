@@ -13,6 +13,7 @@ import (
 
 // Mount is one line of the table.
 type Mount struct {
+	Dev          string // the filesystem's device, "major:minor" (a FUSE mount's minor names its connection)
 	Point        string // where it is mounted (escapes undone)
 	FSType       string // e.g. "ext4", "cgroup2", "fuse.cfs"
 	Source       string
@@ -42,7 +43,7 @@ func Parse(data string) []Mount {
 		if !ok || len(pf) < 5 || len(qf) < 2 {
 			continue
 		}
-		m := Mount{Point: Unescape(pf[4]), FSType: qf[0], Source: Unescape(qf[1])}
+		m := Mount{Dev: pf[2], Point: Unescape(pf[4]), FSType: qf[0], Source: Unescape(qf[1])}
 		if len(qf) > 2 {
 			m.SuperOptions = qf[2]
 		}

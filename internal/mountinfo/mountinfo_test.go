@@ -13,9 +13,9 @@ broken line
 50 22 0:50 / /x rw -
 `
 	want := []Mount{
-		{Point: "/", FSType: "ext4", Source: "/dev/vda", SuperOptions: "rw"},
-		{Point: "/sys/fs/cgroup/freezer", FSType: "cgroup", Source: "cgroup", SuperOptions: "rw,freezer"},
-		{Point: "/tmp/a b/mnt/node2", FSType: "fuse.cfs", Source: "ssi-cfs", SuperOptions: "rw,user_id=0,group_id=0"},
+		{Dev: "254:0", Point: "/", FSType: "ext4", Source: "/dev/vda", SuperOptions: "rw"},
+		{Dev: "0:30", Point: "/sys/fs/cgroup/freezer", FSType: "cgroup", Source: "cgroup", SuperOptions: "rw,freezer"},
+		{Dev: "0:41", Point: "/tmp/a b/mnt/node2", FSType: "fuse.cfs", Source: "ssi-cfs", SuperOptions: "rw,user_id=0,group_id=0"},
 	}
 	if got := Parse(table); !reflect.DeepEqual(got, want) {
 		t.Fatalf("Parse:\n%+v\nwant\n%+v", got, want)

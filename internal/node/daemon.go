@@ -94,6 +94,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	fail := func(err error) error { return fmt.Errorf("node %d: %w", meta.Num, err) }
 
+	// A predecessor killed at the wrong moment may be stuck on its own
+	// mount, holding the ports this daemon needs.
+	if err := cfs.ReleaseStale(o.CFS.Mount, lg); err != nil {
+		return fail(err)
+	}
 	listen := o.Listen
 	if listen == "" {
 		listen = meta.Addr()

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -52,6 +53,12 @@ type Mux struct {
 // Listen opens addr with the node's identity.
 func Listen(addr string, id *pki.Identity, log *slog.Logger) (*Mux, error) {
 	ln, err := net.Listen("tcp", addr)
+	// A predecessor that was killed may still be closing its files (the
+	// kernel ends its threads one by one): give it a few seconds.
+	for deadline := time.Now().Add(5 * time.Second); errors.Is(err, syscall.EADDRINUSE) && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		ln, err = net.Listen("tcp", addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}

@@ -256,13 +256,34 @@ func WaitGone(t *testing.T, pid int, timeout time.Duration) {
 			return ""
 		}
 		if i := bytes.LastIndexByte(b, ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
-			if tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid)); err != nil || len(tasks) <= 1 {
+			tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+			if err != nil || len(tasks) <= 1 {
+				return ""
+			}
+			if stuckOnFUSE(pid, tasks) {
+				// Killed while one of its threads was in a request to its
+				// own mount (go-fuse opens a file of it while mounting): it
+				// cannot finish dying until the connection is aborted, which
+				// the node's next daemon does before it binds its ports
+				// (cfs.ReleaseStale).
+				t.Logf("process %d is stuck closing a file of its own FUSE mount; its next daemon aborts the mount", pid)
 				return ""
 			}
 			return fmt.Sprintf("process %d is exiting: threads still end", pid)
 		}
 		return fmt.Sprintf("process %d still runs", pid)
 	})
+}
+
+// stuckOnFUSE says whether a thread of a dying process waits for a FUSE
+// answer.
+func stuckOnFUSE(pid int, tasks []os.DirEntry) bool {
+	for _, task := range tasks {
+		if w, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, task.Name())); err == nil && string(w) == "request_wait_answer" {
+			return true
+		}
+	}
+	return false
 }
 
 // StartDaemon starts node k's daemon as a separate process (after a kill,
