@@ -62,6 +62,7 @@ type FS struct {
 
 	clusterJobRoot atomic.Bool // the cluster setting, as last applied here
 	jobRootStop    func()      // takes the job root's binds away (nil: none)
+	jrMu           sync.Mutex  // serializes followJobRoot
 }
 
 // New builds the part; Run starts it. With a Leader it registers the
@@ -113,21 +114,54 @@ func (f *FS) Run(ctx context.Context) {
 	rec := f.Record()
 	f.reconcile(ctx, rec, log)
 	if f.c.Mount != "" {
-		cfg := ClientConfig{Self: f.c.Self, Name: f.c.Name, Mount: f.c.Mount, Net: f.c.Net, Failure: f.failure, Log: log, Target: f.targetNow}
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() { defer wg.Done(); f.mountLoop(ctx, log) }()
+		defer func() {
+			wg.Wait() // it ends with ctx
+			f.mu.Lock()
+			cl := f.client
+			f.mu.Unlock()
+			if cl != nil {
+				f.stopJobRoot() // before the unmount
+				cl.Close()
+			}
+		}()
+	}
+	f.follow(ctx, log)
+}
+
+// mountLoop mounts the cluster filesystem, trying again every couple of
+// seconds while it cannot (the mount itself needs an answer from the
+// server: a node that starts while its server is down mounts once the
+// server is back or a replica took over).
+func (f *FS) mountLoop(ctx context.Context, log *slog.Logger) {
+	cfg := ClientConfig{Self: f.c.Self, Name: f.c.Name, Mount: f.c.Mount, Net: f.c.Net, Failure: f.failure, Log: log, Target: f.targetNow}
+	for attempt := 0; ; attempt++ {
 		if srv, _ := f.targetNow(); srv == f.c.Self && f.localServer() == nil {
-			// This node should serve and cannot: there is nothing to mount.
-		} else if cl, err := Mount(ctx, cfg); err != nil {
-			log.Error("cannot mount the cluster filesystem", "mount", f.c.Mount, "err", err)
-		} else {
+			return // this node should serve and cannot: there is nothing to mount
+		}
+		cl, err := Mount(ctx, cfg)
+		if err == nil {
 			f.mu.Lock()
 			f.client = cl
 			f.mu.Unlock()
-			log.Info("cluster filesystem mounted", "mount", f.c.Mount, "server", rec.Server)
-			defer cl.Close()
-			defer f.stopJobRoot() // before the unmount
+			srv, _ := f.targetNow()
+			log.Info("cluster filesystem mounted", "mount", f.c.Mount, "server", srv)
+			f.followJobRoot(ctx, log)
+			return
+		}
+		if attempt == 0 {
+			log.Error("cannot mount the cluster filesystem; trying again every 2s", "mount", f.c.Mount, "err", err)
+		} else {
+			log.Debug("cannot mount the cluster filesystem yet", "mount", f.c.Mount, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
 		}
 	}
-	f.follow(ctx, log)
 }
 
 func (f *FS) localServer() *Server {

@@ -77,6 +77,8 @@ func (f *FS) wantJobRoot() bool { return f.c.JobRoot || f.clusterJobRoot.Load() 
 // followJobRoot starts or stops the binds as the setting changes (called
 // by follow with the mount up).
 func (f *FS) followJobRoot(ctx context.Context, log *slog.Logger) {
+	f.jrMu.Lock() // follow and the mount loop both call it
+	defer f.jrMu.Unlock()
 	want := f.wantJobRoot()
 	f.mu.Lock()
 	running, stop := f.jobRootStop != nil, f.jobRootStop

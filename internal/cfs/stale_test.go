@@ -3,6 +3,8 @@ package cfs
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/peer/memnet"
 )
 
@@ -69,5 +72,43 @@ func TestReleaseStale(t *testing.T) {
 	var st unix.Statfs_t
 	if !isOurMount(p.a.c.Mount) || unix.Statfs(p.a.c.Mount, &st) != nil {
 		t.Fatal("a live mount was taken away")
+	}
+}
+
+// A node that starts while its server is down mounts once the server is
+// there.
+func TestMountWaitsForTheServer(t *testing.T) {
+	dir := mountDir(t)
+	srv, err := NewServer(ServerConfig{Export: filepath.Join(dir, "export")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	mn := memnet.New()
+	defer mn.Close()
+	mnt := filepath.Join(dir, "mnt")
+	f := New(Config{Self: 2, Server: 1, Mount: mnt, Net: mn.Net(2)})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(3 * time.Second) // the first tries fail: node 1 serves nothing
+	if isOurMount(mnt) {
+		t.Fatal("mounted without a server")
+	}
+	var svc Service
+	svc.Set(srv)
+	mux := http.NewServeMux()
+	mux.Handle(ssiv1connect.NewCfsHandler(&svc))
+	mn.Serve(1, mux)
+	deadline := time.Now().Add(20 * time.Second)
+	for !isOurMount(mnt) {
+		if time.Now().After(deadline) {
+			t.Fatal("never mounted once the server was there")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "f"), []byte("x"), 0o644); err != nil {
+		t.Fatalf("the late mount: %v", err)
 	}
 }
