@@ -482,9 +482,9 @@ func (cl *Client) flushAll() {
 // on the next session when its own was lost (the server failed over or
 // restarted); the others fail with EIO.
 func (cl *Client) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage, syscall.Errno) {
-	m, errno, lost := cl.callOnce(ctx, r)
+	m, errno, lost := cl.callOnce(ctx, r, 0)
 	if lost != 0 && retryable(r) && cl.waitSession(lost) {
-		m, errno, _ = cl.callOnce(ctx, r)
+		m, errno, _ = cl.callOnce(ctx, r, 0)
 	}
 	return m, errno
 }
@@ -535,8 +535,9 @@ func (cl *Client) waitReady() bool {
 }
 
 // callOnce is one attempt; lost, when not 0, is the session (epoch) that
-// ended before the answer.
-func (cl *Client) callOnce(ctx context.Context, r *ssiv1.FsRequest) (m *ssiv1.FsMessage, errno syscall.Errno, lost uint64) {
+// ended before the answer. in, when not 0, is the session the request
+// belongs to (its handle's): another one counts as that one lost.
+func (cl *Client) callOnce(ctx context.Context, r *ssiv1.FsRequest, in uint64) (m *ssiv1.FsMessage, errno syscall.Errno, lost uint64) {
 	cl.mu.Lock()
 	ready := cl.ready
 	cl.mu.Unlock()
@@ -551,6 +552,10 @@ func (cl *Client) callOnce(ctx context.Context, r *ssiv1.FsRequest) (m *ssiv1.Fs
 	ch := make(chan *ssiv1.FsMessage, 1)
 	cl.mu.Lock()
 	l, epoch := cl.link, cl.epoch
+	if in != 0 && epoch != in {
+		cl.mu.Unlock()
+		return nil, syscall.EIO, in
+	}
 	if l == nil {
 		cl.mu.Unlock()
 		return nil, syscall.EIO, epoch

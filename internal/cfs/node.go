@@ -102,7 +102,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	r := &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR, Path: []byte(n.path()), Ino: n.id()}
 	if fh, ok := f.(*file); ok {
-		r.Handle = fh.handle(ctx)
+		r.Handle, _ = fh.handle(ctx)
 	}
 	m, errno := n.c.call(ctx, r)
 	if errno == syscall.EBADF && r.Handle != 0 {
@@ -126,7 +126,7 @@ func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn,
 	}
 	r := caller(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETATTR, Path: []byte(n.path()), Ino: n.id(), Set: set})
 	if fh, ok := f.(*file); ok {
-		r.Handle = fh.handle(ctx)
+		r.Handle, _ = fh.handle(ctx)
 	}
 	m, errno := n.c.call(ctx, r)
 	if errno != 0 {
@@ -320,21 +320,22 @@ var (
 	_ fs.FileLseeker   = (*file)(nil)
 )
 
-// handle is the file's handle in the current session, reopened if need be.
-func (f *file) handle(ctx context.Context) uint64 {
+// handle is the file's handle in the current session, reopened if need
+// be, and that session's number.
+func (f *file) handle(ctx context.Context) (uint64, uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.dead {
-		return 0
+		return 0, 0
 	}
 	if e := f.n.c.epochNow(); e != f.epoch {
 		m, errno := f.n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_OPEN, Path: []byte(f.n.path()), Ino: f.n.id(), Flags: f.flags &^ (syscall.O_TRUNC | syscall.O_CREAT | syscall.O_EXCL)})
 		if errno != 0 {
-			return 0
+			return 0, 0
 		}
 		f.id, f.epoch = m.Handle, e
 	}
-	return f.id
+	return f.id, f.epoch
 }
 
 // call sends a request about the open file. When the session is lost
@@ -343,11 +344,14 @@ func (f *file) handle(ctx context.Context) uint64 {
 // over or restarted): reads, writes at an offset, fsync, lseek.
 func (f *file) call(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage, syscall.Errno) {
 	for again := false; ; again = true {
-		if r.Handle = f.handle(ctx); r.Handle == 0 {
+		h, epoch := f.handle(ctx)
+		if h == 0 {
 			return nil, syscall.EIO
 		}
-		r.Ino = f.n.id()
-		m, errno, lost := f.n.c.callOnce(ctx, r)
+		r.Handle, r.Ino = h, f.n.id()
+		// The handle is only good in its own session: a session that
+		// changed between the two counts as lost.
+		m, errno, lost := f.n.c.callOnce(ctx, r, epoch)
 		if lost == 0 || again || !f.retryable(r) || !f.n.c.waitSession(lost) {
 			return m, errno
 		}

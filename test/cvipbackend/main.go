@@ -63,7 +63,10 @@ func hold(addr string, n int) {
 		out := make([]string, n)
 		for i, c := range conns {
 			if c.err == nil {
-				_ = c.c.SetDeadline(time.Now().Add(2 * time.Second))
+				// Right after a failover a request may wait for TCP to
+				// retransmit (its first packets went to the dead director):
+				// the question is whether the connection goes on, not how fast.
+				_ = c.c.SetDeadline(time.Now().Add(10 * time.Second))
 				_, c.err = fmt.Fprintf(c.c, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", addr)
 			}
 			if c.err == nil {
