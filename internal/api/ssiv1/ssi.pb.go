@@ -5877,6 +5877,7 @@ type FsDirEntry struct {
 	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Ino           uint64                 `protobuf:"varint,2,opt,name=ino,proto3" json:"ino,omitempty"`
 	Mode          uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"` // file type bits
+	Attr          *FsAttr                `protobuf:"bytes,4,opt,name=attr,proto3" json:"attr,omitempty"`  // the entry's attributes (READDIRPLUS without a LOOKUP each); absent if it could not be stat'd
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5930,6 +5931,13 @@ func (x *FsDirEntry) GetMode() uint32 {
 		return x.Mode
 	}
 	return 0
+}
+
+func (x *FsDirEntry) GetAttr() *FsAttr {
+	if x != nil {
+		return x.Attr
+	}
+	return nil
 }
 
 type FsLock struct {
@@ -6177,7 +6185,7 @@ type FsMessage struct {
 	Inval         []*FsInval             `protobuf:"bytes,11,rep,name=inval,proto3" json:"inval,omitempty"`
 	More          bool                   `protobuf:"varint,12,opt,name=more,proto3" json:"more,omitempty"`     // READDIR: more entries follow at offset+len(entries)
 	Offset        int64                  `protobuf:"varint,13,opt,name=offset,proto3" json:"offset,omitempty"` // LSEEK result
-	Attr2         *FsAttr                `protobuf:"bytes,14,opt,name=attr2,proto3" json:"attr2,omitempty"`    // LINK/RENAME: the parent's attributes after the change
+	Attr2         *FsAttr                `protobuf:"bytes,14,opt,name=attr2,proto3" json:"attr2,omitempty"`    // CREATE/MKDIR/MKNOD/SYMLINK/LINK/UNLINK/RMDIR: the parent's attributes after the change
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6750,12 +6758,13 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\bmtime_ns\x18\n" +
 	" \x01(\x03R\amtimeNs\x12\x19\n" +
 	"\bctime_ns\x18\v \x01(\x03R\actimeNs\x12\x18\n" +
-	"\ablksize\x18\f \x01(\rR\ablksize\"F\n" +
+	"\ablksize\x18\f \x01(\rR\ablksize\"j\n" +
 	"\n" +
 	"FsDirEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x12\n" +
-	"\x04mode\x18\x03 \x01(\rR\x04mode\"V\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\"\n" +
+	"\x04attr\x18\x04 \x01(\v2\x0e.ssi.v1.FsAttrR\x04attr\"V\n" +
 	"\x06FsLock\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -7036,101 +7045,102 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	2,  // 29: ssi.v1.FsRequest.op:type_name -> ssi.v1.FsOp
 	79, // 30: ssi.v1.FsRequest.set:type_name -> ssi.v1.FsSetAttr
 	82, // 31: ssi.v1.FsRequest.lock:type_name -> ssi.v1.FsLock
-	80, // 32: ssi.v1.FsMessage.attr:type_name -> ssi.v1.FsAttr
-	81, // 33: ssi.v1.FsMessage.entries:type_name -> ssi.v1.FsDirEntry
-	83, // 34: ssi.v1.FsMessage.statfs:type_name -> ssi.v1.FsStatfs
-	82, // 35: ssi.v1.FsMessage.lock:type_name -> ssi.v1.FsLock
-	84, // 36: ssi.v1.FsMessage.inval:type_name -> ssi.v1.FsInval
-	80, // 37: ssi.v1.FsMessage.attr2:type_name -> ssi.v1.FsAttr
-	5,  // 38: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	19, // 39: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	27, // 40: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	29, // 41: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	31, // 42: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	33, // 43: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	36, // 44: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	8,  // 45: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	11, // 46: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	13, // 47: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	15, // 48: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	72, // 49: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	74, // 50: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	76, // 51: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	63, // 52: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	63, // 53: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
-	59, // 54: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	61, // 55: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	56, // 56: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
-	52, // 57: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
-	42, // 58: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
-	38, // 59: ssi.v1.Control.CfsStatus:input_type -> ssi.v1.CfsStatusRequest
-	41, // 60: ssi.v1.Control.SetCfsReplica:input_type -> ssi.v1.SetCfsReplicaRequest
-	40, // 61: ssi.v1.Control.SetCfsJobRoot:input_type -> ssi.v1.SetCfsJobRootRequest
-	44, // 62: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	46, // 63: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	50, // 64: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	48, // 65: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	19, // 66: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	27, // 67: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	29, // 68: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	31, // 69: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	33, // 70: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	63, // 71: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	63, // 72: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
-	68, // 73: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	59, // 74: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	61, // 75: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	56, // 76: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
-	54, // 77: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
-	36, // 78: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	78, // 79: ssi.v1.Cfs.Session:input_type -> ssi.v1.FsRequest
-	6,  // 80: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	23, // 81: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	28, // 82: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	30, // 83: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	32, // 84: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	34, // 85: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	37, // 86: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	10, // 87: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	12, // 88: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	14, // 89: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	16, // 90: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	73, // 91: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	75, // 92: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	77, // 93: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	64, // 94: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	66, // 95: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
-	60, // 96: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	62, // 97: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	58, // 98: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
-	53, // 99: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
-	43, // 100: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
-	39, // 101: ssi.v1.Control.CfsStatus:output_type -> ssi.v1.CfsState
-	39, // 102: ssi.v1.Control.SetCfsReplica:output_type -> ssi.v1.CfsState
-	39, // 103: ssi.v1.Control.SetCfsJobRoot:output_type -> ssi.v1.CfsState
-	45, // 104: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	47, // 105: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	51, // 106: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	49, // 107: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	23, // 108: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	28, // 109: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	30, // 110: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	32, // 111: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	34, // 112: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	64, // 113: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	66, // 114: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
-	69, // 115: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	60, // 116: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	62, // 117: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	58, // 118: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
-	55, // 119: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
-	37, // 120: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	85, // 121: ssi.v1.Cfs.Session:output_type -> ssi.v1.FsMessage
-	80, // [80:122] is the sub-list for method output_type
-	38, // [38:80] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	80, // 32: ssi.v1.FsDirEntry.attr:type_name -> ssi.v1.FsAttr
+	80, // 33: ssi.v1.FsMessage.attr:type_name -> ssi.v1.FsAttr
+	81, // 34: ssi.v1.FsMessage.entries:type_name -> ssi.v1.FsDirEntry
+	83, // 35: ssi.v1.FsMessage.statfs:type_name -> ssi.v1.FsStatfs
+	82, // 36: ssi.v1.FsMessage.lock:type_name -> ssi.v1.FsLock
+	84, // 37: ssi.v1.FsMessage.inval:type_name -> ssi.v1.FsInval
+	80, // 38: ssi.v1.FsMessage.attr2:type_name -> ssi.v1.FsAttr
+	5,  // 39: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	19, // 40: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	27, // 41: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	29, // 42: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	31, // 43: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	33, // 44: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	36, // 45: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	8,  // 46: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	11, // 47: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	13, // 48: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	15, // 49: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	72, // 50: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	74, // 51: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	76, // 52: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	63, // 53: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	63, // 54: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
+	59, // 55: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	61, // 56: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	56, // 57: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	52, // 58: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
+	42, // 59: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
+	38, // 60: ssi.v1.Control.CfsStatus:input_type -> ssi.v1.CfsStatusRequest
+	41, // 61: ssi.v1.Control.SetCfsReplica:input_type -> ssi.v1.SetCfsReplicaRequest
+	40, // 62: ssi.v1.Control.SetCfsJobRoot:input_type -> ssi.v1.SetCfsJobRootRequest
+	44, // 63: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	46, // 64: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	50, // 65: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	48, // 66: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	19, // 67: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	27, // 68: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	29, // 69: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	31, // 70: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	33, // 71: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	63, // 72: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	63, // 73: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
+	68, // 74: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	59, // 75: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	61, // 76: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	56, // 77: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	54, // 78: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
+	36, // 79: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	78, // 80: ssi.v1.Cfs.Session:input_type -> ssi.v1.FsRequest
+	6,  // 81: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	23, // 82: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 83: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 84: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 85: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 86: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	37, // 87: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	10, // 88: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	12, // 89: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	14, // 90: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	16, // 91: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	73, // 92: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	75, // 93: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	77, // 94: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	64, // 95: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	66, // 96: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
+	60, // 97: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	62, // 98: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	58, // 99: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	53, // 100: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
+	43, // 101: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
+	39, // 102: ssi.v1.Control.CfsStatus:output_type -> ssi.v1.CfsState
+	39, // 103: ssi.v1.Control.SetCfsReplica:output_type -> ssi.v1.CfsState
+	39, // 104: ssi.v1.Control.SetCfsJobRoot:output_type -> ssi.v1.CfsState
+	45, // 105: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	47, // 106: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	51, // 107: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	49, // 108: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	23, // 109: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 110: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 111: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 112: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 113: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	64, // 114: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	66, // 115: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
+	69, // 116: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	60, // 117: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	62, // 118: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	58, // 119: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	55, // 120: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
+	37, // 121: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	85, // 122: ssi.v1.Cfs.Session:output_type -> ssi.v1.FsMessage
+	81, // [81:123] is the sub-list for method output_type
+	39, // [39:81] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
