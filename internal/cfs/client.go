@@ -320,6 +320,10 @@ func (cl *Client) run(ctx context.Context) {
 			go cl.reclaim(ctx)
 		}
 		cl.watch(ctx, l)
+		// Nothing tells this node of changes any more: what it knows
+		// beyond the kernel's caches goes at once (the kernel's, when a
+		// new session starts).
+		cl.dirs.flush()
 		cl.mu.Lock()
 		cl.link = nil
 		cl.ready = make(chan struct{})

@@ -1,6 +1,7 @@
 package cfs
 
 import (
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -8,14 +9,15 @@ import (
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 )
 
-// dirCache is what a mount knows of directories beyond the kernel's own
-// caches, so that the kernel's questions about them need no round trip:
+// dirCache is what a mount knows beyond the kernel's own caches, so that
+// the kernel's questions need no round trip:
 //
-//   - a directory's attributes, from the last answer that carried them (a
-//     LOOKUP, a GETATTR, a listing, or the parent's attributes that CREATE,
-//     MKDIR, UNLINK… return). The kernel asks for them again after each
-//     change it makes in the directory (to check permissions with fresh
-//     ones), which is every create and unlink;
+//   - a file's attributes, from the last answer that carried them (a LOOKUP,
+//     a GETATTR, a listing, a WRITE or SETATTR, or the parent's attributes
+//     that CREATE, MKDIR, UNLINK… return). The kernel asks for them again
+//     after each change it makes (after each create or unlink in a
+//     directory, to check permissions with fresh ones; after a write, for
+//     the new times);
 //   - a directory's complete list of names, from a listing or because this
 //     node made the directory: a name that is not in it does not exist, so
 //     a LOOKUP of a new name (before every create) is answered ENOENT here.
@@ -24,11 +26,14 @@ import (
 // this node before any other node's change is acknowledged, and what an
 // invalidation names is dropped here synchronously, as the message is read
 // (before any answer read after it), while the kernel's copy is dropped in
-// a goroutine. An answer is kept only if no invalidation at all arrived
-// between its request and its answer (gen), and a directory's names are
-// kept only while no other change of this node's in that directory is in
-// flight. Entries expire with the kernel's timeouts, which bounds changes
-// made behind ssi's back as for the kernel's caches.
+// a goroutine. An answer to a question is kept only if no invalidation
+// arrived and no change of this node's was made between its request and
+// its answer; what a change answers is kept only if no invalidation
+// arrived and no other change of this node's to the same file or
+// directory was in flight. The files an UNLINK or RENAME changes by name
+// come back in its answer's Inval and are dropped. Entries
+// expire with the kernel's timeouts, which bounds changes made behind
+// ssi's back as for the kernel's caches.
 type dirCache struct {
 	ttl  time.Duration
 	norm func(uint64) uint64 // the one number of a file (the root has two)
@@ -81,7 +86,7 @@ func (d *dirCache) flush() {
 	clear(d.names)
 }
 
-// attr is directory id's attributes, if known and fresh.
+// attr is file id's attributes, if known and fresh.
 func (d *dirCache) attr(id uint64) (*ssiv1.FsAttr, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -108,35 +113,44 @@ func (d *dirCache) absent(id uint64, name string) bool {
 type ticket struct {
 	gen, seq uint64
 	quiet    bool     // no change of this node's was in flight
-	dirs     []uint64 // directories the request changes
+	dirs     []uint64 // files and directories the request changes
 }
 
-// changedDirs are the directories request r changes the entries or
-// attributes of (r.Ino is the new parent of a RENAME).
-func changedDirs(r *ssiv1.FsRequest) []uint64 {
+// changed are the files and directories request r changes (the
+// directory first where there is one; r.Ino is the new parent of a
+// RENAME, the linked file of a LINK).
+func changed(r *ssiv1.FsRequest) []uint64 {
 	switch r.Op {
 	case ssiv1.FsOp_FS_OP_CREATE, ssiv1.FsOp_FS_OP_MKDIR, ssiv1.FsOp_FS_OP_MKNOD, ssiv1.FsOp_FS_OP_SYMLINK,
-		ssiv1.FsOp_FS_OP_LINK, ssiv1.FsOp_FS_OP_UNLINK, ssiv1.FsOp_FS_OP_RMDIR:
+		ssiv1.FsOp_FS_OP_UNLINK, ssiv1.FsOp_FS_OP_RMDIR:
 		return []uint64{r.Parent}
-	case ssiv1.FsOp_FS_OP_RENAME:
+	case ssiv1.FsOp_FS_OP_RENAME, ssiv1.FsOp_FS_OP_LINK:
 		return []uint64{r.Parent, r.Ino}
-	case ssiv1.FsOp_FS_OP_SETATTR, ssiv1.FsOp_FS_OP_SETXATTR, ssiv1.FsOp_FS_OP_REMOVEXATTR:
-		return []uint64{r.Ino} // of a directory or not: only directories are kept
+	case ssiv1.FsOp_FS_OP_SETATTR, ssiv1.FsOp_FS_OP_SETXATTR, ssiv1.FsOp_FS_OP_REMOVEXATTR,
+		ssiv1.FsOp_FS_OP_WRITE, ssiv1.FsOp_FS_OP_ALLOCATE, ssiv1.FsOp_FS_OP_OPEN:
+		return []uint64{r.Ino}
 	}
 	return nil
 }
 
 // begin is called before request r is sent: a change drops the attributes
-// it makes stale and counts as in flight in its directories.
+// it makes stale and counts as in flight. A READ drops the file's
+// attributes (its access time may move).
 func (d *dirCache) begin(r *ssiv1.FsRequest) ticket {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	t := ticket{gen: d.gen, seq: d.seq, quiet: d.busy == 0}
-	for _, id := range changedDirs(r) {
+	if r.Op == ssiv1.FsOp_FS_OP_READ && r.Ino != 0 {
+		delete(d.attrs, d.norm(r.Ino))
+	}
+	for _, id := range changed(r) {
 		if id == 0 {
 			continue
 		}
 		id = d.norm(id)
+		if slices.Contains(t.dirs, id) {
+			continue // a RENAME within one directory
+		}
 		t.dirs = append(t.dirs, id)
 		delete(d.attrs, id)
 		d.inflight[id]++
@@ -165,11 +179,18 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 	if len(t.dirs) > 0 {
 		d.busy--
 	}
+	if m != nil {
+		for _, iv := range m.Inval {
+			if iv.Ino != 0 {
+				delete(d.attrs, d.norm(iv.Ino)) // what a change changed by name
+			}
+		}
+	}
 	fresh := d.gen == t.gen
 	now := time.Now()
 	if len(t.dirs) == 0 {
 		// A question: its answer holds if nothing changed meanwhile.
-		if errno == 0 && m != nil && fresh && t.quiet && d.seq == t.seq && isDir(m.Attr) {
+		if errno == 0 && m != nil && m.Attr != nil && fresh && t.quiet && d.seq == t.seq {
 			d.attrs[d.norm(m.Attr.Ino)] = cachedAttr{m.Attr, now}
 		}
 		return
@@ -180,11 +201,11 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 		}
 		return
 	}
-	if isDir(m.Attr) {
+	if m.Attr != nil {
 		d.attrs[d.norm(m.Attr.Ino)] = cachedAttr{m.Attr, now}
 	}
-	if m.Attr2 != nil && len(t.dirs) == 1 {
-		d.attrs[t.dirs[0]] = cachedAttr{m.Attr2, now}
+	if m.Attr2 != nil && r.Parent != 0 {
+		d.attrs[d.norm(r.Parent)] = cachedAttr{m.Attr2, now}
 	}
 	parent := d.norm(r.Parent)
 	name := baseName(string(r.Path))
@@ -231,7 +252,7 @@ func (d *dirCache) listing() listing {
 }
 
 // listed keeps a complete listing of directory id (and its entries'
-// directories' attributes), if nothing changed since l.
+// attributes), if nothing changed since l.
 func (d *dirCache) listed(id uint64, l listing, entries []*ssiv1.FsDirEntry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -242,13 +263,9 @@ func (d *dirCache) listed(id uint64, l listing, entries []*ssiv1.FsDirEntry) {
 	n := &dirNames{names: make(map[string]struct{}, len(entries)), at: now}
 	for _, e := range entries {
 		n.names[string(e.Name)] = struct{}{}
-		if isDir(e.Attr) {
+		if e.Attr != nil {
 			d.attrs[d.norm(e.Attr.Ino)] = cachedAttr{e.Attr, now}
 		}
 	}
 	d.names[d.norm(id)] = n
-}
-
-func isDir(a *ssiv1.FsAttr) bool {
-	return a != nil && a.Mode&syscall.S_IFMT == syscall.S_IFDIR
 }

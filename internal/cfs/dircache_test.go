@@ -202,3 +202,82 @@ func TestDirectoryCacheIsCoherent(t *testing.T) {
 		t.Errorf("19 unlinks of known files asked %d LOOKUP/GETATTR", n)
 	}
 }
+
+// Files' attributes kept by one node follow every other node's change and
+// this node's own changes by name (links, unlinks, renames).
+func TestFileAttributesCacheIsCoherent(t *testing.T) {
+	p := mountPair(t)
+	fa, fb := p.at(p.a, "f"), p.at(p.b, "f")
+	if err := os.WriteFile(fa, []byte("one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A stat after this node's own write needs no GETATTR: the WRITE
+	// answered with the new attributes.
+	before := p.srv.Requests(ssiv1.FsOp_FS_OP_GETATTR)
+	for i := range 10 {
+		if err := os.WriteFile(fa, []byte(strconv.Itoa(i)+"..."), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.Stat(fa); err != nil || st.Size() != int64(len(strconv.Itoa(i)+"...")) {
+			t.Fatalf("a's stat after its write: %v %v", st, err)
+		}
+	}
+	if n := p.srv.Requests(ssiv1.FsOp_FS_OP_GETATTR) - before; n > 2 {
+		t.Errorf("10 writes each followed by a stat asked %d GETATTRs", n)
+	}
+	for i := range 20 {
+		data := []byte(strconv.Itoa(i) + "-" + string(make([]byte, i)))
+		if err := os.WriteFile(fb, data, 0o600|os.FileMode(i%2)*0o044); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(fb, 0o600|os.FileMode(i%2)*0o044); err != nil {
+			t.Fatal(err)
+		}
+		st, err := os.Stat(fa)
+		if err != nil || st.Size() != int64(len(data)) || st.Mode().Perm() != 0o600|os.FileMode(i%2)*0o044 {
+			t.Fatalf("round %d: a sees %v (%v) after b wrote %d bytes", i, st, err, len(data))
+		}
+		if err := os.Truncate(fb, 1); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := os.Stat(fa); err != nil || st.Size() != 1 {
+			t.Fatalf("round %d: a sees %v (%v) after b truncated the file", i, st, err)
+		}
+	}
+	// This node's own links and unlinks by name.
+	g := p.at(p.a, "g")
+	if _, err := os.Stat(fa); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(fa, g); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(fa); err != nil || nlink(st) != 2 {
+		t.Fatalf("after a link, f has %d links (%v)", nlink(st), err)
+	}
+	if err := os.Remove(g); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(fa); err != nil || nlink(st) != 1 {
+		t.Fatalf("after the unlink of its other name, f has %d links (%v)", nlink(st), err)
+	}
+	if err := os.Link(fa, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p.at(p.a, "h"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(p.at(p.a, "h"), g); err != nil { // replaces g: f loses a link
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(fa); err != nil || nlink(st) != 1 {
+		t.Fatalf("after a rename over its other name, f has %d links (%v)", nlink(st), err)
+	}
+}
+
+func nlink(st os.FileInfo) uint64 {
+	if st == nil {
+		return 0
+	}
+	return uint64(st.Sys().(*syscall.Stat_t).Nlink)
+}

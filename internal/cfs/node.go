@@ -103,11 +103,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if n.IsDir() {
-		if a, ok := n.c.dirs.attr(n.id()); ok {
-			fillAttr(a, &out.Attr)
-			return 0
-		}
+	if a, ok := n.c.dirs.attr(n.id()); ok {
+		fillAttr(a, &out.Attr)
+		return 0
 	}
 	r := &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR, Path: []byte(n.path()), Ino: n.id()}
 	if fh, ok := f.(*file); ok {

@@ -85,7 +85,12 @@ func (x *session) do(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage,
 		if err != nil && n == 0 {
 			return nil, err
 		}
-		return &ssiv1.FsMessage{Count: uint32(n)}, nil
+		m := &ssiv1.FsMessage{Count: uint32(n)}
+		var st unix.Stat_t
+		if unix.Fstat(h.fd, &st) == nil {
+			m.Attr = x.srv.attr(&st) // the new size and times, for the client's cache
+		}
+		return m, nil
 	case ssiv1.FsOp_FS_OP_FSYNC:
 		h, err := x.file(r.Handle)
 		if err != nil {
@@ -388,7 +393,9 @@ func (x *session) remove(rel string, dir bool) (*ssiv1.FsMessage, error) {
 	x.srv.gone(&st)
 	pid := x.srv.fileID(dst)
 	x.invalidate([]*ssiv1.FsInval{entryInval(pid, name), inodeInval(pid), inodeInval(x.srv.fileID(&st))})
-	return &ssiv1.FsMessage{Attr2: x.srv.dirAttr(dfd)}, nil
+	// The file itself changed too (its link count): the client has only
+	// its name.
+	return &ssiv1.FsMessage{Attr2: x.srv.dirAttr(dfd), Inval: []*ssiv1.FsInval{inodeInval(x.srv.fileID(&st))}}, nil
 }
 
 func (x *session) rename(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
@@ -431,7 +438,9 @@ func (x *session) rename(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, erro
 		iv = append(iv, inodeInval(x.srv.fileID(&dstFile)))
 	}
 	x.invalidate(iv)
-	return nil, nil
+	// The files renamed and replaced changed too (times, link count):
+	// the client has only their names.
+	return &ssiv1.FsMessage{Inval: iv}, nil
 }
 
 func (x *session) setattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
