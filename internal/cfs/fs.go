@@ -93,7 +93,7 @@ func (f *FS) Record() state.CFS {
 	if f.c.FSM == nil {
 		return state.CFS{Server: f.c.Server}
 	}
-	return f.c.FSM.Cluster().CFSRecord(f.c.Server)
+	return f.c.FSM.CFSRecord(f.c.Server)
 }
 
 // Serves says whether this node serves the cluster filesystem.
