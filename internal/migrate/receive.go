@@ -224,11 +224,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 		return nil, err
 	}
 	if h.Attached {
-		a := procspace.Arrival{Pipes: pipes, TTY: term, OutSeq: h.OutSeq, StdinAcked: h.StdinAcked, CtlAcked: h.CtlAcked, StdinClosed: h.StdinClosed}
-		if term != nil {
-			a.StdinPending = h.StdinPending // pipes had theirs before the restore
-		}
-		m.cfg.Streams.Arrive(pj, a)
+		m.cfg.Streams.Arrive(pj, arrivalOf(h, pipes, term))
 	}
 	return pj, nil
 }

@@ -76,3 +76,13 @@ func jobTerminal(h *ssiv1.MigrateHeader, inherit map[string]*os.File) (*procspac
 	inherit[h.TtyKey], t.Slave = t.Slave, nil
 	return t, nil
 }
+
+// arrivalOf is where the stream of an attached job restored here goes on
+// from (what streamHeader put in h), with its new stdio.
+func arrivalOf(h *ssiv1.MigrateHeader, pipes [3]*os.File, term *procspace.Terminal) procspace.Arrival {
+	a := procspace.Arrival{Pipes: pipes, TTY: term, OutSeq: h.OutSeq, StdinAcked: h.StdinAcked, CtlAcked: h.CtlAcked, StdinClosed: h.StdinClosed}
+	if term != nil {
+		a.StdinPending = h.StdinPending // pipes had theirs before the restore
+	}
+	return a
+}
