@@ -65,6 +65,7 @@ type movable struct {
 	acked       uint64             // last stdin seq fully written into the pipe
 	ctlDone     uint64             // last signal or resize seq delivered
 	held        []*ssiv1.ExecInput // signals and resizes that came while frozen
+	settled     chan struct{}      // closed when a move that stopped the pumps is decided
 	closed      bool               // stdin closed
 	eof         [2]bool            // stdout, stderr reached EOF
 	moved       bool               // Commit: the stream ends with ExecMoved
@@ -102,16 +103,6 @@ func (s *Space) serveMovable(ctx context.Context, st execStream, out *sender, j 
 			}
 		}
 	}
-	s.movMu.Lock()
-	s.movables[j.CPID] = m
-	s.movMu.Unlock()
-	defer func() {
-		s.movMu.Lock()
-		if s.movables[j.CPID] == m {
-			delete(s.movables, j.CPID)
-		}
-		s.movMu.Unlock()
-	}()
 	defer m.q.close()
 	go func() {
 		var n uint64 // stdin messages seen: their seq when the sender gives none
@@ -147,6 +138,17 @@ func (s *Space) serveMovable(ctx context.Context, st execStream, out *sender, j 
 	if err := m.start(); err != nil {
 		return out.Send(execError(255, "node %d: %v", s.cfg.Self, err))
 	}
+	// Quiesce finds it once it runs.
+	s.movMu.Lock()
+	s.movables[j.CPID] = m
+	s.movMu.Unlock()
+	defer func() {
+		s.movMu.Lock()
+		if s.movables[j.CPID] == m {
+			delete(s.movables, j.CPID)
+		}
+		s.movMu.Unlock()
+	}()
 	defer m.closePhase()
 	// Ends when both output pipes reached EOF and the job ended, or at
 	// Commit. A client that goes away hangs the job up (above), which
@@ -170,6 +172,7 @@ func (m *movable) start() error {
 	}
 	m.mu.Lock()
 	m.phase, m.phaseClosed, m.frozen = stop, false, false
+	m.settle()
 	closed := m.closed
 	eof := m.eof
 	m.mu.Unlock()
@@ -299,7 +302,7 @@ func (s *Space) Quiesce(cpid vproc.CPID) (*MoveState, error) {
 	m := s.movables[cpid]
 	s.movMu.Unlock()
 	if m == nil {
-		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (a terminal, or a CLI on node %d itself); this version moves detached jobs and jobs started from another node", cpid, s.cfg.Self)
+		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (a CLI on node %d itself); this version moves detached jobs and jobs started from another node", cpid, s.cfg.Self)
 	}
 	m.mu.Lock()
 	if m.frozen || m.moved {
@@ -307,6 +310,7 @@ func (s *Space) Quiesce(cpid vproc.CPID) (*MoveState, error) {
 		return nil, fmt.Errorf("process %d is moving already", cpid)
 	}
 	m.frozen = true
+	m.settled = make(chan struct{})
 	stop := m.phase
 	m.mu.Unlock()
 	m.q.pause()
@@ -426,6 +430,39 @@ func (m *movable) resume(pending []byte) error {
 	return nil
 }
 
+// settle says that the move that stopped the stream (if any) is decided;
+// m.mu is held.
+func (m *movable) settle() {
+	if m.settled != nil {
+		close(m.settled)
+		m.settled = nil
+	}
+}
+
+// AwaitMove waits (until ctx ends) while the stream of cpid is stopped
+// for a move, until the move is decided: the job runs on here (Resume) or
+// elsewhere (Commit). A signal sent to the job meanwhile from outside its
+// stream (Control.Signal) is delivered once that is known, where the job
+// runs, instead of into a frozen copy that may be about to end.
+func (s *Space) AwaitMove(ctx context.Context, cpid vproc.CPID) {
+	s.movMu.Lock()
+	m := s.movables[cpid]
+	s.movMu.Unlock()
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	ch := m.settled
+	m.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
+
 // control delivers a signal or a resize at once, unless it was delivered
 // already (sent again after a move) or the job is frozen for a move: then
 // it waits for Resume, or, if the job moves, is not acknowledged, and the
@@ -508,6 +545,7 @@ func (s *Space) Commit(cpid vproc.CPID, node uint32, st *MoveState) {
 	}
 	m.mu.Lock()
 	m.moved = true
+	m.settle()
 	m.mu.Unlock()
 	_ = m.out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Moved{Moved: &ssiv1.ExecMoved{Node: node, OutSeq: st.OutSeq, StdinAcked: st.StdinAcked, CtlAcked: st.CtlAcked}}})
 	m.end()

@@ -401,3 +401,53 @@ func readFor(f *os.File, d time.Duration) []byte {
 	}
 	return out
 }
+
+// A signal sent from outside the stream (kill, the CLI's ^C) while the
+// job is frozen for a move waits for the move to be decided: delivered
+// here after a Resume (after a Commit, this node has no such job and
+// Control.Signal asks the node that has it). It once went into the frozen
+// copy, which a commit then ended with it.
+func TestSignalWaitsForTheMove(t *testing.T) {
+	s, j := arrivedCat(t, 0)
+	st := newChanStream()
+	go func() { _ = s.attach(context.Background(), &ssiv1.ExecAttach{Cpid: int64(j.CPID)}, st) }()
+	defer close(st.in)
+	var ms *MoveState
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if ms, err = s.Quiesce(j.CPID); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quiesce: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	signalled := make(chan error, 1)
+	go func() {
+		_, err := s.Service().Signal(context.Background(), connect.NewRequest(&ssiv1.SignalRequest{Cpid: int64(j.CPID), Signal: int32(syscall.SIGTERM), HasUid: true}))
+		signalled <- err
+	}()
+	select {
+	case err := <-signalled:
+		t.Fatalf("the signal went into the frozen job (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if err := s.Resume(j.CPID, ms); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-signalled:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the signal still waits after Resume")
+	}
+	select {
+	case <-j.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGTERM did not end the job")
+	}
+}

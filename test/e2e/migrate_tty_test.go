@@ -65,7 +65,8 @@ while True:
 // move reaches it at once and unechoed (its terminal
 // settings moved with it), a resize after the move reaches it as
 // SIGWINCH with the new size, ^C after the move is a SIGINT from its
-// terminal, and onnode exits with its status.
+// terminal; all of it again after a second move, back to node 2; and
+// onnode exits with the job's status.
 func TestMigrateTerminal(t *testing.T) {
 	c := migrateCluster(t)
 	dir := t.TempDir()
@@ -163,6 +164,18 @@ func TestMigrateTerminal(t *testing.T) {
 	ptmx.Write([]byte{3}) // ^C
 	expect("int 1")
 	ticksPast(3)
+	// And back home: the terminal it got on node 3 moves the same way.
+	c.MustCLI(3, "migrate", cpid, "home")
+	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "2" {
+		t.Fatalf("where_pid after the move home: %q", got)
+	}
+	ptmx.Write([]byte("c"))
+	expect("key 13 'c'")
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 120}); err != nil {
+		t.Fatal(err)
+	}
+	expect("winch 40 120")
+	ticksPast(3)
 	ptmx.Write([]byte("q"))
 	expect("bye")
 	select {
@@ -191,7 +204,7 @@ func TestMigrateTerminal(t *testing.T) {
 	for i, k := range "0123456789" {
 		want = append(want, fmt.Sprintf("key %d '%c'", i+2, k))
 	}
-	want = append(want, "key 12 'b'", "winch 30 100", "int 1", "bye")
+	want = append(want, "key 12 'b'", "winch 30 100", "int 1", "key 13 'c'", "winch 40 120", "bye")
 	if strings.Join(events, "|") != strings.Join(want, "|") {
 		t.Errorf("the job printed %q besides its ticks, want %q", events, want)
 	}
