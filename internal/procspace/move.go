@@ -77,6 +77,13 @@ type movable struct {
 
 func (m *movable) end() { m.endOnce.Do(func() { close(m.ended) }) }
 
+// movableOf is the movable stream of cpid here, or nil.
+func (s *Space) movableOf(cpid vproc.CPID) *movable {
+	s.movMu.Lock()
+	defer s.movMu.Unlock()
+	return s.movables[cpid]
+}
+
 // streamAt is where the numbering of a movable stream's input starts: 0
 // for a new job, the old node's for one that moved here.
 type streamAt struct {
@@ -298,9 +305,7 @@ func (m *movable) sendAck(seq uint64) {
 // stop, what the job wrote is sent, and what it has not read of its stdin
 // is taken back out of the pipe.
 func (s *Space) Quiesce(cpid vproc.CPID) (*MoveState, error) {
-	s.movMu.Lock()
-	m := s.movables[cpid]
-	s.movMu.Unlock()
+	m := s.movableOf(cpid)
 	if m == nil {
 		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (a CLI on node %d itself); this version moves detached jobs and jobs started from another node", cpid, s.cfg.Self)
 	}
@@ -398,9 +403,7 @@ func (r nonBlocking) Read(b []byte) (int, error) {
 // Resume undoes Quiesce (the move failed): the unread stdin goes back into
 // the pipe, and the pumps go on.
 func (s *Space) Resume(cpid vproc.CPID, st *MoveState) error {
-	s.movMu.Lock()
-	m := s.movables[cpid]
-	s.movMu.Unlock()
+	m := s.movableOf(cpid)
 	if m == nil {
 		return fmt.Errorf("process %d: its stream is gone", cpid)
 	}
@@ -445,9 +448,7 @@ func (m *movable) settle() {
 // stream (Control.Signal) is delivered once that is known, where the job
 // runs, instead of into a frozen copy that may be about to end.
 func (s *Space) AwaitMove(ctx context.Context, cpid vproc.CPID) {
-	s.movMu.Lock()
-	m := s.movables[cpid]
-	s.movMu.Unlock()
+	m := s.movableOf(cpid)
 	if m == nil {
 		return
 	}
@@ -537,9 +538,7 @@ func writeAll(f *os.File, b []byte) error {
 // Commit ends the stream of a job that now runs on node: the client's
 // daemon attaches there.
 func (s *Space) Commit(cpid vproc.CPID, node uint32, st *MoveState) {
-	s.movMu.Lock()
-	m := s.movables[cpid]
-	s.movMu.Unlock()
+	m := s.movableOf(cpid)
 	if m == nil {
 		return
 	}

@@ -75,6 +75,27 @@ func arrivedCat(t *testing.T, acked uint64) (*Space, *procs.Job) {
 	return s, j
 }
 
+// attachQuiesced attaches a stream to the job that arrived here and stops
+// it for a move, as a migration does once the job is frozen.
+func attachQuiesced(t *testing.T, s *Space, j *procs.Job) (*chanStream, *MoveState) {
+	t.Helper()
+	st := newChanStream()
+	go func() { _ = s.attach(context.Background(), &ssiv1.ExecAttach{Cpid: int64(j.CPID)}, st) }()
+	var ms *MoveState
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var err error
+		if ms, err = s.Quiesce(j.CPID); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("quiesce: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return st, ms
+}
+
 func stdinMsg(seq uint64, s string) *ssiv1.ExecInput {
 	return &ssiv1.ExecInput{Seq: seq, Msg: &ssiv1.ExecInput_Stdin{Stdin: []byte(s)}}
 }
@@ -123,20 +144,7 @@ func TestArrivedStreamDropsDeliveredStdin(t *testing.T) {
 // job again every chunk it still kept).
 func TestArrivedStreamKeepsTheAckedCount(t *testing.T) {
 	s, j := arrivedCat(t, 5)
-	st := newChanStream()
-	go func() { _ = s.attach(context.Background(), &ssiv1.ExecAttach{Cpid: int64(j.CPID)}, st) }()
-	var ms *MoveState
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var err error
-		if ms, err = s.Quiesce(j.CPID); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("quiesce: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	st, ms := attachQuiesced(t, s, j)
 	if ms.StdinAcked != 5 || ms.OutSeq != 10 {
 		t.Errorf("quiesced at stdin %d, output %d: want 5 and 10, where the old node stopped", ms.StdinAcked, ms.OutSeq)
 	}
@@ -153,20 +161,7 @@ func TestArrivedStreamKeepsTheAckedCount(t *testing.T) {
 // again when the stream that followed a move sends it again.
 func TestControlHeldWhileFrozen(t *testing.T) {
 	s, j := arrivedCat(t, 0)
-	st := newChanStream()
-	go func() { _ = s.attach(context.Background(), &ssiv1.ExecAttach{Cpid: int64(j.CPID)}, st) }()
-	var ms *MoveState
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var err error
-		if ms, err = s.Quiesce(j.CPID); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("quiesce: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	st, ms := attachQuiesced(t, s, j)
 	ctlAcks := func() []uint64 {
 		var a []uint64
 		for _, m := range st.sent() {
@@ -260,7 +255,7 @@ func TestRelayReplaysSignalsAfterAMove(t *testing.T) {
 	s := New(Config{Self: 1, Name: "t1", FSM: f, Net: net.Net(1), Log: slog.New(slog.DiscardHandler)})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cli := &feedStream{ctx: ctx, in: make(chan *ssiv1.ExecInput, 8)}
+	cli := &cliStream{ctx: ctx, in: make(chan *ssiv1.ExecInput, 8)}
 	spec := &ssiv1.ExecSpec{Argv: []string{"cat"}, Node: 2, HasCreds: true, Tty: true}
 	relayed := make(chan error, 1)
 	go func() { relayed <- s.relay(ctx, spec, cli, f.Cluster().Nodes[2], nil) }()
@@ -287,31 +282,6 @@ func TestRelayReplaysSignalsAfterAMove(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the relay did not end")
 	}
-}
-
-// feedStream is a CLI's stream to the relay that sends what the test puts
-// in in.
-type feedStream struct {
-	ctx context.Context
-	in  chan *ssiv1.ExecInput
-	mu  sync.Mutex
-	out []*ssiv1.ExecOutput
-}
-
-func (f *feedStream) Receive() (*ssiv1.ExecInput, error) {
-	select {
-	case m := <-f.in:
-		return m, nil
-	case <-f.ctx.Done():
-		return nil, f.ctx.Err()
-	}
-}
-
-func (f *feedStream) Send(m *ssiv1.ExecOutput) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.out = append(f.out, m)
-	return nil
 }
 
 // What was typed on a terminal and not read yet, a partial line
@@ -409,21 +379,8 @@ func readFor(f *os.File, d time.Duration) []byte {
 // copy, which a commit then ended with it.
 func TestSignalWaitsForTheMove(t *testing.T) {
 	s, j := arrivedCat(t, 0)
-	st := newChanStream()
-	go func() { _ = s.attach(context.Background(), &ssiv1.ExecAttach{Cpid: int64(j.CPID)}, st) }()
+	st, ms := attachQuiesced(t, s, j)
 	defer close(st.in)
-	var ms *MoveState
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		var err error
-		if ms, err = s.Quiesce(j.CPID); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("quiesce: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 	signalled := make(chan error, 1)
 	go func() {
 		_, err := s.Service().Signal(context.Background(), connect.NewRequest(&ssiv1.SignalRequest{Cpid: int64(j.CPID), Signal: int32(syscall.SIGTERM), HasUid: true}))
