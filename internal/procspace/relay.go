@@ -21,8 +21,9 @@ import (
 const Window = 4 << 20
 
 // CtlWindow is how many signals and resizes the relay keeps unacknowledged
-// (to send again after a move) before it waits for the node's
-// acknowledgement.
+// (to send again after a move); a signal never waits for room: beyond it,
+// the oldest is forgotten (a node that does not acknowledge them, of an
+// older build, then gets them as before: at once, not again after a move).
 const CtlWindow = 1024
 
 // relay connects a CLI's exec stream to the node that runs the process.
@@ -80,24 +81,25 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	// what win keeps, and what comes next) or because its node is lost
 	// (the loop below ends the relay, and ctx with it). False: ctx ended.
 	forward := func(m *ssiv1.ExecInput) bool {
-		var keepIn *inflight
+		stdin, control := false, false
 		switch m.Msg.(type) {
 		case *ssiv1.ExecInput_Stdin, *ssiv1.ExecInput_StdinEof:
-			keepIn = win
+			if !win.room(ctx, len(m.GetStdin())) {
+				return false
+			}
+			stdin = true
 		case *ssiv1.ExecInput_Signal, *ssiv1.ExecInput_Resize:
-			keepIn = ctl
-		}
-		if keepIn != nil && !keepIn.room(ctx, cost(m)) {
-			return false
+			control = true
 		}
 		sendMu.Lock()
 		defer sendMu.Unlock()
-		if keepIn == ctl {
+		if stdin {
+			win.keep(m)
+		}
+		if control {
 			ctlSeq++
 			m.Seq = ctlSeq
-		}
-		if keepIn != nil {
-			keepIn.keep(m)
+			ctl.keepLast(m)
 		}
 		if err := remote.Send(m); err != nil {
 			s.log.Debug("cannot send towards the process; a stream that follows it gets its stdin again", "seq", m.Seq, "err", err)
@@ -327,6 +329,19 @@ func (w *inflight) room(ctx context.Context, size int) bool {
 func (w *inflight) keep(m *ssiv1.ExecInput) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, m)
+	w.bytes += cost(m)
+}
+
+// keepLast holds m until it is acknowledged, forgetting the oldest kept
+// message if the window is full.
+func (w *inflight) keepLast(m *ssiv1.ExecInput) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(w.msgs) > 0 && w.bytes+cost(m) > w.limit {
+		w.bytes -= cost(w.msgs[0])
+		w.msgs = w.msgs[1:]
+	}
 	w.msgs = append(w.msgs, m)
 	w.bytes += cost(m)
 }
