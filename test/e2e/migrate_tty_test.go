@@ -19,8 +19,9 @@ import (
 // ttyProg is the job of TestMigrateTerminal: it puts its terminal in
 // cbreak mode (every key read at once, no echo by the terminal, ^C still
 // a signal), prints "tick N" every 20 ms, and for every key "key N 'c'"
-// (q: "bye", exit 7), for every SIGWINCH "winch ROWS COLS", for every
-// SIGINT "int N". Each line is one write.
+// (q: "bye", exit 7; p: "pause", and it reads no key until the file
+// argv[1] exists, then "resume"), for every SIGWINCH "winch ROWS COLS",
+// for every SIGINT "int N". Each line is one write.
 const ttyProg = `
 import os, sys, select, signal, termios, tty, fcntl, struct, time
 def size():
@@ -37,10 +38,13 @@ def on_int(s, f):
 signal.signal(signal.SIGINT, on_int)
 tty.setcbreak(0)
 say("ready %d %d" % size())
-tick, keys, last = 0, 0, time.monotonic()
+tick, keys, last, paused = 0, 0, time.monotonic(), False
 while True:
+    if paused and os.path.exists(sys.argv[1]):
+        paused = False
+        say("resume")
     try:
-        r, _, _ = select.select([0], [], [], 0.02)
+        r, _, _ = select.select([] if paused else [0], [], [], 0.02)
     except InterruptedError:
         r = []
     while events:
@@ -50,6 +54,10 @@ while True:
         if c == "q":
             say("bye")
             sys.exit(7)
+        if c == "p":
+            paused = True
+            say("pause")
+            continue
         keys += 1
         say("key %d %r" % (keys, c))
     if time.monotonic() - last >= 0.02:
@@ -61,7 +69,9 @@ while True:
 // A terminal session survives a move: onnode -t on a terminal of the
 // test's own, the job on node 2 in cbreak mode, migrated to node 3 while
 // it prints: its output goes on with no tick lost or repeated, keys typed
-// during the move reach it once each and in order, a key typed after the
+// before the move that it had not read yet (it had stopped reading) and
+// keys typed during the move reach it once each and in order, unechoed, a
+// key typed during the second move as well, a key typed after the
 // move reaches it at once and unechoed (its terminal
 // settings moved with it), a resize after the move reaches it as
 // SIGWINCH with the new size, ^C after the move is a SIGINT from its
@@ -78,7 +88,8 @@ func TestMigrateTerminal(t *testing.T) {
 		t.Fatal(err)
 	}
 	marker := fmt.Sprintf("ssi-tty-%d", rand.IntN(1<<30))
-	cmd := c.cliCmd(1, "onnode", "-t", "2", "/usr/bin/python3", prog, marker)
+	resume := filepath.Join(dir, "resume")
+	cmd := c.cliCmd(1, "onnode", "-t", "2", "/usr/bin/python3", prog, resume, marker)
 	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
 	if err != nil {
 		t.Fatal(err)
@@ -139,24 +150,38 @@ func TestMigrateTerminal(t *testing.T) {
 	if cpid == "" {
 		t.Fatalf("the job is not in ps:\n%s", c.MustCLI(1, "ssi", "ps"))
 	}
-	// Keys typed while it moves reach it too, once each and in order
-	// (some are still in the old terminal, unread, when it is frozen).
-	typed := make(chan struct{})
-	go func() {
-		defer close(typed)
-		for _, k := range "0123456789" {
-			ptmx.Write([]byte(string(k)))
-			time.Sleep(15 * time.Millisecond)
-		}
-	}()
-	c.MustCLI(1, "migrate", cpid, "3")
-	<-typed
+	// typeDuring types keys while fn runs (a move).
+	typeDuring := func(keys string, fn func()) {
+		typed := make(chan struct{})
+		go func() {
+			defer close(typed)
+			for _, k := range keys {
+				ptmx.Write([]byte(string(k)))
+				time.Sleep(15 * time.Millisecond)
+			}
+		}()
+		fn()
+		<-typed
+	}
+	// Keys it has not read when it is frozen are in its old terminal:
+	// they move with it; so do those typed while it moves (in the old
+	// terminal, or kept by the client's daemon and sent again).
+	ptmx.Write([]byte("p"))
+	expect("pause")
+	ptmx.Write([]byte("xyz"))
+	time.Sleep(200 * time.Millisecond)
+	typeDuring("0123456789", func() { c.MustCLI(1, "migrate", cpid, "3") })
 	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "3" {
 		t.Fatalf("where_pid after the move: %q", got)
 	}
+	if err := os.WriteFile(resume, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	expect("resume")
+	expect("key 14 '9'")
 	ticksPast(5)
 	ptmx.Write([]byte("b"))
-	expect("key 12 'b'")
+	expect("key 15 'b'")
 	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 30, Cols: 100}); err != nil {
 		t.Fatal(err)
 	}
@@ -164,13 +189,14 @@ func TestMigrateTerminal(t *testing.T) {
 	ptmx.Write([]byte{3}) // ^C
 	expect("int 1")
 	ticksPast(3)
-	// And back home: the terminal it got on node 3 moves the same way.
-	c.MustCLI(3, "migrate", cpid, "home")
+	// And back home, typing while it moves: the terminal it got on node 3
+	// moves the same way.
+	typeDuring("abcdefghij", func() { c.MustCLI(3, "migrate", cpid, "home") })
 	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "2" {
 		t.Fatalf("where_pid after the move home: %q", got)
 	}
 	ptmx.Write([]byte("c"))
-	expect("key 13 'c'")
+	expect("key 26 'c'")
 	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 120}); err != nil {
 		t.Fatal(err)
 	}
@@ -200,11 +226,16 @@ func TestMigrateTerminal(t *testing.T) {
 		}
 		events = append(events, l)
 	}
-	want := []string{"ready 24 80", "key 1 'a'"}
-	for i, k := range "0123456789" {
-		want = append(want, fmt.Sprintf("key %d '%c'", i+2, k))
+	want := []string{"ready 24 80", "key 1 'a'", "pause", "resume"}
+	keys := func(from int, ks string) {
+		for i, k := range ks {
+			want = append(want, fmt.Sprintf("key %d '%c'", from+i, k))
+		}
 	}
-	want = append(want, "key 12 'b'", "winch 30 100", "int 1", "key 13 'c'", "winch 40 120", "bye")
+	keys(2, "xyz0123456789")
+	want = append(want, "key 15 'b'", "winch 30 100", "int 1")
+	keys(16, "abcdefghij")
+	want = append(want, "key 26 'c'", "winch 40 120", "bye")
 	if strings.Join(events, "|") != strings.Join(want, "|") {
 		t.Errorf("the job printed %q besides its ticks, want %q", events, want)
 	}
