@@ -16,14 +16,16 @@ import (
 	"github.com/creack/pty"
 )
 
-// ttyProg is the job of TestMigrateTerminal: it puts its terminal in
-// cbreak mode (every key read at once, no echo by the terminal, ^C still
-// a signal), prints "tick N" every 20 ms, and for every key "key N 'c'"
-// (q: "bye", exit 7; p: "pause", and it reads no key until the file
-// argv[1] exists, then "resume"), for every SIGWINCH "winch ROWS COLS",
-// for every SIGINT "int N". Each line is one write.
+// ttyProg is the job of TestMigrateTerminal: it holds argv[2] open, puts
+// its terminal in cbreak mode (every key read at once, no echo by the
+// terminal, ^C still a signal), prints "tick N" every 20 ms, and for
+// every key "key N 'c'", except q ("bye", exit 7), f (closes argv[2]:
+// "closed") and p ("pause": it reads no key until the file argv[1]
+// exists, then removes it: "resume"); for every SIGWINCH "winch ROWS
+// COLS", for every SIGINT "int N". Each line is one write.
 const ttyProg = `
 import os, sys, select, signal, termios, tty, fcntl, struct, time
+held = open(sys.argv[2])
 def size():
     r, c = struct.unpack("hh", fcntl.ioctl(1, termios.TIOCGWINSZ, b"1234"))
     return r, c
@@ -41,6 +43,7 @@ say("ready %d %d" % size())
 tick, keys, last, paused = 0, 0, time.monotonic(), False
 while True:
     if paused and os.path.exists(sys.argv[1]):
+        os.unlink(sys.argv[1])
         paused = False
         say("resume")
     try:
@@ -54,28 +57,31 @@ while True:
         if c == "q":
             say("bye")
             sys.exit(7)
-        if c == "p":
+        elif c == "f":
+            held.close()
+            say("closed")
+        elif c == "p":
             paused = True
             say("pause")
-            continue
-        keys += 1
-        say("key %d %r" % (keys, c))
+        else:
+            keys += 1
+            say("key %d %r" % (keys, c))
     if time.monotonic() - last >= 0.02:
         last = time.monotonic()
         tick += 1
         say("tick %d" % tick)
 `
 
-// A terminal session survives a move: onnode -t on a terminal of the
-// test's own, the job on node 2 in cbreak mode, migrated to node 3 while
-// it prints: its output goes on with no tick lost or repeated, keys typed
-// before the move that it had not read yet (it had stopped reading) and
-// keys typed during the move reach it once each and in order, unechoed, a
-// key typed during the second move as well, a key typed after the
-// move reaches it at once and unechoed (its terminal
-// settings moved with it), a resize after the move reaches it as
-// SIGWINCH with the new size, ^C after the move is a SIGINT from its
-// terminal; all of it again after a second move, back to node 2; and
+// A terminal session survives moves: onnode -t on a terminal of the
+// test's own, the job on node 2 in cbreak mode. A first move fails (the
+// job holds a file only node 2 has): it goes on on node 2, its terminal
+// working, and the keys typed before and during the attempt that it had
+// not read yet (it had stopped reading) reach it. Then it moves to node 3
+// and back home while it prints: its output goes on with no tick lost or
+// repeated, keys it had not read when frozen and keys typed during each
+// move reach it once each, in order and unechoed (its cbreak settings
+// moved with it), a resize after each move reaches it as SIGWINCH with
+// the new size, ^C after the move is a SIGINT from its terminal, and
 // onnode exits with the job's status.
 func TestMigrateTerminal(t *testing.T) {
 	c := migrateCluster(t)
@@ -87,9 +93,19 @@ func TestMigrateTerminal(t *testing.T) {
 	if err := os.WriteFile(prog, []byte(ttyProg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	marker := fmt.Sprintf("ssi-tty-%d", rand.IntN(1<<30))
+	// A file in node 2's mount namespace only (a tmpfs there).
+	private := filepath.Join(dir, "private")
+	if err := os.Mkdir(private, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	node2 := strconv.Itoa(c.PID(2))
+	if out, err := exec.Command("nsenter", "-t", node2, "-m", "sh", "-c", "mount -t tmpfs none "+private+" && echo x > "+private+"/f").CombinedOutput(); err != nil {
+		t.Fatalf("mounting a tmpfs in node 2's namespace: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", private).Run() })
 	resume := filepath.Join(dir, "resume")
-	cmd := c.cliCmd(1, "onnode", "-t", "2", "/usr/bin/python3", prog, resume, marker)
+	marker := fmt.Sprintf("ssi-tty-%d", rand.IntN(1<<30))
+	cmd := c.cliCmd(1, "onnode", "-t", "2", "/usr/bin/python3", prog, resume, private+"/f", marker)
 	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
 	if err != nil {
 		t.Fatal(err)
@@ -136,74 +152,121 @@ func TestMigrateTerminal(t *testing.T) {
 			expect("")
 		}
 	}
-	expect("ready 24 80")
-	ticksPast(5)
-	ptmx.Write([]byte("a"))
-	expect("key 1 'a'")
-
-	cpid := ""
-	for _, l := range strings.Split(c.MustCLI(1, "ssi", "ps"), "\n") {
-		if strings.Contains(l, marker) && !strings.Contains(l, `\_`) {
-			cpid = strings.Fields(l)[0]
+	// What the job must print besides its ticks, in order; keys typed
+	// while it does not read wait in unread until it resumes.
+	var want, unread []string
+	keys := 0
+	typed := func(s string) []string {
+		var l []string
+		for _, k := range s {
+			keys++
+			l = append(l, fmt.Sprintf("key %d '%c'", keys, k))
 		}
+		return l
 	}
-	if cpid == "" {
-		t.Fatalf("the job is not in ps:\n%s", c.MustCLI(1, "ssi", "ps"))
+	// typeKey types keys the job reads at once, and waits for the last.
+	typeKey := func(s string) {
+		t.Helper()
+		ptmx.Write([]byte(s))
+		want = append(want, typed(s)...)
+		expect(want[len(want)-1])
 	}
 	// typeDuring types keys while fn runs (a move).
-	typeDuring := func(keys string, fn func()) {
-		typed := make(chan struct{})
+	typeDuring := func(s string, paused bool, fn func()) {
+		t.Helper()
+		l := typed(s)
+		if paused {
+			unread = append(unread, l...)
+		} else {
+			want = append(want, l...)
+		}
+		done := make(chan struct{})
 		go func() {
-			defer close(typed)
-			for _, k := range keys {
+			defer close(done)
+			for _, k := range s {
 				ptmx.Write([]byte(string(k)))
 				time.Sleep(15 * time.Millisecond)
 			}
 		}()
 		fn()
-		<-typed
+		<-done
+		if !paused {
+			expect(want[len(want)-1])
+		}
 	}
-	// Keys it has not read when it is frozen are in its old terminal:
-	// they move with it; so do those typed while it moves (in the old
-	// terminal, or kept by the client's daemon and sent again).
-	ptmx.Write([]byte("p"))
-	expect("pause")
-	ptmx.Write([]byte("xyz"))
-	time.Sleep(200 * time.Millisecond)
-	typeDuring("0123456789", func() { c.MustCLI(1, "migrate", cpid, "3") })
-	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "3" {
-		t.Fatalf("where_pid after the move: %q", got)
+	event := func(key, line string) {
+		t.Helper()
+		if key != "" {
+			ptmx.Write([]byte(key))
+		}
+		want = append(want, line)
+		expect(line)
 	}
-	if err := os.WriteFile(resume, nil, 0o644); err != nil {
-		t.Fatal(err)
+	pause := func(s string) {
+		t.Helper()
+		event("p", "pause")
+		ptmx.Write([]byte(s))
+		unread = append(unread, typed(s)...)
+		time.Sleep(200 * time.Millisecond) // in its terminal now, unread
 	}
-	expect("resume")
-	expect("key 14 '9'")
+	resumeNow := func() {
+		t.Helper()
+		if err := os.WriteFile(resume, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want = append(append(want, "resume"), unread...)
+		unread = nil
+		expect(want[len(want)-1])
+	}
+	where := func(node string) {
+		t.Helper()
+		if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpidOf(t, c, marker))); got != node {
+			t.Fatalf("where_pid: %q, want %s", got, node)
+		}
+	}
+
+	event("", "ready 24 80")
 	ticksPast(5)
-	ptmx.Write([]byte("b"))
-	expect("key 15 'b'")
+	typeKey("a")
+	cpid := cpidOf(t, c, marker)
+
+	// A move that fails.
+	pause("xyz")
+	typeDuring("012", true, func() {
+		if r := c.CLI(1, "migrate", cpid, "3"); r.Code != 1 || !strings.Contains(r.Stderr, "restoring process") {
+			t.Fatalf("migrate of a job holding a file node 3 lacks: %v; want exit 1 and the restore's failure", r)
+		}
+	})
+	where("2")
+	resumeNow()
+	ticksPast(3)
+	event("f", "closed")
+
+	// It moves, not reading its terminal.
+	pause("uvw")
+	typeDuring("3456789", true, func() { c.MustCLI(1, "migrate", cpid, "3") })
+	where("3")
+	resumeNow()
+	ticksPast(5)
+	typeKey("b")
 	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 30, Cols: 100}); err != nil {
 		t.Fatal(err)
 	}
-	expect("winch 30 100")
-	ptmx.Write([]byte{3}) // ^C
-	expect("int 1")
+	event("", "winch 30 100")
+	event("\x03", "int 1") // ^C
 	ticksPast(3)
-	// And back home, typing while it moves: the terminal it got on node 3
-	// moves the same way.
-	typeDuring("abcdefghij", func() { c.MustCLI(3, "migrate", cpid, "home") })
-	if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != "2" {
-		t.Fatalf("where_pid after the move home: %q", got)
-	}
-	ptmx.Write([]byte("c"))
-	expect("key 26 'c'")
+
+	// And back home, reading its terminal: the one it got on node 3 moves
+	// the same way.
+	typeDuring("cdeghijk", false, func() { c.MustCLI(3, "migrate", cpid, "home") })
+	where("2")
+	typeKey("m")
 	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 120}); err != nil {
 		t.Fatal(err)
 	}
-	expect("winch 40 120")
+	event("", "winch 40 120")
 	ticksPast(3)
-	ptmx.Write([]byte("q"))
-	expect("bye")
+	event("q", "bye")
 	select {
 	case err = <-waited:
 		waited <- err // for the cleanup
@@ -214,9 +277,9 @@ func TestMigrateTerminal(t *testing.T) {
 	if !errors.As(err, &ee) || ee.ExitCode() != 7 {
 		t.Errorf("onnode: %v; want the job's exit status 7", err)
 	}
-	// Exactly: every tick once and in order, and the events once each.
+	// Exactly: every tick once and in order, and the rest once each.
 	tick := 0
-	var events []string
+	var got []string
 	for _, l := range all {
 		if n, ok := strings.CutPrefix(l, "tick "); ok {
 			if tick++; n != strconv.Itoa(tick) {
@@ -224,19 +287,22 @@ func TestMigrateTerminal(t *testing.T) {
 			}
 			continue
 		}
-		events = append(events, l)
+		got = append(got, l)
 	}
-	want := []string{"ready 24 80", "key 1 'a'", "pause", "resume"}
-	keys := func(from int, ks string) {
-		for i, k := range ks {
-			want = append(want, fmt.Sprintf("key %d '%c'", from+i, k))
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("the job printed, besides its ticks:\n%q\nwant:\n%q", got, want)
+	}
+}
+
+// cpidOf is the cluster PID of the job whose command line holds marker.
+func cpidOf(t *testing.T, c *Cluster, marker string) string {
+	t.Helper()
+	ps := c.MustCLI(1, "ssi", "ps")
+	for _, l := range strings.Split(ps, "\n") {
+		if strings.Contains(l, marker) && !strings.Contains(l, `\_`) {
+			return strings.Fields(l)[0]
 		}
 	}
-	keys(2, "xyz0123456789")
-	want = append(want, "key 15 'b'", "winch 30 100", "int 1")
-	keys(16, "abcdefghij")
-	want = append(want, "key 26 'c'", "winch 40 120", "bye")
-	if strings.Join(events, "|") != strings.Join(want, "|") {
-		t.Errorf("the job printed %q besides its ticks, want %q", events, want)
-	}
+	t.Fatalf("no job %s in ps:\n%s", marker, ps)
+	return ""
 }
