@@ -1732,7 +1732,8 @@ func (x *ExecError) GetMessage() string {
 }
 
 // ExecOutput is what flows back: started, output chunks, and exactly one of
-// exit or error last; stdin_ack whenever stdin was handed to the process.
+// exit or error last; stdin_ack whenever stdin was handed to the process,
+// ctl_ack whenever a numbered signal or resize was.
 //
 // seq numbers stdout and stderr chunks (1, 2, ... in one sequence; 0 on
 // other messages), so that a relay switching to another stream after a move
