@@ -408,3 +408,56 @@ func TestSignalWaitsForTheMove(t *testing.T) {
 		t.Fatal("SIGTERM did not end the job")
 	}
 }
+
+// With the job frozen, the old node takes everything out of its terminal:
+// what the job wrote and the daemon had not read (sent on the stream,
+// numbered), what was typed and the job had not read, and the terminal's
+// key, settings and size.
+func TestTakeBackTTY(t *testing.T) {
+	term, err := NewTerminal(uint32(os.Getuid()), nil, 33, 99)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer term.Close()
+	var mu sync.Mutex
+	var sent []*ssiv1.ExecOutput
+	m := &movable{tty: term.Master, out: &sender{send: func(o *ssiv1.ExecOutput) error {
+		mu.Lock()
+		defer mu.Unlock()
+		sent = append(sent, o)
+		return nil
+	}}}
+	// The job wrote, and someone typed half a line.
+	if _, err := term.Slave.Write([]byte("written")); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeTTY(term.Master, []byte("typed")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the echo of what was typed goes back too
+	st := &MoveState{}
+	if err := m.takeBackTTY(st); err != nil {
+		t.Fatal(err)
+	}
+	var out []byte
+	for _, o := range sent {
+		out = append(out, o.GetStdout()...)
+	}
+	if string(out) != "writtentyped" {
+		t.Errorf("sent %q, want what the job wrote and the echo: \"writtentyped\"", out)
+	}
+	if len(sent) == 0 || sent[0].Seq != 1 {
+		t.Errorf("output not numbered: %v", sent)
+	}
+	if string(st.StdinPending) != "typed" {
+		t.Errorf("unread input %q, want \"typed\"", st.StdinPending)
+	}
+	key, _ := TTYKey(term.Slave)
+	if st.TTYKey != key || st.Rows != 33 || st.Cols != 99 {
+		t.Errorf("key %q size %dx%d, want %q 99x33", st.TTYKey, st.Cols, st.Rows, key)
+	}
+	tio, _ := unix.IoctlGetTermios(rawFD(term.Slave), unix.TCGETS)
+	if got, err := DecodeTermios(st.Termios); err != nil || *got != *tio {
+		t.Errorf("settings %v (%v), want the terminal's", got, err)
+	}
+}
