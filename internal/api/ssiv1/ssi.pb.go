@@ -1380,8 +1380,13 @@ type ExecInput struct {
 	//	*ExecInput_Signal
 	//	*ExecInput_Resize
 	//	*ExecInput_Attach
-	Msg           isExecInput_Msg `protobuf_oneof:"msg"`
-	Seq           uint64          `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
+	Msg isExecInput_Msg `protobuf_oneof:"msg"`
+	// stdin and stdin_eof: their number in the stream's stdin. signal and
+	// resize: their number among the stream's signals and resizes (0 from a
+	// sender that does not number them: delivered as they come), acknowledged
+	// by ExecOutput.ctl_ack, kept by the relay and sent again after a move
+	// until then, and delivered at most once.
+	Seq           uint64 `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1727,7 +1732,8 @@ func (x *ExecError) GetMessage() string {
 }
 
 // ExecOutput is what flows back: started, output chunks, and exactly one of
-// exit or error last; stdin_ack whenever stdin was handed to the process.
+// exit or error last; stdin_ack whenever stdin was handed to the process,
+// ctl_ack whenever a numbered signal or resize was.
 //
 // seq numbers stdout and stderr chunks (1, 2, ... in one sequence; 0 on
 // other messages), so that a relay switching to another stream after a move
@@ -1743,6 +1749,7 @@ type ExecOutput struct {
 	//	*ExecOutput_Error
 	//	*ExecOutput_StdinAck
 	//	*ExecOutput_Moved
+	//	*ExecOutput_CtlAck
 	Msg           isExecOutput_Msg `protobuf_oneof:"msg"`
 	Seq           uint64           `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1849,6 +1856,15 @@ func (x *ExecOutput) GetMoved() *ExecMoved {
 	return nil
 }
 
+func (x *ExecOutput) GetCtlAck() uint64 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_CtlAck); ok {
+			return x.CtlAck
+		}
+	}
+	return 0
+}
+
 func (x *ExecOutput) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
@@ -1888,6 +1904,10 @@ type ExecOutput_Moved struct {
 	Moved *ExecMoved `protobuf:"bytes,7,opt,name=moved,proto3,oneof"` // the process moved (internal/migrate): attach to its new node
 }
 
+type ExecOutput_CtlAck struct {
+	CtlAck uint64 `protobuf:"varint,60,opt,name=ctl_ack,json=ctlAck,proto3,oneof"` // every signal and resize up to this seq was delivered
+}
+
 func (*ExecOutput_Started) isExecOutput_Msg() {}
 
 func (*ExecOutput_Stdout) isExecOutput_Msg() {}
@@ -1902,6 +1922,8 @@ func (*ExecOutput_StdinAck) isExecOutput_Msg() {}
 
 func (*ExecOutput_Moved) isExecOutput_Msg() {}
 
+func (*ExecOutput_CtlAck) isExecOutput_Msg() {}
+
 // ExecMoved ends a stream whose process moved to another node: every
 // output chunk up to out_seq was sent on this stream, every stdin message up
 // to stdin_acked reached the process (or goes with it); the client's daemon
@@ -1911,6 +1933,7 @@ type ExecMoved struct {
 	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
 	OutSeq        uint64                 `protobuf:"varint,2,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"`
 	StdinAcked    uint64                 `protobuf:"varint,3,opt,name=stdin_acked,json=stdinAcked,proto3" json:"stdin_acked,omitempty"`
+	CtlAcked      uint64                 `protobuf:"varint,60,opt,name=ctl_acked,json=ctlAcked,proto3" json:"ctl_acked,omitempty"` // every signal and resize up to this seq was delivered
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1962,6 +1985,13 @@ func (x *ExecMoved) GetOutSeq() uint64 {
 func (x *ExecMoved) GetStdinAcked() uint64 {
 	if x != nil {
 		return x.StdinAcked
+	}
+	return 0
+}
+
+func (x *ExecMoved) GetCtlAcked() uint64 {
+	if x != nil {
+		return x.CtlAcked
 	}
 	return 0
 }
@@ -4659,7 +4689,20 @@ type MigrateHeader struct {
 	// The job's root directory ("" for the node's): a job whose / is the
 	// cluster root restores only where the cluster filesystem is mounted at
 	// the same path (CRIU restores the root by its path).
-	Root          string `protobuf:"bytes,15,opt,name=root,proto3" json:"root,omitempty"`
+	Root string `protobuf:"bytes,15,opt,name=root,proto3" json:"root,omitempty"`
+	// Where the stream's numbering of the client's input stopped: the last
+	// stdin message and the last signal or resize the job got on the source.
+	StdinAcked uint64 `protobuf:"varint,60,opt,name=stdin_acked,json=stdinAcked,proto3" json:"stdin_acked,omitempty"`
+	CtlAcked   uint64 `protobuf:"varint,61,opt,name=ctl_acked,json=ctlAcked,proto3" json:"ctl_acked,omitempty"`
+	// An attached job on a terminal (onnode -t): the pty's slave as CRIU's
+	// external key ("tty[RDEV:DEV]", hex), its settings (struct termios as
+	// the kernel holds it) and window size, carried to a new pty on the
+	// target; stdin_pending is then what was typed and not yet read.
+	Tty           bool   `protobuf:"varint,62,opt,name=tty,proto3" json:"tty,omitempty"`
+	TtyKey        string `protobuf:"bytes,63,opt,name=tty_key,json=ttyKey,proto3" json:"tty_key,omitempty"`
+	Termios       []byte `protobuf:"bytes,64,opt,name=termios,proto3" json:"termios,omitempty"`
+	Rows          uint32 `protobuf:"varint,65,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32 `protobuf:"varint,66,opt,name=cols,proto3" json:"cols,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4797,6 +4840,55 @@ func (x *MigrateHeader) GetRoot() string {
 		return x.Root
 	}
 	return ""
+}
+
+func (x *MigrateHeader) GetStdinAcked() uint64 {
+	if x != nil {
+		return x.StdinAcked
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetCtlAcked() uint64 {
+	if x != nil {
+		return x.CtlAcked
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *MigrateHeader) GetTtyKey() string {
+	if x != nil {
+		return x.TtyKey
+	}
+	return ""
+}
+
+func (x *MigrateHeader) GetTermios() []byte {
+	if x != nil {
+		return x.Termios
+	}
+	return nil
+}
+
+func (x *MigrateHeader) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
 }
 
 type MigrateChunk struct {
@@ -6427,7 +6519,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04core\x18\x03 \x01(\bR\x04core\"B\n" +
 	"\tExecError\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xa7\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xc2\x02\n" +
 	"\n" +
 	"ExecOutput\x12/\n" +
 	"\astarted\x18\x01 \x01(\v2\x13.ssi.v1.ExecStartedH\x00R\astarted\x12\x18\n" +
@@ -6436,15 +6528,17 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04exit\x18\x04 \x01(\v2\x10.ssi.v1.ExecExitH\x00R\x04exit\x12)\n" +
 	"\x05error\x18\x05 \x01(\v2\x11.ssi.v1.ExecErrorH\x00R\x05error\x12\x1d\n" +
 	"\tstdin_ack\x18\x06 \x01(\x04H\x00R\bstdinAck\x12)\n" +
-	"\x05moved\x18\a \x01(\v2\x11.ssi.v1.ExecMovedH\x00R\x05moved\x12\x10\n" +
+	"\x05moved\x18\a \x01(\v2\x11.ssi.v1.ExecMovedH\x00R\x05moved\x12\x19\n" +
+	"\actl_ack\x18< \x01(\x04H\x00R\x06ctlAck\x12\x10\n" +
 	"\x03seq\x18\n" +
 	" \x01(\x04R\x03seqB\x05\n" +
-	"\x03msg\"Y\n" +
+	"\x03msg\"v\n" +
 	"\tExecMoved\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\rR\x04node\x12\x17\n" +
 	"\aout_seq\x18\x02 \x01(\x04R\x06outSeq\x12\x1f\n" +
 	"\vstdin_acked\x18\x03 \x01(\x04R\n" +
-	"stdinAcked\"K\n" +
+	"stdinAcked\x12\x1b\n" +
+	"\tctl_acked\x18< \x01(\x04R\bctlAcked\"K\n" +
 	"\n" +
 	"ExecAttach\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x10\n" +
@@ -6644,7 +6738,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x1d\n" +
 	"\n" +
 	"elapsed_us\x18\x03 \x01(\x03R\telapsedUs\x12+\n" +
-	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\xa1\x03\n" +
+	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\xcc\x04\n" +
 	"\rMigrateHeader\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
@@ -6663,7 +6757,15 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\fstdin_closed\x18\f \x01(\bR\vstdinClosed\x12\x17\n" +
 	"\aout_seq\x18\r \x01(\x04R\x06outSeq\x12\x14\n" +
 	"\x05nodes\x18\x0e \x03(\rR\x05nodes\x12\x12\n" +
-	"\x04root\x18\x0f \x01(\tR\x04root\"i\n" +
+	"\x04root\x18\x0f \x01(\tR\x04root\x12\x1f\n" +
+	"\vstdin_acked\x18< \x01(\x04R\n" +
+	"stdinAcked\x12\x1b\n" +
+	"\tctl_acked\x18= \x01(\x04R\bctlAcked\x12\x10\n" +
+	"\x03tty\x18> \x01(\bR\x03tty\x12\x17\n" +
+	"\atty_key\x18? \x01(\tR\x06ttyKey\x12\x18\n" +
+	"\atermios\x18@ \x01(\fR\atermios\x12\x12\n" +
+	"\x04rows\x18A \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18B \x01(\rR\x04cols\"i\n" +
 	"\fMigrateChunk\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.ssi.v1.MigrateHeaderR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
@@ -7164,6 +7266,7 @@ func file_ssi_v1_ssi_proto_init() {
 		(*ExecOutput_Error)(nil),
 		(*ExecOutput_StdinAck)(nil),
 		(*ExecOutput_Moved)(nil),
+		(*ExecOutput_CtlAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
