@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -41,7 +42,8 @@ type wiring struct {
 	dataDir      string // checkpoints of migrating jobs are staged below it
 	criu         string // the criu binary ("": found as migrate.FindCRIU does)
 	load         placement.Source
-	cfs          cfs.Config // the cluster filesystem's placement (Net, FSM and Log are filled in)
+	cfs          cfs.Config   // the cluster filesystem's placement (Net, FSM and Log are filled in)
+	execConns    net.Listener // the exec streams' own connections (transport's ExecListener)
 	seeds        func() []string
 	raftAddr     func(num uint32) string // nil: ip:port
 	startIndex   uint64                  // the last log index held at start
@@ -118,7 +120,7 @@ func wire(w wiring) *parts {
 		Exit: w.exit, RaftAddr: w.raftAddr, StartIndex: w.startIndex, Applied: w.applied, Log: w.log,
 	})
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
-	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log})
+	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log, Conns: w.execConns})
 	w.cfs.Net, w.cfs.FSM, w.cfs.Leader, w.cfs.Log = w.net, w.fsm, p.leader, w.log
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
@@ -130,7 +132,7 @@ func wire(w wiring) *parts {
 	p.reg = metrics.New()
 	peerRPC, ctlRPC := metrics.NewRPC("peer"), metrics.NewRPC("control")
 	p.reg.Register(peerRPC, ctlRPC, p.leader.Collector(), p.mem.Collector(), placement.LoadCollector(w.load),
-		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector(), p.cvip.Collector())
+		w.jobs.Collector(), p.mig.Collector(), p.cfs.Collector(), p.cvip.Collector(), p.space.Collector())
 	peerOpts := connect.WithInterceptors(peerRPC)
 
 	// Every endpoint bounds the messages it reads (connect refuses a larger
@@ -174,6 +176,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.mem.Run,
 		p.dhcp.Run,
 		p.cfs.Run,
+		p.space.Run,
 		p.web.Run,
 		p.cvip.Run,
 	} {

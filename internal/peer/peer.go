@@ -71,12 +71,25 @@ func (t *TLS) Dial(ctx context.Context, num uint32, proto string) (net.Conn, err
 	if !ok {
 		return nil, fmt.Errorf("node %d: %w", num, ErrUnknownNode)
 	}
-	d := &tls.Dialer{NetDialer: &net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}, Config: t.Raw(proto)}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	// Under TLS, a transport.Corked: a protocol that batches its writes
+	// sends many records in one write(2).
+	d := &net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial node %d at %s: %w", num, addr, err)
 	}
-	if got := c.(*tls.Conn).ConnectionState().NegotiatedProtocol; got != proto {
+	cfg := t.Raw(proto).Clone()
+	if cfg.ServerName == "" {
+		cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	}
+	c := tls.Client(transport.NewCorked(raw), cfg)
+	hctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := c.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("dial node %d at %s: %w", num, addr, err)
+	}
+	if got := c.ConnectionState().NegotiatedProtocol; got != proto {
 		c.Close()
 		return nil, fmt.Errorf("node %d at %s does not speak %s", num, addr, proto)
 	}

@@ -156,15 +156,21 @@ func (p *Service) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 	if err != nil {
 		return err
 	}
+	return p.s.serveExec(ctx, first, st)
+}
+
+// serveExec serves an exec stream from another node whose first message
+// was first, over RPC or over a connection of its own (lean.go).
+func (s *Space) serveExec(ctx context.Context, first *ssiv1.ExecInput, st execStream) error {
 	if at := first.GetAttach(); at != nil {
-		return p.s.attach(ctx, at, st)
+		return s.attach(ctx, at, st)
 	}
 	spec := first.GetStart()
 	if spec == nil || len(spec.Argv) == 0 || !spec.HasCreds {
-		return st.Send(execError(255, "node %d: malformed exec request", p.s.cfg.Self))
+		return st.Send(execError(255, "node %d: malformed exec request", s.cfg.Self))
 	}
 	spec.StdioPassed = false // descriptors do not cross nodes
-	return p.s.runLocal(ctx, spec, st, true, nil)
+	return s.runLocal(ctx, spec, st, true, nil)
 }
 
 // runLocal starts spec on this node and pumps its streams. With ack, it

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -53,6 +54,9 @@ type Config struct {
 	Jobs   *procs.Manager
 	Placer Placer
 	Log    *slog.Logger
+	// Conns are the exec streams' own connections (transport's
+	// ExecListener); nil: this node serves exec streams over RPC only.
+	Conns net.Listener
 }
 
 // Space is one node's part of the process space.
@@ -60,6 +64,8 @@ type Space struct {
 	cfg     Config
 	log     *slog.Logger
 	clients *peer.Clients[ssiv1connect.ProcessClient]
+	streams streamCounts // relayed exec streams, by transport (lean.go)
+	refused refusals     // nodes that do not take an exec stream of their own
 
 	movMu    sync.Mutex
 	movables map[vproc.CPID]*movable // attached streams that can follow a move (move.go)
@@ -70,6 +76,17 @@ type Space struct {
 func New(cfg Config) *Space {
 	return &Space{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient),
 		movables: map[vproc.CPID]*movable{}, arrivals: map[vproc.CPID]*arrival{}}
+}
+
+// Run serves the exec streams' own connections (Config.Conns) until ctx
+// ends.
+func (s *Space) Run(ctx context.Context) {
+	if s.cfg.Conns == nil {
+		return
+	}
+	stop := context.AfterFunc(ctx, func() { s.cfg.Conns.Close() })
+	defer stop()
+	s.Service().ServeConns(s.cfg.Conns)
 }
 
 func (s *Space) fail(err error) error { return rpcerr.ToConnect(s.cfg.Self, err) }

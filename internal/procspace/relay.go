@@ -8,7 +8,6 @@ import (
 	"sync"
 	"syscall"
 
-	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
@@ -44,11 +43,10 @@ const CtlWindow = 1024
 func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, n *state.Node, stdio *passedStdio) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	client, err := s.clients.To(n.Num)
+	remote, err := s.openExec(ctx, n.Num)
 	if err != nil {
 		return st.Send(execError(255, "node %d (%s): %v", n.Num, n.Name, err))
 	}
-	remote := client.Exec(ctx)
 	if err := remote.Send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Start{Start: spec}}); err != nil {
 		remote.CloseResponse()
 		return st.Send(execError(255, "node %d (%s): %v", n.Num, n.Name, unwrapEOF(remote, err)))
@@ -56,7 +54,7 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	// The stream to the node that runs the process; after a migration, to
 	// its new node (see the ExecMoved case below).
 	var sendMu sync.Mutex // the client's stream and the stdin reader both send
-	current := func() *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput] {
+	current := func() remoteStream {
 		sendMu.Lock()
 		defer sendMu.Unlock()
 		return remote
@@ -270,7 +268,7 @@ func (s *Space) relayStdin(stdio *passedStdio, forward func(*ssiv1.ExecInput) bo
 	}
 }
 
-func unwrapEOF(remote *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput], err error) error {
+func unwrapEOF(remote remoteStream, err error) error {
 	if errors.Is(err, io.EOF) {
 		if _, rerr := remote.Receive(); rerr != nil {
 			return rerr
@@ -378,16 +376,15 @@ func (s *Space) watchNode(ctx context.Context, n *state.Node, cancel context.Can
 // the stdin that the old node did not deliver have been sent again on it
 // (the new node drops what it knows was delivered: at most once).
 func (s *Space) follow(ctx context.Context, cpid int64, uid uint32, mv *ssiv1.ExecMoved, delivered uint64, win, ctl *inflight,
-	mu *sync.Mutex, remote **connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput]) (*state.Node, error) {
+	mu *sync.Mutex, remote *remoteStream) (*state.Node, error) {
 	n, ok := s.cfg.FSM.Cluster().Nodes[mv.Node]
 	if !ok {
 		return nil, fmt.Errorf("node %d is not in the node table", mv.Node)
 	}
-	client, err := s.clients.To(mv.Node)
+	next, err := s.openExec(ctx, mv.Node)
 	if err != nil {
 		return nil, err
 	}
-	next := client.Exec(ctx)
 	if err := next.Send(&ssiv1.ExecInput{Msg: &ssiv1.ExecInput_Attach{Attach: &ssiv1.ExecAttach{Cpid: cpid, Uid: uid, OutSeq: delivered}}}); err != nil {
 		next.CloseResponse()
 		return nil, unwrapEOF(next, err)

@@ -32,6 +32,10 @@ const (
 	// ProtoCFS is the cluster filesystem's own framed protocol
 	// (internal/cfs): members only, like Raft.
 	ProtoCFS = "ssi-cfs"
+	// ProtoExec is the exec stream's own framed protocol between daemons
+	// (internal/procspace): members only, like Raft. A node of an older
+	// release does not offer it, and the stream then goes over RPC.
+	ProtoExec = "ssi-exec/1"
 )
 
 // Mux accepts TLS connections on the node's port and hands each to Raft or
@@ -40,6 +44,7 @@ type Mux struct {
 	ln       net.Listener
 	raftConn chan net.Conn
 	cfsConn  chan net.Conn
+	execConn chan net.Conn
 	httpConn chan net.Conn
 	anonConn chan net.Conn // connections without a certificate, once AnonymousListener was called
 	anonOn   atomic.Bool
@@ -63,9 +68,10 @@ func Listen(addr string, id *pki.Identity, log *slog.Logger) (*Mux, error) {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	m := &Mux{
-		ln:       tls.NewListener(ln, id.ServerTLS([]string{ProtoHTTP, ProtoRaft, ProtoCFS})),
+		ln:       tls.NewListener(corkedListener{ln}, id.ServerTLS([]string{ProtoHTTP, ProtoRaft, ProtoCFS, ProtoExec})),
 		raftConn: make(chan net.Conn),
 		cfsConn:  make(chan net.Conn),
+		execConn: make(chan net.Conn),
 		httpConn: make(chan net.Conn),
 		anonConn: make(chan net.Conn),
 		closed:   make(chan struct{}),
@@ -123,6 +129,13 @@ func (m *Mux) route(c *tls.Conn) {
 			return
 		}
 		ch = m.cfsConn
+	case ProtoExec:
+		if len(st.VerifiedChains) == 0 {
+			m.log.Warn("refused an exec stream connection without a cluster certificate", "remote", c.RemoteAddr())
+			c.Close()
+			return
+		}
+		ch = m.execConn
 	case ProtoHTTP:
 		ch = m.httpConn
 		if len(st.VerifiedChains) == 0 && m.anonOn.Load() {
@@ -198,6 +211,21 @@ func (m *Mux) Close() error {
 // CFSListener hands out the cluster filesystem's connections (ProtoCFS),
 // each from a member with a verified certificate (PeerNumOf names it).
 func (m *Mux) CFSListener() net.Listener { return newChanListener(m, m.cfsConn) }
+
+// ExecListener hands out the exec streams' connections (ProtoExec), each
+// from a member with a verified certificate (PeerNumOf names it).
+func (m *Mux) ExecListener() net.Listener { return newChanListener(m, m.execConn) }
+
+// CorkedOf is the Corked under a TLS connection of the node's port or of
+// peer.TLS.Dial, if it has one.
+func CorkedOf(c net.Conn) (*Corked, bool) {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil, false
+	}
+	k, ok := tc.NetConn().(*Corked)
+	return k, ok
+}
 
 // PeerNumOf is the node number of a connection's verified client
 // certificate.
