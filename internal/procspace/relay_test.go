@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
@@ -73,7 +74,9 @@ func (c *cliStream) Receive() (*ssiv1.ExecInput, error) {
 func (c *cliStream) Send(m *ssiv1.ExecOutput) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.msgs = append(c.msgs, m)
+	// A stream's Send keeps nothing of m (execStream): the relay reuses
+	// the message of a chunk from a connection of its own (lean.go).
+	c.msgs = append(c.msgs, proto.Clone(m).(*ssiv1.ExecOutput))
 	return nil
 }
 

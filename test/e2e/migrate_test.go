@@ -466,6 +466,11 @@ func TestMigrateAttached(t *testing.T) {
 	if out.String() != want.String() {
 		t.Errorf("output across the moves:\n%s\nwant:\n%s", out.String(), want.String())
 	}
+	// The stream was the lean one (stream_test.go) from start to end: to
+	// node 2, then following the job to node 3 and back.
+	if own, rpc := execStreams(t, c, 1); own != 3 || rpc != 0 {
+		t.Errorf("node 1 relayed %v streams over their own connection and %v over RPC; want 3 (start, two moves) and 0", own, rpc)
+	}
 }
 
 // A detached job saved with ssi checkpoint survives its node: after the
