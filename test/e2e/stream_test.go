@@ -12,10 +12,7 @@ import (
 // a connection of their own (ssi-exec) and over RPC.
 func execStreams(t *testing.T, c *Cluster, k int) (own, rpc float64) {
 	t.Helper()
-	mf, err := c.scrape(k)
-	if err != nil {
-		t.Fatalf("scrape node %d: %v", k, err)
-	}
+	mf := c.scrapeIsolated(t, k)
 	own, okOwn := value(mf["ssi_exec_streams_total"], map[string]string{"transport": "own"})
 	rpc, okRPC := value(mf["ssi_exec_streams_total"], map[string]string{"transport": "rpc"})
 	if !okOwn || !okRPC {
@@ -23,7 +20,6 @@ func execStreams(t *testing.T, c *Cluster, k int) (own, rpc float64) {
 	}
 	return own, rpc
 }
-
 // A few MB through `onnode 2 cat` from node 1, through the real CLI, come
 // back byte-exact, over the exec stream's own connection between the
 // daemons (node 1's ssi_exec_streams_total says which transport it used).
