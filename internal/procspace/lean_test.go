@@ -20,6 +20,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/peer/memnet"
 	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/pki/pkitest"
 	"github.com/ssi-cluster/ssi/internal/transport"
 )
 
@@ -144,27 +145,8 @@ func header(kind byte, seq uint64, n uint32) []byte {
 	return b
 }
 
-// identity issues node num's identity from ca, as 'ssi init' and 'ssi
-// join' do.
 func identity(t *testing.T, ca *pki.CA, num uint32) *pki.Identity {
-	t.Helper()
-	key, csr, err := pki.NewKeyAndCSR()
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := ca.SignNode(csr, num, netip.MustParseAddr("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := pki.Files{Dir: t.TempDir()}
-	if err := files.WriteIdentity(ca.Cert.Raw, nil, der, key); err != nil {
-		t.Fatal(err)
-	}
-	id, err := files.LoadIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return pkitest.Identity(t, ca, num, netip.MustParseAddr("127.0.0.1"))
 }
 
 // dialNet is node 1's network: RPC over memnet, connections of their own

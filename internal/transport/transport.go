@@ -1,8 +1,10 @@
 // Package transport owns how bytes move between nodes and between the CLI
 // and its daemon. A node has one TCP port, always TLS 1.3 with the cluster's
 // certificates; ALPN splits it between Raft's stream layer ("ssi-raft",
-// client certificate required) and HTTP/2 RPC ("h2", client certificate
-// required for every procedure but Join). The CLI reaches its daemon over a
+// client certificate required), HTTP/2 RPC ("h2", client certificate
+// required for every procedure but Join) and the framed protocols of the
+// cluster filesystem ("ssi-cfs") and the exec streams ("ssi-exec/1"), both
+// members only. The CLI reaches its daemon over a
 // unix socket whose peer credentials identify the caller. It holds no
 // cluster logic.
 package transport
@@ -122,20 +124,17 @@ func (m *Mux) route(c *tls.Conn) {
 			return
 		}
 		ch = m.raftConn
-	case ProtoCFS:
+	case ProtoCFS, ProtoExec:
+		// The cluster filesystem's sessions and the exec streams.
 		if len(st.VerifiedChains) == 0 {
-			m.log.Warn("refused a cluster filesystem connection without a cluster certificate", "remote", c.RemoteAddr())
+			m.log.Warn("refused a connection without a cluster certificate", "remote", c.RemoteAddr(), "alpn", st.NegotiatedProtocol)
 			c.Close()
 			return
 		}
 		ch = m.cfsConn
-	case ProtoExec:
-		if len(st.VerifiedChains) == 0 {
-			m.log.Warn("refused an exec stream connection without a cluster certificate", "remote", c.RemoteAddr())
-			c.Close()
-			return
+		if st.NegotiatedProtocol == ProtoExec {
+			ch = m.execConn
 		}
-		ch = m.execConn
 	case ProtoHTTP:
 		ch = m.httpConn
 		if len(st.VerifiedChains) == 0 && m.anonOn.Load() {

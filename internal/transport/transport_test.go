@@ -20,6 +20,7 @@ import (
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/pki"
+	"github.com/ssi-cluster/ssi/internal/pki/pkitest"
 )
 
 // guard bounds every wait: a failure, never a synchronisation.
@@ -30,24 +31,7 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // newIdentity issues node num's identity from ca, through the files a node
 // keeps, as 'ssi init' and 'ssi join' do.
 func newIdentity(t *testing.T, ca *pki.CA, num uint32) *pki.Identity {
-	t.Helper()
-	key, csr, err := pki.NewKeyAndCSR()
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := ca.SignNode(csr, num, loopback)
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := pki.Files{Dir: t.TempDir()}
-	if err := files.WriteIdentity(ca.Cert.Raw, nil, der, key); err != nil {
-		t.Fatal(err)
-	}
-	id, err := files.LoadIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return id
+	return pkitest.Identity(t, ca, num, loopback)
 }
 
 func newCA(t *testing.T, name string) *pki.CA {
@@ -284,7 +268,7 @@ func TestClientWithoutCertificate(t *testing.T) {
 
 	// Raft without a certificate: the handshake completes (the port must
 	// serve Join), then the mux closes the connection before any Raft data.
-	for name, protos := range map[string][]string{"ssi-raft": {ProtoRaft}, "ssi-cfs": {ProtoCFS}, "no ALPN": nil} {
+	for name, protos := range map[string][]string{"ssi-raft": {ProtoRaft}, "ssi-cfs": {ProtoCFS}, "ssi-exec": {ProtoExec}, "no ALPN": nil} {
 		cfg := pki.JoinTLS(ca.Fingerprint())
 		cfg.NextProtos = protos
 		expectClosed(t, name, srv.addr, cfg)

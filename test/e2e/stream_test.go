@@ -20,6 +20,7 @@ func execStreams(t *testing.T, c *Cluster, k int) (own, rpc float64) {
 	}
 	return own, rpc
 }
+
 // A few MB through `onnode 2 cat` from node 1, through the real CLI, come
 // back byte-exact, over the exec stream's own connection between the
 // daemons (node 1's ssi_exec_streams_total says which transport it used).
