@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -54,11 +55,14 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	// The stream to the node that runs the process; after a migration, to
 	// its new node (see the ExecMoved case below).
 	var sendMu sync.Mutex // the client's stream and the stdin reader both send
-	current := func() remoteStream {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return remote
-	}
+	// The receivers read it through cur, without waiting for a send in
+	// progress (on a connection of its own, a send that waits for room in
+	// TCP would otherwise hold up the output). Only this goroutine, in
+	// follow, replaces it.
+	var cur atomic.Pointer[remoteStream]
+	first := remote
+	cur.Store(&first)
+	current := func() remoteStream { return *cur.Load() }
 	defer func() { _ = current().CloseResponse() }()
 	// A target that goes DOWN ends the stream (closing the response
 	// unblocks a Receive that a dead peer would never answer).
@@ -195,6 +199,8 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 			if err != nil {
 				return st.Send(execError(255, "process %d moved to node %d, but its stream could not follow: %v", cpid, mv.Node, err))
 			}
+			next := remote // written by follow on this goroutine
+			cur.Store(&next)
 			stopWatch()
 			stopWatch = s.watchNode(ctx, to, cancel)
 			n = to
