@@ -49,7 +49,9 @@ type Config struct {
 	// (cfs.FS.JobRoot; nil: the node's own): a job that has the cluster
 	// root as its / is received only where it is the same path.
 	JobRoot func() (string, error)
-	Log     *slog.Logger
+	// JobNet are the networks of --net jobs (internal/jobnet; nil: none).
+	JobNet JobNets
+	Log    *slog.Logger
 }
 
 // Streams are the streams of attached jobs (internal/procspace, move.go):
@@ -362,8 +364,14 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	if init == 0 || len(paths) == 0 {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d has no init or cgroup to checkpoint", m.cfg.Self, j.CPID))
 	}
-	if err := refuseInetSockets(rj); err != nil {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w", m.cfg.Self, j.CPID, err))
+	nj, err := m.netOf(j.CPID, init)
+	if err != nil {
+		return nil, err
+	}
+	if nj == nil {
+		if err := refuseInetSockets(rj); err != nil {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w", m.cfg.Self, j.CPID, err))
+		}
 	}
 	statusKey, err := rexecFileKey(init)
 	if err != nil {
@@ -389,11 +397,15 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 					m.log.Error("the migration failed and the job's stream could not go on", "cpid", j.CPID, "err", err)
 				}
 			}
+			nj.undo()
 			if err := rj.Thaw(); err != nil {
 				m.log.Error("the migration failed and the job could not be thawed", "cpid", j.CPID, "err", err)
 			}
 		}
 	}()
+	if err := nj.lock(); err != nil {
+		return nil, m.fail(fmt.Errorf("process %d: %w", j.CPID, err))
+	}
 	var stdioKeys []string
 	if !j.Detached {
 		if ms, err = m.cfg.Streams.Quiesce(j.CPID); err != nil {
@@ -407,7 +419,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		}
 	}
 	step("dump", 0)
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
+	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}, net: nj}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -465,6 +477,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	}
 	committed = true
 	m.awaitLocation(ctx, j.CPID, to.Num)
+	nj.leave()
 	if err := m.cfg.Jobs.MoveOut(j); err != nil {
 		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to.Num, "err", err)
 	}

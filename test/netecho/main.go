@@ -17,6 +17,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -53,7 +54,11 @@ func main() {
 }
 
 func serve(addr string) {
-	ln, err := net.Listen("tcp", addr)
+	// Not multipath TCP, Go's default for listeners since 1.24: CRIU
+	// cannot checkpoint an MPTCP socket (docs/JOBNET.md).
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "netecho:", err)
 		os.Exit(1)

@@ -1,0 +1,261 @@
+package jobnet
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+
+	"github.com/google/nftables"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/cvip"
+)
+
+// The job's side of its network, in its own namespace.
+const (
+	// Iface is the job's interface: a macvlan on the node's cluster
+	// interface (CRIU's external key is macvlan[eth0]).
+	Iface = "eth0"
+	// lockTable is the nftables table that keeps a job's network quiet
+	// while it moves (Lock): in its own namespace, so CRIU checkpoints it
+	// with the namespace and the copy on the target starts locked too.
+	lockTable = "ssi-netlock"
+)
+
+// ClusterLink is the name of this node's interface holding its address on
+// the cluster network (selfIP), where the jobs' macvlans go.
+func ClusterLink(selfIP string) (string, error) {
+	name, _, err := clusterIface(selfIP)
+	return name, err
+}
+
+// clusterIface is ClusterLink and the prefix length of the node's address
+// there.
+func clusterIface(selfIP string) (string, int, error) {
+	ip, err := netip.ParseAddr(selfIP)
+	if err != nil {
+		return "", 0, fmt.Errorf("the node's address %q: %w", selfIP, err)
+	}
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return "", 0, fmt.Errorf("listing interfaces: %w", err)
+	}
+	for _, ifc := range ifs {
+		addrs, _ := ifc.Addrs()
+		for _, a := range addrs {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr() == ip && ifc.Flags&net.FlagLoopback == 0 {
+				return ifc.Name, p.Bits(), nil
+			}
+		}
+	}
+	return "", 0, fmt.Errorf("no interface of this node holds its cluster address %s (on loopback a --net job would be reachable from nowhere)", selfIP)
+}
+
+// nsOf opens the network namespace of process pid.
+func nsOf(pid int) (netns.NsHandle, error) {
+	ns, err := netns.GetFromPid(pid)
+	if err != nil {
+		return 0, fmt.Errorf("the network namespace of process %d: %w", pid, err)
+	}
+	return ns, nil
+}
+
+// Configure gives the network namespace of process pid (a job's init,
+// before its command runs) its loopback and Iface: a macvlan on link
+// lower, with a's MAC and a.IP/bits.
+func Configure(pid int, lower string, a netip.Addr, mac string, bits int) error {
+	ns, err := nsOf(pid)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	parent, err := netlink.LinkByName(lower)
+	if err != nil {
+		return fmt.Errorf("the cluster interface %s: %w", lower, err)
+	}
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		return fmt.Errorf("MAC %q: %w", mac, err)
+	}
+	mv := &netlink.Macvlan{
+		LinkAttrs: netlink.LinkAttrs{Name: Iface, ParentIndex: parent.Attrs().Index, HardwareAddr: hw, Namespace: netlink.NsFd(int(ns))},
+		Mode:      netlink.MACVLAN_MODE_BRIDGE,
+	}
+	if err := netlink.LinkAdd(mv); err != nil {
+		return fmt.Errorf("creating the job's macvlan on %s: %w", lower, err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in the job's namespace: %w", err)
+	}
+	defer h.Close()
+	lo, err := h.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("the job's loopback: %w", err)
+	}
+	if err := h.LinkSetUp(lo); err != nil {
+		return fmt.Errorf("the job's loopback up: %w", err)
+	}
+	link, err := h.LinkByName(Iface)
+	if err != nil {
+		return fmt.Errorf("the job's %s: %w", Iface, err)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}}
+	if err := h.AddrAdd(link, addr); err != nil {
+		return fmt.Errorf("adding %s/%d to the job's %s: %w", a, bits, Iface, err)
+	}
+	if err := h.LinkSetUp(link); err != nil {
+		return fmt.Errorf("the job's %s up: %w", Iface, err)
+	}
+	return nil
+}
+
+// Lock makes the network namespace of process pid drop every packet in
+// and out (an nftables table of its own, hooks input and output), so that
+// nothing a frozen job's kernel sockets would answer (an ACK of data the
+// checkpoint did not take, a reset once the source copy is killed) reaches
+// its peers while it moves. CRIU checkpoints it with the namespace.
+func Lock(pid int) error {
+	return withNft(pid, func(c *nftables.Conn) error {
+		t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: lockTable})
+		drop := nftables.ChainPolicyDrop
+		for _, h := range []struct {
+			name string
+			hook *nftables.ChainHook
+		}{{"input", nftables.ChainHookInput}, {"output", nftables.ChainHookOutput}} {
+			c.AddChain(&nftables.Chain{Name: h.name, Table: t, Type: nftables.ChainTypeFilter, Hooknum: h.hook, Priority: nftables.ChainPriorityFirst, Policy: &drop})
+		}
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("locking the job's network: %w", err)
+		}
+		return nil
+	})
+}
+
+// Unlock removes Lock's table, if it is there.
+func Unlock(pid int) error {
+	return withNft(pid, func(c *nftables.Conn) error {
+		if _, err := c.ListTableOfFamily(lockTable, nftables.TableFamilyINet); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				return nil
+			}
+			return fmt.Errorf("looking for the job's network lock: %w", err)
+		}
+		c.DelTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: lockTable})
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("unlocking the job's network: %w", err)
+		}
+		return nil
+	})
+}
+
+// Locked reports whether the network namespace of process pid has Lock's
+// table.
+func Locked(pid int) (bool, error) {
+	var locked bool
+	err := withNft(pid, func(c *nftables.Conn) error {
+		_, err := c.ListTableOfFamily(lockTable, nftables.TableFamilyINet)
+		switch {
+		case err == nil:
+			locked = true
+		case errors.Is(err, unix.ENOENT):
+		default:
+			return err
+		}
+		return nil
+	})
+	return locked, err
+}
+
+func withNft(pid int, fn func(*nftables.Conn) error) error {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/ns/net")
+	if err != nil {
+		return fmt.Errorf("the network namespace of process %d: %w", pid, err)
+	}
+	defer f.Close()
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		return fmt.Errorf("nftables in the job's namespace: %w", err)
+	}
+	defer c.CloseLasting()
+	return fn(c)
+}
+
+// Detach deletes Iface from the network namespace of process pid: the
+// copy of a job that is about to be killed (the source after the commit,
+// a target copy that was not committed) must not answer for its address
+// any more.
+func Detach(pid int) error {
+	ns, err := nsOf(pid)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in the job's namespace: %w", err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(Iface)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("the job's %s: %w", Iface, err)
+	}
+	if err := h.LinkDel(link); err != nil {
+		return fmt.Errorf("deleting the job's %s: %w", Iface, err)
+	}
+	return nil
+}
+
+// Announce broadcasts a gratuitous ARP for ip from Iface in the network
+// namespace of process pid, so that the switch (the bridge of an
+// --isolate cluster) learns at once where the job's MAC is now.
+func Announce(pid int, ip netip.Addr) error {
+	ns, err := nsOf(pid)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	return inNetns(ns, func() error {
+		ifc, err := net.InterfaceByName(Iface)
+		if err != nil {
+			return fmt.Errorf("the job's %s: %w", Iface, err)
+		}
+		return cvip.GratuitousARP(ifc, ip)
+	})
+}
+
+// inNetns runs fn on a thread in network namespace ns (sockets it opens
+// stay there). A thread that cannot go back is not given back to Go's
+// scheduler: it ends with the goroutine.
+func inNetns(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("this thread's network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- fmt.Errorf("entering the job's network namespace: %w", err)
+			return
+		}
+		err = fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
+	}()
+	return <-errc
+}
