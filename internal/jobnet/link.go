@@ -57,6 +57,13 @@ func clusterIface(selfIP string) (string, int, error) {
 	return "", 0, fmt.Errorf("no interface of this node holds its cluster address %s (on loopback a --net job would be reachable from nowhere)", selfIP)
 }
 
+// tmpName is the name of a job's macvlan in the node's namespace, for the
+// moment between its creation and its move (unique: it is the address).
+func tmpName(a netip.Addr) string {
+	b := a.As4()
+	return fmt.Sprintf("ssij%02x%02x%02x%02x", b[0], b[1], b[2], b[3])
+}
+
 // nsOf opens the network namespace of process pid.
 func nsOf(pid int) (netns.NsHandle, error) {
 	ns, err := netns.GetFromPid(pid)
@@ -83,28 +90,46 @@ func Configure(pid int, lower string, a netip.Addr, mac string, bits int) error 
 	if err != nil {
 		return fmt.Errorf("MAC %q: %w", mac, err)
 	}
-	mv := &netlink.Macvlan{
-		LinkAttrs: netlink.LinkAttrs{Name: Iface, ParentIndex: parent.Attrs().Index, HardwareAddr: hw, Namespace: netlink.NsFd(int(ns))},
-		Mode:      netlink.MACVLAN_MODE_BRIDGE,
-	}
+	// Made here and moved in, then named: CRIU cannot restore a macvlan
+	// that was created inside the job's namespace, or with its MAC given
+	// at creation ("Operation not supported" from the kernel at restore;
+	// measured with criu 4.2.1 on Linux 6.18).
+	tmp := tmpName(a)
+	mv := &netlink.Macvlan{LinkAttrs: netlink.LinkAttrs{Name: tmp, ParentIndex: parent.Attrs().Index}, Mode: netlink.MACVLAN_MODE_BRIDGE}
 	if err := netlink.LinkAdd(mv); err != nil {
 		return fmt.Errorf("creating the job's macvlan on %s: %w", lower, err)
 	}
+	moved := false
+	defer func() {
+		if !moved {
+			_ = netlink.LinkDel(mv)
+		}
+	}()
+	if err := netlink.LinkSetHardwareAddr(mv, hw); err != nil {
+		return fmt.Errorf("setting the job's MAC %s: %w", mac, err)
+	}
+	if err := netlink.LinkSetNsFd(mv, int(ns)); err != nil {
+		return fmt.Errorf("moving the job's macvlan into its namespace: %w", err)
+	}
+	moved = true
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return fmt.Errorf("netlink in the job's namespace: %w", err)
 	}
 	defer h.Close()
+	link, err := h.LinkByName(tmp)
+	if err != nil {
+		return fmt.Errorf("the job's macvlan: %w", err)
+	}
+	if err := h.LinkSetName(link, Iface); err != nil {
+		return fmt.Errorf("naming the job's macvlan %s: %w", Iface, err)
+	}
 	lo, err := h.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("the job's loopback: %w", err)
 	}
 	if err := h.LinkSetUp(lo); err != nil {
 		return fmt.Errorf("the job's loopback up: %w", err)
-	}
-	link, err := h.LinkByName(Iface)
-	if err != nil {
-		return fmt.Errorf("the job's %s: %w", Iface, err)
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(bits, 32)}}
 	if err := h.AddrAdd(link, addr); err != nil {

@@ -310,7 +310,9 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 
 // SetNet sets Options.Net (the daemon's wiring makes the jobs' networks
 // after the process table). Call it before the first Start.
-func (m *Manager) SetNet(f func(ctx context.Context, cpid vproc.CPID) (JobNet, error)) { m.opts.Net = f }
+func (m *Manager) SetNet(f func(ctx context.Context, cpid vproc.CPID) (JobNet, error)) {
+	m.opts.Net = f
+}
 
 // SetJobRoot sets Options.JobRoot (the daemon's wiring makes the cluster
 // filesystem after the process table). Call it before the first Start.
