@@ -67,20 +67,7 @@ func startCvip(t *testing.T, n int, env ...string) *cvipEnv {
 	// too; the cleanup removes it first (registered after ssi down's, it
 	// runs before it).
 	e.client = e.prefix + "-cl"
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", e.client).Run() })
-	for _, a := range [][]string{
-		{"netns", "add", e.client},
-		{"link", "add", e.prefix + "vc", "type", "veth", "peer", "name", "eth0", "netns", e.client},
-		{"link", "set", e.prefix + "vc", "netns", e.prefix + "-br"},
-		{"-n", e.prefix + "-br", "link", "set", e.prefix + "vc", "master", "br0", "up"},
-		{"-n", e.client, "link", "set", "lo", "up"},
-		{"-n", e.client, "addr", "add", netip.PrefixFrom(e.addr(250), e.subnet.Bits()).String(), "dev", "eth0"},
-		{"-n", e.client, "link", "set", "eth0", "up"},
-	} {
-		if out, err := exec.Command("ip", a...).CombinedOutput(); err != nil {
-			t.Fatalf("client namespace: ip %v: %v: %s", a, err, out)
-		}
-	}
+	clientNamespace(t, e.prefix, e.client, "vc", netip.PrefixFrom(e.addr(250), e.subnet.Bits()))
 	return e
 }
 

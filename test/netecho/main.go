@@ -6,6 +6,8 @@
 // the connections this process accepted (so a client can tell the same
 // process from a fresh one).
 //
+// "netecho hello ADDR" connects, prints the greeting and exits.
+//
 // "netecho client ADDR [CONNS]" opens CONNS connections (1 by default) and
 // keeps exchanging numbered messages on each, one at a time, checking that
 // every answer is exactly the message sent (nothing lost, repeated or
@@ -30,12 +32,25 @@ import (
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: netecho serve ADDR | netecho client ADDR [CONNS]")
+		fmt.Fprintln(os.Stderr, "usage: netecho serve ADDR | netecho hello ADDR | netecho client ADDR [CONNS]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "serve":
 		serve(os.Args[2])
+	case "hello":
+		c, err := net.DialTimeout("tcp", os.Args[2], 5*time.Second)
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		l, err := bufio.NewReader(c).ReadString('\n')
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Print(l)
 	case "client":
 		n := 1
 		if len(os.Args) > 3 {
