@@ -1,8 +1,15 @@
 package e2e
 
 import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
 	"net/netip"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -27,4 +34,41 @@ func clientNamespace(t *testing.T, prefix, name, port string, addr netip.Prefix)
 			t.Fatalf("client namespace: ip %v: %v: %s", a, err, out)
 		}
 	}
+}
+
+// startPiped starts cmd with pipes to its stdin and from its stdout; the
+// cleanup ends it.
+func startPiped(t *testing.T, cmd *exec.Cmd) (io.WriteCloser, *bufio.Scanner) {
+	t.Helper()
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	return in, bufio.NewScanner(out)
+}
+
+// nodePrivateFile is the path of a file that exists only in node k's
+// mount namespace (on a tmpfs mounted there): a job of node k that holds
+// it open cannot be restored on another node.
+func nodePrivateFile(t *testing.T, c *Cluster, k int) string {
+	t.Helper()
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("ssi-migrate-private-%d", rand.IntN(1<<30)))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	node := strconv.Itoa(c.PID(k))
+	if out, err := exec.Command("nsenter", "-t", node, "-m", "sh", "-c", "mount -t tmpfs none "+dir+" && echo x > "+dir+"/f").CombinedOutput(); err != nil {
+		t.Fatalf("mounting a tmpfs in node %d's namespace: %v\n%s", k, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node, "-m", "umount", "-l", dir).Run() })
+	return dir + "/f"
 }

@@ -111,20 +111,8 @@ type held struct {
 // request on each; round sends one more on each and returns the answers.
 func (e *cvipEnv) hold(addr string, n int) *held {
 	e.t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", e.client, e.backend, "hold", addr, fmt.Sprint(n))
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { in.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return &held{t: e.t, in: in, out: bufio.NewScanner(out)}
+	in, out := startPiped(e.t, exec.Command("ip", "netns", "exec", e.client, e.backend, "hold", addr, fmt.Sprint(n)))
+	return &held{t: e.t, in: in, out: out}
 }
 
 func (h *held) round() []string {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -133,20 +132,8 @@ type echoClient struct {
 
 func (e *jobNetEnv) dial(addr string, conns int) *echoClient {
 	e.t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", e.client, e.echo, "client", addr, strconv.Itoa(conns))
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { in.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return &echoClient{t: e.t, in: in, out: bufio.NewScanner(out)}
+	in, out := startPiped(e.t, exec.Command("ip", "netns", "exec", e.client, e.echo, "client", addr, strconv.Itoa(conns)))
+	return &echoClient{t: e.t, in: in, out: out}
 }
 
 func (c *echoClient) ask(what string) string {
@@ -255,17 +242,8 @@ func TestJobNet(t *testing.T) {
 	// A move that fails (the job holds a file that exists only in node
 	// 2's mount namespace: the restore on node 3 fails) leaves the job
 	// running on node 2 with its connection.
-	private := filepath.Join(os.TempDir(), fmt.Sprintf("ssi-jobnet-private-%d", rand.IntN(1<<30)))
-	if err := os.Mkdir(private, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(private) })
-	node2 := strconv.Itoa(e.PID(2))
-	if out, err := exec.Command("nsenter", "-t", node2, "-m", "sh", "-c", "mount -t tmpfs none "+private+" && echo x > "+private+"/f").CombinedOutput(); err != nil {
-		t.Fatalf("a tmpfs in node 2's mount namespace: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", private).Run() })
-	held := e.serve(2, "sh", "-c", "exec 4<"+private+"/f; exec "+e.echo+" serve :7000")
+	private := nodePrivateFile(t, e.Cluster, 2)
+	held := e.serve(2, "sh", "-c", "exec 4<"+private+"; exec "+e.echo+" serve :7000")
 	ipH, _, _ := e.addrOf(held)
 	clH := e.dial(ipH+":7000", 1)
 	clH.more(20, "before the failed move")

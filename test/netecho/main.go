@@ -6,6 +6,9 @@
 // the connections this process accepted (so a client can tell the same
 // process from a fresh one).
 //
+// "netecho idle" prints "listening" and waits forever without a socket:
+// the same program for a migration without --net to compare with.
+//
 // "netecho hello ADDR" connects, prints the greeting and exits.
 //
 // "netecho client ADDR [CONNS]" opens CONNS connections (1 by default) and
@@ -31,8 +34,12 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "idle" {
+		fmt.Println("listening")
+		select {}
+	}
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: netecho serve ADDR | netecho hello ADDR | netecho client ADDR [CONNS]")
+		fmt.Fprintln(os.Stderr, "usage: netecho serve ADDR | netecho idle | netecho hello ADDR | netecho client ADDR [CONNS]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
