@@ -94,7 +94,7 @@ func BenchmarkMigrateNet(b *testing.B) {
 	for _, conns := range netConns() {
 		cpid := start("--net", echo, "serve", ":7000")
 		ip := netAddrOf(b, c, cpid)
-		cl := startNetClient(b, c, echo, ip+":7000", conns)
+		cl := startNetClient(b, c, echo, ip+":7000", conns, cpid)
 		cl.wait(b, 10*conns)
 		total, frozen := moves(cpid)
 		cl.wait(b, 10*conns)
@@ -149,12 +149,13 @@ func netAddrOf(b *testing.B, c *cluster, cpid int64) string {
 // netClient is netecho client, pinned on node 1, exchanging on held
 // connections.
 type netClient struct {
-	cmd *exec.Cmd
-	in  io.WriteCloser
-	out *bufio.Scanner
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
+	logs func() string // the server's log, for a failure's message
 }
 
-func startNetClient(b *testing.B, c *cluster, echo, addr string, conns int) *netClient {
+func startNetClient(b *testing.B, c *cluster, echo, addr string, conns int, server int64) *netClient {
 	b.Helper()
 	cmd := c.ssiCmd(context.Background(), 1, "onnode", "-p", "1", echo, "client", addr, strconv.Itoa(conns))
 	in, err := cmd.StdinPipe()
@@ -169,7 +170,11 @@ func startNetClient(b *testing.B, c *cluster, echo, addr string, conns int) *net
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { in.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return &netClient{cmd: cmd, in: in, out: bufio.NewScanner(out)}
+	logs := func() string {
+		out, _ := c.ssiCmd(context.Background(), 1, "logs", strconv.FormatInt(server, 10)).CombinedOutput()
+		return string(out)
+	}
+	return &netClient{cmd: cmd, in: in, out: bufio.NewScanner(out), logs: logs}
 }
 
 func (n *netClient) ask(b *testing.B, what string) string {
@@ -188,7 +193,7 @@ func (n *netClient) wait(b *testing.B, k int) {
 		s := n.ask(b, "count")
 		v, err := strconv.Atoi(s)
 		if err != nil {
-			b.Fatalf("the client: %s", s)
+			b.Fatalf("the client: %s\nthe server's log:\n%s", s, n.logs())
 		}
 		return v
 	}
@@ -205,6 +210,6 @@ func (n *netClient) wait(b *testing.B, k int) {
 func (n *netClient) stop(b *testing.B) {
 	b.Helper()
 	if got := n.ask(b, "stop"); !strings.HasPrefix(got, "ok ") {
-		b.Fatalf("the connections across the moves: %s", got)
+		b.Fatalf("the connections across the moves: %s\nthe server's log:\n%s", got, n.logs())
 	}
 }

@@ -109,10 +109,12 @@ func echo(c net.Conn, n int) {
 		l, err := r.ReadBytes('\n')
 		if len(l) > 0 {
 			if _, werr := c.Write(l); werr != nil {
+				fmt.Printf("connection %d: %v\n", n, werr)
 				return
 			}
 		}
 		if err != nil {
+			fmt.Printf("connection %d: %v\n", n, err)
 			return
 		}
 	}
