@@ -145,17 +145,9 @@ func Configure(pid int, lower string, a netip.Addr, mac string, bits int) error 
 // and out (an nftables table of its own, hooks input and output), so that
 // nothing a frozen job's kernel sockets would answer (an ACK of data the
 // checkpoint did not take, a reset once the source copy is killed) reaches
-// its peers while it moves, and then sets Iface down. CRIU checkpoints
-// both with the namespace, so the copy restored on the target starts
-// locked, with its interface down: CRIU sets a restored link up before it
-// restores the namespace's nftables tables, let alone its sockets, and a
-// peer's segment arriving in between would find no socket and be answered
-// with a reset (seen once in six runs of the benchmark before the link was
-// kept down); a link that is down sends nothing (no IPv6 duplicate address
-// detection that would tell the switch the MAC is on the target's port)
-// and takes nothing in.
+// its peers while it moves. CRIU checkpoints it with the namespace.
 func Lock(pid int) error {
-	if err := withNft(pid, func(c *nftables.Conn) error {
+	return withNft(pid, func(c *nftables.Conn) error {
 		t := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: lockTable})
 		drop := nftables.ChainPolicyDrop
 		for _, h := range []struct {
@@ -168,18 +160,11 @@ func Lock(pid int) error {
 			return fmt.Errorf("locking the job's network: %w", err)
 		}
 		return nil
-	}); err != nil {
-		return err
-	}
-	return setIface(pid, false)
+	})
 }
 
-// Unlock sets Iface up again and then removes Lock's table, if it is
-// there.
+// Unlock removes Lock's table, if it is there.
 func Unlock(pid int) error {
-	if err := setIface(pid, true); err != nil {
-		return err
-	}
 	return withNft(pid, func(c *nftables.Conn) error {
 		if _, err := c.ListTableOfFamily(lockTable, nftables.TableFamilyINet); err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -227,24 +212,11 @@ func withNft(pid int, fn func(*nftables.Conn) error) error {
 	return fn(c)
 }
 
-// setIface sets Iface in the network namespace of process pid up or down
-// (a job without it has nothing to set).
-func setIface(pid int, up bool) error {
-	return withLink(pid, func(h *netlink.Handle, link netlink.Link) error {
-		set, what := h.LinkSetDown, "down"
-		if up {
-			set, what = h.LinkSetUp, "up"
-		}
-		if err := set(link); err != nil {
-			return fmt.Errorf("setting the job's %s %s: %w", Iface, what, err)
-		}
-		return nil
-	})
-}
-
-// withLink runs fn with a netlink handle in the network namespace of
-// process pid and its Iface, if it has one.
-func withLink(pid int, fn func(*netlink.Handle, netlink.Link) error) error {
+// Detach deletes Iface from the network namespace of process pid: the
+// copy of a job that is about to be killed (the source after the commit,
+// a target copy that was not committed) must not answer for its address
+// any more.
+func Detach(pid int) error {
 	ns, err := nsOf(pid)
 	if err != nil {
 		return err
@@ -263,20 +235,10 @@ func withLink(pid int, fn func(*netlink.Handle, netlink.Link) error) error {
 		}
 		return fmt.Errorf("the job's %s: %w", Iface, err)
 	}
-	return fn(h, link)
-}
-
-// Detach deletes Iface from the network namespace of process pid: the
-// copy of a job that is about to be killed (the source after the commit,
-// a target copy that was not committed) must not answer for its address
-// any more.
-func Detach(pid int) error {
-	return withLink(pid, func(h *netlink.Handle, link netlink.Link) error {
-		if err := h.LinkDel(link); err != nil {
-			return fmt.Errorf("deleting the job's %s: %w", Iface, err)
-		}
-		return nil
-	})
+	if err := h.LinkDel(link); err != nil {
+		return fmt.Errorf("deleting the job's %s: %w", Iface, err)
+	}
+	return nil
 }
 
 // Announce broadcasts a gratuitous ARP for ip from Iface in the network

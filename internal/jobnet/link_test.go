@@ -116,9 +116,6 @@ func TestConfigureLockDetach(t *testing.T) {
 		if locked, err := Locked(pid); err != nil || !locked {
 			t.Fatalf("after Lock: locked %v, %v", locked, err)
 		}
-		if l, _ := h.LinkByName(Iface); l == nil || l.Attrs().Flags&net.FlagUp != 0 {
-			t.Errorf("after Lock the job's %s is not down", Iface)
-		}
 		for range 2 {
 			if err := Unlock(pid); err != nil {
 				t.Fatal(err)
@@ -126,20 +123,6 @@ func TestConfigureLockDetach(t *testing.T) {
 		}
 		if locked, _ := Locked(pid); locked {
 			t.Fatalf("after Unlock the table is still there")
-		}
-		if l, _ := h.LinkByName(Iface); l == nil || l.Attrs().Flags&net.FlagUp == 0 {
-			t.Errorf("after Unlock the job's %s is not up", Iface)
-		}
-		// The connected route comes back with the link.
-		routes, err := h.RouteList(nil, netlink.FAMILY_V4)
-		found := false
-		for _, r := range routes {
-			if r.Dst != nil && r.Dst.String() == "10.250.0.0/24" {
-				found = true
-			}
-		}
-		if err != nil || !found {
-			t.Errorf("after Unlock the job has no route to its network: %v %v", routes, err)
 		}
 		for range 2 {
 			if err := Detach(pid); err != nil {
