@@ -103,6 +103,9 @@ func TestConfigureLockDetach(t *testing.T) {
 		if lo, err := h.LinkByName("lo"); err != nil || lo.Attrs().Flags&net.FlagUp == 0 {
 			t.Errorf("the job's loopback is not up: %v", err)
 		}
+		if addrs, err := h.AddrList(link, netlink.FAMILY_V6); err != nil || len(addrs) != 0 {
+			t.Errorf("the job's %s has IPv6 addresses (IPv6 must be off): %v %v", Iface, addrs, err)
+		}
 		if err := Announce(pid, ip); err != nil {
 			t.Errorf("Announce: %v", err)
 		}
