@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -78,6 +79,10 @@ func BenchmarkMigrateNet(b *testing.B) {
 	start := func(args ...string) int64 {
 		out, err := c.ssiCmd(context.Background(), 1, append([]string{"run", "-d", "-n", "2"}, args...)...).Output()
 		if err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				err = fmt.Errorf("%w: %s", err, ee.Stderr)
+			}
 			b.Fatalf("starting %v: %v", args, err)
 		}
 		cpid, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
@@ -105,7 +106,7 @@ func Configure(pid int, lower string, a netip.Addr, mac string, bits int) error 
 			_ = netlink.LinkDel(mv)
 		}
 	}()
-	if err := netlink.LinkSetHardwareAddr(mv, hw); err != nil {
+	if err := whileMACBusy(func() error { return netlink.LinkSetHardwareAddr(mv, hw) }); err != nil {
 		return fmt.Errorf("setting the job's MAC %s: %w", mac, err)
 	}
 	if err := netlink.LinkSetNsFd(mv, int(ns)); err != nil {
@@ -138,10 +139,28 @@ func Configure(pid int, lower string, a netip.Addr, mac string, bits int) error 
 	if err := h.AddrAdd(link, addr); err != nil {
 		return fmt.Errorf("adding %s/%d to the job's %s: %w", a, bits, Iface, err)
 	}
-	if err := h.LinkSetUp(link); err != nil {
+	if err := whileMACBusy(func() error { return h.LinkSetUp(link) }); err != nil {
 		return fmt.Errorf("the job's %s up: %w", Iface, err)
 	}
 	return nil
+}
+
+// macBusyWait bounds how long Configure waits for the MAC to be free.
+const macBusyWait = 5 * time.Second
+
+// whileMACBusy runs fn again while the MAC is taken (EADDRINUSE), for
+// macBusyWait at most: the macvlan of a job that had the address before
+// may still be on the same link with the same MAC for a moment after that
+// job ended (the kernel tears a dead namespace down in the background).
+func whileMACBusy(fn func() error) error {
+	deadline := time.Now().Add(macBusyWait)
+	for {
+		err := fn()
+		if err == nil || !errors.Is(err, unix.EADDRINUSE) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // noIPv6 turns IPv6 off in network namespace ns (its default, so also for

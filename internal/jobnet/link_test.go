@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -137,6 +138,29 @@ func TestConfigureLockDetach(t *testing.T) {
 		}
 		if err := Configure(pid, "nosuchlink", ip, "02:53:0a:fa:00:07", 24); err == nil {
 			t.Errorf("Configure on a missing link: no error")
+		}
+
+		// The next holder of the address waits until the macvlan of the
+		// last one (here: still there for 300 ms) is gone.
+		if err := Configure(pid, "lower0", ip, "02:53:0a:fa:00:07", 24); err != nil {
+			t.Fatal(err)
+		}
+		next := exec.Command("sleep", "60")
+		next.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+		if err := next.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = next.Process.Kill(); _ = next.Wait() }()
+		go func() {
+			time.Sleep(300 * time.Millisecond)
+			_ = Detach(pid)
+		}()
+		start := time.Now()
+		if err := Configure(next.Process.Pid, "lower0", ip, "02:53:0a:fa:00:07", 24); err != nil {
+			t.Fatalf("the next holder of the address: %v", err)
+		}
+		if d := time.Since(start); d < 250*time.Millisecond {
+			t.Errorf("the next holder's macvlan came up after %v, while the last one's was still there", d)
 		}
 	})
 }
