@@ -58,7 +58,7 @@ func BenchmarkMigrateNet(b *testing.B) {
 	}
 	c, _ := up(b, 3, "--isolate")
 	n := trials(6)
-	moves := func(cpid int64) (total, frozen stats) {
+	moves := func(cpid int64) (total, frozen, dump, restore stats) {
 		ctl := devcluster.Client(c.dir, 1)
 		for i := range n {
 			to := "3"
@@ -73,8 +73,13 @@ func BenchmarkMigrateNet(b *testing.B) {
 			}
 			total = append(total, time.Duration(resp.Msg.Phases.TotalUs)*time.Microsecond)
 			frozen = append(frozen, time.Duration(resp.Msg.Phases.FreezeUs)*time.Microsecond)
+			dump = append(dump, time.Duration(resp.Msg.Phases.DumpUs)*time.Microsecond)
+			restore = append(restore, time.Duration(resp.Msg.Phases.RestoreUs)*time.Microsecond)
 		}
-		return total, frozen
+		return total, frozen, dump, restore
+	}
+	phases := func(what string, dump, restore stats) {
+		fmt.Printf("%-44s dump %8.1f ms   restore %8.1f ms (medians)\n", what, ms(dump.pct(50)), ms(restore.pct(50)))
 	}
 	start := func(args ...string) int64 {
 		out, err := c.ssiCmd(context.Background(), 1, append([]string{"run", "-d", "-n", "2"}, args...)...).Output()
@@ -91,9 +96,10 @@ func BenchmarkMigrateNet(b *testing.B) {
 	}
 
 	plain := start(echo, "idle")
-	baseTotal, baseFrozen := moves(plain)
+	baseTotal, baseFrozen, baseDump, baseRestore := moves(plain)
 	baseTotal.report(b, "baseline: migrate, no --net (whole move)")
 	baseFrozen.report(b, "baseline: migrate, no --net (frozen)")
+	phases("baseline: migrate, no --net (phases)", baseDump, baseRestore)
 	c.ssiCmd(context.Background(), 1, "kill", "-9", strconv.FormatInt(plain, 10)).Run()
 
 	for _, conns := range netConns() {
@@ -101,11 +107,12 @@ func BenchmarkMigrateNet(b *testing.B) {
 		ip := netAddrOf(b, c, cpid)
 		cl := startNetClient(b, c, echo, ip+":7000", conns, cpid)
 		cl.wait(b, 10*conns)
-		total, frozen := moves(cpid)
+		total, frozen, dump, restore := moves(cpid)
 		cl.wait(b, 10*conns)
 		cl.stop(b)
 		total.report(b, fmt.Sprintf("migrate --net, %d connections (whole move)", conns))
 		frozen.report(b, fmt.Sprintf("migrate --net, %d connections (frozen)", conns))
+		phases(fmt.Sprintf("migrate --net, %d connections (phases)", conns), dump, restore)
 		ratio(b, fmt.Sprintf("ratio --net/%d conns / baseline, whole move", conns), "", float64(total.pct(50))/float64(baseTotal.pct(50)))
 		ratio(b, fmt.Sprintf("ratio --net/%d conns / baseline, frozen", conns), "", float64(frozen.pct(50))/float64(baseFrozen.pct(50)))
 		c.ssiCmd(context.Background(), 1, "kill", "-9", strconv.FormatInt(cpid, 10)).Run()
