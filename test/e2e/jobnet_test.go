@@ -173,9 +173,10 @@ func (c *echoClient) more(n int, why string) {
 // client sees no reset, nothing lost or repeated, and keeps exchanging;
 // new connections, from the client and from node 1, reach the same process
 // on node 3. Two --net jobs get different addresses; an address is
-// released when its job ends and given again; a failed move leaves the job
-// and its connections running on the source; bad pools and an exhausted
-// pool are refused and change nothing.
+// released when its job ends and given again, and by the leader when the
+// job's node is DOWN; a failed move leaves the job and its connections
+// running on the source; bad pools and an exhausted pool are refused and
+// change nothing.
 func TestJobNet(t *testing.T) {
 	e := startJobNet(t)
 	l := e.list()
@@ -211,6 +212,20 @@ func TestJobNet(t *testing.T) {
 	}
 	addrA := ipA + ":7000"
 
+	// An attached --net job (onnode, its CLI on node 1) has an address of
+	// its own too: from node 2 it reaches b (two macvlans of one link
+	// talk; a macvlan and its link do not), and gives the address back
+	// when it ends.
+	if got := strings.TrimSpace(e.MustCLI(1, "onnode", "--net", "2", e.echo, "hello", ipB+":7000")); got != "hello 1" {
+		t.Errorf("an attached --net job on node 2 asking b: %q, want hello 1", got)
+	}
+	Eventually(t, 10*time.Second, func() string {
+		if n := len(e.list().Addrs); n != 2 {
+			return fmt.Sprintf("%d addresses held after the attached job ended, want 2", n)
+		}
+		return ""
+	})
+
 	cl := e.dial(addrA, 4)
 	cl.more(40, "before the move")
 	if out := e.MustCLI(1, "migrate", a, "3"); !strings.Contains(out, "from node 2 to node 3") {
@@ -235,8 +250,8 @@ func TestJobNet(t *testing.T) {
 	if got := e.hello(addrA); got != "hello 6" {
 		t.Errorf("a new connection from the client: %q, want hello 6", got)
 	}
-	if got := e.hello(ipB + ":7000"); got != "hello 1" {
-		t.Errorf("the other job, still on node 2: %q", got)
+	if got := e.hello(ipB + ":7000"); got != "hello 2" {
+		t.Errorf("the other job, still on node 2: %q, want hello 2", got)
 	}
 
 	// A move that fails (the job holds a file that exists only in node
@@ -300,9 +315,19 @@ func TestJobNet(t *testing.T) {
 	if got := e.hello(ipB + ":7000"); got != "hello 1" {
 		t.Errorf("the new job at the freed address: %q", got)
 	}
-	for _, cpid := range []string{a, d, held} {
-		e.MustCLI(1, "ssi", "kill", "-9", cpid)
-	}
+	// A node that dies takes its jobs with it (a, moved there, and d):
+	// once it is DOWN the leader gives their addresses back to the pool.
+	e.Kill(3)
+	e.WaitState([]int{1, 2}, 3, "DOWN", 15*time.Second)
+	Eventually(t, 15*time.Second, func() string {
+		for _, cpid := range []string{a, d} {
+			if ip, _, _ := e.addrOf(cpid); ip != "" {
+				return fmt.Sprintf("%s of %s, a job of the DOWN node, is still held", ip, cpid)
+			}
+		}
+		return ""
+	})
+	e.MustCLI(1, "ssi", "kill", "-9", held)
 	Eventually(t, 10*time.Second, func() string {
 		if n := len(e.list().Addrs); n != 0 {
 			return fmt.Sprintf("%d addresses held after every --net job ended", n)
