@@ -194,3 +194,12 @@ func ParseNetPool(s string) (*ssiv1.NetPool, error) {
 	}
 	return p, nil
 }
+
+// printJobPool tells the user of ssi up --isolate about --net jobs.
+func printJobPool(env *Env, socket string) {
+	resp, err := jobNetClient(socket).List(env.Ctx, connect.NewRequest(&ssiv1.ListNetRequest{Stale: true}))
+	if err != nil || resp.Msg.Pool == nil {
+		return
+	}
+	fmt.Fprintf(env.Stdout, "jobs with an address of their own that moves with them: ssi run -d --net CMD (pool %s-%s; ssi net)\n", resp.Msg.Pool.First, resp.Msg.Pool.Last)
+}
