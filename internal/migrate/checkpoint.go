@@ -31,8 +31,9 @@ type dumpSpec struct {
 	dir    string // the images go here
 	freeze string // the job's freezer cgroup directory, frozen already
 	// external are the job's unix sockets whose peer is outside it (the
-	// report channel of an init from the pool, "socket:[INODE]"): CRIU
-	// records them as external, and the restore gives a new one.
+	// report channel of an init from the pool, "socket:[INODE]") and its
+	// terminal ("tty[RDEV:DEV]", tty.go): CRIU records them as external,
+	// and the restore gives a new one.
 	external []string
 	net      *jobNet // the job's own network (--net), or nil
 }
@@ -58,11 +59,7 @@ func dump(s dumpSpec) error {
 		LogLevel:    ptr(int32(criuLogLevel)),
 		LogFile:     ptr("dump.log"),
 	}
-	for _, key := range s.external {
-		if ino, ok := strings.CutPrefix(key, "socket:["); ok {
-			opts.External = append(opts.External, "unix["+strings.TrimSuffix(ino, "]")+"]")
-		}
-	}
+	opts.External = append(opts.External, externalKeys(s.external)...)
 	s.net.criuOpts(opts)
 	c := criu.MakeCriu()
 	c.SetCriuPath(s.criu)
