@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -71,4 +72,17 @@ func nodePrivateFile(t *testing.T, c *Cluster, k int) string {
 	}
 	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node, "-m", "umount", "-l", dir).Run() })
 	return dir + "/f"
+}
+
+// isolateSubnet is the private network of the --isolate cluster in dir.
+func isolateSubnet(t *testing.T, dir string) netip.Prefix {
+	t.Helper()
+	var iso struct {
+		Subnet netip.Prefix `json:"subnet"`
+	}
+	b, _ := os.ReadFile(dir + "/isolate.json")
+	if err := json.Unmarshal(b, &iso); err != nil {
+		t.Fatalf("isolate.json: %v", err)
+	}
+	return iso.Subnet
 }

@@ -54,14 +54,7 @@ func startCvip(t *testing.T, n int, env ...string) *cvipEnv {
 	}
 	e.Cluster = StartClusterEnv(t, n, env, "--isolate")
 	e.prefix = isolatePrefix(t, e.Dir)
-	var iso struct {
-		Subnet netip.Prefix `json:"subnet"`
-	}
-	b, _ := os.ReadFile(e.Dir + "/isolate.json")
-	if err := json.Unmarshal(b, &iso); err != nil {
-		t.Fatalf("isolate.json: %v", err)
-	}
-	e.subnet = iso.Subnet
+	e.subnet = isolateSubnet(t, e.Dir)
 	// The client: a namespace on the bridge, like any machine of the
 	// network. Its name has the cluster's prefix, so ssi down removes it
 	// too; the cleanup removes it first (registered after ssi down's, it

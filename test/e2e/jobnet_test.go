@@ -40,14 +40,7 @@ func startJobNet(t *testing.T) *jobNetEnv {
 	}
 	e.Cluster = StartCluster(t, 3, "--isolate")
 	e.prefix = isolatePrefix(t, e.Dir)
-	var iso struct {
-		Subnet netip.Prefix `json:"subnet"`
-	}
-	b, _ := os.ReadFile(e.Dir + "/isolate.json")
-	if err := json.Unmarshal(b, &iso); err != nil {
-		t.Fatalf("isolate.json: %v", err)
-	}
-	e.subnet = iso.Subnet
+	e.subnet = isolateSubnet(t, e.Dir)
 	e.client = e.prefix + "-nc"
 	clientNamespace(t, e.prefix, e.client, "vn", netip.PrefixFrom(e.host(0, 251), e.subnet.Bits()))
 	return e
