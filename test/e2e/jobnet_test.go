@@ -23,6 +23,7 @@ type jobNetEnv struct {
 	subnet netip.Prefix
 	client string // the client's network namespace
 	echo   string // the netecho binary
+	via    int    // the node whose CLI list and serve use
 }
 
 func startJobNet(t *testing.T) *jobNetEnv {
@@ -34,7 +35,7 @@ func startJobNet(t *testing.T) *jobNetEnv {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	e := &jobNetEnv{echo: filepath.Join(dir, "netecho")}
+	e := &jobNetEnv{echo: filepath.Join(dir, "netecho"), via: 1}
 	if out, err := exec.Command("go", "build", "-o", e.echo, "../netecho").CombinedOutput(); err != nil {
 		t.Fatalf("build netecho: %v\n%s", err, out)
 	}
@@ -71,7 +72,7 @@ type netList struct {
 func (e *jobNetEnv) list() netList {
 	e.t.Helper()
 	var l netList
-	if err := json.Unmarshal([]byte(e.MustCLI(1, "ssi", "net", "--json")), &l); err != nil {
+	if err := json.Unmarshal([]byte(e.MustCLI(e.via, "ssi", "net", "--json")), &l); err != nil {
 		e.t.Fatalf("ssi net --json: %v", err)
 	}
 	return l
@@ -94,9 +95,9 @@ func (e *jobNetEnv) serve(k int, argv ...string) string {
 	if len(argv) == 0 {
 		argv = []string{e.echo, "serve", ":7000"}
 	}
-	cpid := strings.TrimSpace(e.MustCLI(1, "ssi", append([]string{"run", "-d", "--net", "-n", strconv.Itoa(k)}, argv...)...))
+	cpid := strings.TrimSpace(e.MustCLI(e.via, "ssi", append([]string{"run", "-d", "--net", "-n", strconv.Itoa(k)}, argv...)...))
 	Eventually(e.t, 10*time.Second, func() string {
-		if l := logLines(e.Cluster, 1, cpid); len(l) == 0 || l[0] != "listening" {
+		if l := logLines(e.Cluster, e.via, cpid); len(l) == 0 || l[0] != "listening" {
 			return fmt.Sprintf("%s is not listening yet: %v", cpid, l)
 		}
 		return ""
@@ -339,5 +340,36 @@ func TestJobNet(t *testing.T) {
 				t.Errorf("node %d has a link left: %s", k, line)
 			}
 		}
+	}
+}
+
+// The addresses are replicated state: the leader dies, another takes
+// over, and the assignment, the connection to the job and its moves go
+// on; a new --net job gets another address.
+func TestJobNetLeaderLoss(t *testing.T) {
+	e := startJobNet(t)
+	leader := int(leaderOf(t, e.Cluster, 1).Num)
+	survivors := others(3, leader)
+	job := e.serve(survivors[0])
+	ip, mac, _ := e.addrOf(job)
+	cl := e.dial(ip+":7000", 2)
+	cl.more(20, "before the leader's death")
+	e.Kill(leader)
+	e.WaitState(survivors, uint32(leader), "DOWN", 15*time.Second)
+	e.via = survivors[1]
+	if got, gotMAC, node := e.addrOf(job); got != ip || gotMAC != mac || node != uint32(survivors[0]) {
+		t.Errorf("after the leader's death node %d says %s %s on node %d, want %s %s on node %d", e.via, got, gotMAC, node, ip, mac, survivors[0])
+	}
+	cl.more(20, "after the leader's death")
+	other := e.serve(survivors[1])
+	if oip, _, _ := e.addrOf(other); oip == "" || oip == ip {
+		t.Errorf("a new --net job after the leader's death got %q (the first holds %s)", oip, ip)
+	}
+	if out := e.MustCLI(e.via, "migrate", job, strconv.Itoa(survivors[1])); !strings.Contains(out, fmt.Sprintf("to node %d", survivors[1])) {
+		t.Errorf("migrate under the new leader: %q", out)
+	}
+	cl.more(20, "after the move under the new leader")
+	if got := cl.ask("stop"); !strings.HasPrefix(got, "ok ") {
+		t.Fatalf("the connections across the leader's death and the move: %s", got)
 	}
 }
