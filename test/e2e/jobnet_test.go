@@ -248,6 +248,41 @@ func TestJobNet(t *testing.T) {
 		t.Errorf("the other job, still on node 2: %q, want hello 2", got)
 	}
 
+	// An attached --net server (its CLI on node 1) moves too: its
+	// connection goes on, and so does its output on the CLI.
+	att := exec.Command(ssiBin, "--net", "2", e.echo, "serve", ":7001")
+	att.Args[0] = "onnode"
+	att.Env = append(os.Environ(), "SSI_SOCKET="+e.Socket(1))
+	_, attOut := startPiped(t, att)
+	if !attOut.Scan() || !strings.HasPrefix(attOut.Text(), "listening") {
+		t.Fatalf("the attached --net server: %q %v", attOut.Text(), attOut.Err())
+	}
+	var attCPID, ipT string
+	for _, ad := range e.list().Addrs {
+		if c := strconv.FormatInt(ad.CPID, 10); c != a && c != b {
+			attCPID, ipT = c, ad.IP
+		}
+	}
+	clT := e.dial(ipT+":7001", 1)
+	clT.more(20, "the attached server, before its move")
+	if out := e.MustCLI(1, "migrate", attCPID, "3"); !strings.Contains(out, "from node 2 to node 3") {
+		t.Errorf("migrate of the attached --net server: %q", out)
+	}
+	clT.more(20, "the attached server, after its move")
+	if got := clT.ask("stop"); !strings.HasPrefix(got, "ok ") {
+		t.Fatalf("the connection to the attached server across its move: %s", got)
+	}
+	if !attOut.Scan() || attOut.Text() != "connection 1: EOF" {
+		t.Errorf("the attached server's output after its move: %q %v, want connection 1: EOF", attOut.Text(), attOut.Err())
+	}
+	e.MustCLI(1, "ssi", "kill", attCPID)
+	Eventually(t, 10*time.Second, func() string {
+		if ip, _, _ := e.addrOf(attCPID); ip != "" {
+			return "the attached server's address is still held after its end"
+		}
+		return ""
+	})
+
 	// A move that fails (the job holds a file that exists only in node
 	// 2's mount namespace: the restore on node 3 fails) leaves the job
 	// running on node 2 with its connection.
