@@ -131,14 +131,20 @@ func (m *Manager) release(a state.NetAddr, why string) {
 	m.log.Info("address released", "cpid", a.CPID, "ip", a.IP, "why", why)
 }
 
+// startGrace is how long a job's start may take before a node that does
+// not find it in its process table releases its address.
+const startGrace = 30 * time.Second
+
 // sweepEvery is how often a node looks for addresses recorded on it whose
 // job it does not run, and the leader for those of DOWN nodes.
 const sweepEvery = 2 * time.Second
 
 // Run releases, until ctx ends, the addresses recorded on this node for
 // jobs it does not run (a daemon that restarted ended its old jobs): a job
-// found missing at two sweeps in a row (a start or an arrival is never
-// that long between the record and the process table).
+// found missing at two sweeps in a row, whose address was given more than
+// startGrace ago (a job starting here is in the process table only once
+// its start returns; one arriving is in it before the move's commit
+// records it here).
 func (m *Manager) Run(ctx context.Context) {
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
@@ -151,7 +157,7 @@ func (m *Manager) Run(ctx context.Context) {
 		}
 		now := map[int64]netip.Addr{}
 		for _, a := range m.cfg.FSM.Cluster().NetAddrList() {
-			if a.Node != m.cfg.Self || m.cfg.Running(vproc.CPID(a.CPID)) {
+			if a.Node != m.cfg.Self || m.cfg.Running(vproc.CPID(a.CPID)) || time.Since(a.Time) < startGrace {
 				continue
 			}
 			if ip, ok := missing[a.CPID]; ok && ip == a.IP {
