@@ -156,10 +156,7 @@ func (m *Manager) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		now := map[int64]netip.Addr{}
-		for _, a := range m.cfg.FSM.Cluster().NetAddrList() {
-			if a.Node != m.cfg.Self || m.cfg.Running(vproc.CPID(a.CPID)) || time.Since(a.Time) < startGrace {
-				continue
-			}
+		for _, a := range StrayAddrs(m.cfg.FSM.Cluster(), m.cfg.Self, m.cfg.Running, time.Now()) {
 			if ip, ok := missing[a.CPID]; ok && ip == a.IP {
 				m.release(a, fmt.Sprintf("node %d does not run the job", m.cfg.Self))
 				continue
@@ -168,6 +165,18 @@ func (m *Manager) Run(ctx context.Context) {
 		}
 		missing = now
 	}
+}
+
+// StrayAddrs are the addresses recorded on node self, given before
+// now-startGrace, for jobs it does not run.
+func StrayAddrs(cl *state.Cluster, self uint32, running func(vproc.CPID) bool, now time.Time) []state.NetAddr {
+	var out []state.NetAddr
+	for _, a := range cl.NetAddrList() {
+		if a.Node == self && !running(vproc.CPID(a.CPID)) && now.Sub(a.Time) >= startGrace {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // releaseDown is the leader's duty: the addresses of jobs whose node is

@@ -5,9 +5,11 @@ import (
 	"net/netip"
 	"reflect"
 	"testing"
+	"time"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/vproc"
 )
 
 func TestDownAddrsAreThoseOfDownOrRemovedNodes(t *testing.T) {
@@ -28,6 +30,23 @@ func TestDownAddrsAreThoseOfDownOrRemovedNodes(t *testing.T) {
 	}
 	if want := []int64{2000001, 4000001, 1000002}; !reflect.DeepEqual(got, want) {
 		t.Errorf("DownAddrs: %v, want %v (address order)", got, want)
+	}
+}
+
+func TestStrayAddrsAreThisNodesOldOnesWithoutAJob(t *testing.T) {
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	old, fresh := now.Add(-time.Minute), now.Add(-time.Second)
+	ip := func(s string) netip.Addr { return netip.MustParseAddr(s) }
+	cl := &state.Cluster{NetAddrs: map[int64]*state.NetAddr{
+		2000001: {IP: ip("10.0.1.1"), CPID: 2000001, Node: 2, Time: old},   // runs here
+		2000002: {IP: ip("10.0.1.2"), CPID: 2000002, Node: 2, Time: old},   // gone: stray
+		2000003: {IP: ip("10.0.1.3"), CPID: 2000003, Node: 2, Time: fresh}, // still starting
+		3000001: {IP: ip("10.0.1.4"), CPID: 3000001, Node: 3, Time: old},   // another node's
+	}}
+	running := func(c vproc.CPID) bool { return c == 2000001 }
+	got := StrayAddrs(cl, 2, running, now)
+	if len(got) != 1 || got[0].CPID != 2000002 {
+		t.Errorf("StrayAddrs: %+v, want only 2000002's", got)
 	}
 }
 
