@@ -148,8 +148,8 @@ type Options struct {
 	Path          string      // executable; empty: look up argv[0] in $PATH
 	Dir           string      // working directory of the job; empty: the init's
 	Cred          *Credential // nil: the init's own credentials
-	MountProc     bool        // make mounts private and mount a fresh /proc
-	PrivateMounts bool        // make mounts private
+	MountProc     bool        // make mounts one-way (slave, inherited FUSE mounts let go) and mount a fresh /proc
+	PrivateMounts bool        // make mounts one-way (slave, inherited FUSE mounts let go)
 	Hostname      string      // set the hostname (needs a UTS namespace)
 	Root          string      // chroot here before the job starts; Dir and Path are then inside it
 	StatusFD      int         // status events go here; < 3 means none
