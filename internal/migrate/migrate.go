@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -142,10 +143,26 @@ func (m *Migrator) stage(what string, cpid vproc.CPID) (string, error) {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	dir := filepath.Join(base, what+"-"+cpid.String()+"-"+hex.EncodeToString(b[:]))
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	err := os.Mkdir(dir, 0o700)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Another move's unstage took the (empty) base away meanwhile.
+		if err = os.MkdirAll(base, 0o700); err == nil {
+			err = os.Mkdir(dir, 0o700)
+		}
+	}
+	if err != nil {
 		return "", fmt.Errorf("node %d: creating %s: %w", m.cfg.Self, dir, err)
 	}
 	return dir, nil
+}
+
+// unstage removes a checkpoint's directory, and the node's staging
+// directory once it is empty: in /dev/shm, one per node and data
+// directory, they would pile up (a cluster made and removed for every
+// test run, say).
+func unstage(dir string) {
+	_ = os.RemoveAll(dir)
+	_ = os.Remove(filepath.Dir(dir)) // fails while another checkpoint is there
 }
 
 // stagingBase is where checkpoints are staged: in memory (/dev/shm, a
@@ -381,7 +398,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	if err != nil {
 		return nil, m.fail(err)
 	}
-	defer os.RemoveAll(dir)
+	defer unstage(dir)
 
 	step("freeze", 0)
 	if err := rj.Freeze(); err != nil {

@@ -61,7 +61,7 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 	if err != nil {
 		return m.fail(err)
 	}
-	defer os.RemoveAll(dir)
+	defer unstage(dir)
 	logPath := ""
 	if h.LogKey != "" {
 		logPath = filepath.Join(m.cfg.Jobs.LogDir(), cpid.String()+".log")

@@ -274,7 +274,7 @@ func (s *Service) Restart(ctx context.Context, req *connect.Request[ssiv1.Restar
 	if err != nil {
 		return nil, m.fail(err)
 	}
-	defer os.RemoveAll(dir)
+	defer unstage(dir)
 	ents, err := os.ReadDir(q.Dir)
 	if err != nil {
 		return nil, refused("%v", err)
