@@ -35,6 +35,7 @@ type dumpSpec struct {
 	// terminal ("tty[RDEV:DEV]", tty.go): CRIU records them as external,
 	// and the restore gives a new one.
 	external []string
+	net      *jobNet // the job's own network (--net), or nil
 }
 
 // dump checkpoints a frozen job into s.dir and leaves it frozen: CRIU uses
@@ -52,12 +53,14 @@ func dump(s dumpSpec) error {
 		LeaveRunning: ptr(true),
 		FreezeCgroup: ptr(s.freeze),
 		// A job without a network namespace of its own holds no socket
-		// CRIU would have to keep quiet (inet sockets are refused before).
+		// CRIU would have to keep quiet (inet sockets are refused before);
+		// one with its own (--net) is locked by us (net.go).
 		NetworkLock: rpc.CriuNetworkLockMethod_SKIP.Enum(),
 		LogLevel:    ptr(int32(criuLogLevel)),
 		LogFile:     ptr("dump.log"),
 	}
 	opts.External = append(opts.External, externalKeys(s.external)...)
+	s.net.criuOpts(opts)
 	c := criu.MakeCriu()
 	c.SetCriuPath(s.criu)
 	if err := c.Dump(opts, criu.NoNotify{}); err != nil {
@@ -72,6 +75,7 @@ type restoreSpec struct {
 	dir     string
 	inherit map[string]*os.File // CRIU's name of a file in the images -> the file to use instead
 	cgroups map[string]string   // controller ("" for all) -> the job's cgroup on this node
+	net     *jobNet             // the job's own network (--net), or nil
 }
 
 // restore brings a checkpoint back as a child of this process (CRIU's
@@ -106,6 +110,7 @@ func restore(s restoreSpec) (int, error) {
 		}
 		opts.CgRoot = append(opts.CgRoot, root)
 	}
+	s.net.criuOpts(opts)
 	c := criu.MakeCriu()
 	c.SetCriuPath(s.criu)
 	for key, f := range s.inherit {
