@@ -12,7 +12,10 @@
 // stream from one node to another without the client noticing: output
 // frames carry sequence numbers (a frame already delivered is dropped), and
 // stdin not yet acknowledged by the node that runs the process is kept and
-// bounded by a window (see relay.go).
+// bounded by a window (see relay.go). Between daemons the stream runs on a
+// TLS connection of its own (ALPN transport.ProtoExec, lean.go) where both
+// ends offer it, else on the Process service's Exec stream; the relay
+// treats the two alike.
 //
 // It must not start jobs itself (internal/procs and internal/rexec do) nor
 // decide placement (internal/placement); it reaches other nodes only
