@@ -34,6 +34,9 @@ type dumpSpec struct {
 	// report channel of an init from the pool, "socket:[INODE]"): CRIU
 	// records them as external, and the restore gives a new one.
 	external []string
+	// lazy: a post-copy dump, by the CRIU prepared before the freeze
+	// (lazy.go); dump returns once the images are written.
+	lazy *lazyDump
 }
 
 // dump checkpoints a frozen job into s.dir and leaves it frozen: CRIU uses
@@ -61,6 +64,9 @@ func dump(s dumpSpec) error {
 			opts.External = append(opts.External, "unix["+strings.TrimSuffix(ino, "]")+"]")
 		}
 	}
+	if s.lazy != nil {
+		return s.lazy.dump(opts, s.dir)
+	}
 	c := criu.MakeCriu()
 	c.SetCriuPath(s.criu)
 	if err := c.Dump(opts, criu.NoNotify{}); err != nil {
@@ -75,6 +81,7 @@ type restoreSpec struct {
 	dir     string
 	inherit map[string]*os.File // CRIU's name of a file in the images -> the file to use instead
 	cgroups map[string]string   // controller ("" for all) -> the job's cgroup on this node
+	lazy    bool                // post-copy: the pages come from CRIU's lazy-pages daemon (lazy.go)
 }
 
 // restore brings a checkpoint back as a child of this process (CRIU's
@@ -96,6 +103,9 @@ func restore(s restoreSpec) (int, error) {
 		// recreate the node's other controllers (it may not write their
 		// settings, cpuset's for one).
 		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
+	}
+	if s.lazy {
+		opts.LazyPages = ptr(true)
 	}
 	ctrls := make([]string, 0, len(s.cgroups))
 	for ctrl := range s.cgroups {

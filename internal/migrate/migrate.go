@@ -49,7 +49,12 @@ type Config struct {
 	// (cfs.FS.JobRoot; nil: the node's own): a job that has the cluster
 	// root as its / is received only where it is the same path.
 	JobRoot func() (string, error)
-	Log     *slog.Logger
+	// PostCopyAbove is the job size (bytes) from which a move is post-copy
+	// when the caller does not say (0: DefaultPostCopyAbove; < 0: never).
+	PostCopyAbove int64
+	// PipeMaxSize reads fs.pipe-max-size (nil: the kernel's; a seam for tests).
+	PipeMaxSize func() (int, error)
+	Log         *slog.Logger
 }
 
 // Streams are the streams of attached jobs (internal/procspace, move.go):
@@ -69,6 +74,8 @@ type Migrator struct {
 	clients     *peer.Clients[ssiv1connect.MigrateClient]
 	procClients *peer.Clients[ssiv1connect.ProcessClient]
 	arr         arrivals
+	pages       pageSources // post-copy moves whose pages this node serves (pagerelay.go)
+	pcClients   *peer.Clients[ssiv1connect.PostCopyClient]
 	stats       *stats // migrations out of this node (metrics.go)
 }
 
@@ -78,7 +85,8 @@ func New(cfg Config) *Migrator {
 		cfg.Log = slog.Default()
 	}
 	m := &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient),
-		procClients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient), stats: newStats()}
+		procClients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient), stats: newStats(),
+		pcClients: peer.NewClients(cfg.Net, ssiv1connect.NewPostCopyClient)}
 	// Checkpoints a daemon that died left behind (in memory, on tmpfs).
 	if cfg.DataDir != "" {
 		_ = os.RemoveAll(m.stagingBase())
@@ -321,7 +329,11 @@ func (m *Migrator) moveRequest(ctx context.Context, q *ssiv1.MigrateRequest, rep
 	if err != nil {
 		return nil, err
 	}
-	ph, err := m.move(ctx, j, to, criuPath, "migrate", report)
+	pref, err := copyPrefOf(q)
+	if err != nil {
+		return nil, err
+	}
+	ph, err := m.move(withCopyPref(ctx, pref), j, to, criuPath, "migrate", report)
 	if err != nil {
 		return nil, err
 	}
@@ -374,6 +386,13 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		return nil, m.fail(err)
 	}
 	defer os.RemoveAll(dir)
+	// Post-copy (postcopy.go): its CRIU starts before the freeze.
+	pc, fallback, err := m.preparePostCopy(ctx, rj, to, criuPath, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer pc.close()
+	ph.Fallback = fallback
 
 	step("freeze", 0)
 	if err := rj.Freeze(); err != nil {
@@ -394,6 +413,11 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 			}
 		}
 	}()
+	defer func() {
+		if !committed {
+			pc.close() // before the thaw: CRIU lets go of the job
+		}
+	}()
 	var stdioKeys []string
 	if !j.Detached {
 		if ms, err = m.cfg.Streams.Quiesce(j.CPID); err != nil {
@@ -407,7 +431,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		}
 	}
 	step("dump", 0)
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
+	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}, lazy: pc.lazy()}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -420,7 +444,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st := cl.Receive(ctx)
+	st := cl.Receive(pc.streamContext(ctx))
 	hdr := &ssiv1.MigrateHeader{
 		Cpid: int64(j.CPID), From: m.cfg.Self, Uid: j.UID, Argv: j.Argv, StartedUnixNano: j.Started.UnixNano(),
 		StatusKey: statusKey, Version: version.Version, Nodes: j.Nodes, Root: rj.Root(),
@@ -428,6 +452,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	if j.LogPath != "" {
 		hdr.LogKey = strings.TrimPrefix(j.LogPath, "/")
 	}
+	pc.header(hdr)
 	if ms != nil {
 		hdr.Attached, hdr.StdioKeys = true, stdioKeys
 		hdr.StdinPending, hdr.StdinClosed, hdr.OutSeq = ms.StdinPending, ms.StdinClosed, ms.OutSeq
@@ -464,9 +489,10 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		return nil, m.fail(fmt.Errorf("recording that process %d moved to node %d: %w", j.CPID, to.Num, err))
 	}
 	committed = true
+	pc.commit()
 	m.awaitLocation(ctx, j.CPID, to.Num)
-	if err := m.cfg.Jobs.MoveOut(j); err != nil {
-		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to.Num, "err", err)
+	if pc == nil {
+		m.moveOut(j, to.Num)
 	}
 	if ms != nil {
 		m.cfg.Streams.Commit(j.CPID, to.Num, ms)
@@ -476,11 +502,30 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	} else if r, err := st.Receive(); err != nil || !r.Resumed {
 		m.log.Warn("the target did not confirm that the process runs", "cpid", j.CPID, "to", to.Num, "err", err)
 	}
-	_ = st.CloseRequest()
 	ph.FreezeUs = time.Since(frozen).Microseconds()
+	if pc != nil {
+		// The job runs on the target; its pages leave from here until
+		// the target has them all, and only then does this copy end.
+		step("pages", n)
+		if err := pc.finish(st, ph); err != nil {
+			m.log.Error("a post-copy move lost the job: its pages could not all reach the target, which kills it", "cpid", j.CPID, "to", to.Num, "err", err)
+			m.moveOut(j, to.Num)
+			_ = st.CloseRequest()
+			return nil, m.fail(fmt.Errorf("process %d moved to node %d (post-copy) and ran there, but its memory could not all follow: %w; it was killed there", j.CPID, to.Num, err))
+		}
+		m.moveOut(j, to.Num)
+	}
+	_ = st.CloseRequest()
 	ph.TotalUs = time.Since(start).Microseconds()
 	m.log.Info("process migrated", "cpid", j.CPID, "to", to.Num, "freeze", time.Duration(ph.FreezeUs)*time.Microsecond, "bytes", ph.Bytes)
 	return ph, nil
+}
+
+// moveOut ends this node's copy of a job that moved to node to.
+func (m *Migrator) moveOut(j *procs.Job, to uint32) {
+	if err := m.cfg.Jobs.MoveOut(j); err != nil {
+		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to, "err", err)
+	}
 }
 
 func ignoreEOF(err error) error {

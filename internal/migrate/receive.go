@@ -68,6 +68,16 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 		}
 		return m.fail(fmt.Errorf("process %d from node %d: %w", cpid, h.From, err))
 	}
+	var pc *postCopyTarget // post-copy (postcopy.go)
+	if h.Postcopy {
+		if pc, err = m.startPostCopy(ctx, criuPath, h, dir); err != nil {
+			if logPath != "" {
+				os.Remove(logPath)
+			}
+			return err
+		}
+		defer pc.close()
+	}
 	started := time.Now()
 	pj, err := m.restore(criuPath, h, dir, logPath)
 	if err != nil {
@@ -78,20 +88,27 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 		// another version): a refusal of this node.
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: restoring process %d from node %d: %w", m.cfg.Self, cpid, h.From, err))
 	}
+	pc.restoredJob(pj)
 	if err := st.Send(&ssiv1.MigrateReceipt{Restored: true, RestoreUs: time.Since(started).Microseconds()}); err != nil {
 		m.settle(pj, h)
+		pc.settled(m, pj, h)
 		return err
 	}
 	c, err := st.Receive()
 	if err != nil || !c.Commit {
 		m.settle(pj, h)
+		pc.settled(m, pj, h)
 		return nil
 	}
+	pc.thawed()
 	if err := pj.Process().Thaw(); err != nil {
 		return m.fail(fmt.Errorf("process %d: %w", cpid, err))
 	}
 	m.arrived(cpid)
-	return st.Send(&ssiv1.MigrateReceipt{Resumed: true})
+	if err := st.Send(&ssiv1.MigrateReceipt{Resumed: true}); err != nil || pc == nil {
+		return err
+	}
+	return pc.finish(st)
 }
 
 // stdioPipeSize is the size of an attached job's pipes (as procspace
@@ -198,7 +215,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	if err != nil {
 		return fail(err)
 	}
-	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots})
+	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots, lazy: h.Postcopy})
 	if err != nil {
 		return fail(err)
 	}
