@@ -38,7 +38,7 @@ func TestDoctor(t *testing.T) {
 		}
 		names = append(names, f[1])
 	}
-	if got := strings.Join(names, " "); got != "criu criu pipe-max-size freezer root" {
+	if got := strings.Join(names, " "); got != "criu criu pipe-max-size post-copy soft-dirty freezer root" {
 		t.Errorf("checks: %s", got)
 	}
 	m := regexp.MustCompile(`^ok +criu +\S+: CRIU (\d+)\.(\d+)`).FindStringSubmatch(lines[0])

@@ -187,7 +187,7 @@ func (c *Control) Migrate(ctx context.Context, req *connect.Request[ssiv1.Migrat
 	if err == nil {
 		m.awaitLocation(ctx, vproc.CPID(q.Cpid), resp.Msg.To)
 	}
-	return resp, err
+	return resp, lostSource(src, err)
 }
 
 // route authorizes a migration the local CLI asks for and finds the node
@@ -295,7 +295,16 @@ func (c *Control) MigrateWatch(ctx context.Context, req *connect.Request[ssiv1.M
 			return err
 		}
 	}
-	return in.Err()
+	return lostSource(src, in.Err())
+}
+
+// lostSource names the source node in a transport error of a move asked
+// of it (it may have stopped answering midway), and where to look.
+func lostSource(src uint32, err error) error {
+	if err == nil || !rpcerr.IsTransport(err) {
+		return err
+	}
+	return rpcerr.Unavailable("node %d, which was moving the process: %w; where_pid says where it runs now (a post-copy move that had resumed on the target ends with its source)", src, err)
 }
 
 // progressFunc receives the phases of a move (nil: nobody watches).

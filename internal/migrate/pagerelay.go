@@ -95,7 +95,13 @@ func (s *PostCopyService) Pages(ctx context.Context, st *connect.BidiStream[ssiv
 	if len(first.Data) > 0 {
 		return connect.NewError(connect.CodeInvalidArgument, errors.New("the first message names the move only"))
 	}
-	err = pump(src.sock, func(b []byte) error { return st.Send(&ssiv1.PageBytes{Data: b}) },
+	delay := testPageDelay()
+	err = pump(src.sock, func(b []byte) error {
+		if delay > 0 {
+			time.Sleep(delay)
+		}
+		return st.Send(&ssiv1.PageBytes{Data: b})
+	},
 		func() ([]byte, error) {
 			p, err := st.Receive()
 			if err != nil {
@@ -108,6 +114,14 @@ func (s *PostCopyService) Pages(ctx context.Context, st *connect.BidiStream[ssiv
 		return m.fail(err)
 	}
 	return nil
+}
+
+// testPageDelay is how long the source waits before each message of page
+// data: SSI_TEST_PAGE_DELAY (a duration), for the e2e test that loses the
+// source in the middle of a post-copy move; 0 otherwise.
+func testPageDelay() time.Duration {
+	d, _ := time.ParseDuration(os.Getenv("SSI_TEST_PAGE_DELAY"))
+	return max(d, 0)
 }
 
 // openPages, on the target: the Pages stream of move id to node from,

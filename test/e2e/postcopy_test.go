@@ -108,7 +108,9 @@ func TestPostCopy(t *testing.T) {
 	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", bin, "200", check, stop))
 	n := progress(t, c, cpid, 10)
 
+	t0 := time.Now()
 	out := c.MustCLI(1, "migrate", cpid, "3")
+	t.Logf("%v: %s", time.Since(t0), out)
 	if !strings.Contains(out, "from node 2 to node 3") || !strings.Contains(out, "post-copy") {
 		t.Fatalf("migrate of a 200 MiB job printed %q, want a post-copy move to node 3", out)
 	}
@@ -121,22 +123,32 @@ func TestPostCopy(t *testing.T) {
 	n = progress(t, c, cpid, n+10)
 
 	out = c.MustCLI(3, "migrate", "--postcopy", cpid, "home")
+	t.Logf("%s", out)
 	if !strings.Contains(out, "from node 3 to node 2") || !strings.Contains(out, "post-copy") {
 		t.Fatalf("migrate --postcopy home printed %q", out)
 	}
 	checkMemory(t, c, cpid, check)
 	progress(t, c, cpid, n+10)
 
+	endMemsum(t, c, cpid, stop)
+}
+
+// endMemsum stops job cpid, checks its counter (nothing lost or repeated)
+// and its exit status.
+func endMemsum(t *testing.T, c *Cluster, cpid, stop string) {
+	t.Helper()
 	stopNow(t, stop)
-	r := c.CLI(1, "ssi", "wait", cpid)
-	if r.Code != 0 {
+	var counts []string
+	Eventually(t, 30*time.Second, func() string {
+		if _, counts = memsumLog(c, cpid); len(counts) == 0 || counts[len(counts)-1] != "end" {
+			return fmt.Sprintf("%s has not ended its output", cpid)
+		}
+		return ""
+	})
+	checkSequence(t, counts[:len(counts)-1], len(counts)-1)
+	if r := c.CLI(1, "ssi", "wait", cpid); r.Code != 0 {
 		t.Errorf("ssi wait: %v", r)
 	}
-	_, counts := memsumLog(c, cpid)
-	if len(counts) == 0 || counts[len(counts)-1] != "end" {
-		t.Fatalf("the job did not end its output: %v", counts[max(0, len(counts)-3):])
-	}
-	checkSequence(t, counts[:len(counts)-1], len(counts)-1)
 }
 
 // Where fs.pipe-max-size is too small for post-copy (the daemons are told
@@ -169,13 +181,63 @@ func TestPostCopyNeedsPipeMaxSize(t *testing.T) {
 	}
 	checkMemory(t, c, cpid, check)
 	progress(t, c, cpid, n+5)
-	stopNow(t, stop)
-	if r := c.CLI(1, "ssi", "wait", cpid); r.Code != 0 {
-		t.Errorf("ssi wait: %v", r)
+	endMemsum(t, c, cpid, stop)
+}
+
+// The source of a post-copy move dies while the job runs on the target and
+// its pages are still coming (the daemons slow the page traffic down,
+// SSI_TEST_PAGE_DELAY, so that the test can kill it midway): the job
+// cannot go on, and it does not hang or run on with pages of zeros: the
+// target kills it, its log says why, and ssi wait does not report success.
+func TestPostCopySourceLost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("migration needs root (namespaces, cgroups, CRIU): run the e2e tests as root")
 	}
-	_, counts := memsumLog(c, cpid)
-	if len(counts) == 0 || counts[len(counts)-1] != "end" {
-		t.Fatalf("the job did not end its output")
+	needPipeMaxSize(t)
+	c := StartClusterEnv(t, 3, []string{"SSI_TEST_PAGE_DELAY=30ms"}, "--isolate")
+	bin, check, _ := memsumJob(t)
+	cpid := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", bin, "200", check, filepath.Join(filepath.Dir(check), "stop")))
+	progress(t, c, cpid, 10)
+	mig := exec.Command(ssiBin, "migrate", "--postcopy", cpid, "3")
+	mig.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(1))
+	var out syncBuffer
+	mig.Stdout, mig.Stderr = &out, &out
+	if err := mig.Start(); err != nil {
+		t.Fatal(err)
 	}
-	checkSequence(t, counts[:len(counts)-1], len(counts)-1)
+	waited := make(chan error, 1)
+	go func() { waited <- mig.Wait() }()
+	t.Cleanup(func() { _ = mig.Process.Kill(); <-waited })
+	// The commit: the job runs on node 3, its pages still on node 2
+	// (800 messages at 30 ms: about 25 s of page traffic).
+	Eventually(t, 60*time.Second, func() string {
+		if got := strings.TrimSpace(c.CLI(1, "where_pid", cpid).Stdout); got != "3" {
+			return "the job does not run on node 3 yet: " + got
+		}
+		return ""
+	})
+	time.Sleep(time.Second)
+	c.Kill(2)
+	// The target notices at once (the page stream breaks): the job is
+	// killed and says why.
+	var r result
+	Eventually(t, 30*time.Second, func() string {
+		r = c.CLI(1, "ssi", "logs", cpid)
+		if !strings.Contains(r.Stdout, "was killed: its memory pages were still coming from node 2") {
+			return "the job's log does not say it was killed: " + r.Stdout[max(0, len(r.Stdout)-200):]
+		}
+		return ""
+	})
+	if w := c.CLI(1, "ssi", "wait", cpid); w.Code == 0 {
+		t.Errorf("ssi wait of a job that lost its memory: %v; want a failure", w)
+	}
+	select {
+	case <-waited:
+		// Node 1 forwarded the request to node 2, which died.
+		if !strings.Contains(out.String(), "node 2, which was moving the process") || mig.ProcessState.ExitCode() != 255 {
+			t.Errorf("migrate printed %q (exit %d); want exit 255 saying node 2 was lost", out.String(), mig.ProcessState.ExitCode())
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("migrate still runs 30 s after the source died: %q", out.String())
+	}
 }
