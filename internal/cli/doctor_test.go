@@ -60,7 +60,7 @@ func TestDoctor(t *testing.T) {
 	// --json: the same checks.
 	code2, js := runDoctor(t, "--json")
 	var checks []doctorCheck
-	if err := json.Unmarshal([]byte(js), &checks); err != nil || len(checks) != 5 || code2 != code {
+	if err := json.Unmarshal([]byte(js), &checks); err != nil || len(checks) != 7 || code2 != code {
 		t.Fatalf("--json (exit %d): %v\n%s", code2, err, js)
 	}
 	if checks[0].Check != "criu" || checks[0].Status != "ok" {
