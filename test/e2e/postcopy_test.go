@@ -205,8 +205,8 @@ func TestPostCopySourceLost(t *testing.T) {
 	if err := mig.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waited := make(chan error, 1)
-	go func() { waited <- mig.Wait() }()
+	waited := make(chan struct{})
+	go func() { _ = mig.Wait(); close(waited) }()
 	t.Cleanup(func() { _ = mig.Process.Kill(); <-waited })
 	// The commit: the job runs on node 3, its pages still on node 2
 	// (800 messages at 30 ms: about 25 s of page traffic).
