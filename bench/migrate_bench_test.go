@@ -84,6 +84,7 @@ func BenchmarkMigrate(b *testing.B) {
 		pre := moveTrials(b, ctl, cpid, mb, n, false)
 		pre.total.report(b, fmt.Sprintf("migrate, %d MiB job (whole move)", mb))
 		pre.frozen.report(b, fmt.Sprintf("migrate, %d MiB job (frozen)", mb))
+		pre.phases(fmt.Sprintf("migrate, %d MiB job (frozen: phases)", mb))
 		rate := float64(pre.bytes) / 1e6 / pre.xfer.pct(50).Seconds()
 		fmt.Printf("%-44s %8.1f MB/s (%.1f MB sent)\n", fmt.Sprintf("migrate, %d MiB job (transfer)", mb), rate, float64(pre.bytes)/1e6)
 		ratio(b, fmt.Sprintf("ratio migrate / criu floor, %d MiB (median)", mb), "", float64(pre.total.pct(50))/float64(floorDump+floorRestore))
@@ -91,6 +92,7 @@ func BenchmarkMigrate(b *testing.B) {
 		post := moveTrials(b, ctl, cpid, mb, n, true)
 		post.total.report(b, fmt.Sprintf("post-copy, %d MiB job (whole move)", mb))
 		post.frozen.report(b, fmt.Sprintf("post-copy, %d MiB job (frozen)", mb))
+		post.phases(fmt.Sprintf("post-copy, %d MiB job (frozen: phases)", mb))
 		post.pages.report(b, fmt.Sprintf("post-copy, %d MiB job (pages after thaw)", mb))
 		pageRate := float64(mb<<20) / 1e6 / post.pages.pct(50).Seconds()
 		fmt.Printf("%-44s %8.1f MB/s\n", fmt.Sprintf("post-copy, %d MiB job (page rate)", mb), pageRate)
@@ -104,7 +106,14 @@ func BenchmarkMigrate(b *testing.B) {
 // moves are the figures of n moves of one job, between nodes 2 and 3.
 type moves struct {
 	total, frozen, xfer, pages stats
+	dump, restore              stats
 	bytes                      int64
+}
+
+// phases prints where the frozen time of the moves went (medians).
+func (r moves) phases(what string) {
+	fmt.Printf("%-44s dump %8.1f ms   transfer %8.1f ms   restore %8.1f ms   commit+thaw %8.1f ms\n", what,
+		ms(r.dump.pct(50)), ms(r.xfer.pct(50)), ms(r.restore.pct(50)), ms(r.frozen.pct(50)-r.dump.pct(50)-r.xfer.pct(50)-r.restore.pct(50)))
 }
 
 // moveTrials moves job cpid n times (node 3, 2, 3, ...; it runs on node 2),
@@ -131,6 +140,8 @@ func moveTrials(b *testing.B, ctl ssiv1connect.ControlClient, cpid int64, mb, n 
 		r.total = append(r.total, us(ph.TotalUs))
 		r.frozen = append(r.frozen, us(ph.FreezeUs))
 		r.xfer = append(r.xfer, us(ph.TransferUs))
+		r.dump = append(r.dump, us(ph.DumpUs))
+		r.restore = append(r.restore, us(ph.RestoreUs))
 		r.pages = append(r.pages, us(ph.PagesUs))
 		r.bytes = ph.Bytes
 	}

@@ -37,6 +37,9 @@ type dumpSpec struct {
 	// lazy: a post-copy dump, by the CRIU prepared before the freeze
 	// (lazy.go); dump returns once the images are written.
 	lazy *lazyDump
+	// started: a swrk CRIU started before the freeze (startCRIU), used
+	// once and ended by dump; nil: dump starts its own.
+	started *criu.Criu
 }
 
 // dump checkpoints a frozen job into s.dir and leaves it frozen: CRIU uses
@@ -67,8 +70,13 @@ func dump(s dumpSpec) error {
 	if s.lazy != nil {
 		return s.lazy.dump(opts, s.dir)
 	}
-	c := criu.MakeCriu()
-	c.SetCriuPath(s.criu)
+	c := s.started
+	if c == nil {
+		c = criu.MakeCriu()
+		c.SetCriuPath(s.criu)
+	} else {
+		defer c.Cleanup()
+	}
 	if err := c.Dump(opts, criu.NoNotify{}); err != nil {
 		return fmt.Errorf("checkpoint with CRIU: %w%s", err, logTail(filepath.Join(s.dir, "dump.log")))
 	}

@@ -402,6 +402,8 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	}
 	defer pc.close()
 	ph.Fallback = fallback
+	started := startCRIU(criuPath, pc) // a pre-copy dump's CRIU, started before the freeze
+	defer endCRIU(started)
 
 	step("freeze", 0)
 	if err := rj.Freeze(); err != nil {
@@ -440,7 +442,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		}
 	}
 	step("dump", 0)
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}, lazy: pc.lazy()}); err != nil {
+	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}, lazy: pc.lazy(), started: started}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -608,9 +610,12 @@ func (m *Migrator) awaitLocation(ctx context.Context, cpid vproc.CPID, want uint
 // directory is emptied between the two.
 func (m *Migrator) dumpFrozen(rj *rexec.Job, s dumpSpec) error {
 	err := dump(s)
-	if err == nil {
-		return nil
+	if err == nil || s.lazy != nil {
+		// A lazy dump's CRIU was started for one dump (and the target
+		// told it is post-copy): no second try.
+		return err
 	}
+	s.started = nil // used
 	m.log.Warn("CRIU could not dump the job; thawing, freezing and trying once more", "err", err)
 	if terr := rj.Thaw(); terr != nil {
 		return errors.Join(err, terr)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	criu "github.com/checkpoint-restore/go-criu/v8"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/procs"
@@ -342,4 +343,26 @@ func peek(ch chan error) error {
 	err := <-ch
 	ch <- err
 	return err
+}
+
+// startCRIU starts the swrk CRIU of a pre-copy dump before the freeze, so
+// that its start-up is not frozen time (a post-copy move has its own: nil).
+// On failure it returns nil: dump starts one then, and says what fails.
+func startCRIU(criuPath string, pc *postCopyMove) *criu.Criu {
+	if pc != nil {
+		return nil
+	}
+	c := criu.MakeCriu()
+	c.SetCriuPath(criuPath)
+	if err := c.Prepare(); err != nil {
+		return nil
+	}
+	return c
+}
+
+// endCRIU ends a CRIU startCRIU started, if dump did not use it.
+func endCRIU(c *criu.Criu) {
+	if c != nil {
+		_ = c.Cleanup()
+	}
 }
