@@ -66,6 +66,9 @@ libs=()
 if [ "$(go env GOARCH)" = amd64 ]; then
 	libs+=(libxenmisc4.17)
 fi
+# tty: /usr/bin/python3 (Debian's, not a pyenv one on PATH) runs the
+# terminal program of test/e2e/migrate_tty_test.go.
+libs+=(python3-minimal)
 # --suites: Debian's python3.11 (not a pyenv one on PATH) and its tests.
 if [ "$suites" = 1 ]; then
 	libs+=(libpython3.11-testsuite python3.11)

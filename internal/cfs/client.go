@@ -70,6 +70,7 @@ type Client struct {
 	// answer to the kernel's question before each write, until the server
 	// invalidates the file (any change of its xattrs or owner does).
 	nocaps map[uint64]bool
+	dirs   *dirCache     // directories' attributes and names (dircache.go)
 	heard  atomic.Int64  // unix nanoseconds of the last message from the server
 	rootID atomic.Uint64 // the server's id of the export's root
 
@@ -89,6 +90,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 		c.Failure = func() time.Duration { return 5 * time.Second }
 	}
 	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}, nocaps: map[uint64]bool{}}
+	cl.dirs = newDirCache(min(attrTimeout, entryTimeout), cl.nodeID)
 	// A mount left by a daemon that was killed answers ENOTCONN: take it
 	// away first. A live one belongs to another daemon on this machine.
 	// (STATFS always reaches the filesystem: a cached attribute cannot hide
@@ -127,6 +129,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	if c.CacheTimeout > 0 {
 		sec, esec = c.CacheTimeout, c.CacheTimeout
 	}
+	cl.dirs.ttl = min(sec, esec)
 	opts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:  true,
@@ -317,6 +320,10 @@ func (cl *Client) run(ctx context.Context) {
 			go cl.reclaim(ctx)
 		}
 		cl.watch(ctx, l)
+		// Nothing tells this node of changes any more: what it knows
+		// beyond the kernel's caches goes at once (the kernel's, when a
+		// new session starts).
+		cl.dirs.flush()
 		cl.mu.Lock()
 		cl.link = nil
 		cl.ready = make(chan struct{})
@@ -379,6 +386,9 @@ func (cl *Client) watch(ctx context.Context, l link) {
 func (cl *Client) deliver(m *ssiv1.FsMessage) {
 	cl.heard.Store(time.Now().UnixNano())
 	if m.InvalId != 0 {
+		// Dropped here, before any answer read after it is used; the
+		// kernel's copies in a goroutine of their own.
+		cl.dirs.drop(m.Inval)
 		go cl.invalidate(m)
 		return
 	}
@@ -450,6 +460,7 @@ func (cl *Client) forgetCaps(id uint64) {
 // directories it knows the entries of (the others' names expire within
 // the entry timeout).
 func (cl *Client) flushAll() {
+	cl.dirs.flush()
 	cl.mu.Lock()
 	srv := cl.fuse
 	cl.nocaps = map[uint64]bool{}
@@ -538,6 +549,14 @@ func (cl *Client) waitReady() bool {
 // ended before the answer. in, when not 0, is the session the request
 // belongs to (its handle's): another one counts as that one lost.
 func (cl *Client) callOnce(ctx context.Context, r *ssiv1.FsRequest, in uint64) (m *ssiv1.FsMessage, errno syscall.Errno, lost uint64) {
+	t := cl.dirs.begin(r)
+	m, errno, lost = cl.send(ctx, r, in)
+	cl.dirs.end(t, r, m, errno)
+	return m, errno, lost
+}
+
+// send is callOnce without the directory cache.
+func (cl *Client) send(ctx context.Context, r *ssiv1.FsRequest, in uint64) (m *ssiv1.FsMessage, errno syscall.Errno, lost uint64) {
 	cl.mu.Lock()
 	ready := cl.ready
 	cl.mu.Unlock()

@@ -43,10 +43,10 @@ func (f *FS) status(rec state.CFS) *ssiv1.CfsState {
 
 // SetCfsJobRoot turns the cluster setting on or off: jobs started through
 // ssi get the cluster filesystem as their / on every node (a node started
-// with --cfs-job-root does whatever the setting). Root only.
+// with --cfs-job-root does whatever the setting). Root and the ssi group only.
 func (c *Control) SetCfsJobRoot(ctx context.Context, req *connect.Request[ssiv1.SetCfsJobRootRequest]) (*connect.Response[ssiv1.CfsState], error) {
 	f := c.f
-	if err := rootOnly(ctx, "turn the cluster root as jobs' / on or off"); err != nil {
+	if err := transport.AuthorizeAdmin(ctx, "turn the cluster root as jobs' / on or off"); err != nil {
 		return nil, err
 	}
 	if f.c.Leader == nil {
@@ -60,24 +60,12 @@ func (c *Control) SetCfsJobRoot(ctx context.Context, req *connect.Request[ssiv1.
 	return connect.NewResponse(st), nil
 }
 
-// rootOnly refuses a caller who is not root.
-func rootOnly(ctx context.Context, what string) error {
-	tc, ok := transport.CallerFrom(ctx)
-	if !ok {
-		return connect.NewError(connect.CodePermissionDenied, errors.New("caller unknown: no peer credentials"))
-	}
-	if tc.UID != 0 {
-		return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("only root may %s", what))
-	}
-	return nil
-}
-
 // SetCfsReplica names the node that replicates the cluster filesystem (0:
-// none). Root only. The serving node then copies its export there and
+// none). Root and the ssi group only. The serving node then copies its export there and
 // records the replica in sync; until then the replica cannot take over.
 func (c *Control) SetCfsReplica(ctx context.Context, req *connect.Request[ssiv1.SetCfsReplicaRequest]) (*connect.Response[ssiv1.CfsState], error) {
 	f := c.f
-	if err := rootOnly(ctx, "choose the cluster filesystem's replica"); err != nil {
+	if err := transport.AuthorizeAdmin(ctx, "choose the cluster filesystem's replica"); err != nil {
 		return nil, err
 	}
 	if f.c.Leader == nil {

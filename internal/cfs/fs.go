@@ -33,6 +33,9 @@ type Config struct {
 	// Exclude are paths the export must never show: the daemon's data
 	// directory and socket, and the mount itself.
 	Exclude []string
+	// IDsFile is where a server serving a copy keeps its files' ids (in
+	// the daemon's data directory; "": not kept).
+	IDsFile string
 	// JobRoot: jobs get the mount as their / with the node's /proc, /dev,
 	// /sys and /run bound in (jobroot.go). A per-node setting for now; it
 	// will become a cluster setting.
@@ -93,7 +96,7 @@ func (f *FS) Record() state.CFS {
 	if f.c.FSM == nil {
 		return state.CFS{Server: f.c.Server}
 	}
-	return f.c.FSM.Cluster().CFSRecord(f.c.Server)
+	return f.c.FSM.CFSRecord(f.c.Server)
 }
 
 // Serves says whether this node serves the cluster filesystem.
@@ -189,7 +192,7 @@ func (f *FS) reconcile(ctx context.Context, rec state.CFS, log *slog.Logger) {
 	srv := f.server
 	if srv == nil && (rec.Server == self || rec.Replica == self) && f.c.Export != "" {
 		var err error
-		if srv, err = NewServer(ServerConfig{Export: f.c.Export, Exclude: f.c.Exclude, Log: log}); err != nil {
+		if srv, err = NewServer(ServerConfig{Export: f.c.Export, Exclude: f.c.Exclude, IDsFile: f.c.IDsFile, Log: log}); err != nil {
 			log.Error("cannot open the cluster filesystem's export; this node can neither serve nor replicate it until this is fixed", "export", f.c.Export, "err", err)
 			srv = nil
 		} else {

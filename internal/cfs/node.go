@@ -24,26 +24,26 @@ type node struct {
 }
 
 var (
-	_ fs.NodeLookuper      = (*node)(nil)
-	_ fs.NodeGetattrer     = (*node)(nil)
-	_ fs.NodeSetattrer     = (*node)(nil)
-	_ fs.NodeOpener        = (*node)(nil)
-	_ fs.NodeCreater       = (*node)(nil)
-	_ fs.NodeMkdirer       = (*node)(nil)
-	_ fs.NodeMknoder       = (*node)(nil)
-	_ fs.NodeSymlinker     = (*node)(nil)
-	_ fs.NodeLinker        = (*node)(nil)
-	_ fs.NodeUnlinker      = (*node)(nil)
-	_ fs.NodeRmdirer       = (*node)(nil)
-	_ fs.NodeRenamer       = (*node)(nil)
-	_ fs.NodeReadlinker    = (*node)(nil)
-	_ fs.NodeReaddirer     = (*node)(nil)
-	_ fs.NodeStatfser      = (*node)(nil)
-	_ fs.NodeGetxattrer    = (*node)(nil)
-	_ fs.NodeSetxattrer    = (*node)(nil)
-	_ fs.NodeListxattrer   = (*node)(nil)
-	_ fs.NodeRemovexattrer = (*node)(nil)
-	_ fs.NodeOnForgetter   = (*node)(nil)
+	_ fs.NodeLookuper       = (*node)(nil)
+	_ fs.NodeGetattrer      = (*node)(nil)
+	_ fs.NodeSetattrer      = (*node)(nil)
+	_ fs.NodeOpener         = (*node)(nil)
+	_ fs.NodeCreater        = (*node)(nil)
+	_ fs.NodeMkdirer        = (*node)(nil)
+	_ fs.NodeMknoder        = (*node)(nil)
+	_ fs.NodeSymlinker      = (*node)(nil)
+	_ fs.NodeLinker         = (*node)(nil)
+	_ fs.NodeUnlinker       = (*node)(nil)
+	_ fs.NodeRmdirer        = (*node)(nil)
+	_ fs.NodeRenamer        = (*node)(nil)
+	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeOpendirHandler = (*node)(nil)
+	_ fs.NodeStatfser       = (*node)(nil)
+	_ fs.NodeGetxattrer     = (*node)(nil)
+	_ fs.NodeSetxattrer     = (*node)(nil)
+	_ fs.NodeListxattrer    = (*node)(nil)
+	_ fs.NodeRemovexattrer  = (*node)(nil)
+	_ fs.NodeOnForgetter    = (*node)(nil)
 )
 
 func (n *node) path() string { return n.Path(nil) }
@@ -92,6 +92,9 @@ func (n *node) OnForget() {
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if name != "." && name != ".." && n.c.dirs.absent(n.id(), name) {
+		return nil, syscall.ENOENT // the directory's names are known (dircache.go)
+	}
 	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LOOKUP, Path: []byte(n.child(name)), Parent: n.id()})
 	if errno != 0 {
 		return nil, errno
@@ -100,6 +103,10 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if a, ok := n.c.dirs.attr(n.id()); ok {
+		fillAttr(a, &out.Attr)
+		return 0
+	}
 	r := &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR, Path: []byte(n.path()), Ino: n.id()}
 	if fh, ok := f.(*file); ok {
 		r.Handle, _ = fh.handle(ctx)
@@ -225,24 +232,6 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, errno
 	}
 	return []byte(n.c.expand(string(m.Data))), 0
-}
-
-func (n *node) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	var all []fuse.DirEntry
-	for off := int64(0); ; {
-		m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READDIR, Path: []byte(n.path()), Ino: n.id(), Offset: off})
-		if errno != 0 {
-			return nil, errno
-		}
-		for _, e := range m.Entries {
-			all = append(all, fuse.DirEntry{Name: string(e.Name), Ino: e.Ino, Mode: e.Mode})
-		}
-		off += int64(len(m.Entries))
-		if !m.More || len(m.Entries) == 0 {
-			break
-		}
-	}
-	return fs.NewListDirStream(all), 0
 }
 
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {

@@ -85,7 +85,12 @@ func (x *session) do(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsMessage,
 		if err != nil && n == 0 {
 			return nil, err
 		}
-		return &ssiv1.FsMessage{Count: uint32(n)}, nil
+		m := &ssiv1.FsMessage{Count: uint32(n)}
+		var st unix.Stat_t
+		if unix.Fstat(h.fd, &st) == nil {
+			m.Attr = x.srv.attr(&st) // the new size and times, for the client's cache
+		}
+		return m, nil
 	case ssiv1.FsOp_FS_OP_FSYNC:
 		h, err := x.file(r.Handle)
 		if err != nil {
@@ -271,6 +276,7 @@ func (x *session) create(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, erro
 	pid := x.srv.fileID(dst)
 	x.mark(pid)
 	m := x.answer(&st)
+	m.Attr2 = x.srv.dirAttr(dfd)
 	iv := []*ssiv1.FsInval{entryInval(pid, name), inodeInval(pid)}
 	if !created && flags&unix.O_TRUNC != 0 {
 		iv = append(iv, inodeInval(m.Attr.Ino))
@@ -329,7 +335,9 @@ func (x *session) makeNode(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, er
 	pid := x.srv.fileID(dst)
 	x.mark(pid)
 	x.invalidate([]*ssiv1.FsInval{entryInval(pid, name), inodeInval(pid)})
-	return x.answer(&st), nil
+	m := x.answer(&st)
+	m.Attr2 = x.srv.dirAttr(dfd)
+	return m, nil
 }
 
 func (x *session) link(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
@@ -359,6 +367,7 @@ func (x *session) link(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error)
 	}
 	pid := x.srv.fileID(&dst)
 	m := x.answer(&st)
+	m.Attr2 = x.srv.attr(&dst)
 	x.mark(pid)
 	x.invalidate([]*ssiv1.FsInval{entryInval(pid, nname), inodeInval(pid), inodeInval(m.Attr.Ino)})
 	return m, nil
@@ -384,7 +393,9 @@ func (x *session) remove(rel string, dir bool) (*ssiv1.FsMessage, error) {
 	x.srv.gone(&st)
 	pid := x.srv.fileID(dst)
 	x.invalidate([]*ssiv1.FsInval{entryInval(pid, name), inodeInval(pid), inodeInval(x.srv.fileID(&st))})
-	return nil, nil
+	// The file itself changed too (its link count): the client has only
+	// its name.
+	return &ssiv1.FsMessage{Attr2: x.srv.dirAttr(dfd), Inval: []*ssiv1.FsInval{inodeInval(x.srv.fileID(&st))}}, nil
 }
 
 func (x *session) rename(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
@@ -427,7 +438,9 @@ func (x *session) rename(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, erro
 		iv = append(iv, inodeInval(x.srv.fileID(&dstFile)))
 	}
 	x.invalidate(iv)
-	return nil, nil
+	// The files renamed and replaced changed too (times, link count):
+	// the client has only their names.
+	return &ssiv1.FsMessage{Inval: iv}, nil
 }
 
 func (x *session) setattr(rel string, r *ssiv1.FsRequest) (*ssiv1.FsMessage, error) {
@@ -564,6 +577,7 @@ func (x *session) readdir(rel string, offset int64) (*ssiv1.FsMessage, error) {
 	}
 	x.mark(x.srv.fileID(&st))
 	var out []*ssiv1.FsDirEntry
+	var ids []uint64
 	buf := make([]byte, 64<<10)
 	idx := int64(0)
 	more := false
@@ -599,13 +613,33 @@ func (x *session) readdir(rel string, offset int64) (*ssiv1.FsMessage, error) {
 					more = true
 					break
 				}
-				out = append(out, &ssiv1.FsDirEntry{Name: []byte(name), Ino: x.dirEntryID(&st, ino), Mode: uint32(typ) << 12})
+				e := &ssiv1.FsDirEntry{Name: []byte(name), Ino: x.dirEntryID(&st, ino), Mode: uint32(typ) << 12}
+				// The kernel asks for every entry's attributes
+				// (READDIRPLUS): they travel with the listing instead
+				// of one LOOKUP each.
+				var est unix.Stat_t
+				if unix.Fstatat(fd, name, &est, unix.AT_SYMLINK_NOFOLLOW) == nil {
+					e.Attr = x.srv.attr(&est)
+					e.Ino = e.Attr.Ino
+					ids = append(ids, e.Attr.Ino)
+				}
+				out = append(out, e)
 			}
 			idx++
 		}
 	}
-	x.mark(x.srv.fileID(&st))
+	x.mark(append(ids, x.srv.fileID(&st))...)
 	return &ssiv1.FsMessage{Entries: out, More: more}, nil
+}
+
+// dirAttr is the attributes of the directory open as dfd, after a change
+// in it (nil if it cannot be stat'd: the client then asks).
+func (s *Server) dirAttr(dfd int) *ssiv1.FsAttr {
+	var st unix.Stat_t
+	if unix.Fstat(dfd, &st) != nil {
+		return nil
+	}
+	return s.attr(&st)
 }
 
 // dirEntryID is an entry's id as fileID would give it (an entry on another

@@ -70,12 +70,18 @@ func (s *Server) setRole(role int32, primary uint32, gen uint64) {
 	if role == roleServe && old != roleServe && s.graceFor > 0 {
 		s.setGrace(s.graceFor)
 	}
-	if role == roleServe && old != roleServe {
+	if role == roleServe && (old != roleServe || s.ownGen.Load() == 0) {
 		s.aliasMu.RLock()
 		copied := len(s.alias) > 0
 		s.aliasMu.RUnlock()
 		if copied {
+			// Serving a copy (a takeover, or a restart after one): the
+			// files keep the ids clients know them by, also after this
+			// daemon restarts.
 			s.ownGen.Store(max(gen, 1))
+			if err := s.saveIDs(); err != nil {
+				s.log.Error("the served copy's file ids are not kept; after a restart of this daemon its files get new ids", "err", err)
+			}
 		}
 	}
 	if role == old && role != roleReplica {
@@ -117,8 +123,12 @@ func (s *Server) gone(st *unix.Stat_t) {
 		return
 	}
 	s.aliasMu.Lock()
+	_, had := s.alias[st.Ino]
 	delete(s.alias, st.Ino)
 	s.aliasMu.Unlock()
+	if had {
+		s.keptGone(st.Ino)
+	}
 }
 
 // sessionClosed tells the replica that a session's files closed.
@@ -505,6 +515,7 @@ func (x *session) applyCopy(ctx context.Context, r *ssiv1.FsRequest) (*ssiv1.FsM
 		x.srv.aliasMu.Lock()
 		x.srv.alias = map[uint64]uint64{}
 		x.srv.aliasMu.Unlock()
+		x.srv.forgetIDs()
 		x.endCopy()
 		x.sync = &copyState{seen: map[string]bool{}, byID: map[uint64]string{}, fd: -1}
 		return nil, nil

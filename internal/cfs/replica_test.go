@@ -89,7 +89,7 @@ func startReplicated(t *testing.T, prepare func(pexport, rexport string)) *repli
 		t.Fatal(err)
 	}
 	t.Cleanup(r.primary.Close)
-	if r.replica, err = NewServer(ServerConfig{Export: r.rexport}); err != nil {
+	if r.replica, err = NewServer(ServerConfig{Export: r.rexport, IDsFile: filepath.Join(dir, "state", "cfs-ids")}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.replica.Close)
@@ -514,5 +514,90 @@ func TestLocksAreTakenAgainAfterATakeover(t *testing.T) {
 	wr.Type = unix.F_WRLCK
 	if err := unix.FcntlFlock(fb.Fd(), unix.F_SETLK, &wr); err != nil {
 		t.Fatalf("the lock once released: %v", err)
+	}
+}
+
+// A server that took over keeps its files' ids across a restart of its
+// daemon (ids.go): without them a file would come back under its own
+// inode number, which may be the id a client holds for another file.
+func TestFileIDsSurviveARestartAfterATakeover(t *testing.T) {
+	r := startReplicated(t, func(p, _ string) {
+		for _, n := range []string{"a", "b", "c"} {
+			if err := os.WriteFile(filepath.Join(p, n), []byte(n), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	idsFile := filepath.Join(r.dir, "state", "cfs-ids") // startReplicated's
+	r.waitSynced(t)
+	r.takeOver(t)
+	if _, err := os.Stat(idsFile); err != nil {
+		t.Fatalf("the takeover did not keep the ids: %v", err)
+	}
+	if err := os.WriteFile(r.at("made-after"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(r.at("b")); err != nil { // its alias must not come back
+		t.Fatal(err)
+	}
+	ino := func(rel string) uint64 {
+		t.Helper()
+		var st unix.Stat_t
+		if err := unix.Lstat(r.at(rel), &st); err != nil {
+			t.Fatalf("%s: %v", rel, err)
+		}
+		return st.Ino
+	}
+	before := map[string]uint64{}
+	for _, n := range []string{"a", "c", "made-after"} {
+		before[n] = ino(n)
+	}
+	var bStat unix.Stat_t
+	if err := unix.Lstat(filepath.Join(r.pexport, "b"), &bStat); err != nil {
+		t.Fatal(err)
+	}
+	removedID := bStat.Ino // b's id: the old server's inode number
+
+	// The daemon restarts: a new Server on the same export and data.
+	old := r.replica
+	restarted, err := NewServer(ServerConfig{Export: r.rexport, IDsFile: idsFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(restarted.Close)
+	restarted.setRole(roleServe, 0, 1)
+	r.mu.Lock()
+	r.replica = restarted
+	r.mu.Unlock()
+	old.Close()
+	r.cl.Drop()
+	// Whatever the kernel kept expires: what follows is the new server's.
+	time.Sleep(testCacheTimeout + 300*time.Millisecond)
+	for n, want := range before {
+		if got := ino(n); got != want {
+			t.Errorf("%s: id %d before the restart, %d after", n, want, got)
+		}
+	}
+	// A new file, even one that reuses b's inode number here, has neither
+	// a kept id nor the removed file's.
+	for i := range 20 {
+		n := fmt.Sprintf("new%d", i)
+		if err := os.WriteFile(r.at(n), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		got := ino(n)
+		for m, id := range before {
+			if got == id {
+				t.Errorf("%s got the id of %s (%d)", n, m, id)
+			}
+		}
+		if got == removedID {
+			t.Errorf("%s got the removed file's id %d", n, got)
+		}
+	}
+	// A full copy to this node again (it becomes a replica) forgets them.
+	restarted.forgetIDs()
+	if _, err := os.Stat(idsFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the kept ids outlived a full copy: %v", err)
 	}
 }

@@ -66,6 +66,11 @@ type Server struct {
 	// of files made here after a takeover carry ownGen.
 	alias  map[uint64]uint64
 	ownGen atomic.Uint64
+	// idsFile keeps the aliases across restarts (ids.go); goneLog appends
+	// the removed ones.
+	idsFile string
+	goneMu  sync.Mutex
+	goneLog *os.File
 	// graceUntil: until then (Unix nanoseconds) lock requests that are not
 	// reclaims wait (reclaim.go).
 	graceUntil atomic.Int64
@@ -78,6 +83,9 @@ type ServerConfig struct {
 	// Exclude are absolute paths never exported: ssi's own state, the
 	// daemon's socket and binary directories. Those below Export are hidden.
 	Exclude []string
+	// IDsFile is where a server serving a copy keeps its files' ids across
+	// restarts (ids.go; "": not kept).
+	IDsFile string
 	Log     *slog.Logger
 }
 
@@ -104,6 +112,10 @@ func NewServer(c ServerConfig) (*Server, error) {
 	}
 	s := &Server{root: root, rootFd: fd, rootDev: st.Dev, rootIno: st.Ino, exclude: map[string]bool{}, log: c.Log, sessions: map[*session]struct{}{}}
 	s.initLatency()
+	s.idsFile = c.IDsFile
+	if err := s.loadIDs(); err != nil {
+		s.log.Error("the cluster filesystem's kept file ids cannot be used; files served from this copy get new ids", "err", err)
+	}
 	excl := append([]string(nil), c.Exclude...)
 	if root == "/" {
 		for _, d := range DefaultExcludes {
@@ -149,6 +161,12 @@ func (s *Server) Close() {
 		x.end(errors.New("the server is stopping"))
 	}
 	unix.Close(s.rootFd)
+	s.goneMu.Lock()
+	if s.goneLog != nil {
+		s.goneLog.Close()
+		s.goneLog = nil
+	}
+	s.goneMu.Unlock()
 }
 
 // EndNode ends the sessions of one node (it went DOWN): its open files

@@ -31,8 +31,9 @@ type dumpSpec struct {
 	dir    string // the images go here
 	freeze string // the job's freezer cgroup directory, frozen already
 	// external are the job's unix sockets whose peer is outside it (the
-	// report channel of an init from the pool, "socket:[INODE]"): CRIU
-	// records them as external, and the restore gives a new one.
+	// report channel of an init from the pool, "socket:[INODE]") and its
+	// terminal ("tty[RDEV:DEV]", tty.go): CRIU records them as external,
+	// and the restore gives a new one.
 	external []string
 	// lazy: a post-copy dump, by the CRIU prepared before the freeze
 	// (lazy.go); dump returns once the images are written.
@@ -62,11 +63,7 @@ func dump(s dumpSpec) error {
 		LogLevel:    ptr(int32(criuLogLevel)),
 		LogFile:     ptr("dump.log"),
 	}
-	for _, key := range s.external {
-		if ino, ok := strings.CutPrefix(key, "socket:["); ok {
-			opts.External = append(opts.External, "unix["+strings.TrimSuffix(ino, "]")+"]")
-		}
-	}
+	opts.External = append(opts.External, externalKeys(s.external)...)
 	if s.lazy != nil {
 		return s.lazy.dump(opts, s.dir)
 	}

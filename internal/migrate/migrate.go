@@ -63,7 +63,7 @@ type Streams interface {
 	Quiesce(cpid vproc.CPID) (*procspace.MoveState, error)
 	Resume(cpid vproc.CPID, st *procspace.MoveState) error
 	Commit(cpid vproc.CPID, node uint32, st *procspace.MoveState)
-	Arrive(j *procs.Job, pipes [3]*os.File, outSeq, stdinAcked uint64, stdinClosed bool)
+	Arrive(j *procs.Job, a procspace.Arrival)
 }
 
 // Migrator is one node's part of migration: the source side (Move), the
@@ -429,20 +429,17 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 			pc.close() // before the thaw: CRIU lets go of the job
 		}
 	}()
-	var stdioKeys []string
+	var stdioKeys, ttyKeys []string
 	if !j.Detached {
 		if ms, err = m.cfg.Streams.Quiesce(j.CPID); err != nil {
 			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: %w", m.cfg.Self, err))
 		}
-		for _, k := range ms.Keys {
-			if k == "" {
-				return nil, m.fail(fmt.Errorf("process %d: its stdio pipes are unknown", j.CPID))
-			}
-			stdioKeys = append(stdioKeys, k)
+		if stdioKeys, ttyKeys, err = streamKeys(j.CPID, ms); err != nil {
+			return nil, m.fail(err)
 		}
 	}
 	step("dump", 0)
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: []string{statusKey}, lazy: pc.lazy(), started: started}); err != nil {
+	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: append([]string{statusKey}, ttyKeys...), lazy: pc.lazy(), started: started}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -465,8 +462,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	}
 	pc.header(hdr)
 	if ms != nil {
-		hdr.Attached, hdr.StdioKeys = true, stdioKeys
-		hdr.StdinPending, hdr.StdinClosed, hdr.OutSeq = ms.StdinPending, ms.StdinClosed, ms.OutSeq
+		streamHeader(hdr, ms, stdioKeys)
 	}
 	sent := time.Now()
 	step("transfer", 0)

@@ -15,6 +15,7 @@ import (
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/peer"
 	"github.com/ssi-cluster/ssi/internal/procs"
+	"github.com/ssi-cluster/ssi/internal/procspace"
 	"github.com/ssi-cluster/ssi/internal/rexec"
 	"github.com/ssi-cluster/ssi/internal/version"
 	"github.com/ssi-cluster/ssi/internal/vproc"
@@ -177,7 +178,14 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	// An attached job's stdio: new pipes in place of the old node's, the
 	// daemon keeping the other ends for the stream that follows the job.
 	var pipes [3]*os.File
-	if h.Attached {
+	var term *procspace.Terminal
+	if h.Attached && h.Tty {
+		var err error
+		if term, err = jobTerminal(h, inherit); err != nil {
+			return fail(err)
+		}
+		keep = append(keep, term.Master)
+	} else if h.Attached {
 		if len(h.StdioKeys) != 3 {
 			return fail(fmt.Errorf("an attached job with %d stdio pipes, want 3", len(h.StdioKeys)))
 		}
@@ -233,7 +241,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 		return nil, err
 	}
 	if h.Attached {
-		m.cfg.Streams.Arrive(pj, pipes, h.OutSeq, 0, h.StdinClosed)
+		m.cfg.Streams.Arrive(pj, arrivalOf(h, pipes, term))
 	}
 	return pj, nil
 }

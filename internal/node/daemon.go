@@ -170,7 +170,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU, pcAbove: o.PostCopyAbove,
 		net: &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r), Raw: func(proto string) *tls.Config { return id.ClientTLS([]string{proto}) }},
 		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount, JobRoot: o.CFS.JobRoot,
-			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}, Conns: mux.CFSListener()},
+			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}, IDsFile: filepath.Join(string(o.DataDir), "cfs-ids"), Conns: mux.CFSListener()},
 		seeds:     func() []string { return seeds(r, meta) },
 		bootstrap: meta.Bootstrap,
 		bootstrapped: func() error {

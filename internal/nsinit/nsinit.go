@@ -122,6 +122,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ssi-cluster/ssi/internal/mountinfo"
 )
 
 // Command is the hidden command name under which the ssi binary runs Main.
@@ -146,8 +148,8 @@ type Options struct {
 	Path          string      // executable; empty: look up argv[0] in $PATH
 	Dir           string      // working directory of the job; empty: the init's
 	Cred          *Credential // nil: the init's own credentials
-	MountProc     bool        // make mounts private and mount a fresh /proc
-	PrivateMounts bool        // make mounts private
+	MountProc     bool        // make mounts one-way (slave, inherited FUSE mounts let go) and mount a fresh /proc
+	PrivateMounts bool        // make mounts one-way (slave, inherited FUSE mounts let go)
 	Hostname      string      // set the hostname (needs a UTS namespace)
 	Root          string      // chroot here before the job starts; Dir and Path are then inside it
 	StatusFD      int         // status events go here; < 3 means none
@@ -418,9 +420,17 @@ func (in *initProc) setup() error {
 		}
 	}
 	if mounts {
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			return fmt.Errorf("making mounts private: %w", err)
+		// Slave, not private: mounts made here stay here, and what the
+		// host unmounts goes here too. A private copy would keep every
+		// mount the host had when this namespace was made (another
+		// process's FUSE mount, say) alive until this namespace ends, and
+		// that process's unmount would wait for it.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+			return fmt.Errorf("making mounts one-way (slave): %w", err)
 		}
+		// On a host whose mounts are private (no systemd) nothing
+		// propagates: let go of the FUSE mounts this namespace inherited.
+		dropFUSE()
 	}
 	if o.MountProc {
 		if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
@@ -787,4 +797,31 @@ func children() []int {
 		}
 	}
 	return pids
+}
+
+// dropFUSE detaches the FUSE mounts a new mount namespace inherited from
+// the host: their daemons are other processes, whose unmount would
+// otherwise wait (and a FUSE daemon's exit hang) until this namespace
+// ends. A mount that holds the init's working directory or executable
+// stays.
+func dropFUSE() {
+	ms, err := mountinfo.Read()
+	if err != nil {
+		return
+	}
+	cwd, _ := os.Getwd()
+	exe, _ := os.Executable()
+	below := func(p, dir string) bool {
+		return p != "" && (p == dir || strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/"))
+	}
+	for i := len(ms) - 1; i >= 0; i-- { // the deepest first
+		m := ms[i]
+		if m.FSType != "fuse" && m.FSType != "fuseblk" && !strings.HasPrefix(m.FSType, "fuse.") {
+			continue
+		}
+		if below(cwd, m.Point) || below(exe, m.Point) {
+			continue
+		}
+		_ = unix.Unmount(m.Point, unix.MNT_DETACH)
+	}
 }

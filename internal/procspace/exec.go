@@ -213,10 +213,15 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 	if stdio != nil {
 		return s.pumpPassed(spec, st, out, j, pipes, stdio)
 	}
-	if ack && pipes != nil && !spec.Tty && rj.Migratable() && !spec.Pin {
+	if ack && rj.Migratable() && !spec.Pin {
 		// Relayed by a client's daemon: the stream can follow the job
-		// when it migrates (move.go).
-		return s.serveMovable(ctx, st, out, j, [3]*os.File{pipes[0], pipes[1], pipes[2]}, 0, false)
+		// when it migrates (move.go, ttymove.go).
+		if spec.Tty && rj.Terminal() != nil {
+			return s.serveMovable(ctx, st, out, j, [3]*os.File{}, rj.Terminal(), streamAt{})
+		}
+		if pipes != nil && !spec.Tty {
+			return s.serveMovable(ctx, st, out, j, [3]*os.File{pipes[0], pipes[1], pipes[2]}, nil, streamAt{})
+		}
 	}
 
 	// Input. Stdin goes through a queue to its own writer, so that signals
@@ -224,6 +229,13 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 	// stdin. A client that goes away hangs up the process, as ssh does.
 	q := newStdinQueue(2 * Window)
 	defer func() { q.close(); _ = rj.Stdin().Close() }() // a writer stuck on a full pipe lets go
+	// A relay keeps a numbered signal or resize until it hears it was
+	// delivered.
+	ackCtl := func(seq uint64) {
+		if ack && seq != 0 {
+			_ = out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_CtlAck{CtlAck: seq}})
+		}
+	}
 	go func() {
 		defer q.close()
 		var n uint64 // stdin messages seen: their seq when the sender gives none
@@ -242,8 +254,10 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 				q.push(stdinItem{seq: max(m.Seq, n), eof: true})
 			case *ssiv1.ExecInput_Signal:
 				_ = rj.Signal(syscall.Signal(v.Signal))
+				ackCtl(m.Seq)
 			case *ssiv1.ExecInput_Resize:
 				_ = rj.Resize(uint16(v.Resize.Rows), uint16(v.Resize.Cols))
+				ackCtl(m.Seq)
 			}
 		}
 	}()

@@ -148,3 +148,23 @@ func TestStdinQueue(t *testing.T) {
 		}
 	})
 }
+
+// The relay's window of signals and resizes never makes one wait: full,
+// it forgets the oldest.
+func TestInflightKeepLast(t *testing.T) {
+	w := newInflight(2)
+	for seq := uint64(1); seq <= 3; seq++ {
+		w.keepLast(&ssiv1.ExecInput{Seq: seq, Msg: &ssiv1.ExecInput_Signal{Signal: 2}})
+	}
+	var seqs []uint64
+	for _, m := range w.pending() {
+		seqs = append(seqs, m.Seq)
+	}
+	if len(seqs) != 2 || seqs[0] != 2 || seqs[1] != 3 {
+		t.Fatalf("pending %v, want [2 3]", seqs)
+	}
+	w.ack(2)
+	if p := w.pending(); len(p) != 1 || p[0].Seq != 3 {
+		t.Fatalf("pending after ack 2: %v", p)
+	}
+}

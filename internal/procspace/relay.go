@@ -20,12 +20,19 @@ import (
 // it (to replay after a move) and stops reading the client beyond it.
 const Window = 4 << 20
 
+// CtlWindow is how many signals and resizes the relay keeps unacknowledged
+// (to send again after a move); a signal never waits for room: beyond it,
+// the oldest is forgotten (a node that does not acknowledge them, of an
+// older build, then gets them as before: at once, not again after a move).
+const CtlWindow = 1024
+
 // relay connects a CLI's exec stream to the node that runs the process.
 // If that node dies the client learns it within the failure-detection time.
 //
 // Towards the process, stdin and stdin_eof get sequence numbers and are
 // kept until the node acknowledges them (at most Window bytes in flight);
-// signals and resizes pass at once. Back from the process, output frames
+// signals and resizes pass at once, numbered on their own and kept the
+// same way until the node says it delivered them (ctl_ack). Back from the process, output frames
 // whose sequence number was already delivered are dropped, and
 // acknowledgements stay here. These are what a later switch of the stream
 // to another node (after a migration) needs: replay what is unacknowledged,
@@ -63,6 +70,8 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	defer func() { stopWatch() }()
 
 	win := newInflight(Window)
+	ctl := newInflight(CtlWindow) // signals and resizes
+	var ctlSeq uint64             // under sendMu
 	// forward sends m towards the process. Stdin is kept in win until the
 	// process's node acknowledges it, and it is kept and sent under
 	// sendMu, as follow switches streams: a message goes to the new
@@ -72,18 +81,25 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 	// what win keeps, and what comes next) or because its node is lost
 	// (the loop below ends the relay, and ctx with it). False: ctx ended.
 	forward := func(m *ssiv1.ExecInput) bool {
-		stdin := false
+		stdin, control := false, false
 		switch m.Msg.(type) {
 		case *ssiv1.ExecInput_Stdin, *ssiv1.ExecInput_StdinEof:
 			if !win.room(ctx, len(m.GetStdin())) {
 				return false
 			}
 			stdin = true
+		case *ssiv1.ExecInput_Signal, *ssiv1.ExecInput_Resize:
+			control = true
 		}
 		sendMu.Lock()
 		defer sendMu.Unlock()
 		if stdin {
 			win.keep(m)
+		}
+		if control {
+			ctlSeq++
+			m.Seq = ctlSeq
+			ctl.keepLast(m)
 		}
 		if err := remote.Send(m); err != nil {
 			s.log.Debug("cannot send towards the process; a stream that follows it gets its stdin again", "seq", m.Seq, "err", err)
@@ -166,14 +182,18 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 			}
 			return st.Send(execError(255, "%v", s.explainLoss(n, fmt.Errorf("lost the connection to node %d (%s): %w", n.Num, n.Name, err))))
 		}
-		if a, ok := m.Msg.(*ssiv1.ExecOutput_StdinAck); ok {
+		switch a := m.Msg.(type) {
+		case *ssiv1.ExecOutput_StdinAck:
 			win.ack(a.StdinAck)
+			continue
+		case *ssiv1.ExecOutput_CtlAck:
+			ctl.ack(a.CtlAck)
 			continue
 		}
 		if mv := m.GetMoved(); mv != nil {
 			// The process moved: attach to its new node, send again the
 			// stdin it has not acknowledged, and go on from there.
-			to, err := s.follow(ctx, cpid, spec.Uid, mv, delivered, win, &sendMu, &remote)
+			to, err := s.follow(ctx, cpid, spec.Uid, mv, delivered, win, ctl, &sendMu, &remote)
 			if err != nil {
 				return st.Send(execError(255, "process %d moved to node %d, but its stream could not follow: %v", cpid, mv.Node, err))
 			}
@@ -259,14 +279,25 @@ func unwrapEOF(remote *connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOu
 	return err
 }
 
-// inflight is the stdin sent towards the process and not yet acknowledged.
+// inflight is the stdin (or the signals and resizes) sent towards the
+// process and not yet acknowledged.
 type inflight struct {
 	mu    sync.Mutex
 	cond  *sync.Cond
 	msgs  []*ssiv1.ExecInput
-	bytes int
+	bytes int // the cost of msgs
 	limit int
 	done  bool
+}
+
+// cost is what m takes of a window: its bytes for stdin, one for a signal
+// or a resize (their window counts messages), nothing for stdin_eof.
+func cost(m *ssiv1.ExecInput) int {
+	switch m.Msg.(type) {
+	case *ssiv1.ExecInput_Signal, *ssiv1.ExecInput_Resize:
+		return 1
+	}
+	return len(m.GetStdin())
 }
 
 func newInflight(limit int) *inflight {
@@ -299,7 +330,20 @@ func (w *inflight) keep(m *ssiv1.ExecInput) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.msgs = append(w.msgs, m)
-	w.bytes += len(m.GetStdin())
+	w.bytes += cost(m)
+}
+
+// keepLast holds m until it is acknowledged, forgetting the oldest kept
+// message if the window is full.
+func (w *inflight) keepLast(m *ssiv1.ExecInput) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for len(w.msgs) > 0 && w.bytes+cost(m) > w.limit {
+		w.bytes -= cost(w.msgs[0])
+		w.msgs = w.msgs[1:]
+	}
+	w.msgs = append(w.msgs, m)
+	w.bytes += cost(m)
 }
 
 // ack drops everything up to seq.
@@ -308,7 +352,7 @@ func (w *inflight) ack(seq uint64) {
 	defer w.mu.Unlock()
 	i := 0
 	for ; i < len(w.msgs) && w.msgs[i].Seq <= seq; i++ {
-		w.bytes -= len(w.msgs[i].GetStdin())
+		w.bytes -= cost(w.msgs[i])
 	}
 	w.msgs = w.msgs[i:]
 	w.cond.Broadcast()
@@ -330,9 +374,10 @@ func (s *Space) watchNode(ctx context.Context, n *state.Node, cancel context.Can
 }
 
 // follow attaches a relayed stream to the node its process moved to: the
-// new stream replaces *remote (under mu) once the stdin that the old node
-// did not acknowledge has been sent again on it.
-func (s *Space) follow(ctx context.Context, cpid int64, uid uint32, mv *ssiv1.ExecMoved, delivered uint64, win *inflight,
+// new stream replaces *remote (under mu) once the signals and resizes and
+// the stdin that the old node did not deliver have been sent again on it
+// (the new node drops what it knows was delivered: at most once).
+func (s *Space) follow(ctx context.Context, cpid int64, uid uint32, mv *ssiv1.ExecMoved, delivered uint64, win, ctl *inflight,
 	mu *sync.Mutex, remote **connect.BidiStreamForClient[ssiv1.ExecInput, ssiv1.ExecOutput]) (*state.Node, error) {
 	n, ok := s.cfg.FSM.Cluster().Nodes[mv.Node]
 	if !ok {
@@ -348,9 +393,10 @@ func (s *Space) follow(ctx context.Context, cpid int64, uid uint32, mv *ssiv1.Ex
 		return nil, unwrapEOF(next, err)
 	}
 	win.ack(mv.StdinAcked)
+	ctl.ack(mv.CtlAcked)
 	mu.Lock()
 	defer mu.Unlock()
-	for _, m := range win.pending() {
+	for _, m := range append(ctl.pending(), win.pending()...) {
 		if err := next.Send(m); err != nil {
 			next.CloseResponse()
 			return nil, unwrapEOF(next, err)
@@ -360,6 +406,6 @@ func (s *Space) follow(ctx context.Context, cpid int64, uid uint32, mv *ssiv1.Ex
 	*remote = next
 	_ = old.CloseRequest()
 	_ = old.CloseResponse()
-	s.log.Info("the stream follows its process", "cpid", cpid, "to", mv.Node, "stdin_acked", mv.StdinAcked, "out_seq", delivered)
+	s.log.Info("the stream follows its process", "cpid", cpid, "to", mv.Node, "stdin_acked", mv.StdinAcked, "ctl_acked", mv.CtlAcked, "out_seq", delivered)
 	return n, nil
 }

@@ -51,17 +51,23 @@ func threeNodes(t *testing.T) *state.FSM {
 	return f
 }
 
-// cliStream is the CLI's side of a relayed exec with its stdio passed: it
-// sends nothing, and keeps what the relay sends it.
+// cliStream is the CLI's side of a relayed exec: it sends what the test
+// puts in in (nothing if in is nil: a CLI with its stdio passed), and
+// keeps what the relay sends it.
 type cliStream struct {
 	ctx  context.Context
+	in   chan *ssiv1.ExecInput
 	mu   sync.Mutex
 	msgs []*ssiv1.ExecOutput
 }
 
 func (c *cliStream) Receive() (*ssiv1.ExecInput, error) {
-	<-c.ctx.Done()
-	return nil, c.ctx.Err()
+	select {
+	case m := <-c.in:
+		return m, nil
+	case <-c.ctx.Done():
+		return nil, c.ctx.Err()
+	}
 }
 
 func (c *cliStream) Send(m *ssiv1.ExecOutput) error {

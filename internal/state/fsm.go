@@ -96,6 +96,15 @@ func (f *FSM) Cluster() *Cluster {
 	return f.c.Clone()
 }
 
+// CFSRecord is the cluster filesystem's record (Cluster.CFSRecord), without
+// copying the whole state: it is read on every metrics scrape and by the
+// replica's checks.
+func (f *FSM) CFSRecord(def uint32) CFS {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.c.CFSRecord(def)
+}
+
 // AppliedIndex is the log index of the last applied entry.
 func (f *FSM) AppliedIndex() uint64 {
 	f.mu.RLock()

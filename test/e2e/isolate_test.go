@@ -5,8 +5,12 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 )
 
 // With --isolate every node runs as PID 1's child in its own UTS, PID,
@@ -20,6 +24,20 @@ func TestIsolatedCluster(t *testing.T) {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("--isolate needs iproute2")
 	}
+	// A FUSE mount of another process's, made before the cluster: the
+	// nodes' namespaces must not keep it, or its unmount (and its
+	// daemon's exit) would wait until the cluster ends.
+	hostMount := t.TempDir()
+	fuseSrv, err := fs.Mount(hostMount, &fs.Inode{}, &fs.Options{MountOptions: fuse.MountOptions{DirectMount: true, DirectMountStrict: true, FsName: "e2e-host"}})
+	if err != nil {
+		t.Fatalf("a FUSE mount for the test: %v", err)
+	}
+	mounted := true
+	defer func() {
+		if mounted {
+			syscall.Unmount(hostMount, syscall.MNT_DETACH)
+		}
+	}()
 	c := StartCluster(t, 3, "--isolate")
 	ns, raw := c.Nodes(1)
 	for k := uint32(1); k <= 3; k++ {
@@ -43,6 +61,27 @@ func TestIsolatedCluster(t *testing.T) {
 		if self == theirs || theirs == "" {
 			t.Errorf("node %d shares the test's network namespace", k)
 		}
+	}
+	for k := 1; k <= 3; k++ {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", c.PID(k)))
+		if strings.Contains(string(b), " "+hostMount+" ") {
+			t.Errorf("node %d's namespace keeps the host's FUSE mount %s", k, hostMount)
+		}
+	}
+	unmounted := make(chan error, 1)
+	go func() { unmounted <- fuseSrv.Unmount() }()
+	select {
+	case err := <-unmounted:
+		if err != nil {
+			t.Fatalf("unmounting the host's FUSE mount: %v", err)
+		}
+		mounted = false
+	case <-time.After(30 * time.Second):
+		t.Fatal("the host's FUSE mount could not be unmounted while the cluster runs: a node's namespace holds it")
+	}
+	// And the nodes' own mounts (their /proc) stay in their namespaces.
+	if b, _ := os.ReadFile("/proc/self/mountinfo"); strings.Count(string(b), " /proc ") > 1 {
+		t.Errorf("a node's /proc reached the host's mount table:\n%s", b)
 	}
 	c.Kill(2)
 	c.WaitState([]int{1, 3}, 2, "DOWN", 10*time.Second)

@@ -1380,8 +1380,13 @@ type ExecInput struct {
 	//	*ExecInput_Signal
 	//	*ExecInput_Resize
 	//	*ExecInput_Attach
-	Msg           isExecInput_Msg `protobuf_oneof:"msg"`
-	Seq           uint64          `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
+	Msg isExecInput_Msg `protobuf_oneof:"msg"`
+	// stdin and stdin_eof: their number in the stream's stdin. signal and
+	// resize: their number among the stream's signals and resizes (0 from a
+	// sender that does not number them: delivered as they come), acknowledged
+	// by ExecOutput.ctl_ack, kept by the relay and sent again after a move
+	// until then, and delivered at most once.
+	Seq           uint64 `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1727,7 +1732,8 @@ func (x *ExecError) GetMessage() string {
 }
 
 // ExecOutput is what flows back: started, output chunks, and exactly one of
-// exit or error last; stdin_ack whenever stdin was handed to the process.
+// exit or error last; stdin_ack whenever stdin was handed to the process,
+// ctl_ack whenever a numbered signal or resize was.
 //
 // seq numbers stdout and stderr chunks (1, 2, ... in one sequence; 0 on
 // other messages), so that a relay switching to another stream after a move
@@ -1743,6 +1749,7 @@ type ExecOutput struct {
 	//	*ExecOutput_Error
 	//	*ExecOutput_StdinAck
 	//	*ExecOutput_Moved
+	//	*ExecOutput_CtlAck
 	Msg           isExecOutput_Msg `protobuf_oneof:"msg"`
 	Seq           uint64           `protobuf:"varint,10,opt,name=seq,proto3" json:"seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1849,6 +1856,15 @@ func (x *ExecOutput) GetMoved() *ExecMoved {
 	return nil
 }
 
+func (x *ExecOutput) GetCtlAck() uint64 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecOutput_CtlAck); ok {
+			return x.CtlAck
+		}
+	}
+	return 0
+}
+
 func (x *ExecOutput) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
@@ -1888,6 +1904,10 @@ type ExecOutput_Moved struct {
 	Moved *ExecMoved `protobuf:"bytes,7,opt,name=moved,proto3,oneof"` // the process moved (internal/migrate): attach to its new node
 }
 
+type ExecOutput_CtlAck struct {
+	CtlAck uint64 `protobuf:"varint,60,opt,name=ctl_ack,json=ctlAck,proto3,oneof"` // every signal and resize up to this seq was delivered
+}
+
 func (*ExecOutput_Started) isExecOutput_Msg() {}
 
 func (*ExecOutput_Stdout) isExecOutput_Msg() {}
@@ -1902,6 +1922,8 @@ func (*ExecOutput_StdinAck) isExecOutput_Msg() {}
 
 func (*ExecOutput_Moved) isExecOutput_Msg() {}
 
+func (*ExecOutput_CtlAck) isExecOutput_Msg() {}
+
 // ExecMoved ends a stream whose process moved to another node: every
 // output chunk up to out_seq was sent on this stream, every stdin message up
 // to stdin_acked reached the process (or goes with it); the client's daemon
@@ -1911,6 +1933,7 @@ type ExecMoved struct {
 	Node          uint32                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
 	OutSeq        uint64                 `protobuf:"varint,2,opt,name=out_seq,json=outSeq,proto3" json:"out_seq,omitempty"`
 	StdinAcked    uint64                 `protobuf:"varint,3,opt,name=stdin_acked,json=stdinAcked,proto3" json:"stdin_acked,omitempty"`
+	CtlAcked      uint64                 `protobuf:"varint,60,opt,name=ctl_acked,json=ctlAcked,proto3" json:"ctl_acked,omitempty"` // every signal and resize up to this seq was delivered
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1962,6 +1985,13 @@ func (x *ExecMoved) GetOutSeq() uint64 {
 func (x *ExecMoved) GetStdinAcked() uint64 {
 	if x != nil {
 		return x.StdinAcked
+	}
+	return 0
+}
+
+func (x *ExecMoved) GetCtlAcked() uint64 {
+	if x != nil {
+		return x.CtlAcked
 	}
 	return 0
 }
@@ -4705,8 +4735,21 @@ type MigrateHeader struct {
 	// Post-copy: the memory pages stay on the source and CRIU's lazy-pages
 	// daemon of the target fetches them through PostCopy.Pages, naming the
 	// move by move_id (random, from the source).
-	Postcopy      bool   `protobuf:"varint,50,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
-	MoveId        string `protobuf:"bytes,51,opt,name=move_id,json=moveId,proto3" json:"move_id,omitempty"`
+	Postcopy bool   `protobuf:"varint,50,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	MoveId   string `protobuf:"bytes,51,opt,name=move_id,json=moveId,proto3" json:"move_id,omitempty"`
+	// Where the stream's numbering of the client's input stopped: the last
+	// stdin message and the last signal or resize the job got on the source.
+	StdinAcked uint64 `protobuf:"varint,60,opt,name=stdin_acked,json=stdinAcked,proto3" json:"stdin_acked,omitempty"`
+	CtlAcked   uint64 `protobuf:"varint,61,opt,name=ctl_acked,json=ctlAcked,proto3" json:"ctl_acked,omitempty"`
+	// An attached job on a terminal (onnode -t): the pty's slave as CRIU's
+	// external key ("tty[RDEV:DEV]", hex), its settings (struct termios as
+	// the kernel holds it) and window size, carried to a new pty on the
+	// target; stdin_pending is then what was typed and not yet read.
+	Tty           bool   `protobuf:"varint,62,opt,name=tty,proto3" json:"tty,omitempty"`
+	TtyKey        string `protobuf:"bytes,63,opt,name=tty_key,json=ttyKey,proto3" json:"tty_key,omitempty"`
+	Termios       []byte `protobuf:"bytes,64,opt,name=termios,proto3" json:"termios,omitempty"`
+	Rows          uint32 `protobuf:"varint,65,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32 `protobuf:"varint,66,opt,name=cols,proto3" json:"cols,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4858,6 +4901,55 @@ func (x *MigrateHeader) GetMoveId() string {
 		return x.MoveId
 	}
 	return ""
+}
+
+func (x *MigrateHeader) GetStdinAcked() uint64 {
+	if x != nil {
+		return x.StdinAcked
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetCtlAcked() uint64 {
+	if x != nil {
+		return x.CtlAcked
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *MigrateHeader) GetTtyKey() string {
+	if x != nil {
+		return x.TtyKey
+	}
+	return ""
+}
+
+func (x *MigrateHeader) GetTermios() []byte {
+	if x != nil {
+		return x.Termios
+	}
+	return nil
+}
+
+func (x *MigrateHeader) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *MigrateHeader) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
 }
 
 type MigrateChunk struct {
@@ -5964,6 +6056,7 @@ type FsDirEntry struct {
 	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	Ino           uint64                 `protobuf:"varint,2,opt,name=ino,proto3" json:"ino,omitempty"`
 	Mode          uint32                 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"` // file type bits
+	Attr          *FsAttr                `protobuf:"bytes,4,opt,name=attr,proto3" json:"attr,omitempty"`  // the entry's attributes (READDIRPLUS without a LOOKUP each); absent if it could not be stat'd
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6017,6 +6110,13 @@ func (x *FsDirEntry) GetMode() uint32 {
 		return x.Mode
 	}
 	return 0
+}
+
+func (x *FsDirEntry) GetAttr() *FsAttr {
+	if x != nil {
+		return x.Attr
+	}
+	return nil
 }
 
 type FsLock struct {
@@ -6264,7 +6364,7 @@ type FsMessage struct {
 	Inval         []*FsInval             `protobuf:"bytes,11,rep,name=inval,proto3" json:"inval,omitempty"`
 	More          bool                   `protobuf:"varint,12,opt,name=more,proto3" json:"more,omitempty"`     // READDIR: more entries follow at offset+len(entries)
 	Offset        int64                  `protobuf:"varint,13,opt,name=offset,proto3" json:"offset,omitempty"` // LSEEK result
-	Attr2         *FsAttr                `protobuf:"bytes,14,opt,name=attr2,proto3" json:"attr2,omitempty"`    // LINK/RENAME: the parent's attributes after the change
+	Attr2         *FsAttr                `protobuf:"bytes,14,opt,name=attr2,proto3" json:"attr2,omitempty"`    // CREATE/MKDIR/MKNOD/SYMLINK/LINK/UNLINK/RMDIR: the parent's attributes after the change
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6506,7 +6606,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04core\x18\x03 \x01(\bR\x04core\"B\n" +
 	"\tExecError\x12\x1b\n" +
 	"\texit_code\x18\x01 \x01(\x05R\bexitCode\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"\xa7\x02\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\xc2\x02\n" +
 	"\n" +
 	"ExecOutput\x12/\n" +
 	"\astarted\x18\x01 \x01(\v2\x13.ssi.v1.ExecStartedH\x00R\astarted\x12\x18\n" +
@@ -6515,15 +6615,17 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04exit\x18\x04 \x01(\v2\x10.ssi.v1.ExecExitH\x00R\x04exit\x12)\n" +
 	"\x05error\x18\x05 \x01(\v2\x11.ssi.v1.ExecErrorH\x00R\x05error\x12\x1d\n" +
 	"\tstdin_ack\x18\x06 \x01(\x04H\x00R\bstdinAck\x12)\n" +
-	"\x05moved\x18\a \x01(\v2\x11.ssi.v1.ExecMovedH\x00R\x05moved\x12\x10\n" +
+	"\x05moved\x18\a \x01(\v2\x11.ssi.v1.ExecMovedH\x00R\x05moved\x12\x19\n" +
+	"\actl_ack\x18< \x01(\x04H\x00R\x06ctlAck\x12\x10\n" +
 	"\x03seq\x18\n" +
 	" \x01(\x04R\x03seqB\x05\n" +
-	"\x03msg\"Y\n" +
+	"\x03msg\"v\n" +
 	"\tExecMoved\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\rR\x04node\x12\x17\n" +
 	"\aout_seq\x18\x02 \x01(\x04R\x06outSeq\x12\x1f\n" +
 	"\vstdin_acked\x18\x03 \x01(\x04R\n" +
-	"stdinAcked\"K\n" +
+	"stdinAcked\x12\x1b\n" +
+	"\tctl_acked\x18< \x01(\x04R\bctlAcked\"K\n" +
 	"\n" +
 	"ExecAttach\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x10\n" +
@@ -6728,7 +6830,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x1d\n" +
 	"\n" +
 	"elapsed_us\x18\x03 \x01(\x03R\telapsedUs\x12+\n" +
-	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\xd6\x03\n" +
+	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\x81\x05\n" +
 	"\rMigrateHeader\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
@@ -6749,7 +6851,15 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x05nodes\x18\x0e \x03(\rR\x05nodes\x12\x12\n" +
 	"\x04root\x18\x0f \x01(\tR\x04root\x12\x1a\n" +
 	"\bpostcopy\x182 \x01(\bR\bpostcopy\x12\x17\n" +
-	"\amove_id\x183 \x01(\tR\x06moveId\"i\n" +
+	"\amove_id\x183 \x01(\tR\x06moveId\x12\x1f\n" +
+	"\vstdin_acked\x18< \x01(\x04R\n" +
+	"stdinAcked\x12\x1b\n" +
+	"\tctl_acked\x18= \x01(\x04R\bctlAcked\x12\x10\n" +
+	"\x03tty\x18> \x01(\bR\x03tty\x12\x17\n" +
+	"\atty_key\x18? \x01(\tR\x06ttyKey\x12\x18\n" +
+	"\atermios\x18@ \x01(\fR\atermios\x12\x12\n" +
+	"\x04rows\x18A \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18B \x01(\rR\x04cols\"i\n" +
 	"\fMigrateChunk\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.ssi.v1.MigrateHeaderR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
@@ -6849,12 +6959,13 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\bmtime_ns\x18\n" +
 	" \x01(\x03R\amtimeNs\x12\x19\n" +
 	"\bctime_ns\x18\v \x01(\x03R\actimeNs\x12\x18\n" +
-	"\ablksize\x18\f \x01(\rR\ablksize\"F\n" +
+	"\ablksize\x18\f \x01(\rR\ablksize\"j\n" +
 	"\n" +
 	"FsDirEntry\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\fR\x04name\x12\x10\n" +
 	"\x03ino\x18\x02 \x01(\x04R\x03ino\x12\x12\n" +
-	"\x04mode\x18\x03 \x01(\rR\x04mode\"V\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\x12\"\n" +
+	"\x04attr\x18\x04 \x01(\v2\x0e.ssi.v1.FsAttrR\x04attr\"V\n" +
 	"\x06FsLock\x12\x14\n" +
 	"\x05start\x18\x01 \x01(\x04R\x05start\x12\x10\n" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\x12\x12\n" +
@@ -7135,101 +7246,102 @@ var file_ssi_v1_ssi_proto_depIdxs = []int32{
 	2,  // 29: ssi.v1.FsRequest.op:type_name -> ssi.v1.FsOp
 	79, // 30: ssi.v1.FsRequest.set:type_name -> ssi.v1.FsSetAttr
 	82, // 31: ssi.v1.FsRequest.lock:type_name -> ssi.v1.FsLock
-	80, // 32: ssi.v1.FsMessage.attr:type_name -> ssi.v1.FsAttr
-	81, // 33: ssi.v1.FsMessage.entries:type_name -> ssi.v1.FsDirEntry
-	83, // 34: ssi.v1.FsMessage.statfs:type_name -> ssi.v1.FsStatfs
-	82, // 35: ssi.v1.FsMessage.lock:type_name -> ssi.v1.FsLock
-	84, // 36: ssi.v1.FsMessage.inval:type_name -> ssi.v1.FsInval
-	80, // 37: ssi.v1.FsMessage.attr2:type_name -> ssi.v1.FsAttr
-	5,  // 38: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
-	19, // 39: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
-	27, // 40: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
-	29, // 41: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
-	31, // 42: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
-	33, // 43: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
-	36, // 44: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
-	8,  // 45: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
-	11, // 46: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
-	13, // 47: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
-	15, // 48: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
-	72, // 49: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
-	74, // 50: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
-	76, // 51: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
-	63, // 52: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
-	63, // 53: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
-	59, // 54: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	61, // 55: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
-	56, // 56: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
-	52, // 57: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
-	42, // 58: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
-	38, // 59: ssi.v1.Control.CfsStatus:input_type -> ssi.v1.CfsStatusRequest
-	41, // 60: ssi.v1.Control.SetCfsReplica:input_type -> ssi.v1.SetCfsReplicaRequest
-	40, // 61: ssi.v1.Control.SetCfsJobRoot:input_type -> ssi.v1.SetCfsJobRootRequest
-	44, // 62: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
-	46, // 63: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
-	50, // 64: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
-	48, // 65: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
-	19, // 66: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
-	27, // 67: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
-	29, // 68: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
-	31, // 69: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
-	33, // 70: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
-	63, // 71: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
-	63, // 72: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
-	68, // 73: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
-	59, // 74: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
-	61, // 75: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
-	56, // 76: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
-	54, // 77: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
-	36, // 78: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
-	78, // 79: ssi.v1.Cfs.Session:input_type -> ssi.v1.FsRequest
-	6,  // 80: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
-	23, // 81: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
-	28, // 82: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
-	30, // 83: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
-	32, // 84: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
-	34, // 85: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
-	37, // 86: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
-	10, // 87: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
-	12, // 88: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
-	14, // 89: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
-	16, // 90: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
-	73, // 91: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
-	75, // 92: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
-	77, // 93: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
-	64, // 94: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
-	66, // 95: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
-	60, // 96: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	62, // 97: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
-	58, // 98: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
-	53, // 99: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
-	43, // 100: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
-	39, // 101: ssi.v1.Control.CfsStatus:output_type -> ssi.v1.CfsState
-	39, // 102: ssi.v1.Control.SetCfsReplica:output_type -> ssi.v1.CfsState
-	39, // 103: ssi.v1.Control.SetCfsJobRoot:output_type -> ssi.v1.CfsState
-	45, // 104: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
-	47, // 105: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
-	51, // 106: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
-	49, // 107: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
-	23, // 108: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
-	28, // 109: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
-	30, // 110: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
-	32, // 111: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
-	34, // 112: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
-	64, // 113: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
-	66, // 114: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
-	69, // 115: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
-	60, // 116: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
-	62, // 117: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
-	58, // 118: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
-	55, // 119: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
-	37, // 120: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
-	85, // 121: ssi.v1.Cfs.Session:output_type -> ssi.v1.FsMessage
-	80, // [80:122] is the sub-list for method output_type
-	38, // [38:80] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	80, // 32: ssi.v1.FsDirEntry.attr:type_name -> ssi.v1.FsAttr
+	80, // 33: ssi.v1.FsMessage.attr:type_name -> ssi.v1.FsAttr
+	81, // 34: ssi.v1.FsMessage.entries:type_name -> ssi.v1.FsDirEntry
+	83, // 35: ssi.v1.FsMessage.statfs:type_name -> ssi.v1.FsStatfs
+	82, // 36: ssi.v1.FsMessage.lock:type_name -> ssi.v1.FsLock
+	84, // 37: ssi.v1.FsMessage.inval:type_name -> ssi.v1.FsInval
+	80, // 38: ssi.v1.FsMessage.attr2:type_name -> ssi.v1.FsAttr
+	5,  // 39: ssi.v1.Control.Status:input_type -> ssi.v1.StatusRequest
+	19, // 40: ssi.v1.Control.Exec:input_type -> ssi.v1.ExecInput
+	27, // 41: ssi.v1.Control.Procs:input_type -> ssi.v1.ProcsRequest
+	29, // 42: ssi.v1.Control.Signal:input_type -> ssi.v1.SignalRequest
+	31, // 43: ssi.v1.Control.Wait:input_type -> ssi.v1.WaitRequest
+	33, // 44: ssi.v1.Control.Logs:input_type -> ssi.v1.LogsRequest
+	36, // 45: ssi.v1.Control.Loads:input_type -> ssi.v1.LoadsRequest
+	8,  // 46: ssi.v1.Control.AddNodes:input_type -> ssi.v1.AddNodesRequest
+	11, // 47: ssi.v1.Control.IssueToken:input_type -> ssi.v1.TokenRequest
+	13, // 48: ssi.v1.Control.RemoveNode:input_type -> ssi.v1.RemoveNodeRequest
+	15, // 49: ssi.v1.Control.Shutdown:input_type -> ssi.v1.ShutdownRequest
+	72, // 50: ssi.v1.Control.GetDHCP:input_type -> ssi.v1.GetDHCPRequest
+	74, // 51: ssi.v1.Control.SetDHCP:input_type -> ssi.v1.SetDHCPRequest
+	76, // 52: ssi.v1.Control.ProvisionInfo:input_type -> ssi.v1.ProvisionInfoRequest
+	63, // 53: ssi.v1.Control.Migrate:input_type -> ssi.v1.MigrateRequest
+	63, // 54: ssi.v1.Control.MigrateWatch:input_type -> ssi.v1.MigrateRequest
+	59, // 55: ssi.v1.Control.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	61, // 56: ssi.v1.Control.Restart:input_type -> ssi.v1.RestartRequest
+	56, // 57: ssi.v1.Control.Expel:input_type -> ssi.v1.ExpelRequest
+	52, // 58: ssi.v1.Control.LoadLevel:input_type -> ssi.v1.LoadLevelRequest
+	42, // 59: ssi.v1.Control.BlockNode:input_type -> ssi.v1.BlockNodeRequest
+	38, // 60: ssi.v1.Control.CfsStatus:input_type -> ssi.v1.CfsStatusRequest
+	41, // 61: ssi.v1.Control.SetCfsReplica:input_type -> ssi.v1.SetCfsReplicaRequest
+	40, // 62: ssi.v1.Control.SetCfsJobRoot:input_type -> ssi.v1.SetCfsJobRootRequest
+	44, // 63: ssi.v1.Membership.Join:input_type -> ssi.v1.JoinRequest
+	46, // 64: ssi.v1.Membership.Heartbeat:input_type -> ssi.v1.HeartbeatRequest
+	50, // 65: ssi.v1.Membership.Shutdown:input_type -> ssi.v1.PeerShutdownRequest
+	48, // 66: ssi.v1.Consensus.Apply:input_type -> ssi.v1.ApplyRequest
+	19, // 67: ssi.v1.Process.Exec:input_type -> ssi.v1.ExecInput
+	27, // 68: ssi.v1.Process.Procs:input_type -> ssi.v1.ProcsRequest
+	29, // 69: ssi.v1.Process.Signal:input_type -> ssi.v1.SignalRequest
+	31, // 70: ssi.v1.Process.Wait:input_type -> ssi.v1.WaitRequest
+	33, // 71: ssi.v1.Process.Logs:input_type -> ssi.v1.LogsRequest
+	63, // 72: ssi.v1.Migrate.Move:input_type -> ssi.v1.MigrateRequest
+	63, // 73: ssi.v1.Migrate.MoveWatch:input_type -> ssi.v1.MigrateRequest
+	68, // 74: ssi.v1.Migrate.Receive:input_type -> ssi.v1.MigrateChunk
+	59, // 75: ssi.v1.Migrate.Checkpoint:input_type -> ssi.v1.CheckpointRequest
+	61, // 76: ssi.v1.Migrate.Restart:input_type -> ssi.v1.RestartRequest
+	56, // 77: ssi.v1.Migrate.Expel:input_type -> ssi.v1.ExpelRequest
+	54, // 78: ssi.v1.Migrate.Level:input_type -> ssi.v1.LevelRequest
+	36, // 79: ssi.v1.Placement.Loads:input_type -> ssi.v1.LoadsRequest
+	78, // 80: ssi.v1.Cfs.Session:input_type -> ssi.v1.FsRequest
+	6,  // 81: ssi.v1.Control.Status:output_type -> ssi.v1.StatusResponse
+	23, // 82: ssi.v1.Control.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 83: ssi.v1.Control.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 84: ssi.v1.Control.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 85: ssi.v1.Control.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 86: ssi.v1.Control.Logs:output_type -> ssi.v1.LogsChunk
+	37, // 87: ssi.v1.Control.Loads:output_type -> ssi.v1.LoadsResponse
+	10, // 88: ssi.v1.Control.AddNodes:output_type -> ssi.v1.AddNodesResponse
+	12, // 89: ssi.v1.Control.IssueToken:output_type -> ssi.v1.TokenResponse
+	14, // 90: ssi.v1.Control.RemoveNode:output_type -> ssi.v1.RemoveNodeResponse
+	16, // 91: ssi.v1.Control.Shutdown:output_type -> ssi.v1.ShutdownResponse
+	73, // 92: ssi.v1.Control.GetDHCP:output_type -> ssi.v1.GetDHCPResponse
+	75, // 93: ssi.v1.Control.SetDHCP:output_type -> ssi.v1.SetDHCPResponse
+	77, // 94: ssi.v1.Control.ProvisionInfo:output_type -> ssi.v1.ProvisionInfoResponse
+	64, // 95: ssi.v1.Control.Migrate:output_type -> ssi.v1.MigrateResponse
+	66, // 96: ssi.v1.Control.MigrateWatch:output_type -> ssi.v1.MigrateProgress
+	60, // 97: ssi.v1.Control.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	62, // 98: ssi.v1.Control.Restart:output_type -> ssi.v1.RestartResponse
+	58, // 99: ssi.v1.Control.Expel:output_type -> ssi.v1.ExpelResponse
+	53, // 100: ssi.v1.Control.LoadLevel:output_type -> ssi.v1.LoadLevelResponse
+	43, // 101: ssi.v1.Control.BlockNode:output_type -> ssi.v1.BlockNodeResponse
+	39, // 102: ssi.v1.Control.CfsStatus:output_type -> ssi.v1.CfsState
+	39, // 103: ssi.v1.Control.SetCfsReplica:output_type -> ssi.v1.CfsState
+	39, // 104: ssi.v1.Control.SetCfsJobRoot:output_type -> ssi.v1.CfsState
+	45, // 105: ssi.v1.Membership.Join:output_type -> ssi.v1.JoinResponse
+	47, // 106: ssi.v1.Membership.Heartbeat:output_type -> ssi.v1.HeartbeatResponse
+	51, // 107: ssi.v1.Membership.Shutdown:output_type -> ssi.v1.PeerShutdownResponse
+	49, // 108: ssi.v1.Consensus.Apply:output_type -> ssi.v1.ApplyResponse
+	23, // 109: ssi.v1.Process.Exec:output_type -> ssi.v1.ExecOutput
+	28, // 110: ssi.v1.Process.Procs:output_type -> ssi.v1.ProcsResponse
+	30, // 111: ssi.v1.Process.Signal:output_type -> ssi.v1.SignalResponse
+	32, // 112: ssi.v1.Process.Wait:output_type -> ssi.v1.WaitResponse
+	34, // 113: ssi.v1.Process.Logs:output_type -> ssi.v1.LogsChunk
+	64, // 114: ssi.v1.Migrate.Move:output_type -> ssi.v1.MigrateResponse
+	66, // 115: ssi.v1.Migrate.MoveWatch:output_type -> ssi.v1.MigrateProgress
+	69, // 116: ssi.v1.Migrate.Receive:output_type -> ssi.v1.MigrateReceipt
+	60, // 117: ssi.v1.Migrate.Checkpoint:output_type -> ssi.v1.CheckpointResponse
+	62, // 118: ssi.v1.Migrate.Restart:output_type -> ssi.v1.RestartResponse
+	58, // 119: ssi.v1.Migrate.Expel:output_type -> ssi.v1.ExpelResponse
+	55, // 120: ssi.v1.Migrate.Level:output_type -> ssi.v1.LevelResponse
+	37, // 121: ssi.v1.Placement.Loads:output_type -> ssi.v1.LoadsResponse
+	85, // 122: ssi.v1.Cfs.Session:output_type -> ssi.v1.FsMessage
+	81, // [81:123] is the sub-list for method output_type
+	39, // [39:81] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_ssi_v1_ssi_proto_init() }
@@ -7253,6 +7365,7 @@ func file_ssi_v1_ssi_proto_init() {
 		(*ExecOutput_Error)(nil),
 		(*ExecOutput_StdinAck)(nil),
 		(*ExecOutput_Moved)(nil),
+		(*ExecOutput_CtlAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
