@@ -87,6 +87,9 @@ type restoreSpec struct {
 	inherit map[string]*os.File // CRIU's name of a file in the images -> the file to use instead
 	cgroups map[string]string   // controller ("" for all) -> the job's cgroup on this node
 	lazy    bool                // post-copy: the pages come from CRIU's lazy-pages daemon (lazy.go)
+	// ready, for post-copy: waits until the lazy-pages daemon listens;
+	// called once CRIU has started, so that both start at once.
+	ready func() error
 }
 
 // restore brings a checkpoint back as a child of this process (CRIU's
@@ -128,6 +131,15 @@ func restore(s restoreSpec) (int, error) {
 	c.SetCriuPath(s.criu)
 	for key, f := range s.inherit {
 		c.AddInheritFd(key, f)
+	}
+	if s.ready != nil {
+		if err := c.Prepare(); err != nil {
+			return 0, fmt.Errorf("restore with CRIU: starting it: %w", err)
+		}
+		defer c.Cleanup()
+		if err := s.ready(); err != nil {
+			return 0, err
+		}
 	}
 	n := &restored{}
 	if err := c.Restore(opts, n); err != nil {

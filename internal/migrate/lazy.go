@@ -317,11 +317,12 @@ type lazyPages struct {
 	cmd   *exec.Cmd
 	relay *os.File // the daemon's end of its page-server socket
 	exit  chan error
+	ready chan error // its status: nil once it listens for the restore
 	log   string
 }
 
-// startLazyPages starts CRIU's lazy-pages daemon on the images in dir and
-// waits until it is ready for the restore.
+// startLazyPages starts CRIU's lazy-pages daemon on the images in dir;
+// waitReady waits until it is ready for the restore.
 func startLazyPages(criuPath, dir string) (*lazyPages, error) {
 	mine, theirs, err := socketPair("lazy-pages")
 	if err != nil {
@@ -333,8 +334,7 @@ func startLazyPages(criuPath, dir string) (*lazyPages, error) {
 		mine.Close()
 		return nil, err
 	}
-	defer sr.Close()
-	lp := &lazyPages{relay: mine, exit: make(chan error, 1), log: filepath.Join(dir, "lazy-pages.log")}
+	lp := &lazyPages{relay: mine, exit: make(chan error, 1), ready: make(chan error, 1), log: filepath.Join(dir, "lazy-pages.log")}
 	// Warnings and errors only: at debug level CRIU logs every page
 	// request, which costs the job time on every fault.
 	lp.cmd = exec.Command(criuPath, "lazy-pages", "--page-server", "--ps-socket", "3", "--status-fd", "4",
@@ -342,29 +342,36 @@ func startLazyPages(criuPath, dir string) (*lazyPages, error) {
 	lp.cmd.ExtraFiles = []*os.File{theirs, sw}
 	if err := lp.cmd.Start(); err != nil {
 		sw.Close()
+		sr.Close()
 		mine.Close()
 		return nil, fmt.Errorf("starting CRIU's lazy-pages daemon: %w", err)
 	}
 	sw.Close()
 	go func() { lp.exit <- lp.cmd.Wait() }()
-	ready := make(chan error, 1)
 	go func() {
+		defer sr.Close()
 		var b [1]byte
 		_, err := sr.Read(b[:])
-		ready <- err
+		lp.ready <- err
 	}()
+	return lp, nil
+}
+
+// waitReady waits until the daemon listens for the restore.
+func (lp *lazyPages) waitReady() error {
 	t := time.NewTimer(lazyStartTimeout)
 	defer t.Stop()
 	select {
-	case err := <-ready:
+	case err := <-lp.ready:
+		lp.ready <- err
 		if err == nil {
-			return lp, nil
+			return nil
 		}
 		lp.stop()
-		return nil, fmt.Errorf("CRIU's lazy-pages daemon did not start: %w%s", lp.result(), logTail(lp.log))
+		return fmt.Errorf("CRIU's lazy-pages daemon did not start: %w%s", lp.result(), logTail(lp.log))
 	case <-t.C:
 		lp.stop()
-		return nil, fmt.Errorf("CRIU's lazy-pages daemon was not ready in %v%s", lazyStartTimeout, logTail(lp.log))
+		return fmt.Errorf("CRIU's lazy-pages daemon was not ready in %v%s", lazyStartTimeout, logTail(lp.log))
 	}
 }
 

@@ -215,6 +215,15 @@ func (m *Migrator) startPostCopy(ctx context.Context, criuPath string, h *ssiv1.
 	return t, nil
 }
 
+// ready is the restore's wait for the lazy-pages daemon (nil: not
+// post-copy).
+func (t *postCopyTarget) ready() func() error {
+	if t == nil {
+		return nil
+	}
+	return t.lp.waitReady
+}
+
 // restoredJob gives the target the restored job (frozen still).
 func (t *postCopyTarget) restoredJob(pj *procs.Job) {
 	if t == nil {

@@ -80,7 +80,7 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 		defer pc.close()
 	}
 	started := time.Now()
-	pj, err := m.restore(criuPath, h, dir, logPath)
+	pj, err := m.restore(criuPath, h, dir, logPath, pc.ready())
 	if err != nil {
 		if logPath != "" {
 			os.Remove(logPath)
@@ -133,7 +133,7 @@ func (m *Migrator) settle(pj *procs.Job, h *ssiv1.MigrateHeader) {
 // restore restores the images in dir as process h.Cpid of this node,
 // frozen, with its init reporting to this daemon and its log (if detached)
 // at logPath.
-func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath string) (*procs.Job, error) {
+func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath string, ready func() error) (*procs.Job, error) {
 	cpid := vproc.CPID(h.Cpid)
 	inherit := map[string]*os.File{}
 	var keep []*os.File // the daemon's own ends
@@ -223,7 +223,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	if err != nil {
 		return fail(err)
 	}
-	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots, lazy: h.Postcopy})
+	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots, lazy: h.Postcopy, ready: ready})
 	if err != nil {
 		return fail(err)
 	}
