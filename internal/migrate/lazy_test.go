@@ -262,3 +262,23 @@ func TestPumpGivesUpOnSilence(t *testing.T) {
 	}
 	close(s.in)
 }
+
+// The target counts its source as lost only while the lazy-pages daemon
+// still waits for pages: once it has exited with every page, a stream that
+// ends badly changes nothing; before, the loss is kept for the job restored
+// next (which restoredJob then kills).
+func TestPostCopyTargetLost(t *testing.T) {
+	done := &postCopyTarget{lp: &lazyPages{exit: make(chan error, 1)}}
+	done.lp.exit <- nil
+	done.lost(errors.New("stream reset"))
+	if done.lostErr != nil {
+		t.Errorf("after the daemon had every page: lost %v", done.lostErr)
+	}
+	waiting := &postCopyTarget{lp: &lazyPages{exit: make(chan error, 1)}}
+	broke := errors.New("stream reset")
+	waiting.lost(broke)
+	waiting.lost(errors.New("a second one"))
+	if waiting.lostErr != broke {
+		t.Errorf("while pages were coming: lost %v, want the first loss", waiting.lostErr)
+	}
+}
