@@ -44,6 +44,19 @@ type pageSource struct {
 	to      uint32
 	sock    *os.File // the daemon's end of CRIU's page-server socket
 	claimed atomic.Bool
+	ended   chan error // the page stream's end (nil: both sides closed it cleanly), once
+}
+
+// cleanEnd reports whether the page stream ended with both sides closing
+// it, waiting a little for its end.
+func (s *pageSource) cleanEnd(wait time.Duration) bool {
+	select {
+	case err := <-s.ended:
+		s.ended <- err
+		return err == nil
+	case <-time.After(wait):
+		return false
+	}
 }
 
 // pageSources are the moves whose pages this node serves, by move id.
@@ -109,6 +122,7 @@ func (s *PostCopyService) Pages(ctx context.Context, st *connect.BidiStream[ssiv
 			}
 			return p.Data, nil
 		}, func() {}, pumpIdle{limit: pageIdleSource, anySilence: true})
+	src.ended <- err
 	if err != nil {
 		m.log.Warn("the page traffic of a post-copy move broke", "to", from, "err", err)
 		return m.fail(err)

@@ -50,6 +50,7 @@ type postCopyMove struct {
 	id        string
 	to        uint32
 	dump      *lazyDump
+	src       *pageSource
 	size      int64
 	committed atomic.Bool
 	cancel    context.CancelFunc // the stream to the target
@@ -80,8 +81,9 @@ func (m *Migrator) preparePostCopy(ctx context.Context, rj *rexec.Job, to *state
 	if err != nil {
 		return nil, "", m.fail(err)
 	}
-	pc := &postCopyMove{m: m, id: newMoveID(), to: to.Num, dump: ld, size: rss}
-	m.pages.add(pc.id, &pageSource{to: to.Num, sock: ld.relay})
+	pc := &postCopyMove{m: m, id: newMoveID(), to: to.Num, dump: ld, size: rss,
+		src: &pageSource{to: to.Num, sock: ld.relay, ended: make(chan error, 1)}}
+	m.pages.add(pc.id, pc.src)
 	return pc, "", nil
 }
 
@@ -161,10 +163,16 @@ func (pc *postCopyMove) finish(st interface {
 	}
 	r, err := st.Receive()
 	switch {
-	case err != nil:
-		return errors.Join(derr, fmt.Errorf("waiting for the target's last page: %w", err))
-	case !r.PagesDone:
+	case err == nil && !r.PagesDone:
 		return errors.Join(derr, fmt.Errorf("the target did not get every page: %s", r.PagesError))
+	case err != nil && (derr != nil || !pc.src.cleanEnd(5*time.Second)):
+		return errors.Join(derr, fmt.Errorf("waiting for the target's last page: %w", err))
+	case err != nil:
+		// CRIU served pages until the lazy-pages daemon ended, and the
+		// target closed the page stream cleanly: only the receipt was
+		// lost (the stream of the move broke).
+		pc.m.log.Warn("the target did not confirm its last page; this node's CRIU had served them all", "to", pc.to, "err", err)
+		return nil
 	}
 	ph.PagesUs = r.PagesUs
 	if derr != nil {
