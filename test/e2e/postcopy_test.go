@@ -241,3 +241,76 @@ func TestPostCopySourceLost(t *testing.T) {
 		t.Errorf("migrate still runs 30 s after the source died: %q", out.String())
 	}
 }
+
+// An attached job (onnode typed on node 1, the job on node 2) moves with
+// post-copy: the client's output goes on without a gap or a repeat, the
+// job's memory is intact after the move, and onnode exits with its status.
+func TestPostCopyAttached(t *testing.T) {
+	needPipeMaxSize(t)
+	c := migrateCluster(t)
+	bin, check, stop := memsumJob(t)
+	cmd := exec.Command(ssiBin, "2", bin, "100", check, stop)
+	cmd.Args[0] = "onnode"
+	cmd.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(1))
+	var out, errb syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan struct{})
+	var werr error
+	go func() { werr = cmd.Wait(); close(waited) }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
+	lines := func() []string { return strings.Split(strings.TrimSpace(out.String()), "\n") }
+	Eventually(t, 60*time.Second, func() string {
+		if n := len(lines()); n < 10 {
+			return fmt.Sprintf("onnode printed %d lines", n)
+		}
+		return ""
+	})
+	var cpid string
+	for _, l := range strings.Split(c.MustCLI(1, "ssi", "ps"), "\n") {
+		if strings.Contains(l, check) {
+			cpid = strings.Fields(l)[0]
+		}
+	}
+	if cpid == "" {
+		t.Fatalf("the job is not in ps:\n%s", c.MustCLI(1, "ssi", "ps"))
+	}
+	if o := c.MustCLI(1, "migrate", "--postcopy", cpid, "3"); !strings.Contains(o, "post-copy") {
+		t.Fatalf("migrate --postcopy printed %q", o)
+	}
+	if err := os.WriteFile(check, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	Eventually(t, 60*time.Second, func() string {
+		if strings.Count(out.String(), "sum ") < 2 {
+			return "the job has not printed its checksum again"
+		}
+		return ""
+	})
+	stopNow(t, stop)
+	select {
+	case <-waited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("onnode did not end 30 s after the job was told to stop: %q", out.String())
+	}
+	if werr != nil {
+		t.Errorf("onnode: %v, stderr %q; want exit 0", werr, errb.String())
+	}
+	var sums, counts []string
+	for _, l := range lines() {
+		if s, ok := strings.CutPrefix(l, "sum "); ok {
+			sums = append(sums, s)
+		} else {
+			counts = append(counts, l)
+		}
+	}
+	if len(sums) != 2 || sums[0] != sums[1] {
+		t.Errorf("checksums of the job's memory before and after the move: %v", sums)
+	}
+	if len(counts) == 0 || counts[len(counts)-1] != "end" {
+		t.Fatalf("the output did not end with \"end\": %v", counts[max(0, len(counts)-3):])
+	}
+	checkSequence(t, counts[:len(counts)-1], len(counts)-1)
+}
