@@ -64,6 +64,7 @@ type Client struct {
 	link    link
 	epoch   uint64
 	ready   chan struct{} // closed while a session is up
+	ended   chan struct{} // closed when the session that is up ends
 	pending map[uint64]chan *ssiv1.FsMessage
 	inodes  map[uint64]*fs.Inode
 	// nocaps are the files known to have no security.capability: the
@@ -309,6 +310,7 @@ func (cl *Client) run(ctx context.Context) {
 		cl.link = l
 		cl.epoch++
 		epoch := cl.epoch
+		cl.ended = make(chan struct{})
 		close(cl.ready)
 		cl.mu.Unlock()
 		go cl.learnRoot(ctx)
@@ -327,6 +329,7 @@ func (cl *Client) run(ctx context.Context) {
 		cl.mu.Lock()
 		cl.link = nil
 		cl.ready = make(chan struct{})
+		close(cl.ended)
 		pend := cl.pending
 		cl.pending = map[uint64]chan *ssiv1.FsMessage{}
 		cl.mu.Unlock()
@@ -515,18 +518,25 @@ func retryable(r *ssiv1.FsRequest) bool {
 // waitSession waits up to the failure-detection time for a session newer
 // than epoch lost.
 func (cl *Client) waitSession(lost uint64) bool {
-	deadline := time.Now().Add(cl.c.Failure())
+	t := time.NewTimer(cl.c.Failure())
+	defer t.Stop()
 	for {
 		cl.mu.Lock()
-		up := cl.link != nil && cl.epoch > lost
-		cl.mu.Unlock()
+		up := cl.link != nil
+		newer := up && cl.epoch > lost
+		wait := cl.ready // no session: the next one
 		if up {
+			wait = cl.ended // the lost one, not yet noticed: its end first
+		}
+		cl.mu.Unlock()
+		if newer {
 			return true
 		}
-		if time.Now().After(deadline) {
+		select {
+		case <-wait:
+		case <-t.C:
 			return false
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 

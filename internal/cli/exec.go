@@ -34,6 +34,7 @@ type execOpts struct {
 	pin    bool
 	detach bool
 	nodes  []uint32 // the nodes it may run on (ssi run --nodes)
+	net    bool     // an address of its own that moves with it (--net)
 	argv   []string
 }
 
@@ -71,7 +72,7 @@ func runRemote(env *Env, socket string, o execOpts) error {
 	}
 	stderr := &syncWriter{w: env.Stderr} // the output pump and the signal forwarder both write
 	dir, _ := os.Getwd()
-	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node, Nodes: o.nodes, StdioPassed: stdio != nil}
+	spec := &ssiv1.ExecSpec{Argv: o.argv, Env: os.Environ(), Dir: dir, Tty: o.tty, Pin: o.pin, Detach: o.detach, Node: o.node, Nodes: o.nodes, Net: o.net, StdioPassed: stdio != nil}
 	stdinFile, _ := env.Stdin.(*os.File)
 	var restore func()
 	if o.tty {
@@ -301,7 +302,7 @@ func init() {
 		Name:    "onnode",
 		Link:    true,
 		Summary: "run a command on node N, streaming its input and output",
-		Usage:   "onnode [-t] [-p] N [--] CMD [ARGS...]",
+		Usage:   "onnode [-t] [-p] [--net] N [--] CMD [ARGS...]",
 		Help: `Runs CMD on node N as the calling user, in the current directory, with the
 current environment (minus variables that name local resources, see
 docs/PROCESSES.md). stdin, stdout and stderr are streamed both ways;
@@ -309,7 +310,9 @@ signals (INT, TERM, HUP, QUIT, USR1, USR2) are forwarded; the exit status is
 the command's own (128+N when killed by signal N), 127 when it does not
 exist and 255 when ssi failed (node unknown or DOWN, connection lost).
 -t allocates a terminal on the node (interactive programs); -p pins the
-process to its node (it will never be migrated).
+process to its node (it will never be migrated). --net gives it a network
+namespace and an address of its own from the cluster's pool, which move
+with it, TCP connections included (ssi net, docs/JOBNET.md).
 
 Examples:
   onnode 2 hostname
@@ -320,9 +323,13 @@ Examples:
 		fs := NewFlags(env, cmd)
 		tty := fs.Bool("t", false, "allocate a terminal on the node")
 		pin := fs.Bool("p", false, "pin the process to its node")
+		netFlag := netFlag(fs)
 		socket := socketFlag(fs)
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
+		}
+		if *netFlag && *pin {
+			return Usagef("-p and --net do not go together: a job's address moves with it, a pinned job never moves")
 		}
 		if fs.NArg() < 2 {
 			return Usagef("expected a node number and a command")
@@ -338,7 +345,7 @@ Examples:
 		if len(argv) == 0 {
 			return Usagef("expected a command")
 		}
-		return runRemote(env, *socket, execOpts{node: num, tty: *tty, pin: *pin, argv: argv})
+		return runRemote(env, *socket, execOpts{node: num, tty: *tty, pin: *pin, net: *netFlag, argv: argv})
 	}
 	Register(cmd)
 }
@@ -347,13 +354,14 @@ func init() {
 	cmd := &Command{
 		Name:    "run",
 		Summary: "run a command on the least-loaded node (detached with -d)",
-		Usage:   "ssi run [-d] [-t] [-p] [-n N] [--nodes N,M,...] [--] CMD [ARGS...]",
+		Usage:   "ssi run [-d] [-t] [-p] [-n N] [--nodes N,M,...] [--net] [--] CMD [ARGS...]",
 		Help: `Like onnode, on the node fastnode names. With -d the command runs as a
 detached job: ssi prints its cluster PID and returns; the output goes to a
 log that 'ssi logs CPID [-f]' shows, and 'ssi wait CPID' returns its status.
 
 --nodes limits the job to those nodes, now and after any move (migrate,
-load leveling, expel keep it there).
+load leveling, expel keep it there). --net gives it a network namespace and
+an address of its own that move with it (see onnode).
 
 Examples:
   ssi run make -j4
@@ -367,6 +375,7 @@ Examples:
 		pin := fs.Bool("p", false, "pin the process to its node")
 		node := fs.Uint("n", 0, "run on this node instead of the least-loaded one")
 		nodesArg := fs.String("nodes", "", "the nodes the job may run on, now and after moves: N,M,...")
+		netFlag := netFlag(fs)
 		socket := socketFlag(fs)
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
@@ -388,7 +397,10 @@ Examples:
 		if *detach && *tty {
 			return Usagef("-d and -t do not go together")
 		}
-		return runRemote(env, *socket, execOpts{node: uint32(*node), tty: *tty, pin: *pin, detach: *detach, nodes: nodes, argv: argv})
+		if *netFlag && *pin {
+			return Usagef("-p and --net do not go together: a job's address moves with it, a pinned job never moves")
+		}
+		return runRemote(env, *socket, execOpts{node: uint32(*node), tty: *tty, pin: *pin, detach: *detach, nodes: nodes, net: *netFlag, argv: argv})
 	}
 	Register(cmd)
 }

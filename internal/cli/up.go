@@ -118,6 +118,9 @@ Examples:
 			fmt.Fprintf(env.Stdout, "  a synchronous replica that takes over if node 1 dies: SSI_SOCKET=%s ssi cfs replica 2 (its copy: %s)\n",
 				devcluster.Socket(absDir(*dir), 1), devcluster.NodeExportDir(absDir(*dir), 2))
 		}
+		if *isolate {
+			printJobPool(env, devcluster.Socket(absDir(*dir), 1))
+		}
 		if !*isolate {
 			fmt.Fprintf(env.Stdout, "watch it: SSI_SOCKET=%s ssi top; the web dashboard: SSI_SOCKET=%[1]s ssi dashboard token (prints a sign-in URL)\n", devcluster.Socket(absDir(*dir), 1))
 		}

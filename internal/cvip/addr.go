@@ -84,12 +84,12 @@ func hasAddr(ifc *net.Interface, vip netip.Addr) bool {
 	return false
 }
 
-// gratuitousARP broadcasts that vip is at ifc's MAC (an ARP request for
+// GratuitousARP broadcasts that vip is at ifc's MAC (an ARP request for
 // itself, RFC 5227's announcement), so that hosts and switches that knew
 // the old director's MAC update their tables now. The frame is 42 bytes
 // written on a raw packet socket (mdlayher/packet); a library for 28 bytes
 // of ARP would add nothing.
-func gratuitousARP(ifc *net.Interface, vip netip.Addr) error {
+func GratuitousARP(ifc *net.Interface, vip netip.Addr) error {
 	if len(ifc.HardwareAddr) != 6 {
 		return nil // no Ethernet: nothing to announce
 	}

@@ -463,7 +463,7 @@ func (s *Service) hold(d *directed, ready bool) {
 	}
 	d.holding = true
 	if d.garps < len(garpAfter) && time.Since(d.held) >= garpAfter[d.garps] {
-		if err := gratuitousARP(d.ifc, d.addr); err != nil {
+		if err := GratuitousARP(d.ifc, d.addr); err != nil {
 			s.log.Warn("cvip: gratuitous ARP", "vip", d.vip.Key(), "err", err)
 		}
 		d.garps++

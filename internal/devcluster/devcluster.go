@@ -162,6 +162,11 @@ func Up(ctx context.Context, o Options) error {
 	if err := waitUp(ctx, o.Dir, 1, existing); err != nil {
 		return err
 	}
+	if fresh && net != nil {
+		if err := net.setJobPool(ctx, o.Dir); err != nil {
+			return err
+		}
+	}
 	started := map[int]bool{}
 	for _, k := range existing {
 		started[int(k)] = true

@@ -1,6 +1,7 @@
 package devcluster
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -13,9 +14,14 @@ import (
 	"strings"
 	"syscall"
 
+	"connectrpc.com/connect"
+
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/nodeaddr"
 	"github.com/ssi-cluster/ssi/internal/nsinit"
 	"github.com/ssi-cluster/ssi/internal/state"
+	"github.com/ssi-cluster/ssi/internal/transport"
 )
 
 // isolation is the private network of an --isolate cluster: a bridge in a
@@ -188,4 +194,25 @@ func cleanupIsolation(dir string) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// jobPool is the default address pool of --net jobs on an --isolate
+// cluster: 10.X.1.1 to 10.X.1.254 of its /16 (the nodes are 10.X.0.k).
+func (i *isolation) jobPool() *ssiv1.NetPool {
+	a := i.Subnet.Addr().As4()
+	first, last := a, a
+	first[2], first[3] = 1, 1
+	last[2], last[3] = 1, 254
+	return &ssiv1.NetPool{First: netip.AddrFrom4(first).String(), Last: netip.AddrFrom4(last).String(), Bits: uint32(i.Subnet.Bits())}
+}
+
+// setJobPool gives a new --isolate cluster its pool of --net addresses
+// (ssi net pool), through node 1.
+func (i *isolation) setJobPool(ctx context.Context, dir string) error {
+	c := ssiv1connect.NewJobNetClient(transport.NewUnixClient(Socket(dir, 1)), "http://ssi")
+	p := i.jobPool()
+	if _, err := c.SetPool(ctx, connect.NewRequest(&ssiv1.SetNetPoolRequest{Pool: p})); err != nil {
+		return fmt.Errorf("setting the address pool of --net jobs (%s-%s) on node 1: %w", p.First, p.Last, err)
+	}
+	return nil
 }

@@ -35,6 +35,7 @@ type dumpSpec struct {
 	// terminal ("tty[RDEV:DEV]", tty.go): CRIU records them as external,
 	// and the restore gives a new one.
 	external []string
+	net      *jobNet // the job's own network (--net), or nil
 	// lazy: a post-copy dump, by the CRIU prepared before the freeze
 	// (lazy.go); dump returns once the images are written.
 	lazy *lazyDump
@@ -58,12 +59,14 @@ func dump(s dumpSpec) error {
 		LeaveRunning: ptr(true),
 		FreezeCgroup: ptr(s.freeze),
 		// A job without a network namespace of its own holds no socket
-		// CRIU would have to keep quiet (inet sockets are refused before).
+		// CRIU would have to keep quiet (inet sockets are refused before);
+		// one with its own (--net) is locked by us (net.go).
 		NetworkLock: rpc.CriuNetworkLockMethod_SKIP.Enum(),
 		LogLevel:    ptr(int32(criuLogLevel)),
 		LogFile:     ptr("dump.log"),
 	}
 	opts.External = append(opts.External, externalKeys(s.external)...)
+	s.net.criuOpts(opts)
 	if s.lazy != nil {
 		return s.lazy.dump(opts, s.dir)
 	}
@@ -86,6 +89,7 @@ type restoreSpec struct {
 	dir     string
 	inherit map[string]*os.File // CRIU's name of a file in the images -> the file to use instead
 	cgroups map[string]string   // controller ("" for all) -> the job's cgroup on this node
+	net     *jobNet             // the job's own network (--net), or nil
 	lazy    bool                // post-copy: the pages come from CRIU's lazy-pages daemon (lazy.go)
 	// ready, for post-copy: waits until the lazy-pages daemon listens;
 	// called once CRIU has started, so that both start at once.
@@ -127,6 +131,7 @@ func restore(s restoreSpec) (int, error) {
 		}
 		opts.CgRoot = append(opts.CgRoot, root)
 	}
+	s.net.criuOpts(opts)
 	c := criu.MakeCriu()
 	c.SetCriuPath(s.criu)
 	for key, f := range s.inherit {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -54,7 +55,9 @@ type Config struct {
 	PostCopyAbove int64
 	// PipeMaxSize reads fs.pipe-max-size (nil: the kernel's; a seam for tests).
 	PipeMaxSize func() (int, error)
-	Log         *slog.Logger
+	// JobNet are the networks of --net jobs (internal/jobnet; nil: none).
+	JobNet JobNets
+	Log    *slog.Logger
 }
 
 // Streams are the streams of attached jobs (internal/procspace, move.go):
@@ -148,10 +151,26 @@ func (m *Migrator) stage(what string, cpid vproc.CPID) (string, error) {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	dir := filepath.Join(base, what+"-"+cpid.String()+"-"+hex.EncodeToString(b[:]))
-	if err := os.Mkdir(dir, 0o700); err != nil {
+	err := os.Mkdir(dir, 0o700)
+	if errors.Is(err, fs.ErrNotExist) {
+		// Another move's unstage took the (empty) base away meanwhile.
+		if err = os.MkdirAll(base, 0o700); err == nil {
+			err = os.Mkdir(dir, 0o700)
+		}
+	}
+	if err != nil {
 		return "", fmt.Errorf("node %d: creating %s: %w", m.cfg.Self, dir, err)
 	}
 	return dir, nil
+}
+
+// unstage removes a checkpoint's directory, and the node's staging
+// directory once it is empty: in /dev/shm, one per node and data
+// directory, they would pile up (a cluster made and removed for every
+// test run, say).
+func unstage(dir string) {
+	_ = os.RemoveAll(dir)
+	_ = os.Remove(filepath.Dir(dir)) // fails while another checkpoint is there
 }
 
 // stagingBase is where checkpoints are staged: in memory (/dev/shm, a
@@ -383,8 +402,14 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	if init == 0 || len(paths) == 0 {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d has no init or cgroup to checkpoint", m.cfg.Self, j.CPID))
 	}
-	if err := refuseInetSockets(rj); err != nil {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w", m.cfg.Self, j.CPID, err))
+	nj, err := m.netOf(j.CPID, init)
+	if err != nil {
+		return nil, err
+	}
+	if nj == nil {
+		if err := refuseInetSockets(rj); err != nil {
+			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w", m.cfg.Self, j.CPID, err))
+		}
 	}
 	statusKey, err := rexecFileKey(init)
 	if err != nil {
@@ -394,9 +419,9 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	if err != nil {
 		return nil, m.fail(err)
 	}
-	defer os.RemoveAll(dir)
+	defer unstage(dir)
 	// Post-copy (postcopy.go): its CRIU starts before the freeze.
-	pc, fallback, err := m.preparePostCopy(ctx, rj, to, criuPath, dir)
+	pc, fallback, err := m.preparePostCopy(ctx, rj, to, criuPath, dir, nj != nil)
 	if err != nil {
 		return nil, err
 	}
@@ -419,6 +444,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 					m.log.Error("the migration failed and the job's stream could not go on", "cpid", j.CPID, "err", err)
 				}
 			}
+			nj.undo()
 			if err := rj.Thaw(); err != nil {
 				m.log.Error("the migration failed and the job could not be thawed", "cpid", j.CPID, "err", err)
 			}
@@ -429,6 +455,9 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 			pc.close() // before the thaw: CRIU lets go of the job
 		}
 	}()
+	if err := nj.lock(); err != nil {
+		return nil, m.fail(fmt.Errorf("process %d: %w", j.CPID, err))
+	}
 	var stdioKeys, ttyKeys []string
 	if !j.Detached {
 		if ms, err = m.cfg.Streams.Quiesce(j.CPID); err != nil {
@@ -439,7 +468,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		}
 	}
 	step("dump", 0)
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: append([]string{statusKey}, ttyKeys...), lazy: pc.lazy(), started: started}); err != nil {
+	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: append([]string{statusKey}, ttyKeys...), net: nj, lazy: pc.lazy(), started: started}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -498,6 +527,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	committed = true
 	pc.commit()
 	m.awaitLocation(ctx, j.CPID, to.Num)
+	nj.leave()
 	if pc == nil {
 		m.moveOut(j, to.Num)
 	}

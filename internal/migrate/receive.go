@@ -49,6 +49,10 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 		return err
 	}
 	cpid := vproc.CPID(h.Cpid)
+	nj, err := m.netOf(cpid, 0) // its init's PID here once restored
+	if err != nil {
+		return err
+	}
 	criuPath, err := m.criu()
 	if err != nil {
 		return err
@@ -57,7 +61,7 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 	if err != nil {
 		return m.fail(err)
 	}
-	defer os.RemoveAll(dir)
+	defer unstage(dir)
 	logPath := ""
 	if h.LogKey != "" {
 		logPath = filepath.Join(m.cfg.Jobs.LogDir(), cpid.String()+".log")
@@ -80,7 +84,7 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 		defer pc.close()
 	}
 	started := time.Now()
-	pj, err := m.restore(criuPath, h, dir, logPath, pc.ready())
+	pj, err := m.restore(criuPath, h, dir, logPath, nj, pc.ready())
 	if err != nil {
 		if logPath != "" {
 			os.Remove(logPath)
@@ -91,15 +95,18 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 	}
 	pc.restoredJob(pj)
 	if err := st.Send(&ssiv1.MigrateReceipt{Restored: true, RestoreUs: time.Since(started).Microseconds()}); err != nil {
-		m.settle(pj, h)
+		m.settle(pj, h, nj)
 		pc.settled(m, pj, h)
 		return err
 	}
 	c, err := st.Receive()
 	if err != nil || !c.Commit {
-		m.settle(pj, h)
+		m.settle(pj, h, nj)
 		pc.settled(m, pj, h)
 		return nil
+	}
+	if err := nj.arrive(); err != nil {
+		m.log.Error("a process with its own address moved here and its network could not be unlocked", "cpid", cpid, "err", err)
 	}
 	pc.thawed()
 	if err := pj.Process().Thaw(); err != nil {
@@ -118,13 +125,17 @@ const stdioPipeSize = 1 << 20
 
 // settle decides about a restored copy whose source went silent before the
 // commit: the replicated location is the commit point.
-func (m *Migrator) settle(pj *procs.Job, h *ssiv1.MigrateHeader) {
+func (m *Migrator) settle(pj *procs.Job, h *ssiv1.MigrateHeader, nj *jobNet) {
 	if locate(m.cfg.FSM.Cluster(), vproc.CPID(h.Cpid)) == m.cfg.Self {
+		if err := nj.arrive(); err != nil {
+			m.log.Error("a process with its own address moved here and its network could not be unlocked", "cpid", h.Cpid, "err", err)
+		}
 		if err := pj.Process().Thaw(); err != nil {
 			m.log.Error("thawing a process that moved here", "cpid", h.Cpid, "err", err)
 		}
 		return
 	}
+	nj.leave()
 	if err := m.cfg.Jobs.MoveOut(pj); err != nil {
 		m.log.Warn("ending a restored copy the source did not commit", "cpid", h.Cpid, "err", err)
 	}
@@ -133,7 +144,7 @@ func (m *Migrator) settle(pj *procs.Job, h *ssiv1.MigrateHeader) {
 // restore restores the images in dir as process h.Cpid of this node,
 // frozen, with its init reporting to this daemon and its log (if detached)
 // at logPath.
-func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath string, ready func() error) (*procs.Job, error) {
+func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath string, nj *jobNet, ready func() error) (*procs.Job, error) {
 	cpid := vproc.CPID(h.Cpid)
 	inherit := map[string]*os.File{}
 	var keep []*os.File // the daemon's own ends
@@ -223,9 +234,12 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	if err != nil {
 		return fail(err)
 	}
-	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots, lazy: h.Postcopy, ready: ready})
+	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots, net: nj, lazy: h.Postcopy, ready: ready})
 	if err != nil {
 		return fail(err)
+	}
+	if nj != nil {
+		nj.pid = pid
 	}
 	rj, err := rexec.Adopt(rexec.AdoptSpec{ID: cpid.String(), Pid: pid, Status: status, CgroupParent: m.cfg.Jobs.CgroupParent(), CgroupID: cgID, Root: h.Root}, m.log)
 	if err != nil {
@@ -234,7 +248,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	}
 	pj, err := m.cfg.Jobs.Adopt(procs.AdoptRequest{
 		CPID: cpid, UID: h.Uid, Argv: h.Argv, Started: time.Unix(0, h.StartedUnixNano),
-		Detached: logPath != "", LogPath: logPath, Nodes: h.Nodes, Process: rj,
+		Detached: logPath != "", LogPath: logPath, Nodes: h.Nodes, Process: rj, Net: m.adoptedNet(cpid),
 	})
 	if err != nil {
 		_ = rj.Discard()

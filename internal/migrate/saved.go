@@ -149,6 +149,9 @@ func (s *Service) Checkpoint(ctx context.Context, req *connect.Request[ssiv1.Che
 	if init == 0 || len(paths) == 0 {
 		return nil, refused("node %d: process %d has no init or cgroup to checkpoint", m.cfg.Self, cpid)
 	}
+	if err := m.refuseNetCheckpoint(j.CPID); err != nil {
+		return nil, err
+	}
 	if err := refuseInetSockets(rj); err != nil {
 		return nil, refused("node %d: process %d: %w", m.cfg.Self, cpid, err)
 	}
@@ -271,7 +274,7 @@ func (s *Service) Restart(ctx context.Context, req *connect.Request[ssiv1.Restar
 	if err != nil {
 		return nil, m.fail(err)
 	}
-	defer os.RemoveAll(dir)
+	defer unstage(dir)
 	ents, err := os.ReadDir(q.Dir)
 	if err != nil {
 		return nil, refused("%v", err)
@@ -289,7 +292,7 @@ func (s *Service) Restart(ctx context.Context, req *connect.Request[ssiv1.Restar
 		return nil, m.fail(fmt.Errorf("the job's log: %w", err))
 	}
 	started := time.Now()
-	pj, err := m.restore(criuPath, h, dir, logPath, nil)
+	pj, err := m.restore(criuPath, h, dir, logPath, nil, nil)
 	if err != nil {
 		os.Remove(logPath)
 		return nil, refused("node %d: restarting process %d: %w", m.cfg.Self, cpid, err)

@@ -3,6 +3,7 @@ package migrate
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -123,4 +124,33 @@ func TestReceiveRefuses(t *testing.T) {
 	if _, err := io.ReadAll(cr); err == nil || !strings.Contains(err.Error(), "second header") {
 		t.Errorf("a second header: %v", err)
 	}
+}
+
+// A node's staging directory goes once its last checkpoint went (they
+// would pile up in /dev/shm, one per node and data directory).
+func TestUnstageRemovesTheEmptyBase(t *testing.T) {
+	m := &Migrator{cfg: Config{Self: 7, DataDir: t.TempDir()}}
+	base := m.stagingBase()
+	t.Cleanup(func() { os.RemoveAll(base) })
+	a, err := m.stage("out", 2000001)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := m.stage("in", 2000002)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unstage(a)
+	if _, err := os.Stat(b); err != nil {
+		t.Fatalf("another checkpoint's directory went with the first: %v", err)
+	}
+	unstage(b)
+	if _, err := os.Stat(base); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the empty staging directory %s is left: %v", base, err)
+	}
+	c, err := m.stage("out", 2000003) // made again when needed
+	if err != nil {
+		t.Fatal(err)
+	}
+	unstage(c)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ssi-cluster/ssi/internal/consensus"
 	"github.com/ssi-cluster/ssi/internal/cvip"
 	"github.com/ssi-cluster/ssi/internal/dhcpd"
+	"github.com/ssi-cluster/ssi/internal/jobnet"
 	"github.com/ssi-cluster/ssi/internal/membership"
 	"github.com/ssi-cluster/ssi/internal/metrics"
 	"github.com/ssi-cluster/ssi/internal/migrate"
@@ -63,6 +64,7 @@ type parts struct {
 	mig    *migrate.Migrator
 	cfs    *cfs.FS
 	cvip   *cvip.Service
+	jobnet *jobnet.Manager
 	load   placement.Source
 	reg    *metrics.Registry // every subsystem's collectors (served by the daemon on --metrics-listen)
 
@@ -123,7 +125,9 @@ func wire(w wiring) *parts {
 	w.cfs.Net, w.cfs.FSM, w.cfs.Leader, w.cfs.Log = w.net, w.fsm, p.leader, w.log
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
-	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, PostCopyAbove: w.pcAbove, Log: w.log})
+	p.jobnet = jobnet.New(jobnet.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Running: w.jobs.Has, Log: w.log})
+	w.jobs.SetNet(p.jobnet.Prepare)
+	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, JobNet: p.jobnet, PostCopyAbove: w.pcAbove, Log: w.log})
 	p.cvip = cvip.New(cvip.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Net: w.net, Loads: p.place, Leaving: p.mem.Leaving, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
@@ -162,6 +166,7 @@ func wire(w wiring) *parts {
 	ctl.Handle(ssiv1connect.NewControlHandler(ctlImpl, noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(commandMessage)))
 	ctl.Handle(ssiv1connect.NewObserveHandler(p.web.Service(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
 	ctl.Handle(ssiv1connect.NewCvipHandler(p.cvip.Control(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
+	ctl.Handle(ssiv1connect.NewJobNetHandler(p.jobnet.Control(), noGzip, connect.WithInterceptors(ctlRPC), connect.WithReadMaxBytes(smallMessage)))
 	p.controlHandler = ctl
 	return p
 }
@@ -178,6 +183,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.cfs.Run,
 		p.web.Run,
 		p.cvip.Run,
+		p.jobnet.Run,
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()

@@ -69,6 +69,7 @@ type AdoptRequest struct {
 	LogPath  string
 	Nodes    []uint32
 	Process  *rexec.Job
+	Net      JobNet // its own network (--net), released when it ends here
 }
 
 // Adopt puts a job restored here in the table, under its cluster PID.
@@ -82,7 +83,7 @@ func (m *Manager) Adopt(r AdoptRequest) (*Job, error) {
 	if r.LogPath != "" && filepath.Dir(r.LogPath) != m.logDir() {
 		return nil, fmt.Errorf("adopting process %d: its log %s is not in %s", r.CPID, r.LogPath, m.logDir())
 	}
-	j := &Job{CPID: r.CPID, UID: r.UID, Argv: r.Argv, Detached: r.Detached, Started: r.Started, LogPath: r.LogPath, Nodes: r.Nodes, job: r.Process, done: make(chan struct{})}
+	j := &Job{CPID: r.CPID, UID: r.UID, Argv: r.Argv, Detached: r.Detached, Started: r.Started, LogPath: r.LogPath, Nodes: r.Nodes, job: r.Process, net: r.Net, done: make(chan struct{})}
 	m.track(j)
 	return j, nil
 }

@@ -96,7 +96,25 @@ type Options struct {
 	// directory (cfs.FS.JobRoot): "" for the node's own, a path for that
 	// tree as their / (rexec.Spec.Root); an error refuses the start.
 	JobRoot func() (string, error)
+	// Net gives a job started with StartRequest.Net its network
+	// (internal/jobnet): nil, such jobs are refused.
+	Net func(ctx context.Context, cpid vproc.CPID) (JobNet, error)
 }
+
+// JobNet is the network of a job of its own (ssi run --net): its address
+// is held from Options.Net until Release.
+type JobNet interface {
+	// Configure gives the job's network namespace (the init's, host PID
+	// initPid) its interfaces, before the command runs.
+	Configure(initPid int) error
+	// Release gives the address back: the job ended here, or did not
+	// start. Not called for a job that moved away (its address went
+	// with it).
+	Release()
+}
+
+// ErrNoNet: this node cannot give a job a network of its own.
+var ErrNoNet = errors.New("--net is not available")
 
 // Manager is the node's process table.
 type Manager struct {
@@ -126,6 +144,7 @@ type Job struct {
 	LogPath  string
 	Nodes    []uint32 // the nodes it may run on, also after moves (empty: any)
 
+	net    JobNet // its own network (--net), or nil
 	job    *rexec.Job
 	moved  atomic.Bool // its copy runs on another node now (MoveOut)
 	done   chan struct{}
@@ -207,6 +226,7 @@ type StartRequest struct {
 	Pin        bool
 	Hostname   string
 	Nodes      []uint32 // the nodes the job may run on (empty: any)
+	Net        bool     // a network namespace and address of its own (Options.Net)
 }
 
 // Start runs a job. The caller of an attached job must read its output,
@@ -222,6 +242,16 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 			return nil, err
 		}
 		jobRoot = r
+	}
+	if r.Net {
+		switch {
+		case r.Pin:
+			return nil, fmt.Errorf("%w for a pinned job: its network moves with it, and a pinned job never moves", ErrNoNet)
+		case !m.root:
+			return nil, fmt.Errorf("%w: the daemon of node %d is not root (a job's network namespace needs root)", ErrNoNet, m.opts.Node)
+		case m.opts.Net == nil:
+			return nil, fmt.Errorf("%w on node %d", ErrNoNet, m.opts.Node)
+		}
 	}
 	cpid, err := m.next()
 	if err != nil {
@@ -252,11 +282,23 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 		spec.LogPath = j.LogPath
 		spec.TTY = false
 	}
+	if r.Net {
+		if j.net, err = m.opts.Net(ctx, cpid); err != nil {
+			if j.LogPath != "" {
+				os.Remove(j.LogPath)
+			}
+			return nil, err
+		}
+		spec.Net = j.net.Configure
+	}
 	rj, err := rexec.Start(ctx, spec)
 	if err != nil {
 		m.failed.Add(1)
 		if j.LogPath != "" {
 			os.Remove(j.LogPath)
+		}
+		if j.net != nil {
+			j.net.Release()
 		}
 		return nil, err
 	}
@@ -264,6 +306,12 @@ func (m *Manager) Start(ctx context.Context, r StartRequest) (*Job, error) {
 	j.job, j.Started = rj, time.Now()
 	m.track(j)
 	return j, nil
+}
+
+// SetNet sets Options.Net (the daemon's wiring makes the jobs' networks
+// after the process table). Call it before the first Start.
+func (m *Manager) SetNet(f func(ctx context.Context, cpid vproc.CPID) (JobNet, error)) {
+	m.opts.Net = f
 }
 
 // SetJobRoot sets Options.JobRoot (the daemon's wiring makes the cluster
@@ -316,6 +364,9 @@ func (m *Manager) track(j *Job) {
 		if j.moved.Load() {
 			rj.Close() // it runs elsewhere now: MoveOut forgot it
 			return
+		}
+		if j.net != nil {
+			j.net.Release()
 		}
 		if j.Detached {
 			rj.Close()

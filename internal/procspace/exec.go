@@ -176,7 +176,7 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 	defer out.close() // the stdin writer may still want to acknowledge
 	j, err := s.cfg.Jobs.Start(ctx, procs.StartRequest{
 		Argv: spec.Argv, Env: spec.Env, Dir: spec.Dir, Caller: procs.Caller{UID: spec.Uid, GID: spec.Gid, Groups: spec.Groups},
-		TTY: spec.Tty, Rows: uint16(spec.Rows), Cols: uint16(spec.Cols), Detach: spec.Detach, Pin: spec.Pin, Nodes: spec.Nodes,
+		TTY: spec.Tty, Rows: uint16(spec.Rows), Cols: uint16(spec.Cols), Detach: spec.Detach, Pin: spec.Pin, Nodes: spec.Nodes, Net: spec.Net,
 	})
 	if err != nil {
 		code := int32(255)
@@ -185,6 +185,8 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 			code = 127
 		case errors.Is(err, rexec.ErrNotExecutable):
 			code = 126
+		case errors.Is(err, procs.ErrNoNet), errors.As(err, new(*state.Error)):
+			code = 1 // the cluster refused: --net here, no free address
 		}
 		return out.Send(execError(code, "node %d (%s): %v", s.cfg.Self, s.cfg.Name, err))
 	}

@@ -206,7 +206,7 @@ func Start(ctx context.Context, spec Spec) (*Job, error) {
 		err = j.startDirect(spec, path, root, childFiles)
 	default:
 		err = j.startShim(ctx, spec, path, root, childFiles, log)
-		if spec.Namespaces && isNamespaceRefusal(err) {
+		if spec.Namespaces && spec.Net == nil && isNamespaceRefusal(err) {
 			log.Warn("the kernel refused new namespaces: running the job without them; it cannot migrate", "err", err)
 			spec.Namespaces = false
 			err = j.startShim(ctx, spec, path, root, childFiles, log)
@@ -413,6 +413,9 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 			sys.Cloneflags |= syscall.CLONE_NEWUTS
 			opts.Hostname = spec.Hostname
 		}
+		if spec.Net != nil {
+			sys.Cloneflags |= syscall.CLONE_NEWNET
+		}
 	}
 	newCmd := func() *exec.Cmd {
 		return &exec.Cmd{
@@ -446,6 +449,16 @@ func (j *Job) startShim(ctx context.Context, spec Spec, path string, root bool, 
 		}
 	}
 	j.trace("cgroup joined")
+	if spec.Namespaces && spec.Net != nil {
+		if err := spec.Net(j.pid); err != nil {
+			statusR.Close()
+			gateW.Close()
+			_ = j.cmd.Process.Kill()
+			_ = j.reap()
+			return fmt.Errorf("starting job: its network: %w", err)
+		}
+		j.trace("network")
+	}
 	j.events = make(chan nsinit.Event, 4)
 	go readEvents(statusR, j.events, log, j.trace)
 	_, err = gateW.Write([]byte{1})

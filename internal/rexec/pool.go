@@ -200,7 +200,7 @@ func (p *Pool) Ready() int {
 
 // serves reports whether a job of spec may come from this pool.
 func (p *Pool) serves(spec Spec) bool {
-	return spec.Namespaces && spec.Cgroup && spec.Hostname == "" &&
+	return spec.Namespaces && spec.Cgroup && spec.Hostname == "" && spec.Net == nil &&
 		(spec.InitPath == "" || spec.InitPath == p.opts.InitPath) &&
 		spec.CgroupParent == p.opts.CgroupParent
 }

@@ -133,6 +133,13 @@ type Spec struct {
 	// hostname (ignored without Namespaces).
 	Namespaces bool
 	Hostname   string
+	// Net, with Namespaces, gives the job a network namespace of its own
+	// (ssi run --net, internal/jobnet): the init starts in a new one, and
+	// Net is called with the init's host PID before the command runs, to
+	// give it its interfaces; an error fails the start. Such a job never
+	// comes from the Pool, and never falls back to running without
+	// namespaces.
+	Net func(initPid int) error
 	// Cgroup puts the job in a cgroup of its own, CgroupParent/job-<ID>,
 	// which Freeze, Thaw and Pids use and which is removed when the job
 	// ends. cgroup v1 (freezer and memory hierarchies) is used when its

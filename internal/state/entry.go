@@ -147,6 +147,9 @@ var commands = map[CommandType]commandInfo{
 	CmdRemoveVIP:       {"RemoveVIP", v0_3_0},
 	CmdSetDirector:     {"SetDirector", v0_3_0},
 	CmdSetVIP:          {"SetVIP", v0_3_0},
+	CmdSetNetPool:      {"SetNetPool", v0_4_0},
+	CmdAssignNetAddr:   {"AssignNetAddr", v0_4_0},
+	CmdReleaseNetAddr:  {"ReleaseNetAddr", v0_4_0},
 }
 
 // v0_2_0 added load leveling (CmdSetLoadLevel) blocked nodes (CmdSetBlocked) and moves in the history (CmdMoved).
@@ -156,6 +159,10 @@ var v0_2_0 = version.MustParse("0.2.0")
 // the cluster setting of jobs' root (CmdSetJobRoot) and the cluster
 // virtual IP (CmdAddVIP, CmdRemoveVIP, CmdSetDirector, CmdSetVIP).
 var v0_3_0 = version.MustParse("0.3.0")
+
+// v0_4_0 added the address pool of --net jobs and their addresses
+// (CmdSetNetPool, CmdAssignNetAddr, CmdReleaseNetAddr).
+var v0_4_0 = version.MustParse("0.4.0")
 
 // Introduced returns the release that introduced command type t, and false
 // if this version does not know t.

@@ -314,6 +314,7 @@ func TestCommandTypesAreNeverRenumbered(t *testing.T) {
 	pinned := map[CommandType]byte{
 		CmdBootstrap: 1, CmdAddNodes: 2, CmdSetState: 3, CmdSetToken: 4, CmdJoin: 5, CmdRemoveNode: 6,
 		CmdClusterShutdown: 7, CmdSetDHCP: 8, CmdRecordLease: 9, CmdReplaceVoter: 10, CmdSetLocation: 11, CmdSetLoadLevel: 12, CmdSetBlocked: 13, CmdMoved: 14, CmdSetCFS: 30, CmdSetJobRoot: 31, CmdAddVIP: 20, CmdRemoveVIP: 21, CmdSetDirector: 22, CmdSetVIP: 23, IgnoreUnknown: 0x80,
+		CmdSetNetPool: 40, CmdAssignNetAddr: 41, CmdReleaseNetAddr: 42,
 	}
 	for typ, n := range pinned {
 		if byte(typ) != n {

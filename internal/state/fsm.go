@@ -385,6 +385,8 @@ func apply(c *Cluster, t CommandType, body []byte, index uint64) (any, error) {
 			return nil, err
 		}
 		return nil, applySetDirector(c, cmd)
+	case CmdSetNetPool, CmdAssignNetAddr, CmdReleaseNetAddr:
+		return applyJobNet(c, t, decode)
 	default:
 		return nil, fmt.Errorf("command type %d is in the version table but this version cannot apply it (a bug: add it to state.apply)", byte(t))
 	}

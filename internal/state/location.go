@@ -81,6 +81,7 @@ func applyMoved(c *Cluster, cmd Moved, index uint64) error {
 	if err := applySetLocation(c, SetLocation{CPID: cmd.CPID, Node: cmd.Record, Time: cmd.Time}); err != nil {
 		return err
 	}
+	netFollow(c, cmd.CPID, cmd.To)
 	why := cmd.Why
 	if why == "" {
 		why = "migrate"

@@ -146,6 +146,9 @@ type Cluster struct {
 	JobRoot bool `json:"job_root,omitempty"`
 	// VIPs: the cluster virtual IPs by key (cvip.go).
 	VIPs map[string]*VIP `json:"vips,omitempty"`
+	// NetPool and NetAddrs: the addresses of --net jobs (jobnet.go).
+	NetPool  *NetPool           `json:"net_pool,omitempty"`
+	NetAddrs map[int64]*NetAddr `json:"net_addrs,omitempty"`
 
 	// Requests: the outcomes of the last commands that carried a request
 	// ID, oldest first (requests.go), so that a retried command returns the
@@ -198,6 +201,11 @@ func (c *Cluster) Clone() *Cluster {
 		out.CFS = &cp
 	}
 	out.VIPs = cloneVIPs(c.VIPs)
+	if c.NetPool != nil {
+		cp := *c.NetPool
+		out.NetPool = &cp
+	}
+	out.NetAddrs = cloneNetAddrs(c.NetAddrs)
 	out.Requests = append([]remembered(nil), c.Requests...)
 	return &out
 }

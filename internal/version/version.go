@@ -13,7 +13,7 @@ import (
 // Version is this build's release, MAJOR.MINOR.PATCH. Raise it for every
 // release, and always in a change that adds a Raft command type (whose entry
 // in internal/state's version table names the new release).
-const Version = "0.3.0"
+const Version = "0.4.0"
 
 // Current is Version, parsed.
 var Current = MustParse(Version)

@@ -54,33 +54,13 @@ func startCvip(t *testing.T, n int, env ...string) *cvipEnv {
 	}
 	e.Cluster = StartClusterEnv(t, n, env, "--isolate")
 	e.prefix = isolatePrefix(t, e.Dir)
-	var iso struct {
-		Subnet netip.Prefix `json:"subnet"`
-	}
-	b, _ := os.ReadFile(e.Dir + "/isolate.json")
-	if err := json.Unmarshal(b, &iso); err != nil {
-		t.Fatalf("isolate.json: %v", err)
-	}
-	e.subnet = iso.Subnet
+	e.subnet = isolateSubnet(t, e.Dir)
 	// The client: a namespace on the bridge, like any machine of the
 	// network. Its name has the cluster's prefix, so ssi down removes it
 	// too; the cleanup removes it first (registered after ssi down's, it
 	// runs before it).
 	e.client = e.prefix + "-cl"
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", e.client).Run() })
-	for _, a := range [][]string{
-		{"netns", "add", e.client},
-		{"link", "add", e.prefix + "vc", "type", "veth", "peer", "name", "eth0", "netns", e.client},
-		{"link", "set", e.prefix + "vc", "netns", e.prefix + "-br"},
-		{"-n", e.prefix + "-br", "link", "set", e.prefix + "vc", "master", "br0", "up"},
-		{"-n", e.client, "link", "set", "lo", "up"},
-		{"-n", e.client, "addr", "add", netip.PrefixFrom(e.addr(250), e.subnet.Bits()).String(), "dev", "eth0"},
-		{"-n", e.client, "link", "set", "eth0", "up"},
-	} {
-		if out, err := exec.Command("ip", a...).CombinedOutput(); err != nil {
-			t.Fatalf("client namespace: ip %v: %v: %s", a, err, out)
-		}
-	}
+	clientNamespace(t, e.prefix, e.client, "vc", netip.PrefixFrom(e.addr(250), e.subnet.Bits()))
 	return e
 }
 
@@ -124,20 +104,8 @@ type held struct {
 // request on each; round sends one more on each and returns the answers.
 func (e *cvipEnv) hold(addr string, n int) *held {
 	e.t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", e.client, e.backend, "hold", addr, fmt.Sprint(n))
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { in.Close(); _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return &held{t: e.t, in: in, out: bufio.NewScanner(out)}
+	in, out := startPiped(e.t, exec.Command("ip", "netns", "exec", e.client, e.backend, "hold", addr, fmt.Sprint(n)))
+	return &held{t: e.t, in: in, out: out}
 }
 
 func (h *held) round() []string {

@@ -265,18 +265,9 @@ func TestMigrateRefusals(t *testing.T) {
 
 	// A file that exists only in node 2's mount namespace (a tmpfs mounted
 	// there), which the job holds open: the restore on node 3 fails.
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("ssi-migrate-private-%d", rand.IntN(1<<30)))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	node2 := strconv.Itoa(c.PID(2))
-	if out, err := exec.Command("nsenter", "-t", node2, "-m", "sh", "-c", "mount -t tmpfs none "+dir+" && echo x > "+dir+"/f").CombinedOutput(); err != nil {
-		t.Fatalf("mounting a tmpfs in node 2's namespace: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", dir).Run() })
+	private := nodePrivateFile(t, c, 2)
 	holder := strings.TrimSpace(c.MustCLI(1, "ssi", "run", "-d", "-n", "2", "sh", "-c",
-		"exec 4<"+dir+"/f; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"))
+		"exec 4<"+private+"; i=0; while :; do echo $i; i=$((i+1)); sleep 0.02; done"))
 	Eventually(t, 10*time.Second, func() string {
 		if l := logLines(c, 1, holder); len(l) < 3 {
 			return "the holder has not started"

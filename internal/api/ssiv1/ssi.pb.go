@@ -1170,7 +1170,10 @@ type ExecSpec struct {
 	StdioPassed bool `protobuf:"varint,14,opt,name=stdio_passed,json=stdioPassed,proto3" json:"stdio_passed,omitempty"`
 	// The nodes the process may run on, now and after any move (ssi run
 	// --nodes); empty: any.
-	Nodes         []uint32 `protobuf:"varint,15,rep,packed,name=nodes,proto3" json:"nodes,omitempty"`
+	Nodes []uint32 `protobuf:"varint,15,rep,packed,name=nodes,proto3" json:"nodes,omitempty"`
+	// The job gets a network namespace of its own and an address from the
+	// cluster's pool, which move with it (ssi run --net; docs/JOBNET.md).
+	Net           bool `protobuf:"varint,40,opt,name=net,proto3" json:"net,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1308,6 +1311,13 @@ func (x *ExecSpec) GetNodes() []uint32 {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *ExecSpec) GetNet() bool {
+	if x != nil {
+		return x.Net
+	}
+	return false
 }
 
 type Resize struct {
@@ -6560,7 +6570,7 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x03num\x18\x01 \x01(\rR\x03num\x12\x18\n" +
 	"\acluster\x18\x02 \x01(\bR\acluster\",\n" +
 	"\x10ShutdownResponse\x12\x18\n" +
-	"\astopped\x18\x01 \x03(\rR\astopped\"\xcc\x02\n" +
+	"\astopped\x18\x01 \x03(\rR\astopped\"\xde\x02\n" +
 	"\bExecSpec\x12\x12\n" +
 	"\x04argv\x18\x01 \x03(\tR\x04argv\x12\x10\n" +
 	"\x03env\x18\x02 \x03(\tR\x03env\x12\x10\n" +
@@ -6577,7 +6587,8 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x06groups\x18\f \x03(\rR\x06groups\x12\x1b\n" +
 	"\thas_creds\x18\r \x01(\bR\bhasCreds\x12!\n" +
 	"\fstdio_passed\x18\x0e \x01(\bR\vstdioPassed\x12\x14\n" +
-	"\x05nodes\x18\x0f \x03(\rR\x05nodes\"0\n" +
+	"\x05nodes\x18\x0f \x03(\rR\x05nodes\x12\x10\n" +
+	"\x03net\x18( \x01(\bR\x03net\"0\n" +
 	"\x06Resize\x12\x12\n" +
 	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
 	"\x04cols\x18\x02 \x01(\rR\x04cols\"\xf7\x01\n" +
