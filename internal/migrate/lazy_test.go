@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"strings"
@@ -280,5 +281,19 @@ func TestPostCopyTargetLost(t *testing.T) {
 	waiting.lost(errors.New("a second one"))
 	if waiting.lostErr != broke {
 		t.Errorf("while pages were coming: lost %v, want the first loss", waiting.lostErr)
+	}
+}
+
+// A --net job moves pre-copy: --postcopy is refused, the size does not
+// make it post-copy.
+func TestPostCopyNotForNetJobs(t *testing.T) {
+	m := &Migrator{cfg: Config{Self: 2}}
+	_, _, err := m.preparePostCopy(withCopyPref(context.Background(), copyPost), nil, nil, "", "", true)
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition || !errors.Is(err, errPostCopy) {
+		t.Errorf("--postcopy of a --net job: %v, want a refusal", err)
+	}
+	pc, fallback, err := m.preparePostCopy(context.Background(), nil, nil, "", "", true)
+	if pc != nil || fallback != "" || err != nil {
+		t.Errorf("a --net job, by size: %v %q %v, want pre-copy", pc, fallback, err)
 	}
 }
