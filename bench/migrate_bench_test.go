@@ -17,6 +17,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
 	"github.com/ssi-cluster/ssi/internal/devcluster"
 	"github.com/ssi-cluster/ssi/internal/migrate"
 )
@@ -51,10 +52,12 @@ func buildMemhog(b *testing.B) string {
 }
 
 // BenchmarkMigrate measures `migrate` of a job holding 1, 10, 100 and 1000
-// MiB between two nodes of an --isolate cluster: the whole move and the
-// time the job is frozen, next to the floor in the same run (a bare criu
-// dump and restore of the same program on tmpfs, on one node, no network),
-// and the transfer rate next to loopback TCP's.
+// MiB between two nodes of an --isolate cluster, pre-copy (the memory
+// copied while frozen) and post-copy (the pages follow the thawed job): the
+// whole move and the time the job is frozen, next to the floor in the same
+// run (a bare criu dump and restore of the same program on tmpfs, on one
+// node, no network), and the transfer and page rates next to loopback
+// TCP's. Post-copy needs fs.pipe-max-size >= 4 MiB (scripts/deps.sh).
 func BenchmarkMigrate(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("migration needs root")
@@ -78,33 +81,79 @@ func BenchmarkMigrate(b *testing.B) {
 		}
 		cpid, _ := strconv.ParseInt(strings.TrimSpace(string(out)), 10, 64)
 		waitReady(b, c, cpid)
-		var total, frozen, xfer stats
-		var bytes int64
-		for i := range n {
-			to := "3"
-			if i%2 == 1 {
-				to = "2"
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-			resp, err := ctl.Migrate(ctx, connect.NewRequest(&ssiv1.MigrateRequest{Cpid: cpid, Node: to}))
-			cancel()
-			if err != nil {
-				b.Fatalf("migrate %d MiB to node %s: %v", mb, to, err)
-			}
-			ph := resp.Msg.Phases
-			total = append(total, time.Duration(ph.TotalUs)*time.Microsecond)
-			frozen = append(frozen, time.Duration(ph.FreezeUs)*time.Microsecond)
-			xfer = append(xfer, time.Duration(ph.TransferUs)*time.Microsecond)
-			bytes = ph.Bytes
-		}
-		total.report(b, fmt.Sprintf("migrate, %d MiB job (whole move)", mb))
-		frozen.report(b, fmt.Sprintf("migrate, %d MiB job (frozen)", mb))
-		rate := float64(bytes) / 1e6 / xfer.pct(50).Seconds()
-		fmt.Printf("%-44s %8.1f MB/s (%.1f MB sent)\n", fmt.Sprintf("migrate, %d MiB job (transfer)", mb), rate, float64(bytes)/1e6)
-		ratio(b, fmt.Sprintf("ratio migrate / criu floor, %d MiB (median)", mb), "", float64(total.pct(50))/float64(floorDump+floorRestore))
+		pre := moveTrials(b, ctl, cpid, mb, n, false)
+		pre.total.report(b, fmt.Sprintf("migrate, %d MiB job (whole move)", mb))
+		pre.frozen.report(b, fmt.Sprintf("migrate, %d MiB job (frozen)", mb))
+		pre.phases(fmt.Sprintf("migrate, %d MiB job (frozen: phases)", mb))
+		rate := float64(pre.bytes) / 1e6 / pre.xfer.pct(50).Seconds()
+		fmt.Printf("%-44s %8.1f MB/s (%.1f MB sent)\n", fmt.Sprintf("migrate, %d MiB job (transfer)", mb), rate, float64(pre.bytes)/1e6)
+		ratio(b, fmt.Sprintf("ratio migrate / criu floor, %d MiB (median)", mb), "", float64(pre.total.pct(50))/float64(floorDump+floorRestore))
 		ratio(b, fmt.Sprintf("ratio transfer / loopback TCP, %d MiB", mb), "", rate/tcp)
+		post := moveTrials(b, ctl, cpid, mb, n, true)
+		post.total.report(b, fmt.Sprintf("post-copy, %d MiB job (whole move)", mb))
+		post.frozen.report(b, fmt.Sprintf("post-copy, %d MiB job (frozen)", mb))
+		post.phases(fmt.Sprintf("post-copy, %d MiB job (frozen: phases)", mb))
+		post.pages.report(b, fmt.Sprintf("post-copy, %d MiB job (pages after thaw)", mb))
+		pageRate := float64(mb<<20) / 1e6 / post.pages.pct(50).Seconds()
+		fmt.Printf("%-44s %8.1f MB/s\n", fmt.Sprintf("post-copy, %d MiB job (page rate)", mb), pageRate)
+		ratio(b, fmt.Sprintf("ratio post-copy frozen / pre-copy frozen, %d MiB", mb), "", float64(post.frozen.pct(50))/float64(pre.frozen.pct(50)))
+		ratio(b, fmt.Sprintf("ratio post-copy frozen / criu floor, %d MiB", mb), "", float64(post.frozen.pct(50))/float64(floorDump+floorRestore))
+		ratio(b, fmt.Sprintf("ratio page rate / loopback TCP, %d MiB", mb), "", pageRate/tcp)
 		c.ssiCmd(context.Background(), 1, "kill", "-9", strconv.FormatInt(cpid, 10)).Run()
 	}
+}
+
+// moves are the figures of n moves of one job, between nodes 2 and 3.
+type moves struct {
+	total, frozen, xfer, pages stats
+	dump, restore              stats
+	bytes                      int64
+}
+
+// phases prints where the frozen time of the moves went (medians).
+func (r moves) phases(what string) {
+	fmt.Printf("%-44s dump %8.1f ms   transfer %8.1f ms   restore %8.1f ms   commit+thaw %8.1f ms\n", what,
+		ms(r.dump.pct(50)), ms(r.xfer.pct(50)), ms(r.restore.pct(50)), ms(r.frozen.pct(50)-r.dump.pct(50)-r.xfer.pct(50)-r.restore.pct(50)))
+}
+
+// moveTrials moves job cpid n times (node 3, 2, 3, ...; it runs on node 2),
+// with post-copy or without.
+func moveTrials(b *testing.B, ctl ssiv1connect.ControlClient, cpid int64, mb, n int, post bool) moves {
+	b.Helper()
+	var r moves
+	for i := range n {
+		to := "3"
+		if i%2 == 1 {
+			to = "2"
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		resp, err := ctl.Migrate(ctx, connect.NewRequest(&ssiv1.MigrateRequest{Cpid: cpid, Node: to, Postcopy: post, Precopy: !post}))
+		cancel()
+		if err != nil {
+			b.Fatalf("migrate %d MiB to node %s (post-copy %v): %v", mb, to, post, err)
+		}
+		ph := resp.Msg.Phases
+		if ph.Postcopy != post {
+			b.Fatalf("migrate %d MiB: post-copy %v, asked %v", mb, ph.Postcopy, post)
+		}
+		us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+		r.total = append(r.total, us(ph.TotalUs))
+		r.frozen = append(r.frozen, us(ph.FreezeUs))
+		r.xfer = append(r.xfer, us(ph.TransferUs))
+		r.dump = append(r.dump, us(ph.DumpUs))
+		r.restore = append(r.restore, us(ph.RestoreUs))
+		r.pages = append(r.pages, us(ph.PagesUs))
+		r.bytes = ph.Bytes
+	}
+	if n%2 == 1 {
+		// Back on node 2, where the next trials start.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if _, err := ctl.Migrate(ctx, connect.NewRequest(&ssiv1.MigrateRequest{Cpid: cpid, Node: "2"})); err != nil {
+			b.Fatalf("migrate %d MiB back to node 2: %v", mb, err)
+		}
+	}
+	return r
 }
 
 // waitReady waits until the job has printed its first counter line.

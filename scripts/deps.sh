@@ -98,4 +98,19 @@ fi
 # Debian testing's libraries: Debian 12's criu is too old (docs/MIGRATION.md).
 bash "$(dirname "$0")/criu.sh"
 
+# postcopy: post-copy migration needs fs.pipe-max-size >= 4 MiB (CRIU keeps
+# a lazy dump's pages in pipes and, without CAP_SYS_RESOURCE, may not make
+# them larger than that); Linux's default is 1 MiB. Raised here, for the
+# running kernel only (never lowered), so that the e2e tests can move jobs
+# with post-copy; a machine of a real cluster sets it in /etc/sysctl.d
+# (docs/MIGRATION.md, "Post-copy").
+pipe_max=$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)
+if [ "$pipe_max" -lt 4194304 ]; then
+	if [ "$(id -u)" -eq 0 ]; then
+		sysctl -q -w fs.pipe-max-size=4194304
+	else
+		echo "deps: fs.pipe-max-size is $pipe_max; post-copy migration needs 4194304: sudo sysctl -w fs.pipe-max-size=4194304" >&2
+	fi
+fi
+
 go mod download

@@ -124,6 +124,8 @@ func doctorChecks(ctx context.Context, configured string) []doctorCheck {
 		add("pipe-max-size", checkOK, "%d", n)
 	}
 
+	migrationFeatures(ctx, path, root, add)
+
 	if d, err := rexec.Freezer(); err != nil {
 		add("freezer", checkFail, "%v", err)
 	} else {
@@ -172,4 +174,31 @@ func criuCheckSummary(out string) string {
 // oneLine joins a multi-line message for a one-line report.
 func oneLine(s string) string {
 	return strings.Join(strings.Fields(strings.ReplaceAll(strings.TrimSpace(s), "\n", " | ")), " ")
+}
+
+// migrationFeatures adds the checks of what the kernel gives migration
+// beyond criu check: userfaultfd for post-copy (lazy pages), soft-dirty
+// tracking for pre-copy (which ssi does not do: it says so).
+func migrationFeatures(ctx context.Context, path string, root bool, add func(name, status, format string, a ...any)) {
+	switch {
+	case path == "":
+		add("post-copy", checkWarn, "not checked: no working criu")
+		return
+	case !root:
+		add("post-copy", checkWarn, "not checked: criu check needs root")
+		return
+	}
+	if err := migrate.UserFaultFD(ctx, path); err != nil {
+		add("post-copy", checkWarn, "%v: CRIU cannot restore with lazy pages here, so large jobs move with their memory copied while frozen (migrate --precopy)", err)
+	} else {
+		add("post-copy", checkOK, "userfaultfd: CRIU restores with lazy pages (migrate --postcopy)")
+	}
+	switch dirty, err := migrate.SoftDirty(ctx, path); {
+	case err != nil:
+		add("soft-dirty", checkWarn, "%v", err)
+	case dirty:
+		add("soft-dirty", checkOK, "the kernel tracks dirty pages (pre-copy would be possible; ssi moves large jobs with post-copy)")
+	default:
+		add("soft-dirty", checkWarn, "this kernel does not track dirty pages (no CONFIG_MEM_SOFT_DIRTY): no pre-copy (iterative dumps while the job runs); large jobs move with post-copy instead")
+	}
 }

@@ -38,7 +38,7 @@ func TestDoctor(t *testing.T) {
 		}
 		names = append(names, f[1])
 	}
-	if got := strings.Join(names, " "); got != "criu criu pipe-max-size freezer root" {
+	if got := strings.Join(names, " "); got != "criu criu pipe-max-size post-copy soft-dirty freezer root" {
 		t.Errorf("checks: %s", got)
 	}
 	m := regexp.MustCompile(`^ok +criu +\S+: CRIU (\d+)\.(\d+)`).FindStringSubmatch(lines[0])
@@ -60,7 +60,7 @@ func TestDoctor(t *testing.T) {
 	// --json: the same checks.
 	code2, js := runDoctor(t, "--json")
 	var checks []doctorCheck
-	if err := json.Unmarshal([]byte(js), &checks); err != nil || len(checks) != 5 || code2 != code {
+	if err := json.Unmarshal([]byte(js), &checks); err != nil || len(checks) != 7 || code2 != code {
 		t.Fatalf("--json (exit %d): %v\n%s", code2, err, js)
 	}
 	if checks[0].Check != "criu" || checks[0].Status != "ok" {

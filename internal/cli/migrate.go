@@ -20,7 +20,7 @@ func init() {
 		Name:    "migrate",
 		Link:    true,
 		Summary: "move a running process to another node",
-		Usage:   "migrate CPID NODE [--socket PATH]",
+		Usage:   "migrate CPID NODE [--postcopy | --precopy] [--socket PATH]",
 		Help: `Moves a running job to node NODE (a number, or "home": the node that
 created it) and lets it carry on there: it is frozen, checkpointed with
 CRIU, sent to NODE over the cluster's authenticated transport and restored
@@ -31,17 +31,29 @@ a client on another node moves with its stream: the client sees its
 output and stdin go on. See docs/MIGRATION.md for what can move and what
 is refused (pinned jobs, terminals, jobs holding inet sockets, ...).
 
+A large job (the daemon's --postcopy-above, 64 MiB by default) moves with
+post-copy: only what is not its memory is copied while it is frozen, it
+runs on NODE at once, and its memory pages follow (CRIU lazy pages over
+the cluster's transport); --postcopy asks for it whatever the size (and
+fails if this node cannot), --precopy never. See docs/MIGRATION.md,
+"Post-copy".
+
 Example:
   cpid=$(ssi run -d -n 2 ./simulate); migrate $cpid 3; where_pid $cpid`,
 	}
 	cmd.Run = func(env *Env, args []string) error {
 		fs := NewFlags(env, cmd)
+		post := fs.Bool("postcopy", false, "post-copy: the job runs on NODE at once and its memory follows (whatever its size)")
+		pre := fs.Bool("precopy", false, "never post-copy: the job's memory is copied while it is frozen")
 		socket := socketFlag(fs)
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
 		}
 		if fs.NArg() != 2 {
 			return Usagef("want a cluster PID and a node (a number or \"home\"), got %d arguments", fs.NArg())
+		}
+		if *post && *pre {
+			return Usagef("--postcopy and --precopy: a move is one or the other")
 		}
 		cpid, err := parseCPIDArg(fs.Arg(0))
 		if err != nil {
@@ -53,7 +65,7 @@ Example:
 				return Usagef("node %q: want a node number (1, 2, ...) or \"home\"", node)
 			}
 		}
-		st, err := control(*socket).MigrateWatch(env.Ctx, connect.NewRequest(&ssiv1.MigrateRequest{Cpid: cpid, Node: node}))
+		st, err := control(*socket).MigrateWatch(env.Ctx, connect.NewRequest(&ssiv1.MigrateRequest{Cpid: cpid, Node: node, Postcopy: *post, Precopy: *pre}))
 		if err != nil {
 			return err
 		}
@@ -79,8 +91,11 @@ Example:
 		us := func(v int64) time.Duration {
 			return (time.Duration(v) * time.Microsecond).Round(100 * time.Microsecond)
 		}
-		fmt.Fprintf(env.Stdout, "process %d moved from node %d to node %d in %v (frozen %v: dump %v, transfer %.1f MB %v, restore %v)\n",
-			cpid, r.From, r.To, us(ph.GetTotalUs()), us(ph.GetFreezeUs()), us(ph.GetDumpUs()), float64(ph.GetBytes())/1e6, us(ph.GetTransferUs()), us(ph.GetRestoreUs()))
+		fmt.Fprintf(env.Stdout, "process %d moved from node %d to node %d in %v (frozen %v: dump %v, transfer %.1f MB %v, restore %v)%s\n",
+			cpid, r.From, r.To, us(ph.GetTotalUs()), us(ph.GetFreezeUs()), us(ph.GetDumpUs()), float64(ph.GetBytes())/1e6, us(ph.GetTransferUs()), us(ph.GetRestoreUs()), postCopyNote(ph, us))
+		if ph.GetFallback() != "" {
+			fmt.Fprintf(env.Stderr, "migrate: not post-copy: %s\n", ph.GetFallback())
+		}
 		return nil
 	}
 	Register(cmd)
@@ -392,4 +407,13 @@ func (p *progress) end() {
 	if p.tty && p.shown {
 		fmt.Fprintln(p.env.Stderr)
 	}
+}
+
+// postCopyNote is what migrate adds for a post-copy move: how long the
+// pages took to follow the job.
+func postCopyNote(ph *ssiv1.MigratePhases, us func(int64) time.Duration) string {
+	if !ph.GetPostcopy() {
+		return ""
+	}
+	return fmt.Sprintf("; post-copy: every page there %v after it ran again", us(ph.GetPagesUs()))
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 )
@@ -34,5 +35,28 @@ func TestMigrateProgress(t *testing.T) {
 	q.end()
 	if strings.TrimSpace(errb.String()) != "" {
 		t.Errorf("a quick move printed %q", errb.String())
+	}
+}
+
+// migrate --postcopy --precopy is a usage error, found before any daemon
+// is asked (the socket given does not exist).
+func TestMigrateCopyFlags(t *testing.T) {
+	var out, errb bytes.Buffer
+	env := &Env{Ctx: context.Background(), Stdout: &out, Stderr: &errb, Stdin: strings.NewReader("")}
+	code := Run(env, []string{"migrate", "--postcopy", "--precopy", "--socket", t.TempDir() + "/none.sock", "2000001", "3"})
+	if code != ExitUsage || !strings.Contains(errb.String(), "--postcopy and --precopy") {
+		t.Errorf("exit %d, %q; want a usage error", code, errb.String())
+	}
+}
+
+// A post-copy move says when its last page arrived; a pre-copy one adds
+// nothing.
+func TestPostCopyNote(t *testing.T) {
+	us := func(v int64) time.Duration { return time.Duration(v) * time.Microsecond }
+	if got := postCopyNote(&ssiv1.MigratePhases{Postcopy: true, PagesUs: 1_500_000}, us); got != "; post-copy: every page there 1.5s after it ran again" {
+		t.Errorf("post-copy: %q", got)
+	}
+	if got := postCopyNote(&ssiv1.MigratePhases{}, us); got != "" {
+		t.Errorf("pre-copy: %q", got)
 	}
 }

@@ -132,6 +132,7 @@ Example:
 		raftHB := fs.Duration("raft-heartbeat-timeout", node.DefaultRaftHeartbeatTimeout, "Raft follower heartbeat timeout (raise for large or slow clusters)")
 		raftEl := fs.Duration("raft-election-timeout", node.DefaultRaftElectionTimeout, "Raft election timeout")
 		criuPath := fs.String("criu", "", "the criu binary migration uses (default: $SSI_CRIU, then "+migrate.DefaultCRIUPrefix+"/bin/criu, then criu in PATH)")
+		postCopyAbove := fs.Int64("postcopy-above", migrate.DefaultPostCopyAbove>>20, "move jobs of at least this many MiB with post-copy (CRIU lazy pages) unless migrate says otherwise; 0: never (docs/MIGRATION.md, Post-copy)")
 		cfsMount := fs.String("cfs-mount", cfs.DefaultMount, "where this node mounts the cluster filesystem ('' for none)")
 		cfsExport := fs.String("cfs-export", cfs.DefaultExport, "the directory the serving node exports as the cluster filesystem")
 		cfsServer := fs.Uint("cfs-server", cfs.DefaultServer, "the node that serves the cluster filesystem")
@@ -141,6 +142,13 @@ Example:
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
+		}
+		pcAbove := *postCopyAbove << 20
+		switch {
+		case *postCopyAbove < 0:
+			return Usagef("--postcopy-above %d: want a size in MiB, or 0 for never", *postCopyAbove)
+		case *postCopyAbove == 0:
+			pcAbove = -1
 		}
 		var lv slog.Level
 		if err := lv.UnmarshalText([]byte(*level)); err != nil {
@@ -160,7 +168,7 @@ Example:
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 		// A data directory that holds no node (node.ErrNotInitialized) is a
 		// plain local error: exit 1 (see errors.go).
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath, Metrics: *metricsAddr, Web: *webAddr,
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath, PostCopyAbove: pcAbove, Metrics: *metricsAddr, Web: *webAddr,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl},
 			CFS:  node.CFSOptions{Mount: *cfsMount, Export: *cfsExport, Server: uint32(*cfsServer), JobRoot: *cfsJobRoot}})
 		if errors.Is(err, state.ErrHalted) {

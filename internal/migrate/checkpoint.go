@@ -36,6 +36,12 @@ type dumpSpec struct {
 	// and the restore gives a new one.
 	external []string
 	net      *jobNet // the job's own network (--net), or nil
+	// lazy: a post-copy dump, by the CRIU prepared before the freeze
+	// (lazy.go); dump returns once the images are written.
+	lazy *lazyDump
+	// started: a swrk CRIU started before the freeze (startCRIU), used
+	// once and ended by dump; nil: dump starts its own.
+	started *criu.Criu
 }
 
 // dump checkpoints a frozen job into s.dir and leaves it frozen: CRIU uses
@@ -61,8 +67,16 @@ func dump(s dumpSpec) error {
 	}
 	opts.External = append(opts.External, externalKeys(s.external)...)
 	s.net.criuOpts(opts)
-	c := criu.MakeCriu()
-	c.SetCriuPath(s.criu)
+	if s.lazy != nil {
+		return s.lazy.dump(opts, s.dir)
+	}
+	c := s.started
+	if c == nil {
+		c = criu.MakeCriu()
+		c.SetCriuPath(s.criu)
+	} else {
+		defer c.Cleanup()
+	}
 	if err := c.Dump(opts, criu.NoNotify{}); err != nil {
 		return fmt.Errorf("checkpoint with CRIU: %w%s", err, logTail(filepath.Join(s.dir, "dump.log")))
 	}
@@ -76,6 +90,10 @@ type restoreSpec struct {
 	inherit map[string]*os.File // CRIU's name of a file in the images -> the file to use instead
 	cgroups map[string]string   // controller ("" for all) -> the job's cgroup on this node
 	net     *jobNet             // the job's own network (--net), or nil
+	lazy    bool                // post-copy: the pages come from CRIU's lazy-pages daemon (lazy.go)
+	// ready, for post-copy: waits until the lazy-pages daemon listens;
+	// called once CRIU has started, so that both start at once.
+	ready func() error
 }
 
 // restore brings a checkpoint back as a child of this process (CRIU's
@@ -98,6 +116,9 @@ func restore(s restoreSpec) (int, error) {
 		// settings, cpuset's for one).
 		ManageCgroupsMode: rpc.CriuCgMode_SOFT.Enum(),
 	}
+	if s.lazy {
+		opts.LazyPages = ptr(true)
+	}
 	ctrls := make([]string, 0, len(s.cgroups))
 	for ctrl := range s.cgroups {
 		ctrls = append(ctrls, ctrl)
@@ -115,6 +136,15 @@ func restore(s restoreSpec) (int, error) {
 	c.SetCriuPath(s.criu)
 	for key, f := range s.inherit {
 		c.AddInheritFd(key, f)
+	}
+	if s.ready != nil {
+		if err := c.Prepare(); err != nil {
+			return 0, fmt.Errorf("restore with CRIU: starting it: %w", err)
+		}
+		defer c.Cleanup()
+		if err := s.ready(); err != nil {
+			return 0, err
+		}
 	}
 	n := &restored{}
 	if err := c.Restore(opts, n); err != nil {

@@ -50,6 +50,11 @@ type Config struct {
 	// (cfs.FS.JobRoot; nil: the node's own): a job that has the cluster
 	// root as its / is received only where it is the same path.
 	JobRoot func() (string, error)
+	// PostCopyAbove is the job size (bytes) from which a move is post-copy
+	// when the caller does not say (0: DefaultPostCopyAbove; < 0: never).
+	PostCopyAbove int64
+	// PipeMaxSize reads fs.pipe-max-size (nil: the kernel's; a seam for tests).
+	PipeMaxSize func() (int, error)
 	// JobNet are the networks of --net jobs (internal/jobnet; nil: none).
 	JobNet JobNets
 	Log    *slog.Logger
@@ -72,6 +77,8 @@ type Migrator struct {
 	clients     *peer.Clients[ssiv1connect.MigrateClient]
 	procClients *peer.Clients[ssiv1connect.ProcessClient]
 	arr         arrivals
+	pages       pageSources // post-copy moves whose pages this node serves (pagerelay.go)
+	pcClients   *peer.Clients[ssiv1connect.PostCopyClient]
 	stats       *stats // migrations out of this node (metrics.go)
 }
 
@@ -81,7 +88,8 @@ func New(cfg Config) *Migrator {
 		cfg.Log = slog.Default()
 	}
 	m := &Migrator{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewMigrateClient),
-		procClients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient), stats: newStats()}
+		procClients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient), stats: newStats(),
+		pcClients: peer.NewClients(cfg.Net, ssiv1connect.NewPostCopyClient)}
 	// Checkpoints a daemon that died left behind (in memory, on tmpfs).
 	if cfg.DataDir != "" {
 		_ = os.RemoveAll(m.stagingBase())
@@ -198,7 +206,7 @@ func (c *Control) Migrate(ctx context.Context, req *connect.Request[ssiv1.Migrat
 	if err == nil {
 		m.awaitLocation(ctx, vproc.CPID(q.Cpid), resp.Msg.To)
 	}
-	return resp, err
+	return resp, lostSource(src, err)
 }
 
 // route authorizes a migration the local CLI asks for and finds the node
@@ -306,7 +314,16 @@ func (c *Control) MigrateWatch(ctx context.Context, req *connect.Request[ssiv1.M
 			return err
 		}
 	}
-	return in.Err()
+	return lostSource(src, in.Err())
+}
+
+// lostSource names the source node in a transport error of a move asked
+// of it (it may have stopped answering midway), and where to look.
+func lostSource(src uint32, err error) error {
+	if err == nil || !rpcerr.IsTransport(err) {
+		return err
+	}
+	return rpcerr.Unavailable("node %d, which was moving the process: %w; where_pid says where it runs now (a post-copy move that had resumed on the target ends with its source)", src, err)
 }
 
 // progressFunc receives the phases of a move (nil: nobody watches).
@@ -340,7 +357,11 @@ func (m *Migrator) moveRequest(ctx context.Context, q *ssiv1.MigrateRequest, rep
 	if err != nil {
 		return nil, err
 	}
-	ph, err := m.move(ctx, j, to, criuPath, "migrate", report)
+	pref, err := copyPrefOf(q)
+	if err != nil {
+		return nil, err
+	}
+	ph, err := m.move(withCopyPref(ctx, pref), j, to, criuPath, "migrate", report)
 	if err != nil {
 		return nil, err
 	}
@@ -399,6 +420,15 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		return nil, m.fail(err)
 	}
 	defer unstage(dir)
+	// Post-copy (postcopy.go): its CRIU starts before the freeze.
+	pc, fallback, err := m.preparePostCopy(ctx, rj, to, criuPath, dir, nj != nil)
+	if err != nil {
+		return nil, err
+	}
+	defer pc.close()
+	ph.Fallback = fallback
+	started := startCRIU(criuPath, pc) // a pre-copy dump's CRIU, started before the freeze
+	defer endCRIU(started)
 
 	step("freeze", 0)
 	if err := rj.Freeze(); err != nil {
@@ -420,6 +450,11 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 			}
 		}
 	}()
+	defer func() {
+		if !committed {
+			pc.close() // before the thaw: CRIU lets go of the job
+		}
+	}()
 	if err := nj.lock(); err != nil {
 		return nil, m.fail(fmt.Errorf("process %d: %w", j.CPID, err))
 	}
@@ -433,7 +468,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		}
 	}
 	step("dump", 0)
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: append([]string{statusKey}, ttyKeys...), net: nj}); err != nil {
+	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: append([]string{statusKey}, ttyKeys...), net: nj, lazy: pc.lazy(), started: started}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -446,7 +481,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	st := cl.Receive(ctx)
+	st := cl.Receive(pc.streamContext(ctx))
 	hdr := &ssiv1.MigrateHeader{
 		Cpid: int64(j.CPID), From: m.cfg.Self, Uid: j.UID, Argv: j.Argv, StartedUnixNano: j.Started.UnixNano(),
 		StatusKey: statusKey, Version: version.Version, Nodes: j.Nodes, Root: rj.Root(),
@@ -454,6 +489,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	if j.LogPath != "" {
 		hdr.LogKey = strings.TrimPrefix(j.LogPath, "/")
 	}
+	pc.header(hdr)
 	if ms != nil {
 		streamHeader(hdr, ms, stdioKeys)
 	}
@@ -489,10 +525,11 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		return nil, m.fail(fmt.Errorf("recording that process %d moved to node %d: %w", j.CPID, to.Num, err))
 	}
 	committed = true
+	pc.commit()
 	m.awaitLocation(ctx, j.CPID, to.Num)
 	nj.leave()
-	if err := m.cfg.Jobs.MoveOut(j); err != nil {
-		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to.Num, "err", err)
+	if pc == nil {
+		m.moveOut(j, to.Num)
 	}
 	if ms != nil {
 		m.cfg.Streams.Commit(j.CPID, to.Num, ms)
@@ -502,11 +539,30 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	} else if r, err := st.Receive(); err != nil || !r.Resumed {
 		m.log.Warn("the target did not confirm that the process runs", "cpid", j.CPID, "to", to.Num, "err", err)
 	}
-	_ = st.CloseRequest()
 	ph.FreezeUs = time.Since(frozen).Microseconds()
+	if pc != nil {
+		// The job runs on the target; its pages leave from here until
+		// the target has them all, and only then does this copy end.
+		step("pages", n)
+		if err := pc.finish(st, ph); err != nil {
+			m.log.Error("a post-copy move lost the job: its pages could not all reach the target, which kills it", "cpid", j.CPID, "to", to.Num, "err", err)
+			m.moveOut(j, to.Num)
+			_ = st.CloseRequest()
+			return nil, m.fail(fmt.Errorf("process %d moved to node %d (post-copy) and ran there, but its memory could not all follow: %w; it was killed there", j.CPID, to.Num, err))
+		}
+		m.moveOut(j, to.Num)
+	}
+	_ = st.CloseRequest()
 	ph.TotalUs = time.Since(start).Microseconds()
 	m.log.Info("process migrated", "cpid", j.CPID, "to", to.Num, "freeze", time.Duration(ph.FreezeUs)*time.Microsecond, "bytes", ph.Bytes)
 	return ph, nil
+}
+
+// moveOut ends this node's copy of a job that moved to node to.
+func (m *Migrator) moveOut(j *procs.Job, to uint32) {
+	if err := m.cfg.Jobs.MoveOut(j); err != nil {
+		m.log.Warn("ending the copy of a process that moved", "cpid", j.CPID, "to", to, "err", err)
+	}
 }
 
 func ignoreEOF(err error) error {
@@ -580,9 +636,12 @@ func (m *Migrator) awaitLocation(ctx context.Context, cpid vproc.CPID, want uint
 // directory is emptied between the two.
 func (m *Migrator) dumpFrozen(rj *rexec.Job, s dumpSpec) error {
 	err := dump(s)
-	if err == nil {
-		return nil
+	if err == nil || s.lazy != nil {
+		// A lazy dump's CRIU was started for one dump (and the target
+		// told it is post-copy): no second try.
+		return err
 	}
+	s.started = nil // used
 	m.log.Warn("CRIU could not dump the job; thawing, freezing and trying once more", "err", err)
 	if terr := rj.Thaw(); terr != nil {
 		return errors.Join(err, terr)

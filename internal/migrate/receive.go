@@ -73,8 +73,18 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 		}
 		return m.fail(fmt.Errorf("process %d from node %d: %w", cpid, h.From, err))
 	}
+	var pc *postCopyTarget // post-copy (postcopy.go)
+	if h.Postcopy {
+		if pc, err = m.startPostCopy(ctx, criuPath, h, dir); err != nil {
+			if logPath != "" {
+				os.Remove(logPath)
+			}
+			return err
+		}
+		defer pc.close()
+	}
 	started := time.Now()
-	pj, err := m.restore(criuPath, h, dir, logPath, nj)
+	pj, err := m.restore(criuPath, h, dir, logPath, nj, pc.ready())
 	if err != nil {
 		if logPath != "" {
 			os.Remove(logPath)
@@ -83,23 +93,30 @@ func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.Migr
 		// another version): a refusal of this node.
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: restoring process %d from node %d: %w", m.cfg.Self, cpid, h.From, err))
 	}
+	pc.restoredJob(pj)
 	if err := st.Send(&ssiv1.MigrateReceipt{Restored: true, RestoreUs: time.Since(started).Microseconds()}); err != nil {
 		m.settle(pj, h, nj)
+		pc.settled(m, pj, h)
 		return err
 	}
 	c, err := st.Receive()
 	if err != nil || !c.Commit {
 		m.settle(pj, h, nj)
+		pc.settled(m, pj, h)
 		return nil
 	}
 	if err := nj.arrive(); err != nil {
 		m.log.Error("a process with its own address moved here and its network could not be unlocked", "cpid", cpid, "err", err)
 	}
+	pc.thawed()
 	if err := pj.Process().Thaw(); err != nil {
 		return m.fail(fmt.Errorf("process %d: %w", cpid, err))
 	}
 	m.arrived(cpid)
-	return st.Send(&ssiv1.MigrateReceipt{Resumed: true})
+	if err := st.Send(&ssiv1.MigrateReceipt{Resumed: true}); err != nil || pc == nil {
+		return err
+	}
+	return pc.finish(st)
 }
 
 // stdioPipeSize is the size of an attached job's pipes (as procspace
@@ -127,7 +144,7 @@ func (m *Migrator) settle(pj *procs.Job, h *ssiv1.MigrateHeader, nj *jobNet) {
 // restore restores the images in dir as process h.Cpid of this node,
 // frozen, with its init reporting to this daemon and its log (if detached)
 // at logPath.
-func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath string, nj *jobNet) (*procs.Job, error) {
+func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath string, nj *jobNet, ready func() error) (*procs.Job, error) {
 	cpid := vproc.CPID(h.Cpid)
 	inherit := map[string]*os.File{}
 	var keep []*os.File // the daemon's own ends
@@ -217,7 +234,7 @@ func (m *Migrator) restore(criuPath string, h *ssiv1.MigrateHeader, dir, logPath
 	if err != nil {
 		return fail(err)
 	}
-	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots, net: nj})
+	pid, err := restore(restoreSpec{criu: criuPath, dir: dir, inherit: inherit, cgroups: roots, net: nj, lazy: h.Postcopy, ready: ready})
 	if err != nil {
 		return fail(err)
 	}

@@ -292,7 +292,7 @@ func (s *Service) Restart(ctx context.Context, req *connect.Request[ssiv1.Restar
 		return nil, m.fail(fmt.Errorf("the job's log: %w", err))
 	}
 	started := time.Now()
-	pj, err := m.restore(criuPath, h, dir, logPath, nil)
+	pj, err := m.restore(criuPath, h, dir, logPath, nil, nil)
 	if err != nil {
 		os.Remove(logPath)
 		return nil, refused("node %d: restarting process %d: %w", m.cfg.Self, cpid, err)

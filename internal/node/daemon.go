@@ -58,6 +58,10 @@ type Options struct {
 	// Web is where the dashboard is served ("": not served; web.Auto).
 	Web string
 	Log *slog.Logger
+
+	// PostCopyAbove: moves of jobs this large (bytes) are post-copy unless
+	// asked otherwise (0: migrate.DefaultPostCopyAbove; < 0: never).
+	PostCopyAbove int64
 }
 
 // CFSOptions place the cluster filesystem (docs/CFS.md).
@@ -163,7 +167,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	p := wire(wiring{
 		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: lastCommand(st.logs, snapIndex),
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
-		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU,
+		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU, pcAbove: o.PostCopyAbove,
 		net: &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r), Raw: func(proto string) *tls.Config { return id.ClientTLS([]string{proto}) }},
 		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount, JobRoot: o.CFS.JobRoot,
 			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}, IDsFile: filepath.Join(string(o.DataDir), "cfs-ids"), Conns: mux.CFSListener()},

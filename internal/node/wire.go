@@ -42,6 +42,7 @@ type wiring struct {
 	jobs         *procs.Manager
 	dataDir      string // checkpoints of migrating jobs are staged below it
 	criu         string // the criu binary ("": found as migrate.FindCRIU does)
+	pcAbove      int64  // migrate.Config.PostCopyAbove
 	load         placement.Source
 	cfs          cfs.Config   // the cluster filesystem's placement (Net, FSM and Log are filled in)
 	execConns    net.Listener // the exec streams' own connections (transport's ExecListener)
@@ -128,7 +129,7 @@ func wire(w wiring) *parts {
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
 	p.jobnet = jobnet.New(jobnet.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Running: w.jobs.Has, Log: w.log})
 	w.jobs.SetNet(p.jobnet.Prepare)
-	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, JobNet: p.jobnet, Log: w.log})
+	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, JobNet: p.jobnet, PostCopyAbove: w.pcAbove, Log: w.log})
 	p.cvip = cvip.New(cvip.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Net: w.net, Loads: p.place, Leaving: p.mem.Leaving, Log: w.log})
 	p.dhcp = dhcpd.New(dhcpd.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Leaving: p.mem.Leaving, Log: w.log, ServerLog: w.baseLog})
 
@@ -148,6 +149,7 @@ func wire(w wiring) *parts {
 	mux.Handle(ssiv1connect.NewProcessHandler(p.space.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
 	mux.Handle(ssiv1connect.NewPlacementHandler(p.place.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewMigrateHandler(p.mig.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
+	mux.Handle(ssiv1connect.NewPostCopyHandler(p.mig.PostCopy(), noGzip, peerOpts, connect.WithReadMaxBytes(streamMessage)))
 	mux.Handle(ssiv1connect.NewCvipPeerHandler(p.cvip.Peer(), noGzip, peerOpts, connect.WithReadMaxBytes(smallMessage)))
 	mux.Handle(ssiv1connect.NewCfsHandler(p.cfs.Service(), noGzip, peerOpts, connect.WithReadMaxBytes(cfsMessage)))
 	p.peerHandler = mux

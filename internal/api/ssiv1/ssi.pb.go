@@ -4393,11 +4393,15 @@ func (x *RestartResponse) GetRestoreUs() int64 {
 }
 
 type MigrateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Cpid          int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
-	Node          string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"` // a node number, or "home": the node that created it
-	Uid           uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`  // set by the caller's daemon: who asks
-	HasUid        bool                   `protobuf:"varint,4,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Cpid   int64                  `protobuf:"varint,1,opt,name=cpid,proto3" json:"cpid,omitempty"`
+	Node   string                 `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"` // a node number, or "home": the node that created it
+	Uid    uint32                 `protobuf:"varint,3,opt,name=uid,proto3" json:"uid,omitempty"`  // set by the caller's daemon: who asks
+	HasUid bool                   `protobuf:"varint,4,opt,name=has_uid,json=hasUid,proto3" json:"has_uid,omitempty"`
+	// Post-copy (docs/MIGRATION.md "Post-copy"): postcopy asks for it,
+	// precopy forbids it; neither: the source's --postcopy-above decides.
+	Postcopy      bool `protobuf:"varint,50,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	Precopy       bool `protobuf:"varint,51,opt,name=precopy,proto3" json:"precopy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4456,6 +4460,20 @@ func (x *MigrateRequest) GetUid() uint32 {
 func (x *MigrateRequest) GetHasUid() bool {
 	if x != nil {
 		return x.HasUid
+	}
+	return false
+}
+
+func (x *MigrateRequest) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+func (x *MigrateRequest) GetPrecopy() bool {
+	if x != nil {
+		return x.Precopy
 	}
 	return false
 }
@@ -4528,7 +4546,10 @@ type MigratePhases struct {
 	TransferUs    int64                  `protobuf:"varint,3,opt,name=transfer_us,json=transferUs,proto3" json:"transfer_us,omitempty"`
 	RestoreUs     int64                  `protobuf:"varint,4,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
 	TotalUs       int64                  `protobuf:"varint,5,opt,name=total_us,json=totalUs,proto3" json:"total_us,omitempty"`
-	Bytes         int64                  `protobuf:"varint,6,opt,name=bytes,proto3" json:"bytes,omitempty"` // sent to the target
+	Bytes         int64                  `protobuf:"varint,6,opt,name=bytes,proto3" json:"bytes,omitempty"`                     // sent to the target
+	Postcopy      bool                   `protobuf:"varint,50,opt,name=postcopy,proto3" json:"postcopy,omitempty"`              // the pages followed the job (post-copy)
+	PagesUs       int64                  `protobuf:"varint,51,opt,name=pages_us,json=pagesUs,proto3" json:"pages_us,omitempty"` // post-copy: from the thaw on the target to the last page there
+	Fallback      string                 `protobuf:"bytes,52,opt,name=fallback,proto3" json:"fallback,omitempty"`               // why a move that would have been post-copy was not
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4603,6 +4624,27 @@ func (x *MigratePhases) GetBytes() int64 {
 		return x.Bytes
 	}
 	return 0
+}
+
+func (x *MigratePhases) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+func (x *MigratePhases) GetPagesUs() int64 {
+	if x != nil {
+		return x.PagesUs
+	}
+	return 0
+}
+
+func (x *MigratePhases) GetFallback() string {
+	if x != nil {
+		return x.Fallback
+	}
+	return ""
 }
 
 // MigrateProgress is one step of a migration: a phase starts ("freeze",
@@ -4700,6 +4742,11 @@ type MigrateHeader struct {
 	// cluster root restores only where the cluster filesystem is mounted at
 	// the same path (CRIU restores the root by its path).
 	Root string `protobuf:"bytes,15,opt,name=root,proto3" json:"root,omitempty"`
+	// Post-copy: the memory pages stay on the source and CRIU's lazy-pages
+	// daemon of the target fetches them through PostCopy.Pages, naming the
+	// move by move_id (random, from the source).
+	Postcopy bool   `protobuf:"varint,50,opt,name=postcopy,proto3" json:"postcopy,omitempty"`
+	MoveId   string `protobuf:"bytes,51,opt,name=move_id,json=moveId,proto3" json:"move_id,omitempty"`
 	// Where the stream's numbering of the client's input stopped: the last
 	// stdin message and the last signal or resize the job got on the source.
 	StdinAcked uint64 `protobuf:"varint,60,opt,name=stdin_acked,json=stdinAcked,proto3" json:"stdin_acked,omitempty"`
@@ -4852,6 +4899,20 @@ func (x *MigrateHeader) GetRoot() string {
 	return ""
 }
 
+func (x *MigrateHeader) GetPostcopy() bool {
+	if x != nil {
+		return x.Postcopy
+	}
+	return false
+}
+
+func (x *MigrateHeader) GetMoveId() string {
+	if x != nil {
+		return x.MoveId
+	}
+	return ""
+}
+
 func (x *MigrateHeader) GetStdinAcked() uint64 {
 	if x != nil {
 		return x.StdinAcked
@@ -4962,10 +5023,15 @@ func (x *MigrateChunk) GetCommit() bool {
 }
 
 type MigrateReceipt struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Restored      bool                   `protobuf:"varint,1,opt,name=restored,proto3" json:"restored,omitempty"` // the process is restored here, frozen
-	Resumed       bool                   `protobuf:"varint,2,opt,name=resumed,proto3" json:"resumed,omitempty"`   // it runs here (after commit)
-	RestoreUs     int64                  `protobuf:"varint,3,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Restored  bool                   `protobuf:"varint,1,opt,name=restored,proto3" json:"restored,omitempty"` // the process is restored here, frozen
+	Resumed   bool                   `protobuf:"varint,2,opt,name=resumed,proto3" json:"resumed,omitempty"`   // it runs here (after commit)
+	RestoreUs int64                  `protobuf:"varint,3,opt,name=restore_us,json=restoreUs,proto3" json:"restore_us,omitempty"`
+	// Post-copy, after resumed: every page arrived (pages_done), in pages_us
+	// since the thaw; or pages_error says why not (the process was killed).
+	PagesDone     bool   `protobuf:"varint,50,opt,name=pages_done,json=pagesDone,proto3" json:"pages_done,omitempty"`
+	PagesUs       int64  `protobuf:"varint,51,opt,name=pages_us,json=pagesUs,proto3" json:"pages_us,omitempty"`
+	PagesError    string `protobuf:"bytes,52,opt,name=pages_error,json=pagesError,proto3" json:"pages_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -5019,6 +5085,27 @@ func (x *MigrateReceipt) GetRestoreUs() int64 {
 		return x.RestoreUs
 	}
 	return 0
+}
+
+func (x *MigrateReceipt) GetPagesDone() bool {
+	if x != nil {
+		return x.PagesDone
+	}
+	return false
+}
+
+func (x *MigrateReceipt) GetPagesUs() int64 {
+	if x != nil {
+		return x.PagesUs
+	}
+	return 0
+}
+
+func (x *MigrateReceipt) GetPagesError() string {
+	if x != nil {
+		return x.PagesError
+	}
+	return ""
 }
 
 // The cluster's DHCP server settings (ssi dhcp set/show), replicated.
@@ -6725,16 +6812,18 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\rR\x04node\x12\x1d\n" +
 	"\n" +
-	"restore_us\x18\x03 \x01(\x03R\trestoreUs\"c\n" +
+	"restore_us\x18\x03 \x01(\x03R\trestoreUs\"\x99\x01\n" +
 	"\x0eMigrateRequest\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x10\n" +
 	"\x03uid\x18\x03 \x01(\rR\x03uid\x12\x17\n" +
-	"\ahas_uid\x18\x04 \x01(\bR\x06hasUid\"d\n" +
+	"\ahas_uid\x18\x04 \x01(\bR\x06hasUid\x12\x1a\n" +
+	"\bpostcopy\x182 \x01(\bR\bpostcopy\x12\x18\n" +
+	"\aprecopy\x183 \x01(\bR\aprecopy\"d\n" +
 	"\x0fMigrateResponse\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\rR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\rR\x02to\x12-\n" +
-	"\x06phases\x18\x03 \x01(\v2\x15.ssi.v1.MigratePhasesR\x06phases\"\xb6\x01\n" +
+	"\x06phases\x18\x03 \x01(\v2\x15.ssi.v1.MigratePhasesR\x06phases\"\x89\x02\n" +
 	"\rMigratePhases\x12\x1b\n" +
 	"\tfreeze_us\x18\x01 \x01(\x03R\bfreezeUs\x12\x17\n" +
 	"\adump_us\x18\x02 \x01(\x03R\x06dumpUs\x12\x1f\n" +
@@ -6743,13 +6832,16 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\n" +
 	"restore_us\x18\x04 \x01(\x03R\trestoreUs\x12\x19\n" +
 	"\btotal_us\x18\x05 \x01(\x03R\atotalUs\x12\x14\n" +
-	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\"\x89\x01\n" +
+	"\x05bytes\x18\x06 \x01(\x03R\x05bytes\x12\x1a\n" +
+	"\bpostcopy\x182 \x01(\bR\bpostcopy\x12\x19\n" +
+	"\bpages_us\x183 \x01(\x03R\apagesUs\x12\x1a\n" +
+	"\bfallback\x184 \x01(\tR\bfallback\"\x89\x01\n" +
 	"\x0fMigrateProgress\x12\x14\n" +
 	"\x05phase\x18\x01 \x01(\tR\x05phase\x12\x14\n" +
 	"\x05bytes\x18\x02 \x01(\x03R\x05bytes\x12\x1d\n" +
 	"\n" +
 	"elapsed_us\x18\x03 \x01(\x03R\telapsedUs\x12+\n" +
-	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\xcc\x04\n" +
+	"\x04done\x18\x04 \x01(\v2\x17.ssi.v1.MigrateResponseR\x04done\"\x81\x05\n" +
 	"\rMigrateHeader\x12\x12\n" +
 	"\x04cpid\x18\x01 \x01(\x03R\x04cpid\x12\x12\n" +
 	"\x04from\x18\x02 \x01(\rR\x04from\x12\x10\n" +
@@ -6768,7 +6860,9 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\fstdin_closed\x18\f \x01(\bR\vstdinClosed\x12\x17\n" +
 	"\aout_seq\x18\r \x01(\x04R\x06outSeq\x12\x14\n" +
 	"\x05nodes\x18\x0e \x03(\rR\x05nodes\x12\x12\n" +
-	"\x04root\x18\x0f \x01(\tR\x04root\x12\x1f\n" +
+	"\x04root\x18\x0f \x01(\tR\x04root\x12\x1a\n" +
+	"\bpostcopy\x182 \x01(\bR\bpostcopy\x12\x17\n" +
+	"\amove_id\x183 \x01(\tR\x06moveId\x12\x1f\n" +
 	"\vstdin_acked\x18< \x01(\x04R\n" +
 	"stdinAcked\x12\x1b\n" +
 	"\tctl_acked\x18= \x01(\x04R\bctlAcked\x12\x10\n" +
@@ -6780,12 +6874,17 @@ const file_ssi_v1_ssi_proto_rawDesc = "" +
 	"\fMigrateChunk\x12-\n" +
 	"\x06header\x18\x01 \x01(\v2\x15.ssi.v1.MigrateHeaderR\x06header\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\fR\x04data\x12\x16\n" +
-	"\x06commit\x18\x03 \x01(\bR\x06commit\"e\n" +
+	"\x06commit\x18\x03 \x01(\bR\x06commit\"\xc0\x01\n" +
 	"\x0eMigrateReceipt\x12\x1a\n" +
 	"\brestored\x18\x01 \x01(\bR\brestored\x12\x18\n" +
 	"\aresumed\x18\x02 \x01(\bR\aresumed\x12\x1d\n" +
 	"\n" +
-	"restore_us\x18\x03 \x01(\x03R\trestoreUs\"\xf3\x01\n" +
+	"restore_us\x18\x03 \x01(\x03R\trestoreUs\x12\x1d\n" +
+	"\n" +
+	"pages_done\x182 \x01(\bR\tpagesDone\x12\x19\n" +
+	"\bpages_us\x183 \x01(\x03R\apagesUs\x12\x1f\n" +
+	"\vpages_error\x184 \x01(\tR\n" +
+	"pagesError\"\xf3\x01\n" +
 	"\fDHCPSettings\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x1c\n" +
 	"\tinterface\x18\x02 \x01(\tR\tinterface\x12\x18\n" +
