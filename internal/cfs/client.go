@@ -67,10 +67,6 @@ type Client struct {
 	ended   chan struct{} // closed when the session that is up ends
 	pending map[uint64]chan *ssiv1.FsMessage
 	inodes  map[uint64]*fs.Inode
-	// nocaps are the files known to have no security.capability: the
-	// answer to the kernel's question before each write, until the server
-	// invalidates the file (any change of its xattrs or owner does).
-	nocaps map[uint64]bool
 	dirs   *dirCache     // directories' attributes and names (dircache.go)
 	heard  atomic.Int64  // unix nanoseconds of the last message from the server
 	rootID atomic.Uint64 // the server's id of the export's root
@@ -90,7 +86,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	if c.Failure == nil {
 		c.Failure = func() time.Duration { return 5 * time.Second }
 	}
-	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}, nocaps: map[uint64]bool{}}
+	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}}
 	cl.dirs = newDirCache(min(attrTimeout, entryTimeout), cl.nodeID)
 	// A mount left by a daemon that was killed answers ENOTCONN: take it
 	// away first. A live one belongs to another daemon on this machine.
@@ -413,9 +409,6 @@ func (cl *Client) invalidate(m *ssiv1.FsMessage) {
 	cl.mu.Unlock()
 	if srv != nil {
 		for _, iv := range m.Inval {
-			if len(iv.Name) == 0 {
-				cl.forgetCaps(iv.Ino)
-			}
 			if len(iv.Name) > 0 {
 				srv.EntryNotify(cl.nodeID(iv.Parent), string(iv.Name))
 			} else {
@@ -441,24 +434,6 @@ func (cl *Client) nodeID(id uint64) uint64 {
 	return id
 }
 
-func (cl *Client) noCaps(id uint64) bool {
-	cl.mu.Lock()
-	defer cl.mu.Unlock()
-	return cl.nocaps[id]
-}
-
-func (cl *Client) setNoCaps(id uint64) {
-	cl.mu.Lock()
-	cl.nocaps[id] = true
-	cl.mu.Unlock()
-}
-
-func (cl *Client) forgetCaps(id uint64) {
-	cl.mu.Lock()
-	delete(cl.nocaps, id)
-	cl.mu.Unlock()
-}
-
 // flushAll drops every cached attribute and page, and every name of the
 // directories it knows the entries of (the others' names expire within
 // the entry timeout).
@@ -466,7 +441,6 @@ func (cl *Client) flushAll() {
 	cl.dirs.flush()
 	cl.mu.Lock()
 	srv := cl.fuse
-	cl.nocaps = map[uint64]bool{}
 	ns := make(map[uint64]*fs.Inode, len(cl.inodes))
 	for id, n := range cl.inodes {
 		ns[id] = n

@@ -45,6 +45,10 @@ type dirCache struct {
 	inflight map[uint64]int // the same, per directory
 	attrs    map[uint64]cachedAttr
 	names    map[uint64]*dirNames
+	// noxattr are extended attributes files are known not to have (the
+	// kernel asks for security.capability before every write, ls for
+	// ACLs and security labels), dropped like attributes.
+	noxattr map[uint64]map[string]struct{}
 }
 
 type cachedAttr struct {
@@ -58,7 +62,7 @@ type dirNames struct {
 }
 
 func newDirCache(ttl time.Duration, norm func(uint64) uint64) *dirCache {
-	return &dirCache{ttl: ttl, norm: norm, attrs: map[uint64]cachedAttr{}, names: map[uint64]*dirNames{}, inflight: map[uint64]int{}}
+	return &dirCache{ttl: ttl, norm: norm, attrs: map[uint64]cachedAttr{}, names: map[uint64]*dirNames{}, inflight: map[uint64]int{}, noxattr: map[uint64]map[string]struct{}{}}
 }
 
 // drop forgets what invals name. It runs as the invalidation is read.
@@ -72,6 +76,7 @@ func (d *dirCache) drop(invals []*ssiv1.FsInval) {
 				id = d.norm(id)
 				delete(d.attrs, id)
 				delete(d.names, id)
+				delete(d.noxattr, id)
 			}
 		}
 	}
@@ -84,6 +89,34 @@ func (d *dirCache) flush() {
 	d.gen++
 	clear(d.attrs)
 	clear(d.names)
+	clear(d.noxattr)
+}
+
+// forget drops what is kept of file id (the kernel forgot it: the server
+// may give its number to another file).
+func (d *dirCache) forget(id uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	id = d.norm(id)
+	delete(d.attrs, id)
+	delete(d.names, id)
+	delete(d.noxattr, id)
+}
+
+// lacks says whether file id is known not to have extended attribute name.
+func (d *dirCache) lacks(id uint64, name string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.noxattr[d.norm(id)][name]
+	return ok
+}
+
+func (d *dirCache) setLacks(id uint64, name string) {
+	id = d.norm(id)
+	if d.noxattr[id] == nil {
+		d.noxattr[id] = map[string]struct{}{}
+	}
+	d.noxattr[id][name] = struct{}{}
 }
 
 // attr is file id's attributes, if known and fresh.
@@ -153,6 +186,11 @@ func (d *dirCache) begin(r *ssiv1.FsRequest) ticket {
 		}
 		t.dirs = append(t.dirs, id)
 		delete(d.attrs, id)
+		if r.Op == ssiv1.FsOp_FS_OP_SETXATTR || r.Op == ssiv1.FsOp_FS_OP_REMOVEXATTR {
+			// Only a setxattr makes an attribute appear (a chown drops
+			// capabilities, a chmod changes an ACL that exists).
+			delete(d.noxattr, id)
+		}
 		d.inflight[id]++
 	}
 	if len(t.dirs) > 0 {
@@ -190,8 +228,14 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 	now := time.Now()
 	if len(t.dirs) == 0 {
 		// A question: its answer holds if nothing changed meanwhile.
-		if errno == 0 && m != nil && m.Attr != nil && fresh && t.quiet && d.seq == t.seq {
+		if !fresh || !t.quiet || d.seq != t.seq {
+			return
+		}
+		if errno == 0 && m != nil && m.Attr != nil {
 			d.attrs[d.norm(m.Attr.Ino)] = cachedAttr{m.Attr, now}
+		}
+		if r.Op == ssiv1.FsOp_FS_OP_GETXATTR && errno == syscall.ENODATA && r.Ino != 0 {
+			d.setLacks(r.Ino, string(r.Name))
 		}
 		return
 	}
@@ -212,6 +256,12 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 	switch r.Op {
 	case ssiv1.FsOp_FS_OP_CREATE, ssiv1.FsOp_FS_OP_MKNOD, ssiv1.FsOp_FS_OP_SYMLINK:
 		d.add(parent, name)
+		if r.Op == ssiv1.FsOp_FS_OP_CREATE && m.Attr != nil {
+			// A file just made has no capability, and one opened with
+			// O_CREAT that had one loses it with its first write on the
+			// server anyway (the server's kernel drops it).
+			d.setLacks(m.Attr.Ino, capsXattr)
+		}
 	case ssiv1.FsOp_FS_OP_LINK:
 		d.add(parent, baseName(string(r.Path2)))
 	case ssiv1.FsOp_FS_OP_MKDIR:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
+	"golang.org/x/sys/unix"
 )
 
 func dirAttr(ino uint64) *ssiv1.FsAttr {
@@ -280,4 +281,52 @@ func nlink(st os.FileInfo) uint64 {
 		return 0
 	}
 	return uint64(st.Sys().(*syscall.Stat_t).Nlink)
+}
+
+// Extended attributes a file is known not to have are answered without a
+// round trip, and another node's setxattr is seen at once.
+func TestMissingXattrsAreKnown(t *testing.T) {
+	p := mountPair(t)
+	fa, fb := p.at(p.a, "x"), p.at(p.b, "x")
+	if err := os.WriteFile(fa, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	if _, err := unix.Getxattr(fa, "user.colour", buf); err != unix.ENODATA {
+		t.Fatalf("getxattr of a missing attribute: %v", err)
+	}
+	before := p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR)
+	for range 10 {
+		if _, err := unix.Getxattr(fa, "user.colour", buf); err != unix.ENODATA {
+			t.Fatalf("getxattr of a missing attribute: %v", err)
+		}
+	}
+	if n := p.srv.Requests(ssiv1.FsOp_FS_OP_GETXATTR) - before; n != 0 {
+		t.Errorf("10 getxattr of an attribute known missing asked the server %d times", n)
+	}
+	for i := range 20 {
+		v := []byte(strconv.Itoa(i))
+		if err := unix.Setxattr(fb, "user.colour", v, 0); err != nil {
+			t.Skipf("user xattrs not supported here: %v", err)
+		}
+		if n, err := unix.Getxattr(fa, "user.colour", buf); err != nil || string(buf[:n]) != string(v) {
+			t.Fatalf("round %d: a reads %q (%v) after b set %q", i, buf[:max(n, 0)], err, v)
+		}
+		if err := unix.Removexattr(fb, "user.colour"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := unix.Getxattr(fa, "user.colour", buf); err != unix.ENODATA {
+			t.Fatalf("round %d: a still sees the attribute b removed: %v", i, err)
+		}
+		// This node's own setxattr is seen by itself at once.
+		if err := unix.Setxattr(fa, "user.colour", v, 0); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := unix.Getxattr(fa, "user.colour", buf); err != nil || string(buf[:n]) != string(v) {
+			t.Fatalf("round %d: a reads %q (%v) after its own set", i, buf[:max(n, 0)], err)
+		}
+		if err := unix.Removexattr(fa, "user.colour"); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

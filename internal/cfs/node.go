@@ -87,8 +87,8 @@ func (n *node) OnForget() {
 	if n.c.inodes[n.id()] == n.EmbeddedInode() {
 		delete(n.c.inodes, n.id())
 	}
-	delete(n.c.nocaps, n.id()) // the server may give the number to another file
 	n.c.mu.Unlock()
+	n.c.dirs.forget(n.id()) // the server may give the number to another file
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -124,9 +124,6 @@ func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) 
 }
 
 func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
-	if in.Valid&(fattrUID|fattrGID) != 0 {
-		n.c.forgetCaps(n.id()) // a chown drops capabilities
-	}
 	set := &ssiv1.FsSetAttr{
 		Valid: in.Valid, Mode: in.Mode, Uid: in.Owner.Uid, Gid: in.Owner.Gid, Size: in.Size,
 		AtimeNs: int64(in.Atime)*1e9 + int64(in.Atimensec), MtimeNs: int64(in.Mtime)*1e9 + int64(in.Mtimensec),
@@ -170,10 +167,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 		return nil, nil, 0, errno
 	}
 	ch := n.newChild(ctx, m.Attr, out)
-	// The kernel asks for the file's capability before the first write: a
-	// file just made has none, and for one that existed the server's kernel
-	// drops it when the data lands anyway (TestCapabilityCheck).
-	n.c.setNoCaps(m.Attr.Ino)
+	// The kernel asks for the file's capability before the first write:
+	// a file just made has none (dircache.go keeps that; TestCapabilityCheck).
 	return ch, (ch.Operations().(*node)).newFile(m.Handle, flags&^syscall.O_TRUNC), fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -250,13 +245,10 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 const capsXattr = "security.capability"
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if attr == capsXattr && n.c.noCaps(n.id()) {
-		return 0, syscall.ENODATA
+	if n.c.dirs.lacks(n.id(), attr) {
+		return 0, syscall.ENODATA // known absent (dircache.go)
 	}
 	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr), Size: uint32(len(dest))})
-	if attr == capsXattr && errno == syscall.ENODATA {
-		n.c.setNoCaps(n.id())
-	}
 	if errno != 0 {
 		return 0, errno
 	}
@@ -274,13 +266,11 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 }
 
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	n.c.forgetCaps(n.id())
 	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_SETXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr), Data: data, Flags: flags})
 	return errno
 }
 
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	n.c.forgetCaps(n.id())
 	_, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_REMOVEXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr)})
 	return errno
 }
