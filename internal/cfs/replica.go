@@ -151,7 +151,7 @@ func changes(x *session, r *ssiv1.FsRequest) bool {
 		return writable(int(r.Flags))
 	case ssiv1.FsOp_FS_OP_RELEASE:
 		h, err := x.file(r.Handle)
-		return err == nil && h.copied
+		return err == nil && h.copied.Load()
 	}
 	return false
 }
@@ -181,7 +181,7 @@ func (x *session) copyOf(r *ssiv1.FsRequest, m *ssiv1.FsMessage) *ssiv1.FsReques
 			break
 		}
 		h, err := x.file(r.Handle)
-		if err != nil || !h.copied {
+		if err != nil || !h.copied.Load() {
 			if r.Op == ssiv1.FsOp_FS_OP_WRITE || r.Op == ssiv1.FsOp_FS_OP_ALLOCATE {
 				return nil // a file the replica could not open (it was unlinked): nothing to copy to
 			}
@@ -304,7 +304,7 @@ func (rp *replicator) change(ctx context.Context, x *session, r *ssiv1.FsRequest
 func (x *session) setCopied(h uint64) {
 	x.mu.Lock()
 	if hd, ok := x.handles[h]; ok {
-		hd.copied = true
+		hd.copied.Store(true)
 	}
 	x.mu.Unlock()
 }

@@ -58,7 +58,7 @@ type handle struct {
 	id     uint64 // the file's id
 	path   string
 	flags  int
-	copied bool // the replica has it open too (replica.go)
+	copied atomic.Bool // the replica has it open too (replica.go; set under the session's lock, read without)
 }
 
 type lockKey struct {
@@ -76,7 +76,7 @@ func (x *session) end(err error) {
 		copied := false
 		for _, h := range x.handles {
 			unix.Close(h.fd)
-			copied = copied || h.copied
+			copied = copied || h.copied.Load()
 		}
 		for _, fd := range x.locks {
 			unix.Close(fd)
