@@ -301,6 +301,14 @@ func (d *dirCache) listing() listing {
 	return listing{gen: d.gen, seq: d.seq, quiet: d.busy == 0}
 }
 
+// still says whether nothing changed since l: no invalidation, no change of
+// this node's (a listing's attributes may then still be handed out).
+func (d *dirCache) still(l listing) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.gen == l.gen && d.seq == l.seq
+}
+
 // listed keeps a complete listing of directory id (and its entries'
 // attributes), if nothing changed since l.
 func (d *dirCache) listed(id uint64, l listing, entries []*ssiv1.FsDirEntry) {

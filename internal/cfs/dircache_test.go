@@ -2,6 +2,7 @@ package cfs
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -328,5 +329,48 @@ func TestMissingXattrsAreKnown(t *testing.T) {
 		if err := unix.Removexattr(fa, "user.colour"); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// The kernel takes a large directory's entries over several READDIRPLUS
+// requests: a change another node makes between two of them must not come
+// back from the listing read before it.
+func TestListingIsNotHandedOutAfterAChange(t *testing.T) {
+	p := mountPair(t)
+	db := p.at(p.b, "big")
+	if err := os.Mkdir(db, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const n = 400
+	for i := range n {
+		if err := os.WriteFile(filepath.Join(db, fmt.Sprintf("f%03d", i)), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fd, err := unix.Open(p.at(p.a, "big"), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, 512) // a few entries per call: one READDIRPLUS each
+	if _, err := unix.Getdents(fd, buf); err != nil {
+		t.Fatal(err)
+	}
+	last := filepath.Join(db, fmt.Sprintf("f%03d", n-1))
+	if err := os.WriteFile(last, []byte("changed on b after a's listing began"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		k, err := unix.Getdents(fd, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if k == 0 {
+			break
+		}
+	}
+	st, err := os.Stat(p.at(p.a, filepath.Join("big", fmt.Sprintf("f%03d", n-1))))
+	if err != nil || st.Size() != int64(len("changed on b after a's listing began")) {
+		t.Fatalf("a sees size %d (%v) for a file b wrote before a's listing reached it", st.Size(), err)
 	}
 }

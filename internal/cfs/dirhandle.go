@@ -19,6 +19,7 @@ type dirHandle struct {
 
 	mu      sync.Mutex
 	entries []*ssiv1.FsDirEntry
+	seen    listing // the cache's state when the listing was read
 	loaded  bool
 	pos     int
 	last    *ssiv1.FsDirEntry // the entry Readdirent gave last
@@ -51,7 +52,7 @@ func (h *dirHandle) load(ctx context.Context) syscall.Errno {
 		}
 	}
 	h.n.c.dirs.listed(h.n.id(), l, all)
-	h.entries, h.loaded, h.pos, h.last = all, true, 0, nil
+	h.entries, h.seen, h.loaded, h.pos, h.last = all, l, true, 0, nil
 	return 0
 }
 
@@ -91,12 +92,15 @@ func (h *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 }
 
 // Lookup gives READDIRPLUS the entry Readdirent just gave, from the
-// attributes in the listing; an entry without them is looked up.
+// attributes in the listing while nothing changed since it was read (the
+// kernel hands out a large directory's entries over several requests, and
+// takes what each one says as news of that moment); otherwise, or for an
+// entry without them, the file is looked up.
 func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	h.mu.Lock()
-	e := h.last
+	e, seen := h.last, h.seen
 	h.mu.Unlock()
-	if e != nil && e.Attr != nil && string(e.Name) == name {
+	if e != nil && e.Attr != nil && string(e.Name) == name && h.n.c.dirs.still(seen) {
 		return h.n.newChild(ctx, e.Attr, out), 0
 	}
 	return h.n.Lookup(ctx, name, out)
