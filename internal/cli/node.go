@@ -139,9 +139,13 @@ Example:
 		cfsJobRoot := fs.Bool("cfs-job-root", false, "run this node's jobs with the cluster filesystem as their /, whatever the cluster setting (ssi cfs jobroot)")
 		metricsAddr := fs.String("metrics-listen", metrics.Auto, "serve Prometheus /metrics here (host:port; 'auto': this node's loopback address, else 127.0.0.1, port 7471; '' for none)")
 		webAddr := fs.String("web-listen", web.Auto, "serve the web dashboard here (host:port; 'auto': this node's loopback address, else 127.0.0.1, port 7480; '' for none); docs/OBSERVABILITY.md")
+		execStreams := fs.String("exec-streams", envOr("SSI_EXEC_STREAMS", "rpc"), "how this node relays exec streams to other nodes: rpc (pooled Connect streams: fastest start) or own (a TLS connection of its own per stream: about 2x the bulk throughput, one handshake per exec); default $SSI_EXEC_STREAMS, else rpc (docs/PERFORMANCE.md)")
 		loadSrc := fs.String("load-source", node.LoadMachine, "what the node's load counts: machine (the whole machine) or jobs (only the processes this node runs; for nodes sharing one kernel)")
 		if err := Parse(env, cmd, fs, args); err != nil {
 			return err
+		}
+		if *execStreams != "rpc" && *execStreams != "own" {
+			return Usagef("--exec-streams %q: want rpc or own", *execStreams)
 		}
 		pcAbove := *postCopyAbove << 20
 		switch {
@@ -168,7 +172,7 @@ Example:
 		signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
 		// A data directory that holds no node (node.ErrNotInitialized) is a
 		// plain local error: exit 1 (see errors.go).
-		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath, PostCopyAbove: pcAbove, Metrics: *metricsAddr, Web: *webAddr,
+		err := node.Run(ctx, node.Options{DataDir: node.DataDir(*dir), Socket: *socket, Listen: *listen, PIDFile: *pidFile, Log: log, Load: *loadSrc, CRIU: *criuPath, PostCopyAbove: pcAbove, OwnExecStreams: *execStreams == "own", Metrics: *metricsAddr, Web: *webAddr,
 			Raft: node.RaftTiming{HeartbeatTimeout: *raftHB, ElectionTimeout: *raftEl},
 			CFS:  node.CFSOptions{Mount: *cfsMount, Export: *cfsExport, Server: uint32(*cfsServer), JobRoot: *cfsJobRoot}})
 		if errors.Is(err, state.ErrHalted) {
@@ -689,4 +693,12 @@ func LinkNames() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// envOr is the environment variable's value, or def when it is unset.
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
 }

@@ -62,6 +62,9 @@ type Options struct {
 	// PostCopyAbove: moves of jobs this large (bytes) are post-copy unless
 	// asked otherwise (0: migrate.DefaultPostCopyAbove; < 0: never).
 	PostCopyAbove int64
+	// OwnExecStreams: exec streams to other nodes go over TLS connections
+	// of their own (procspace lean.go) instead of pooled Connect streams.
+	OwnExecStreams bool
 }
 
 // CFSOptions place the cluster filesystem (docs/CFS.md).
@@ -167,7 +170,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	p := wire(wiring{
 		self: meta.Num, name: meta.Name, ip: meta.IPAddr, bootID: bootID, startIndex: lastCommand(st.logs, snapIndex),
 		applied: func() uint64 { return max(fsm.AppliedIndex(), snapIndex) },
-		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU, pcAbove: o.PostCopyAbove,
+		fsm:     fsm, raft: r, ca: id.CA, jobs: jobs, load: src, dataDir: string(o.DataDir), criu: o.CRIU, pcAbove: o.PostCopyAbove, ownExec: o.OwnExecStreams,
 		net: &peer.TLS{HTTP: peerHTTP, Resolve: resolver(fsm, r), Raw: func(proto string) *tls.Config { return id.ClientTLS([]string{proto}) }},
 		cfs: cfs.Config{Self: meta.Num, Name: meta.Name, Server: o.CFS.Server, Export: o.CFS.Export, Mount: o.CFS.Mount, JobRoot: o.CFS.JobRoot,
 			Exclude: []string{string(o.DataDir), filepath.Dir(o.Socket)}, IDsFile: filepath.Join(string(o.DataDir), "cfs-ids"), Conns: mux.CFSListener()},

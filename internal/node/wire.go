@@ -43,6 +43,7 @@ type wiring struct {
 	dataDir      string // checkpoints of migrating jobs are staged below it
 	criu         string // the criu binary ("": found as migrate.FindCRIU does)
 	pcAbove      int64  // migrate.Config.PostCopyAbove
+	ownExec      bool   // procspace.Config.OwnStreams
 	load         placement.Source
 	cfs          cfs.Config   // the cluster filesystem's placement (Net, FSM and Log are filled in)
 	execConns    net.Listener // the exec streams' own connections (transport's ExecListener)
@@ -123,7 +124,7 @@ func wire(w wiring) *parts {
 		Exit: w.exit, RaftAddr: w.raftAddr, StartIndex: w.startIndex, Applied: w.applied, Log: w.log,
 	})
 	p.place = placement.New(placement.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Heartbeats: p.mem.Heartbeats})
-	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log, Conns: w.execConns})
+	p.space = procspace.New(procspace.Config{Self: w.self, Name: w.name, FSM: w.fsm, Net: w.net, Jobs: w.jobs, Placer: p.place, Log: w.log, Conns: w.execConns, OwnStreams: w.ownExec})
 	w.cfs.Net, w.cfs.FSM, w.cfs.Leader, w.cfs.Log = w.net, w.fsm, p.leader, w.log
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)

@@ -414,10 +414,10 @@ func (r *refusals) refuse(num uint32) {
 }
 
 // openExec opens an exec stream to node num: a connection of its own where
-// the network opens them and the node speaks the protocol, else the
-// Connect stream. Either ends when ctx does.
+// this node is configured so (Config.OwnStreams), the network opens them
+// and the node speaks the protocol, else the Connect stream. Either ends when ctx does.
 func (s *Space) openExec(ctx context.Context, num uint32) (remoteStream, error) {
-	if d, ok := s.cfg.Net.(peer.Dialer); ok && !s.refused.refused(num) {
+	if d, ok := s.cfg.Net.(peer.Dialer); ok && s.cfg.OwnStreams && !s.refused.refused(num) {
 		c, err := d.Dial(ctx, num, transport.ProtoExec)
 		if err == nil {
 			s.streams.own.Add(1)

@@ -218,7 +218,7 @@ func TestRelayOverItsOwnConnection(t *testing.T) {
 		served <- err
 	}()
 	f := threeNodes(t)
-	s := New(Config{Self: 1, Name: "t1", FSM: f, Net: dn, Log: log})
+	s := New(Config{Self: 1, Name: "t1", FSM: f, Net: dn, Log: log, OwnStreams: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cli := &cliStream{ctx: ctx}
@@ -286,7 +286,7 @@ func TestRelayFallsBackToRPC(t *testing.T) {
 	f := threeNodes(t)
 	log := slog.New(slog.DiscardHandler)
 	for name, n := range map[string]peer.Net{"an older node": dn, "memnet": mem.Net(1)} {
-		s := New(Config{Self: 1, Name: "t1", FSM: f, Net: n, Log: log})
+		s := New(Config{Self: 1, Name: "t1", FSM: f, Net: n, Log: log, OwnStreams: true})
 		for i := range 2 {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			cli := &cliStream{ctx: ctx}

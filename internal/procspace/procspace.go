@@ -60,6 +60,12 @@ type Config struct {
 	// Conns are the exec streams' own connections (transport's
 	// ExecListener); nil: this node serves exec streams over RPC only.
 	Conns net.Listener
+	// OwnStreams: relay exec streams to other nodes over connections of
+	// their own (lean.go: up to twice the bulk throughput) rather than
+	// pooled Connect streams. Each such stream opens a TLS connection
+	// (measured: about a millisecond more per remote exec): off by default
+	// until a connection carries more than one exec.
+	OwnStreams bool
 }
 
 // Space is one node's part of the process space.

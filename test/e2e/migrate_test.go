@@ -375,7 +375,7 @@ func childOf(t *testing.T, pid int) int {
 // across two moves (2 -> 3 -> home), its stdin keeps reaching it, and the
 // client exits with the job's own status.
 func TestMigrateAttached(t *testing.T) {
-	c := migrateCluster(t)
+	c := ownStreams(t) // the stream's own connections follow the moves (the RPC path: TestMigrateTerminal)
 	marker := fmt.Sprintf("ssi-attached-%d", rand.IntN(1<<30))
 	cmd := exec.Command(ssiBin, "2", "sh", "-c", `while read l; do echo "got $l"; done; echo end; exit 4; : `+marker)
 	cmd.Args[0] = "onnode"
