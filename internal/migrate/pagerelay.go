@@ -15,7 +15,6 @@ import (
 
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1/ssiv1connect"
-	"github.com/ssi-cluster/ssi/internal/peer"
 )
 
 // The page traffic of a post-copy move: CRIU's page server on the source
@@ -93,9 +92,9 @@ func (m *Migrator) PostCopy() *PostCopyService { return &PostCopyService{m: m} }
 // the page server's answers out.
 func (s *PostCopyService) Pages(ctx context.Context, st *connect.BidiStream[ssiv1.PageBytes, ssiv1.PageBytes]) error {
 	m := s.m
-	from, _, _, ok := peer.Origin(ctx, st.RequestHeader())
-	if !ok {
-		return connect.NewError(connect.CodePermissionDenied, errors.New("a cluster certificate is required"))
+	from, err := peerNode(ctx, st.RequestHeader())
+	if err != nil {
+		return err
 	}
 	first, err := st.Receive()
 	if err != nil {

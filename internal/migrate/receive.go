@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,9 +27,9 @@ import (
 // ends first, once the replicated state says the process is here).
 func (s *Service) Receive(ctx context.Context, st *connect.BidiStream[ssiv1.MigrateChunk, ssiv1.MigrateReceipt]) error {
 	m := s.m
-	from, _, _, ok := peer.Origin(ctx, st.RequestHeader())
-	if !ok {
-		return connect.NewError(connect.CodePermissionDenied, errors.New("a cluster certificate is required"))
+	from, err := peerNode(ctx, st.RequestHeader())
+	if err != nil {
+		return err
 	}
 	first, err := st.Receive()
 	if err != nil {
@@ -283,4 +284,14 @@ func (m *Migrator) checkRoot(h *ssiv1.MigrateHeader) error {
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("process %d has the cluster root at %s as its /, and node %d mounts it at %s: a job whose / is the cluster root moves only between nodes that mount it at the same path (CRIU restores its root by path; the nodes of 'ssi up' without --isolate mount it at different ones)", h.Cpid, h.Root, m.cfg.Self, here))
 	}
 	return nil
+}
+
+// peerNode is the node a member-only stream comes from (by its cluster
+// certificate).
+func peerNode(ctx context.Context, h http.Header) (uint32, error) {
+	from, _, _, ok := peer.Origin(ctx, h)
+	if !ok {
+		return 0, connect.NewError(connect.CodePermissionDenied, errors.New("a cluster certificate is required"))
+	}
+	return from, nil
 }
