@@ -67,7 +67,7 @@ type Client struct {
 	ended   chan struct{} // closed when the session that is up ends
 	pending map[uint64]chan *ssiv1.FsMessage
 	inodes  map[uint64]*fs.Inode
-	dirs    *dirCache     // directories' attributes and names (dircache.go)
+	dirs    *dirCache     // what the mount knows beyond the kernel: attributes, directories' names, missing xattrs (dircache.go)
 	heard   atomic.Int64  // unix nanoseconds of the last message from the server
 	rootID  atomic.Uint64 // the server's id of the export's root
 

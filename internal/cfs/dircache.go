@@ -146,7 +146,7 @@ func (d *dirCache) absent(id uint64, name string) bool {
 type ticket struct {
 	gen, seq uint64
 	quiet    bool     // no change of this node's was in flight
-	dirs     []uint64 // files and directories the request changes
+	ids      []uint64 // files and directories the request changes
 }
 
 // changed are the files and directories request r changes (the
@@ -181,10 +181,10 @@ func (d *dirCache) begin(r *ssiv1.FsRequest) ticket {
 			continue
 		}
 		id = d.norm(id)
-		if slices.Contains(t.dirs, id) {
+		if slices.Contains(t.ids, id) {
 			continue // a RENAME within one directory
 		}
-		t.dirs = append(t.dirs, id)
+		t.ids = append(t.ids, id)
 		delete(d.attrs, id)
 		if r.Op == ssiv1.FsOp_FS_OP_SETXATTR || r.Op == ssiv1.FsOp_FS_OP_REMOVEXATTR {
 			// Only a setxattr makes an attribute appear (a chown drops
@@ -193,7 +193,7 @@ func (d *dirCache) begin(r *ssiv1.FsRequest) ticket {
 		}
 		d.inflight[id]++
 	}
-	if len(t.dirs) > 0 {
+	if len(t.ids) > 0 {
 		d.seq++
 		d.busy++
 	}
@@ -206,7 +206,7 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	alone := true
-	for _, id := range t.dirs {
+	for _, id := range t.ids {
 		if d.inflight[id] > 1 {
 			alone = false
 		}
@@ -214,7 +214,7 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 			delete(d.inflight, id)
 		}
 	}
-	if len(t.dirs) > 0 {
+	if len(t.ids) > 0 {
 		d.busy--
 	}
 	if m != nil {
@@ -226,7 +226,7 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 	}
 	fresh := d.gen == t.gen
 	now := time.Now()
-	if len(t.dirs) == 0 {
+	if len(t.ids) == 0 {
 		// A question: its answer holds if nothing changed meanwhile.
 		if !fresh || !t.quiet || d.seq != t.seq {
 			return
@@ -240,7 +240,7 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 		return
 	}
 	if errno != 0 || m == nil || !fresh || !alone {
-		for _, id := range t.dirs {
+		for _, id := range t.ids {
 			delete(d.names, id) // what it did, or what else did, is unknown
 		}
 		return
