@@ -468,7 +468,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		}
 	}
 	step("dump", 0)
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: append([]string{statusKey}, ttyKeys...), net: nj, lazy: pc.lazy(), started: started}); err != nil {
+	if err := m.dumpFrozen(j.CPID, rj, dumpSpec{criu: criuPath, pid: init, dir: dir, freeze: paths[0], external: append([]string{statusKey}, ttyKeys...), net: nj, lazy: pc.lazy(), started: started}); err != nil {
 		// CRIU could not take this job as it is (a resource it cannot
 		// checkpoint): a refusal, not a failure of ssi.
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("node %d: process %d: %w; it goes on running here", m.cfg.Self, j.CPID, err))
@@ -634,7 +634,7 @@ func (m *Migrator) awaitLocation(ctx context.Context, cpid vproc.CPID, want uint
 // ... state D"; "Parasite failed to dump /proc/self/cgroup" on a job
 // restored a moment before). What cannot be dumped fails twice. The images
 // directory is emptied between the two.
-func (m *Migrator) dumpFrozen(rj *rexec.Job, s dumpSpec) error {
+func (m *Migrator) dumpFrozen(cpid vproc.CPID, rj *rexec.Job, s dumpSpec) error {
 	err := dump(s)
 	if err == nil || s.lazy != nil {
 		// A lazy dump's CRIU was started for one dump (and the target
@@ -642,7 +642,7 @@ func (m *Migrator) dumpFrozen(rj *rexec.Job, s dumpSpec) error {
 		return err
 	}
 	s.started = nil // used
-	m.log.Warn("CRIU could not dump the job; thawing, freezing and trying once more", "err", err)
+	m.log.Warn("CRIU could not dump the job; thawing, freezing and trying once more", "cpid", cpid, "err", err)
 	if terr := rj.Thaw(); terr != nil {
 		return errors.Join(err, terr)
 	}

@@ -180,7 +180,7 @@ func (s *Service) Checkpoint(ctx context.Context, req *connect.Request[ssiv1.Che
 			}
 		}
 	}()
-	if err := m.dumpFrozen(rj, dumpSpec{criu: criuPath, pid: init, dir: q.Dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
+	if err := m.dumpFrozen(cpid, rj, dumpSpec{criu: criuPath, pid: init, dir: q.Dir, freeze: paths[0], external: []string{statusKey}}); err != nil {
 		return nil, refused("node %d: process %d: %w; it goes on running", m.cfg.Self, cpid, err)
 	}
 	dumped := time.Since(frozen)

@@ -283,7 +283,11 @@ func (cg *cgroup) procs() ([]int, error) {
 
 // waitFor polls until cond holds or cgroupTimeout passes.
 func waitFor(what string, cond func() (bool, error)) error {
-	deadline := time.Now().Add(cgroupTimeout)
+	return waitUntil(time.Now().Add(cgroupTimeout), what, cond)
+}
+
+// waitUntil polls until cond holds or the deadline passes.
+func waitUntil(deadline time.Time, what string, cond func() (bool, error)) error {
 	for delay := 100 * time.Microsecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		ok, err := cond()
 		if err != nil || ok {
@@ -294,35 +298,6 @@ func waitFor(what string, cond func() (bool, error)) error {
 		}
 		time.Sleep(delay)
 	}
-}
-
-// setFrozen freezes or thaws every process of the cgroup and waits until
-// the kernel reports it done.
-func (cg *cgroup) setFrozen(frozen bool) error {
-	if cg.v2 {
-		val, want := "0", "frozen 0"
-		if frozen {
-			val, want = "1", "frozen 1"
-		}
-		if err := cg.write(cg.dirs[0], "cgroup.freeze", val); err != nil {
-			return err
-		}
-		return waitFor("freezing", func() (bool, error) {
-			ev, err := cg.read("cgroup.events")
-			return strings.Contains(ev, want), err
-		})
-	}
-	state := "THAWED"
-	if frozen {
-		state = "FROZEN"
-	}
-	if err := cg.write(cg.dirs[0], "freezer.state", state); err != nil {
-		return err
-	}
-	return waitFor(strings.ToLower(state), func() (bool, error) {
-		s, err := cg.read("freezer.state")
-		return strings.TrimSpace(s) == state, err
-	})
 }
 
 // kill sends SIGKILL to every process in the cgroup, including ones forked
