@@ -4,10 +4,11 @@
 // GET /bulk?bytes=N sends N bytes, GET /healthz answers ok.
 // "cvipbackend get URL N" is the client: N requests, each on a new
 // connection, then one line of JSON counting the answers by body
-// (failures as "error"). "cvipbackend hold HOST:PORT N" opens N
-// connections and sends a request on each, then again on the same
-// connections for every line it reads, printing a JSON array of the
-// answers (or errors) each time: whether connections survive a change.
+// (failures as "error"). "cvipbackend hold HOST:PORT N [FIRSTPORT]" opens
+// N connections (from local ports FIRSTPORT, FIRSTPORT+1, ... if given)
+// and sends a request on each, then again on the same connections for
+// every line it reads, printing a JSON array of the answers (or errors)
+// each time: whether connections survive a change.
 package main
 
 import (
@@ -45,7 +46,7 @@ func get(url string, n int) {
 	_ = json.NewEncoder(os.Stdout).Encode(counts)
 }
 
-func hold(addr string, n int) {
+func hold(addr string, n, first int) {
 	type conn struct {
 		c   net.Conn
 		r   *bufio.Reader
@@ -53,7 +54,11 @@ func hold(addr string, n int) {
 	}
 	conns := make([]*conn, n)
 	for i := range conns {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		d := net.Dialer{Timeout: time.Second}
+		if first > 0 {
+			d.LocalAddr = &net.TCPAddr{Port: first + i}
+		}
+		c, err := d.Dial("tcp", addr)
 		conns[i] = &conn{c: c, err: err}
 		if err == nil {
 			conns[i].r = bufio.NewReader(c)
@@ -92,12 +97,18 @@ func hold(addr string, n int) {
 }
 
 func main() {
-	if len(os.Args) == 4 && os.Args[1] == "hold" {
+	if (len(os.Args) == 4 || len(os.Args) == 5) && os.Args[1] == "hold" {
 		n, err := strconv.Atoi(os.Args[3])
 		if err != nil || n < 1 || n > 1000 {
-			log.Fatalf("hold HOST:PORT N: N must be 1..1000")
+			log.Fatalf("hold HOST:PORT N [FIRSTPORT]: N must be 1..1000")
 		}
-		hold(os.Args[2], n)
+		first := 0
+		if len(os.Args) == 5 {
+			if first, err = strconv.Atoi(os.Args[4]); err != nil || first < 1 || first+n > 65536 {
+				log.Fatalf("hold HOST:PORT N [FIRSTPORT]: FIRSTPORT must be 1..%d", 65536-n)
+			}
+		}
+		hold(os.Args[2], n, first)
 		return
 	}
 	if len(os.Args) == 4 && os.Args[1] == "get" {

@@ -100,11 +100,12 @@ type held struct {
 	asked bool // the first round needs no asking
 }
 
-// hold opens n connections to addr from the client namespace and sends a
-// request on each; round sends one more on each and returns the answers.
-func (e *cvipEnv) hold(addr string, n int) *held {
+// hold opens n connections to addr from the client namespace (local ports
+// firstPort, firstPort+1, ...) and sends a request on each; round sends
+// one more on each and returns the answers.
+func (e *cvipEnv) hold(addr string, n, firstPort int) *held {
 	e.t.Helper()
-	in, out := startPiped(e.t, exec.Command("ip", "netns", "exec", e.client, e.backend, "hold", addr, fmt.Sprint(n)))
+	in, out := startPiped(e.t, exec.Command("ip", "netns", "exec", e.client, e.backend, "hold", addr, fmt.Sprint(n), fmt.Sprint(firstPort)))
 	return &held{t: e.t, in: in, out: out}
 }
 
@@ -276,8 +277,14 @@ func TestCvip(t *testing.T) {
 	e.MustCLI(1, "ssi", "cvip", "add", vip+":83", "--nodes", "3,2", "--target-port", "8080", "--sched", "sh")
 	e.ready(2, vip+":82/tcp", "nftables", 2, 3)
 	e.ready(2, vip+":83/tcp", "nftables", 2, 3)
-	sh, sh2 := e.hold(vip+":82", 6), e.hold(vip+":83", 6)
-	rr := e.hold(vip+":80", 6)
+	// The held connections use local ports below the ephemeral range, so
+	// that no connection the test makes later shares one: the client's
+	// kernel gives an in-use port to a connection to another destination,
+	// which after the SNAT to the VIP is the same 4-tuple at the backend,
+	// and the new director, not knowing the held one yet, would take it
+	// (docs/CVIP.md, "What survives a director failover").
+	sh, sh2 := e.hold(vip+":82", 6, 20000), e.hold(vip+":83", 6, 20100)
+	rr := e.hold(vip+":80", 6, 20200)
 	shBefore, sh2Before, rrBefore := sh.round(), sh2.round(), rr.round()
 	if shBefore[0] == sh2Before[0] {
 		t.Fatalf("the two sh VIPs sent the client to the same backend (%s)", shBefore[0])
