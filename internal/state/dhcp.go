@@ -3,7 +3,6 @@ package state
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -118,12 +117,10 @@ func (c *Cluster) SortedLeases() []Lease {
 	return out
 }
 
-var ifaceNameRE = regexp.MustCompile(`^[A-Za-z0-9_.:@-]{1,15}$`)
-
 // ValidateDHCPConfig checks a DHCP configuration. An enabled one needs an
 // interface and a netmask.
 func ValidateDHCPConfig(d DHCPConfig) error {
-	if d.Interface != "" && (!ifaceNameRE.MatchString(d.Interface) || d.Interface == "." || d.Interface == "..") {
+	if d.Interface != "" && (!ifaceNameOK(d.Interface) || d.Interface == "." || d.Interface == "..") {
 		return Errorf(CodeInvalid, "DHCP interface %q is not a network interface name (at most 15 letters, digits and '-', '_', '.', ':', '@')", d.Interface)
 	}
 	if d.Netmask != "" {
@@ -250,4 +247,19 @@ func applyRecordLease(c *Cluster, cmd RecordLease) error {
 	}
 	c.Leases[mac] = &l
 	return nil
+}
+
+// ifaceNameOK says whether s could be a Linux interface name: 1 to 15
+// letters, digits and _.:@- (IFNAMSIZ less the NUL).
+func ifaceNameOK(s string) bool {
+	if len(s) == 0 || len(s) > 15 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("_.:@-", c) >= 0) {
+			return false
+		}
+	}
+	return true
 }
