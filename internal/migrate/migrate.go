@@ -396,6 +396,13 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 			report(&ssiv1.MigrateProgress{Phase: phase, Bytes: bytes, ElapsedUs: time.Since(start).Microseconds()})
 		}
 	}
+	// Until the move settles, signals for the job wait (procs.AwaitMove):
+	// then they reach the thawed job here, or the node it runs on.
+	settle, err := m.cfg.Jobs.Moving(j)
+	if err != nil {
+		return nil, m.jobsError(err)
+	}
+	defer settle(false) // no-op once it moved
 	rj := j.Process()
 	init := rj.InitPid()
 	paths := rj.CgroupPaths()
@@ -525,6 +532,7 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		return nil, m.fail(fmt.Errorf("recording that process %d moved to node %d: %w", j.CPID, to.Num, err))
 	}
 	committed = true
+	settle(true)
 	pc.commit()
 	m.awaitLocation(ctx, j.CPID, to.Num)
 	nj.leave()

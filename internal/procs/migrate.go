@@ -1,10 +1,12 @@
 package procs
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/ssi-cluster/ssi/internal/rexec"
@@ -41,6 +43,57 @@ func (m *Manager) Movable(cpid vproc.CPID, c Caller) (*Job, error) {
 
 // ErrNotMovable: the job cannot be migrated (pinned, not isolated, ...).
 var ErrNotMovable = fmt.Errorf("cannot migrate")
+
+// Moving marks j as being moved until settle is called, with moved true
+// once the move committed (the job runs on the other node from then on,
+// even while this copy still serves its pages) or false if it failed.
+// Meanwhile AwaitMove holds signals back: one that reached the frozen copy
+// after its dump would be lost with it.
+// A job already being moved, or moved, is refused (ErrNotMovable).
+func (m *Manager) Moving(j *Job) (settle func(moved bool), err error) {
+	ch := make(chan struct{})
+	m.mu.Lock()
+	busy := j.moving != nil || j.moved.Load()
+	if !busy {
+		j.moving = ch
+	}
+	m.mu.Unlock()
+	if busy {
+		return nil, fmt.Errorf("%w: process %d is being moved already", ErrNotMovable, j.CPID)
+	}
+	var once sync.Once
+	return func(moved bool) {
+		once.Do(func() {
+			if moved {
+				j.moved.Store(true)
+			}
+			m.mu.Lock()
+			if j.moving == ch {
+				j.moving = nil
+			}
+			m.mu.Unlock()
+			close(ch)
+		})
+	}, nil
+}
+
+// AwaitMove returns once no move of job cpid is under way on this node (at
+// once if none is), or when ctx ends.
+func (m *Manager) AwaitMove(ctx context.Context, cpid vproc.CPID) {
+	m.mu.Lock()
+	var ch chan struct{}
+	if j, ok := m.jobs[cpid]; ok {
+		ch = j.moving
+	}
+	m.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+}
 
 // MoveOut forgets a job whose copy runs on another node now and ends this
 // copy: its end is not recorded as the job's.

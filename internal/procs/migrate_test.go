@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -78,4 +79,57 @@ func TestMovable(t *testing.T) {
 	for _, x := range []*Job{att, pinned} {
 		_ = x.Process().Discard()
 	}
+}
+
+// While a job is being moved, AwaitMove holds a signal back until the move
+// settles: a failed move lets it reach the job here; a committed one makes
+// this node say the job is elsewhere (the caller asks the node it runs on).
+// A second move of the same job is refused while one is under way.
+func TestMovingHoldsSignalsBack(t *testing.T) {
+	m := newManager(t)
+	me := Caller{UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	ctx := context.Background()
+	j, err := m.Start(ctx, StartRequest{Argv: []string{"sleep", "100"}, Env: []string{"PATH=/usr/bin:/bin"}, Caller: me, Detach: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.AwaitMove(ctx, j.CPID) // no move: at once
+
+	settle, err := m.Moving(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Moving(j); !errors.Is(err, ErrNotMovable) {
+		t.Errorf("a second move while one is under way: %v, want ErrNotMovable", err)
+	}
+	released := make(chan struct{})
+	go func() { m.AwaitMove(ctx, j.CPID); close(released) }()
+	select {
+	case <-released:
+		t.Fatal("AwaitMove returned while the move is under way")
+	case <-time.After(50 * time.Millisecond):
+	}
+	short, cancel := context.WithCancel(ctx)
+	cancel()
+	m.AwaitMove(short, j.CPID) // a caller that gives up is let go
+	settle(false)
+	<-released
+	if err := m.Signal(j.CPID, syscall.SIGCONT, me); err != nil {
+		t.Errorf("signal after a failed move: %v", err)
+	}
+
+	settle, err = m.Moving(j)
+	if err != nil {
+		t.Fatalf("a new move after a failed one: %v", err)
+	}
+	settle(true)
+	settle(false) // once settled, it stays so
+	if err := m.Signal(j.CPID, syscall.SIGTERM, me); !errors.Is(err, ErrNoSuchProcess) {
+		t.Errorf("signal after the move committed: %v, want ErrNoSuchProcess (it runs elsewhere)", err)
+	}
+	if _, err := m.Moving(j); !errors.Is(err, ErrNotMovable) {
+		t.Errorf("moving a job that moved away: %v", err)
+	}
+	_ = j.Process().Signal(syscall.SIGKILL) // a plain job (no cgroup to discard)
+	<-j.Done()
 }

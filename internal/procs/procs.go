@@ -146,7 +146,8 @@ type Job struct {
 
 	net    JobNet // its own network (--net), or nil
 	job    *rexec.Job
-	moved  atomic.Bool // its copy runs on another node now (MoveOut)
+	moved  atomic.Bool // its copy runs on another node now (MoveOut, or the move's commit)
+	moving chan struct{} // closed when the move under way settles; guarded by Manager.mu
 	done   chan struct{}
 	status rexec.Status
 	err    error
@@ -446,6 +447,11 @@ func (m *Manager) Signal(cpid vproc.CPID, sig syscall.Signal, c Caller) error {
 	}
 	if !c.May(j.UID) {
 		return fmt.Errorf("%w: process %d belongs to uid %d", ErrNotOwner, cpid, j.UID)
+	}
+	if j.moved.Load() {
+		// The copy that ends here would swallow it: the caller asks
+		// the node the job runs on now.
+		return fmt.Errorf("%w: %d runs on another node now", ErrNoSuchProcess, cpid)
 	}
 	select {
 	case <-j.done:

@@ -181,10 +181,12 @@ func (c *Control) route(ctx context.Context, cpid int64) (uint32, *state.Node, s
 // Signal signals a process of this node.
 func (p *Service) Signal(ctx context.Context, req *connect.Request[ssiv1.SignalRequest]) (*connect.Response[ssiv1.SignalResponse], error) {
 	s := p.s
-	// A job that is moving: the signal goes where the move leaves it
-	// (after a commit, this node no longer has it, and Control.Signal
-	// asks the node that has).
+	// A job that is moving (attached: its stream; detached: the job
+	// table's mark): the signal goes where the move leaves it (after a
+	// commit, this node no longer has it, and Control.Signal asks the
+	// node that has).
 	s.AwaitMove(ctx, vproc.CPID(req.Msg.Cpid))
+	s.cfg.Jobs.AwaitMove(ctx, vproc.CPID(req.Msg.Cpid))
 	if err := s.cfg.Jobs.Signal(vproc.CPID(req.Msg.Cpid), syscall.Signal(req.Msg.Signal), procs.Caller{UID: req.Msg.Uid}); err != nil {
 		return nil, s.procsError(err)
 	}
