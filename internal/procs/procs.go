@@ -146,7 +146,7 @@ type Job struct {
 
 	net    JobNet // its own network (--net), or nil
 	job    *rexec.Job
-	moved  atomic.Bool // its copy runs on another node now (MoveOut, or the move's commit)
+	moved  atomic.Bool   // its copy runs on another node now (MoveOut, or the move's commit)
 	moving chan struct{} // closed when the move under way settles; guarded by Manager.mu
 	done   chan struct{}
 	status rexec.Status
