@@ -29,14 +29,26 @@ type Config struct {
 	// (procs.Manager.Has): an address recorded here for a job this node
 	// does not run (its daemon restarted) is released.
 	Running func(vproc.CPID) bool
+	// InitPid is the host PID of job cpid's init on this node, 0 if it
+	// does not run here (its network namespace is that process's).
+	InitPid func(vproc.CPID) int
 	Log     *slog.Logger
 }
 
 // Manager is one node's part: giving its jobs their network, releasing
-// addresses, and (while leading) releasing those of DOWN nodes.
+// addresses, fencing them while no leader is known, and (while leading)
+// releasing those of DOWN nodes.
 type Manager struct {
 	cfg Config
 	log *slog.Logger
+
+	// Fencing (fence.go), touched only by Run's goroutine.
+	leaderKnown func() bool
+	caughtUp    func() error // this node's state has what the leader committed
+	setUp       func(pid int, up bool) error
+	announce    func(pid int, ip netip.Addr) error
+	leaderSeen  time.Time
+	fenced      map[int64]netip.Addr // jobs whose link this node took down
 }
 
 // New returns the node's manager and registers its leader duty.
@@ -44,9 +56,20 @@ func New(cfg Config) *Manager {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log}
+	m := &Manager{cfg: cfg, log: cfg.Log, setUp: SetUp, announce: Announce, leaderSeen: time.Now(), fenced: map[int64]netip.Addr{}}
+	m.leaderKnown = func() bool { return true }
+	m.caughtUp = func() error { return nil }
 	if cfg.Leader != nil {
 		cfg.Leader.OnLeading(m.releaseDown)
+		m.leaderKnown = func() bool { return cfg.Leader.LeaderNum() != 0 }
+		m.caughtUp = func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			return cfg.Leader.ReadBarrier(ctx)
+		}
+	}
+	if m.cfg.InitPid == nil {
+		m.cfg.InitPid = func(vproc.CPID) int { return 0 }
 	}
 	return m
 }
@@ -139,7 +162,8 @@ const startGrace = 30 * time.Second
 // job it does not run, and the leader for those of DOWN nodes.
 const sweepEvery = 2 * time.Second
 
-// Run releases, until ctx ends, the addresses recorded on this node for
+// Run fences this node's --net jobs while no leader is known (fence.go)
+// and releases, until ctx ends, the addresses recorded on this node for
 // jobs it does not run (a daemon that restarted ended its old jobs): a job
 // found missing at two sweeps in a row, whose address was given more than
 // startGrace ago (a job starting here is in the process table only once
@@ -148,11 +172,16 @@ const sweepEvery = 2 * time.Second
 func (m *Manager) Run(ctx context.Context) {
 	t := time.NewTicker(sweepEvery)
 	defer t.Stop()
+	f := time.NewTicker(fenceEvery)
+	defer f.Stop()
 	missing := map[int64]netip.Addr{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-f.C:
+			m.fence(time.Now())
+			continue
 		case <-t.C:
 		}
 		now := map[int64]netip.Addr{}
@@ -191,23 +220,38 @@ func (m *Manager) releaseDown(ctx context.Context, _ uint32) {
 		case <-t.C:
 		}
 		cl := m.cfg.FSM.Cluster()
-		for _, a := range DownAddrs(cl) {
+		for _, a := range DownAddrs(cl, time.Now()) {
 			m.release(a, fmt.Sprintf("node %d is DOWN", a.Node))
 		}
 	}
 }
 
-// DownAddrs are the addresses held by jobs recorded on a node that is
-// DOWN or gone from the node table.
-func DownAddrs(cl *state.Cluster) []state.NetAddr {
+// DownAddrs are the addresses held by jobs recorded on a node that has
+// been DOWN for releaseDownAfter at now, or is gone from the node table.
+func DownAddrs(cl *state.Cluster, now time.Time) []state.NetAddr {
 	var out []state.NetAddr
 	for _, a := range cl.NetAddrList() {
-		if n, ok := cl.Nodes[a.Node]; !ok || n.State == state.Down {
+		if n, ok := cl.Nodes[a.Node]; !ok || n.State == state.Down && now.Sub(n.StateSince) >= releaseDownAfter {
 			out = append(out, a)
 		}
 	}
 	return out
 }
+
+// releaseDownAfter is how long a node is DOWN before the leader gives its
+// jobs' addresses back to the pool: longer than a node cut off by a
+// partition takes to fence them (fenceAfter, from its last sight of a
+// leader, which comes before the majority's DOWN, plus a sweep), so that
+// no address answers on both sides.
+const releaseDownAfter = 3 * fenceAfter
+
+// fenceAfter is how long a node keeps its --net jobs' links up without
+// knowing a Raft leader. A node cut off from the majority cannot learn
+// that it was declared DOWN and its jobs' addresses given again; after
+// this it takes their links down (the jobs run on, unreachable), and puts
+// back up, once a leader is known again, those whose address is still
+// theirs. Longer than an election (as cvip's, for the same reason).
+const fenceAfter = 5 * time.Second
 
 // Control serves JobNet on the control socket.
 func (m *Manager) Control() *Control { return &Control{m: m} }

@@ -25,7 +25,7 @@ func TestDownAddrsAreThoseOfDownOrRemovedNodes(t *testing.T) {
 		},
 	}
 	var got []int64
-	for _, a := range DownAddrs(cl) {
+	for _, a := range DownAddrs(cl, time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)) {
 		got = append(got, a.CPID)
 	}
 	if want := []int64{2000001, 4000001, 1000002}; !reflect.DeepEqual(got, want) {

@@ -329,3 +329,30 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 	}()
 	return <-errc
 }
+
+// SetUp sets Iface in the network namespace of process pid up or down.
+func SetUp(pid int, up bool) error {
+	ns, err := nsOf(pid)
+	if err != nil {
+		return err
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return fmt.Errorf("netlink in the job's namespace: %w", err)
+	}
+	defer h.Close()
+	link, err := h.LinkByName(Iface)
+	if err != nil {
+		return fmt.Errorf("the job's %s: %w", Iface, err)
+	}
+	if up {
+		err = h.LinkSetUp(link)
+	} else {
+		err = h.LinkSetDown(link)
+	}
+	if err != nil {
+		return fmt.Errorf("setting the job's %s up=%v: %w", Iface, up, err)
+	}
+	return nil
+}

@@ -128,7 +128,7 @@ func wire(w wiring) *parts {
 	w.cfs.Net, w.cfs.FSM, w.cfs.Leader, w.cfs.Log = w.net, w.fsm, p.leader, w.log
 	p.cfs = cfs.New(w.cfs)
 	w.jobs.SetJobRoot(p.cfs.JobRoot)
-	p.jobnet = jobnet.New(jobnet.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Running: w.jobs.Has, Log: w.log})
+	p.jobnet = jobnet.New(jobnet.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Running: w.jobs.Has, InitPid: w.jobs.InitPid, Log: w.log})
 	w.jobs.SetNet(p.jobnet.Prepare)
 	p.mig = migrate.New(migrate.Config{Self: w.self, FSM: w.fsm, Leader: p.leader, Net: w.net, Jobs: w.jobs, Streams: p.space, Placer: p.place, Loads: p.place, DataDir: w.dataDir, CRIU: w.criu, JobRoot: p.cfs.JobRoot, JobNet: p.jobnet, PostCopyAbove: w.pcAbove, Log: w.log})
 	p.cvip = cvip.New(cvip.Config{Self: w.self, SelfIP: w.ip, FSM: w.fsm, Leader: p.leader, Net: w.net, Loads: p.place, Leaving: p.mem.Leaving, Log: w.log})

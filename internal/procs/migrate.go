@@ -159,6 +159,21 @@ func (m *Manager) Has(cpid vproc.CPID) bool {
 	return err == nil
 }
 
+// InitPid is the host PID of the init of job cpid on this node, 0 if the
+// job does not run here (ended, moved away, or has no init of its own).
+func (m *Manager) InitPid(cpid vproc.CPID) int {
+	j, err := m.get(cpid)
+	if err != nil || j.moved.Load() {
+		return 0
+	}
+	select {
+	case <-j.done:
+		return 0
+	default:
+	}
+	return j.job.InitPid()
+}
+
 // Running lists the cluster PIDs of this node's jobs that have not ended.
 func (m *Manager) Running() []vproc.CPID {
 	m.mu.Lock()

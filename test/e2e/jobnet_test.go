@@ -345,10 +345,11 @@ func TestJobNet(t *testing.T) {
 		t.Errorf("the new job at the freed address: %q", got)
 	}
 	// A node that dies takes its jobs with it (a, moved there, and d):
-	// once it is DOWN the leader gives their addresses back to the pool.
+	// 15 s after it is DOWN (once it would have fenced them, had it been
+	// cut off rather than dead) the leader gives their addresses back.
 	e.Kill(3)
 	e.WaitState([]int{1, 2}, 3, "DOWN", 15*time.Second)
-	Eventually(t, 15*time.Second, func() string {
+	Eventually(t, 35*time.Second, func() string {
 		for _, cpid := range []string{a, d} {
 			if ip, _, _ := e.addrOf(cpid); ip != "" {
 				return fmt.Sprintf("%s of %s, a job of the DOWN node, is still held", ip, cpid)
