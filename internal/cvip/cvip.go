@@ -223,6 +223,24 @@ func (s *Service) mine(c *state.Cluster) map[string]*state.VIP {
 	if s.cfg.Leader != nil {
 		if s.cfg.Leader.LeaderNum() != 0 {
 			s.leaderSeen = time.Now()
+			if s.fenced {
+				// Back from a cut: this node's copy of the state still
+				// names it director until it has applied what the
+				// majority decided meanwhile; taking the address (and
+				// announcing it) on that stale copy would pull the
+				// clients away from the new director.
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				err := s.cfg.Leader.ReadBarrier(ctx)
+				cancel()
+				if err != nil {
+					s.log.Warn("cvip: a leader is known again, but this node has not caught up with it yet; it directs nothing for now", "err", err)
+					return out
+				}
+				s.log.Info("cvip: a leader is known again and this node has caught up: directing what the state gives it")
+				s.fenced = false
+				s.poke() // the next round reads the state as of the barrier
+				return out
+			}
 		} else if time.Since(s.leaderSeen) > fenceAfter {
 			if !s.fenced {
 				s.log.Warn("cvip: no leader known for a while; letting go of the VIPs this node directs (another node may have been elected)", "after", fenceAfter)

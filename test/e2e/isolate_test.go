@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -108,4 +109,47 @@ func isolatePrefix(t *testing.T, dir string) string {
 	}
 	rest := s[i+len(`"prefix":"`):]
 	return rest[:strings.IndexByte(rest, '"')]
+}
+
+// cutOff blocks traffic between node k of an --isolate cluster of n nodes
+// and the others (blackhole routes both ways in their namespaces, for the
+// nodes' addresses .0.K of subnet); the returned function heals it (the
+// test's cleanup does too). Clients on the bridge still reach node k.
+func cutOff(t *testing.T, prefix string, subnet netip.Prefix, k, n int) (heal func()) {
+	t.Helper()
+	host := func(j int) string {
+		a := subnet.Addr().As4()
+		a[2], a[3] = 0, byte(j)
+		return netip.AddrFrom4(a).String()
+	}
+	var undo [][]string
+	route := func(from, to int) {
+		args := []string{"-n", fmt.Sprintf("%s-n%d", prefix, from), "route", "add", "blackhole", host(to) + "/32"}
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v: %s", args, err, out)
+		}
+		del := append([]string{}, args...)
+		del[3] = "del"
+		undo = append(undo, del)
+	}
+	for o := 1; o <= n; o++ {
+		if o != k {
+			route(k, o)
+			route(o, k)
+		}
+	}
+	healed := false
+	heal = func() {
+		if healed {
+			return
+		}
+		healed = true
+		for _, args := range undo {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Errorf("ip %v: %v: %s", args, err, out)
+			}
+		}
+	}
+	t.Cleanup(heal)
+	return heal
 }

@@ -10,44 +10,6 @@ import (
 	"time"
 )
 
-// cut blocks traffic between node k and the other nodes (blackhole routes
-// both ways in their namespaces); the returned function heals it. Clients
-// on the bridge still reach node k and its jobs.
-func (e *jobNetEnv) cut(k int) (heal func()) {
-	e.t.Helper()
-	var undo [][]string
-	route := func(from, to int) {
-		args := []string{"-n", fmt.Sprintf("%s-n%d", e.prefix, from), "route", "add", "blackhole", e.host(0, byte(to)).String() + "/32"}
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			rt, _ := exec.Command("ip", "-n", args[1], "route", "show", "table", "all").CombinedOutput()
-			e.t.Fatalf("ip %v: %v: %s\n%s", args, err, out, rt)
-		}
-		del := append([]string{}, args...)
-		del[3] = "del"
-		undo = append(undo, del)
-	}
-	for o := 1; o <= 3; o++ {
-		if o != k {
-			route(k, o)
-			route(o, k)
-		}
-	}
-	healed := false
-	heal = func() {
-		if healed {
-			return
-		}
-		healed = true
-		for _, args := range undo {
-			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-				e.t.Errorf("ip %v: %v: %s", args, err, out)
-			}
-		}
-	}
-	e.t.Cleanup(heal)
-	return heal
-}
-
 // tryHello is hello that returns the failure instead of failing the test.
 func (e *jobNetEnv) tryHello(addr string) string {
 	out, err := exec.Command("ip", "netns", "exec", e.client, e.echo, "hello", addr).CombinedOutput()
@@ -80,7 +42,7 @@ func TestJobNetFence(t *testing.T) {
 	}
 
 	t.Log("cutting node 3 off (short)")
-	heal := e.cut(3)
+	heal := cutOff(t, e.prefix, e.subnet, 3, 3)
 	Eventually(t, 30*time.Second, func() string {
 		if got := e.tryHello(addr); !strings.HasPrefix(got, "error") {
 			return fmt.Sprintf("the job on the cut-off node still answers: %q", got)
@@ -100,7 +62,7 @@ func TestJobNetFence(t *testing.T) {
 	}
 
 	t.Log("cutting node 3 off (long)")
-	heal = e.cut(3)
+	heal = cutOff(t, e.prefix, e.subnet, 3, 3)
 	e.WaitState([]int{e.via}, 3, "DOWN", 30*time.Second)
 	Eventually(t, 60*time.Second, func() string {
 		if ip, _, _ := e.addrOf(job); ip != "" {
