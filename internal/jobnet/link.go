@@ -262,6 +262,21 @@ func withNft(pid int, fn func(*nftables.Conn) error) error {
 // a target copy that was not committed) must not answer for its address
 // any more.
 func Detach(pid int) error {
+	err := withIface(pid, func(h *netlink.Handle, link netlink.Link) error {
+		if err := h.LinkDel(link); err != nil {
+			return fmt.Errorf("deleting the job's %s: %w", Iface, err)
+		}
+		return nil
+	})
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil
+	}
+	return err
+}
+
+// withIface runs fn on Iface of the network namespace of process pid.
+func withIface(pid int, fn func(*netlink.Handle, netlink.Link) error) error {
 	ns, err := nsOf(pid)
 	if err != nil {
 		return err
@@ -274,16 +289,9 @@ func Detach(pid int) error {
 	defer h.Close()
 	link, err := h.LinkByName(Iface)
 	if err != nil {
-		var nf netlink.LinkNotFoundError
-		if errors.As(err, &nf) {
-			return nil
-		}
 		return fmt.Errorf("the job's %s: %w", Iface, err)
 	}
-	if err := h.LinkDel(link); err != nil {
-		return fmt.Errorf("deleting the job's %s: %w", Iface, err)
-	}
-	return nil
+	return fn(h, link)
 }
 
 // Announce broadcasts a gratuitous ARP for ip from Iface in the network
@@ -332,27 +340,14 @@ func inNetns(ns netns.NsHandle, fn func() error) error {
 
 // SetUp sets Iface in the network namespace of process pid up or down.
 func SetUp(pid int, up bool) error {
-	ns, err := nsOf(pid)
-	if err != nil {
-		return err
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return fmt.Errorf("netlink in the job's namespace: %w", err)
-	}
-	defer h.Close()
-	link, err := h.LinkByName(Iface)
-	if err != nil {
-		return fmt.Errorf("the job's %s: %w", Iface, err)
-	}
-	if up {
-		err = h.LinkSetUp(link)
-	} else {
-		err = h.LinkSetDown(link)
-	}
-	if err != nil {
-		return fmt.Errorf("setting the job's %s up=%v: %w", Iface, up, err)
-	}
-	return nil
+	return withIface(pid, func(h *netlink.Handle, link netlink.Link) error {
+		set := h.LinkSetDown
+		if up {
+			set = h.LinkSetUp
+		}
+		if err := set(link); err != nil {
+			return fmt.Errorf("setting the job's %s up=%v: %w", Iface, up, err)
+		}
+		return nil
+	})
 }
