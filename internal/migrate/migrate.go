@@ -534,7 +534,6 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 	committed = true
 	settle(true)
 	pc.commit()
-	m.awaitLocation(ctx, j.CPID, to.Num)
 	nj.leave()
 	if pc == nil {
 		m.moveOut(j, to.Num)
@@ -548,6 +547,9 @@ func (m *Migrator) moveOnce(ctx context.Context, j *procs.Job, to *state.Node, c
 		m.log.Warn("the target did not confirm that the process runs", "cpid", j.CPID, "to", to.Num, "err", err)
 	}
 	ph.FreezeUs = time.Since(frozen).Microseconds()
+	// Not on the frozen path: the job runs on the target already, and a
+	// signal that reaches this node meanwhile is sent on (settle above).
+	m.awaitLocation(ctx, j.CPID, to.Num)
 	if pc != nil {
 		// The job runs on the target; its pages leave from here until
 		// the target has them all, and only then does this copy end.
