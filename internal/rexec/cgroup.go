@@ -100,6 +100,9 @@ func readHierarchies() (hierarchies, error) {
 type cgroup struct {
 	v2   bool
 	dirs []string
+	// freezeTimeout bounds a freeze or a thaw (0: cgroupTimeout; tests
+	// of a freeze that cannot finish shorten it).
+	freezeTimeout time.Duration
 }
 
 // errNoCgroups: no hierarchy with a freezer is mounted.
@@ -310,16 +313,19 @@ func (cg *cgroup) kill() error {
 		// cgroup.kill needs Linux 5.14; fall through to the v1 way.
 	}
 	// Frozen processes cannot fork, so one pass over the list reaches all
-	// of them; they die when thawed.
-	if err := cg.setFrozen(true); err != nil {
-		return err
-	}
+	// of them; they die when thawed. A freeze that does not finish (a
+	// process in uninterruptible sleep, one that never leaves a vfork)
+	// still gets them killed, less surely: it is said.
+	ferr := cg.setFrozen(true)
 	pids, err := cg.procs()
 	for _, p := range pids {
 		_ = syscall.Kill(p, syscall.SIGKILL)
 	}
 	if terr := cg.setFrozen(false); err == nil {
 		err = terr
+	}
+	if ferr != nil {
+		err = errors.Join(fmt.Errorf("killing without a complete freeze (a process it forks meanwhile may survive): %w", ferr), err)
 	}
 	return err
 }

@@ -84,10 +84,14 @@ func freezer(table, selfCgroup string) (string, error) {
 // setFrozen freezes or thaws every process of the cgroup and waits until
 // the kernel reports it done.
 func (cg *cgroup) setFrozen(frozen bool) error {
-	if frozen {
-		return cg.freeze(time.Now().Add(cgroupTimeout))
+	limit := cg.freezeTimeout
+	if limit == 0 {
+		limit = cgroupTimeout
 	}
-	return cg.thaw(time.Now().Add(cgroupTimeout))
+	if frozen {
+		return cg.freeze(time.Now().Add(limit))
+	}
+	return cg.thaw(time.Now().Add(limit))
 }
 
 // freeze freezes the cgroup, with no process of it caught between vfork

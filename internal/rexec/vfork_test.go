@@ -2,6 +2,7 @@ package rexec
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,6 +100,63 @@ func TestFreezeWaitsOutAVfork(t *testing.T) {
 				t.Errorf("only %d of 20 freezes started with a vfork child in the job", caught)
 			}
 			_ = j.Signal(syscall.SIGKILL)
+			wait(t, j)
+		})
+	}
+}
+
+// stuckVfork's child never execs: a freeze can never find it out of the
+// window.
+const stuckVfork = `#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+	printf("ready\n");
+	fflush(stdout);
+	if (vfork() == 0) {
+		for (;;)
+			pause();
+	}
+	return 0;
+}
+`
+
+// A job whose vfork child never execs cannot be frozen for a checkpoint
+// (the freeze says so within its bound), and is still killed whole when it
+// is discarded: under the v1 freezer the kill used to give up at the
+// freeze and leave every process alive.
+func TestDiscardKillsAJobStuckInAVfork(t *testing.T) {
+	needRoot(t)
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "stuck")
+	if err := os.WriteFile(prog+".c", []byte(stuckVfork), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cc", "-O2", "-o", prog, prog+".c").CombinedOutput(); err != nil {
+		t.Fatalf("compile the test program: %v\n%s", err, out)
+	}
+	for _, v2 := range cgroupVersions(t) {
+		t.Run(map[bool]string{false: "v1", true: "v2"}[v2], func(t *testing.T) {
+			withCgroupVersion(t, v2)
+			j := start(t, modes[2].spec(t, prog))
+			j.cg.freezeTimeout = time.Second // it cannot finish: no need to wait 10 s
+			if line, _ := bufio.NewReader(j.Stdout()).ReadString('\n'); line != "ready\n" {
+				t.Fatalf("output %q", line)
+			}
+			eventually(t, "the vfork child exists", func() bool { return j.cg.vforkChild() != 0 })
+			if !v2 {
+				// (v2 freezes it too, and CRIU would then fail on the
+				// parent: the same refusal, tested once.)
+				if err := j.Freeze(); err == nil || !strings.Contains(err.Error(), "vfork child") {
+					t.Errorf("Freeze of a job stuck in a vfork: %v, want the vfork named", err)
+				}
+			}
+			pids := j.Pids()
+			_ = j.Discard() // v1: says the freeze was incomplete
+			for _, p := range pids {
+				eventually(t, fmt.Sprintf("process %d is killed", p), func() bool {
+					return syscall.Kill(p, 0) != nil
+				})
+			}
 			wait(t, j)
 		})
 	}
