@@ -67,7 +67,7 @@ type Client struct {
 	ended   chan struct{} // closed when the session that is up ends
 	pending map[uint64]chan *ssiv1.FsMessage
 	inodes  map[uint64]*fs.Inode
-	dirs    *dirCache     // what the mount knows beyond the kernel: attributes, directories' names, missing xattrs (dircache.go)
+	meta    *metaCache    // what the mount knows beyond the kernel: attributes, directories' names, missing xattrs (metacache.go)
 	heard   atomic.Int64  // unix nanoseconds of the last message from the server
 	rootID  atomic.Uint64 // the server's id of the export's root
 
@@ -87,7 +87,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 		c.Failure = func() time.Duration { return 5 * time.Second }
 	}
 	cl := &Client{c: c, log: c.Log.With("cfs", c.Mount), ready: make(chan struct{}), pending: map[uint64]chan *ssiv1.FsMessage{}, inodes: map[uint64]*fs.Inode{}}
-	cl.dirs = newDirCache(min(attrTimeout, entryTimeout), cl.nodeID)
+	cl.meta = newMetaCache(min(attrTimeout, entryTimeout), cl.nodeID)
 	// A mount left by a daemon that was killed answers ENOTCONN: take it
 	// away first. A live one belongs to another daemon on this machine.
 	// (STATFS always reaches the filesystem: a cached attribute cannot hide
@@ -126,7 +126,7 @@ func Mount(ctx context.Context, c ClientConfig) (*Client, error) {
 	if c.CacheTimeout > 0 {
 		sec, esec = c.CacheTimeout, c.CacheTimeout
 	}
-	cl.dirs.ttl = min(sec, esec)
+	cl.meta.ttl = min(sec, esec)
 	opts := &fs.Options{
 		MountOptions: fuse.MountOptions{
 			AllowOther:  true,
@@ -321,7 +321,7 @@ func (cl *Client) run(ctx context.Context) {
 		// Nothing tells this node of changes any more: what it knows
 		// beyond the kernel's caches goes at once (the kernel's, when a
 		// new session starts).
-		cl.dirs.flush()
+		cl.meta.flush()
 		cl.mu.Lock()
 		cl.link = nil
 		cl.ready = make(chan struct{})
@@ -387,7 +387,7 @@ func (cl *Client) deliver(m *ssiv1.FsMessage) {
 	if m.InvalId != 0 {
 		// Dropped here, before any answer read after it is used; the
 		// kernel's copies in a goroutine of their own.
-		cl.dirs.drop(m.Inval)
+		cl.meta.drop(m.Inval)
 		go cl.invalidate(m)
 		return
 	}
@@ -438,7 +438,7 @@ func (cl *Client) nodeID(id uint64) uint64 {
 // directories it knows the entries of (the others' names expire within
 // the entry timeout).
 func (cl *Client) flushAll() {
-	cl.dirs.flush()
+	cl.meta.flush()
 	cl.mu.Lock()
 	srv := cl.fuse
 	ns := make(map[uint64]*fs.Inode, len(cl.inodes))
@@ -533,9 +533,9 @@ func (cl *Client) waitReady() bool {
 // ended before the answer. in, when not 0, is the session the request
 // belongs to (its handle's): another one counts as that one lost.
 func (cl *Client) callOnce(ctx context.Context, r *ssiv1.FsRequest, in uint64) (m *ssiv1.FsMessage, errno syscall.Errno, lost uint64) {
-	t := cl.dirs.begin(r)
+	t := cl.meta.begin(r)
 	m, errno, lost = cl.send(ctx, r, in)
-	cl.dirs.end(t, r, m, errno)
+	cl.meta.end(t, r, m, errno)
 	return m, errno, lost
 }
 

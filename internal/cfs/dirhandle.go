@@ -38,7 +38,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 
 // load reads the whole listing, a page at a time.
 func (h *dirHandle) load(ctx context.Context) syscall.Errno {
-	l := h.n.c.dirs.listing()
+	l := h.n.c.meta.listing()
 	var all []*ssiv1.FsDirEntry
 	for off := int64(0); ; {
 		m, errno := h.n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_READDIR, Path: []byte(h.n.path()), Ino: h.n.id(), Offset: off})
@@ -51,7 +51,7 @@ func (h *dirHandle) load(ctx context.Context) syscall.Errno {
 			break
 		}
 	}
-	h.n.c.dirs.listed(h.n.id(), l, all)
+	h.n.c.meta.listed(h.n.id(), l, all)
 	h.entries, h.seen, h.loaded, h.pos, h.last = all, l, true, 0, nil
 	return 0
 }
@@ -100,7 +100,7 @@ func (h *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	h.mu.Lock()
 	e, seen := h.last, h.seen
 	h.mu.Unlock()
-	if e != nil && e.Attr != nil && string(e.Name) == name && h.n.c.dirs.still(seen) {
+	if e != nil && e.Attr != nil && string(e.Name) == name && h.n.c.meta.still(seen) {
 		return h.n.newChild(ctx, e.Attr, out), 0
 	}
 	return h.n.Lookup(ctx, name, out)

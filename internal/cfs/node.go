@@ -88,12 +88,12 @@ func (n *node) OnForget() {
 		delete(n.c.inodes, n.id())
 	}
 	n.c.mu.Unlock()
-	n.c.dirs.forget(n.id()) // the server may give the number to another file
+	n.c.meta.forget(n.id()) // the server may give the number to another file
 }
 
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
-	if name != "." && name != ".." && n.c.dirs.absent(n.id(), name) {
-		return nil, syscall.ENOENT // the directory's names are known (dircache.go)
+	if name != "." && name != ".." && n.c.meta.absent(n.id(), name) {
+		return nil, syscall.ENOENT // the directory's names are known (metacache.go)
 	}
 	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_LOOKUP, Path: []byte(n.child(name)), Parent: n.id()})
 	if errno != 0 {
@@ -103,7 +103,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if a, ok := n.c.dirs.attr(n.id()); ok {
+	if a, ok := n.c.meta.attr(n.id()); ok {
 		fillAttr(a, &out.Attr)
 		return 0
 	}
@@ -168,7 +168,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	ch := n.newChild(ctx, m.Attr, out)
 	// The kernel asks for the file's capability before the first write:
-	// a file just made has none (dircache.go keeps that; TestCapabilityCheck).
+	// a file just made has none (metacache.go keeps that; TestCapabilityCheck).
 	return ch, (ch.Operations().(*node)).newFile(m.Handle, flags&^syscall.O_TRUNC), fuse.FOPEN_KEEP_CACHE, 0
 }
 
@@ -245,8 +245,8 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 const capsXattr = "security.capability"
 
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	if n.c.dirs.lacks(n.id(), attr) {
-		return 0, syscall.ENODATA // known absent (dircache.go)
+	if n.c.meta.lacks(n.id(), attr) {
+		return 0, syscall.ENODATA // known absent (metacache.go)
 	}
 	m, errno := n.c.call(ctx, &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETXATTR, Path: []byte(n.path()), Ino: n.id(), Name: []byte(attr), Size: uint32(len(dest))})
 	if errno != 0 {

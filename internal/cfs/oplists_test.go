@@ -8,7 +8,7 @@ import (
 )
 
 // Two lists name the requests that change the tree: changes (replica.go,
-// what the server copies to its replica) and changed (dircache.go, whose
+// what the server copies to its replica) and changed (metacache.go, whose
 // cached attributes and listings a request makes stale on the client).
 // They must agree but for the differences written here, so that an
 // operation added to one is not forgotten in the other.

@@ -9,7 +9,7 @@ import (
 	ssiv1 "github.com/ssi-cluster/ssi/internal/api/ssiv1"
 )
 
-// dirCache is what a mount knows beyond the kernel's own caches, so that
+// metaCache is what a mount knows beyond the kernel's own caches, so that
 // the kernel's questions need no round trip:
 //
 //   - a file's attributes, from the last answer that carried them (a LOOKUP,
@@ -34,7 +34,7 @@ import (
 // come back in its answer's Inval and are dropped. Entries
 // expire with the kernel's timeouts, which bounds changes made behind
 // ssi's back as for the kernel's caches.
-type dirCache struct {
+type metaCache struct {
 	ttl  time.Duration
 	norm func(uint64) uint64 // the one number of a file (the root has two)
 
@@ -61,12 +61,12 @@ type dirNames struct {
 	at    time.Time
 }
 
-func newDirCache(ttl time.Duration, norm func(uint64) uint64) *dirCache {
-	return &dirCache{ttl: ttl, norm: norm, attrs: map[uint64]cachedAttr{}, names: map[uint64]*dirNames{}, inflight: map[uint64]int{}, noxattr: map[uint64]map[string]struct{}{}}
+func newMetaCache(ttl time.Duration, norm func(uint64) uint64) *metaCache {
+	return &metaCache{ttl: ttl, norm: norm, attrs: map[uint64]cachedAttr{}, names: map[uint64]*dirNames{}, inflight: map[uint64]int{}, noxattr: map[uint64]map[string]struct{}{}}
 }
 
 // drop forgets what invals name. It runs as the invalidation is read.
-func (d *dirCache) drop(invals []*ssiv1.FsInval) {
+func (d *metaCache) drop(invals []*ssiv1.FsInval) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.gen++
@@ -83,7 +83,7 @@ func (d *dirCache) drop(invals []*ssiv1.FsInval) {
 }
 
 // flush forgets everything (a new session: invalidations may be lost).
-func (d *dirCache) flush() {
+func (d *metaCache) flush() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.gen++
@@ -94,7 +94,7 @@ func (d *dirCache) flush() {
 
 // forget drops what is kept of file id (the kernel forgot it: the server
 // may give its number to another file).
-func (d *dirCache) forget(id uint64) {
+func (d *metaCache) forget(id uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id = d.norm(id)
@@ -104,14 +104,14 @@ func (d *dirCache) forget(id uint64) {
 }
 
 // lacks says whether file id is known not to have extended attribute name.
-func (d *dirCache) lacks(id uint64, name string) bool {
+func (d *metaCache) lacks(id uint64, name string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	_, ok := d.noxattr[d.norm(id)][name]
 	return ok
 }
 
-func (d *dirCache) setLacks(id uint64, name string) {
+func (d *metaCache) setLacks(id uint64, name string) {
 	id = d.norm(id)
 	if d.noxattr[id] == nil {
 		d.noxattr[id] = map[string]struct{}{}
@@ -120,7 +120,7 @@ func (d *dirCache) setLacks(id uint64, name string) {
 }
 
 // attr is file id's attributes, if known and fresh.
-func (d *dirCache) attr(id uint64) (*ssiv1.FsAttr, bool) {
+func (d *metaCache) attr(id uint64) (*ssiv1.FsAttr, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	c, ok := d.attrs[d.norm(id)]
@@ -131,7 +131,7 @@ func (d *dirCache) attr(id uint64) (*ssiv1.FsAttr, bool) {
 }
 
 // absent says whether name is known not to be in directory id.
-func (d *dirCache) absent(id uint64, name string) bool {
+func (d *metaCache) absent(id uint64, name string) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n, ok := d.names[d.norm(id)]
@@ -169,7 +169,7 @@ func changed(r *ssiv1.FsRequest) []uint64 {
 // begin is called before request r is sent: a change drops the attributes
 // it makes stale and counts as in flight. A READ drops the file's
 // attributes (its access time may move).
-func (d *dirCache) begin(r *ssiv1.FsRequest) ticket {
+func (d *metaCache) begin(r *ssiv1.FsRequest) ticket {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	t := ticket{gen: d.gen, seq: d.seq, quiet: d.busy == 0}
@@ -202,7 +202,7 @@ func (d *dirCache) begin(r *ssiv1.FsRequest) ticket {
 
 // end is called with r's answer: it keeps what the answer says about
 // directories, and this node's own change of a directory's names.
-func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno syscall.Errno) {
+func (d *metaCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno syscall.Errno) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	alone := true
@@ -283,7 +283,7 @@ func (d *dirCache) end(t ticket, r *ssiv1.FsRequest, m *ssiv1.FsMessage, errno s
 	}
 }
 
-func (d *dirCache) add(dir uint64, name string) {
+func (d *metaCache) add(dir uint64, name string) {
 	if n := d.names[dir]; n != nil {
 		n.names[name] = struct{}{}
 	}
@@ -295,7 +295,7 @@ type listing struct {
 	quiet    bool
 }
 
-func (d *dirCache) listing() listing {
+func (d *metaCache) listing() listing {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return listing{gen: d.gen, seq: d.seq, quiet: d.busy == 0}
@@ -303,7 +303,7 @@ func (d *dirCache) listing() listing {
 
 // still says whether nothing changed since l: no invalidation, no change of
 // this node's (a listing's attributes may then still be handed out).
-func (d *dirCache) still(l listing) bool {
+func (d *metaCache) still(l listing) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.gen == l.gen && d.seq == l.seq
@@ -311,7 +311,7 @@ func (d *dirCache) still(l listing) bool {
 
 // listed keeps a complete listing of directory id (and its entries'
 // attributes), if nothing changed since l.
-func (d *dirCache) listed(id uint64, l listing, entries []*ssiv1.FsDirEntry) {
+func (d *metaCache) listed(id uint64, l listing, entries []*ssiv1.FsDirEntry) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if !l.quiet || d.gen != l.gen || d.seq != l.seq {

@@ -24,8 +24,8 @@ func req(op ssiv1.FsOp, parent uint64, path string) *ssiv1.FsRequest {
 
 // An answer that crossed an invalidation, or this node's own change, is not
 // kept; what a change says of its directory is.
-func TestDirCacheKeepsOnlyAnswersNothingCrossed(t *testing.T) {
-	d := newDirCache(time.Minute, func(id uint64) uint64 { return id })
+func TestMetaCacheKeepsOnlyAnswersNothingCrossed(t *testing.T) {
+	d := newMetaCache(time.Minute, func(id uint64) uint64 { return id })
 	get := &ssiv1.FsRequest{Op: ssiv1.FsOp_FS_OP_GETATTR, Ino: 10}
 
 	tk := d.begin(get)
@@ -79,7 +79,7 @@ func TestDirCacheKeepsOnlyAnswersNothingCrossed(t *testing.T) {
 		t.Fatal("a failed create left the directory's names")
 	}
 	// Entries expire with the kernel's timeouts.
-	short := newDirCache(time.Millisecond, func(id uint64) uint64 { return id })
+	short := newMetaCache(time.Millisecond, func(id uint64) uint64 { return id })
 	short.names[5] = &dirNames{names: map[string]struct{}{}, at: time.Now()}
 	short.attrs[5] = cachedAttr{dirAttr(5), time.Now()}
 	time.Sleep(5 * time.Millisecond)
@@ -89,8 +89,8 @@ func TestDirCacheKeepsOnlyAnswersNothingCrossed(t *testing.T) {
 }
 
 // A listing is kept only if nothing changed while it was read.
-func TestDirCacheListing(t *testing.T) {
-	d := newDirCache(time.Minute, func(id uint64) uint64 { return id })
+func TestMetaCacheListing(t *testing.T) {
+	d := newMetaCache(time.Minute, func(id uint64) uint64 { return id })
 	ents := []*ssiv1.FsDirEntry{{Name: []byte("a"), Attr: dirAttr(21)}, {Name: []byte("b")}}
 	l := d.listing()
 	d.listed(20, l, ents)
