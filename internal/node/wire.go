@@ -188,6 +188,7 @@ func (p *parts) start(ctx context.Context) (wait func()) {
 		p.web.Run,
 		p.cvip.Run,
 		p.jobnet.Run,
+		p.mig.Run,
 	} {
 		wg.Add(1)
 		go func() { defer wg.Done(); loop(ctx) }()

@@ -491,6 +491,12 @@ func TestCheckpointRestart(t *testing.T) {
 	if r := c.CLI(1, "where_pid", cpid); r.Code == 0 {
 		t.Errorf("the checkpointed job still runs: %v", r)
 	}
+	// CRIU used its kernel cache, which a daemon prepares at its start
+	// where /run is not a tmpfs (internal/migrate/kdat.go): without it,
+	// every dump and restore probes the kernel again on the frozen path.
+	if b, err := os.ReadFile(filepath.Join(dir, "dump.log")); err != nil || !strings.Contains(string(b), "Loaded kdat cache") {
+		t.Errorf("CRIU's dump did not load its kernel cache (%v): %.300s", err, b)
+	}
 	if r := c.CLI(1, "ssi", "checkpoint", cpid, dir); r.Code == 0 {
 		t.Errorf("a second checkpoint into an existing directory: %v", r)
 	}
