@@ -199,29 +199,28 @@ func loadModules(con *Console) ([]string, error) {
 		pats = ParseModaliases(a)
 	}
 	devs := deviceModaliases()
-	var skipped []string
-	n := 0
+	var skipped, times []string
 	for _, p := range strings.Fields(string(b)) {
 		name := modulePathName(p)
 		if !WantModule(pats[name], devs) {
-			skipped = append(skipped, p)
-			continue
-		}
-		if loadModule(con, p) {
-			n++
-			if len(pats) > 0 {
-				devs = deviceModaliases() // a bus driver (virtio_pci) adds devices
+			// Look again: a bus driver loaded since (virtio_pci) adds devices.
+			if devs = deviceModaliases(); !WantModule(pats[name], devs) {
+				skipped = append(skipped, p)
+				continue
 			}
 		}
+		t := time.Now()
+		if loadModule(con, p) {
+			times = append(times, fmt.Sprintf("%s %dms", name, time.Since(t).Milliseconds()))
+		}
 	}
+	con.Printf("%d modules loaded: %s", len(times), strings.Join(times, ", "))
 	if len(skipped) > 0 {
 		names := make([]string, len(skipped))
 		for i, p := range skipped {
 			names[i] = modulePathName(p)
 		}
-		con.Printf("%d modules loaded; no device here for %s (not loaded)", n, strings.Join(names, ", "))
-	} else {
-		con.Printf("%d modules loaded", n)
+		con.Printf("no device here for %s (not loaded)", strings.Join(names, ", "))
 	}
 	return skipped, nil
 }

@@ -5,9 +5,9 @@ import (
 	"testing"
 )
 
-// The modaliases of a QEMU guest of `ssi vm` (a pc machine with
-// virtio-net-pci, virtio-rng-pci and a virtio disk), as its /sys shows
-// them once virtio_pci is loaded.
+// The modaliases of a QEMU guest (a pc machine with virtio-net-pci,
+// virtio-rng-pci and a virtio disk; `ssi vm`'s have no virtio-rng), as
+// its /sys shows them once virtio_pci is loaded.
 var qemuDevices = []string{
 	"pci:v00008086d00001237sv00001AF4sd00001100bc06sc00i00", // host bridge
 	"pci:v00008086d00007000sv00001AF4sd00001100bc06sc01i00", // ISA bridge
