@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Network boot time (issue 11): `ssi vm up --nodes 1` of this tree against
-# the same of BASE (a git revision, default main), booted alternately so
-# both see the same load; per round QEMU start to UP, the kernel until
+# the same of BASE (a git revision, default main), booted alternately (and
+# which first, alternately) so both see the same load; per round QEMU start to UP, the kernel until
 # /init, the module step and the daemon's start until the cluster root is
 # mounted (from the guest's console), and the ratio this/BASE of QEMU
 # start to UP. Needs root, QEMU and the kernel of scripts/netboot-kernel.sh.
@@ -35,7 +35,12 @@ boot() { # boot VARIANT: prints "UP KINIT MODS ROOT"
 }
 for r in $(seq "$rounds"); do
 	load=$(cut -d' ' -f1 /proc/loadavg)
-	read -r bu bk bm br <<<"$(boot base)"
-	read -r tu tk tm tr <<<"$(boot this)"
+	if ((r % 2)); then # alternate which boots first
+		read -r bu bk bm br <<<"$(boot base)"
+		read -r tu tk tm tr <<<"$(boot this)"
+	else
+		read -r tu tk tm tr <<<"$(boot this)"
+		read -r bu bk bm br <<<"$(boot base)"
+	fi
 	echo "round $r (load $load): $base UP ${bu}s (kernel->/init ${bk}s, modules $bm, root $br); this UP ${tu}s (kernel->/init ${tk}s, modules $tm, root $tr): $(awk "BEGIN{printf \"%.2f\", $tu/$bu}")x"
 done
