@@ -74,15 +74,7 @@ func TestModaliasesRoundTrip(t *testing.T) {
 // ssi vm, every virtio driver and FUSE and none of the Xen front-ends or
 // e1000.
 func TestDebianModalias(t *testing.T) {
-	_, dir, err := FindKernel(DefaultKernelCache())
-	if err != nil {
-		t.Skipf("no Debian kernel fetched (scripts/netboot-kernel.sh): %v", err)
-	}
-	tree, err := OpenModuleTree(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods, _, _, err := tree.Resolve(DefaultModules, false)
+	mods, _, _, err := debianTree(t).Resolve(DefaultModules, false)
 	if err != nil {
 		t.Fatal(err)
 	}
