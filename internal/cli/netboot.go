@@ -23,7 +23,8 @@ func init() {
 		Summary: "build the initramfs that boots a diskless node into the cluster",
 		Usage:   "ssi mkinitrd [-o FILE | --images DIR] [--kernel-modules DIR] [--modules LIST] [--binary PATH] [--force]",
 		Help: `Writes a gzip'd newc cpio archive whose /init is a static ssi binary: at
-boot it mounts /proc, /sys and /dev, loads the kernel modules of the image,
+boot it mounts /proc, /sys and /dev, loads the kernel modules of the image
+(a driver only when a device it binds to is present, by modalias),
 brings up the node's NIC, gets its address by DHCP from the cluster, joins
 with ssi.server= and ssi.token= from the kernel command line (what
 'ssi xen-config --with-token' writes), starts the ssi daemon, mounts the

@@ -156,6 +156,9 @@ func TestBuild(t *testing.T) {
 	if list != want {
 		t.Errorf("module list\n%s\nwant\n%s", list, want)
 	}
+	if got := content(t, recs[ModaliasesList]); got != "virtio_net virtio:d00000001v*\n" {
+		t.Errorf("modaliases %q, want virtio_net's device alias only", got)
+	}
 	for _, l := range strings.Fields(list) {
 		if _, ok := recs[strings.TrimPrefix(l, "/")]; !ok {
 			t.Errorf("%s is listed but not in the image", l)

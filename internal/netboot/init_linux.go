@@ -78,7 +78,8 @@ func boot(con *Console) error {
 	if p.Rescue {
 		return &Failure{Step: "ssi.rescue", Err: errors.New("ssi.rescue is on the kernel command line"), Hint: "remove ssi.rescue to boot"}
 	}
-	if err := con.Step("load kernel modules", "", func() error { return loadModules(con) }); err != nil {
+	var skipped []string
+	if err := con.Step("load kernel modules", "", func() (err error) { skipped, err = loadModules(con); return err }); err != nil {
 		return err
 	}
 	var ifc *net.Interface
@@ -88,6 +89,16 @@ func boot(con *Console) error {
 	}
 	if err := con.Step("find the network interface", hint, func() (err error) {
 		ifc, err = findNIC(p.HWAddr, 10*time.Second)
+		if err != nil && len(skipped) > 0 {
+			// A device that showed up late (a Xen front-end enumerated
+			// after the modules step): load the drivers left out, look again.
+			con.Printf("%v; loading the %d modules left out", err, len(skipped))
+			for _, m := range skipped {
+				loadModule(con, m)
+			}
+			skipped = nil
+			ifc, err = findNIC(p.HWAddr, 10*time.Second)
+		}
 		if err == nil {
 			con.Printf("network interface %s, MAC %s", ifc.Name, ifc.HardwareAddr)
 		}
@@ -174,26 +185,75 @@ func mountBasics() error {
 	return os.MkdirAll("/run/ssi", 0o755)
 }
 
-func loadModules(con *Console) error {
+// loadModules loads the image's modules in order, leaving out the
+// drivers for which no device is present (their aliases match no
+// modalias under /sys: a QEMU guest has no Xen front-ends nor an e1000);
+// it returns the paths it left out.
+func loadModules(con *Console) ([]string, error) {
 	b, err := os.ReadFile("/" + ModulesList)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	n := 0
+	pats := map[string][]string{}
+	if a, err := os.ReadFile("/" + ModaliasesList); err == nil {
+		pats = ParseModaliases(a)
+	}
+	devs := deviceModaliases()
+	var skipped, times []string
 	for _, p := range strings.Fields(string(b)) {
-		err := finit(p)
-		switch {
-		case err == nil:
-			n++
-		case errors.Is(err, unix.EEXIST):
-		case errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
-			con.Printf("module %s: no such device here (skipped)", NormalizeModule(p))
-		default:
-			con.Printf("module %s did not load: %v (going on; a missing driver shows later)", NormalizeModule(p), err)
+		name := modulePathName(p)
+		if !WantModule(pats[name], devs) {
+			// Look again: a bus driver loaded since (virtio_pci) adds devices.
+			if devs = deviceModaliases(); !WantModule(pats[name], devs) {
+				skipped = append(skipped, p)
+				continue
+			}
+		}
+		t := time.Now()
+		if loadModule(con, p) {
+			times = append(times, fmt.Sprintf("%s %dms", name, time.Since(t).Milliseconds()))
 		}
 	}
-	con.Printf("%d modules loaded", n)
-	return nil
+	con.Printf("%d modules loaded: %s", len(times), strings.Join(times, ", "))
+	if len(skipped) > 0 {
+		names := make([]string, len(skipped))
+		for i, p := range skipped {
+			names[i] = modulePathName(p)
+		}
+		con.Printf("no device here for %s (not loaded)", strings.Join(names, ", "))
+	}
+	return skipped, nil
+}
+
+// loadModule loads one module file, saying on the console why not if it
+// did not load; it reports whether it loaded.
+func loadModule(con *Console, p string) bool {
+	err := finit(p)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, unix.EEXIST):
+	case errors.Is(err, unix.ENODEV), errors.Is(err, unix.ENXIO):
+		con.Printf("module %s: no such device here (skipped)", NormalizeModule(p))
+	default:
+		con.Printf("module %s did not load: %v (going on; a missing driver shows later)", NormalizeModule(p), err)
+	}
+	return false
+}
+
+// deviceModaliases are the modaliases of the devices present on the
+// buses whose drivers the image may leave out.
+func deviceModaliases() []string {
+	var out []string
+	for _, bus := range deviceBuses {
+		fs, _ := filepath.Glob(filepath.Join("/sys/bus", bus, "devices", "*", "modalias"))
+		for _, f := range fs {
+			if b, err := os.ReadFile(f); err == nil {
+				out = append(out, strings.TrimSpace(string(b)))
+			}
+		}
+	}
+	return out
 }
 
 func finit(path string) error {

@@ -134,6 +134,9 @@ func Build(o Options) (*Image, Result, error) {
 	if err := im.File(ModulesList, []byte(list.String()), 0o644); err != nil {
 		return nil, res, err
 	}
+	if err := im.File(ModaliasesList, formatModaliases(res.Modules), 0o644); err != nil {
+		return nil, res, err
+	}
 	info := fmt.Sprintf("ssi %s\nkernel %s\n", o.Version, kver)
 	if err := im.File(versionFile, []byte(info), 0o644); err != nil {
 		return nil, res, err

@@ -31,6 +31,7 @@ type Module struct {
 	Name    string   // normalised: '-' as '_'
 	Path    string   // the file, under the module tree
 	Depends []string // normalised names, from .modinfo
+	Aliases []string // its device aliases (DeviceAliases of .modinfo's alias=)
 }
 
 // ModuleTree is a kernel's module directory (lib/modules/VERSION): the
@@ -173,7 +174,7 @@ func (t *ModuleTree) Resolve(names []string, required bool) (mods []Module, buil
 		}
 		onPath[name] = false
 		done[name] = true
-		mods = append(mods, Module{Name: name, Path: p, Depends: deps})
+		mods = append(mods, Module{Name: name, Path: p, Depends: deps, Aliases: DeviceAliases(info["alias"])})
 		return nil
 	}
 	for _, n := range names {

@@ -21,7 +21,11 @@ func fakeModule(t *testing.T, dir, file, depends string) {
 	}
 	info := filepath.Join(t.TempDir(), "modinfo")
 	name := NormalizeModule(file)
-	if err := os.WriteFile(info, []byte("license=GPL\x00depends="+depends+"\x00name="+name+"\x00vermagic=6.1.0 SMP\x00"), 0o644); err != nil {
+	alias := ""
+	if name == "virtio_net" { // as Debian's: a device alias and one on no device bus
+		alias = "alias=virtio:d00000001v*\x00alias=net-pf-99\x00"
+	}
+	if err := os.WriteFile(info, []byte("license=GPL\x00depends="+depends+"\x00"+alias+"name="+name+"\x00vermagic=6.1.0 SMP\x00"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	p := filepath.Join(dir, "kernel", file)
@@ -127,15 +131,7 @@ func TestResolveModules(t *testing.T) {
 // scripts/netboot-kernel.sh fetched (the measured virtio_net
 // chain), when it is there.
 func TestResolveDebianKernel(t *testing.T) {
-	_, dir, err := FindKernel(DefaultKernelCache())
-	if err != nil {
-		t.Skipf("no Debian kernel fetched (scripts/netboot-kernel.sh): %v", err)
-	}
-	tree, err := OpenModuleTree(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	mods, _, _, err := tree.Resolve([]string{"virtio_net"}, true)
+	mods, _, _, err := debianTree(t).Resolve([]string{"virtio_net"}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,4 +144,19 @@ func TestResolveDebianKernel(t *testing.T) {
 	if !strings.HasSuffix(got, "virtio_net") {
 		t.Errorf("virtio_net is not last: %s", got)
 	}
+}
+
+// debianTree is the module tree of the Debian kernel
+// scripts/netboot-kernel.sh fetched; the test is skipped without one.
+func debianTree(t *testing.T) *ModuleTree {
+	t.Helper()
+	_, dir, err := FindKernel(DefaultKernelCache())
+	if err != nil {
+		t.Skipf("no Debian kernel fetched (scripts/netboot-kernel.sh): %v", err)
+	}
+	tree, err := OpenModuleTree(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree
 }

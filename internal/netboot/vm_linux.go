@@ -279,18 +279,38 @@ type Guest struct {
 	Memory  int
 }
 
+// GuestCPU is the guests' CPU model: QEMU's default with RDRAND, which
+// TCG implements from the host's getrandom. The kernel (Debian's trusts
+// the CPU's generator) then has its random pool ready at once; without
+// it the pool fills only from jitter and interrupts, some 1.3 s into an
+// emulated boot, and every Go /init blocks that long before its main
+// (hashicorp/raft's package init reads crypto/rand, which waits for the
+// pool). docs/PERFORMANCE.md, "Network boot".
+const GuestCPU = "qemu64,+rdrand"
+
+// GuestKernelArgs are what `ssi vm` puts on the guests' kernel command
+// line before the ssi.* parameters: the console on the first serial
+// port, no reboot on a panic, quiet (the kernel's few hundred lines on an
+// emulated UART cost time; the boot flow's own step lines are printed
+// whatever the log level), and three options that spare probing under
+// emulation: no_timer_check (the IO-APIC timer check), tsc=reliable (no
+// clocksource watchdog against the emulated HPET; TCG's TSC follows the
+// host's clock) and 8250.nr_uarts=1 (one legacy UART, not four probed).
+const GuestKernelArgs = "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable 8250.nr_uarts=1"
+
 // QEMUArgs is the guest's QEMU command line: TCG (KVM does not work
-// everywhere this runs), serial console to a file, the NIC on its tap
-// device, virtio-rng for entropy, the swap disk, no reboot on a panic.
+// everywhere this runs) on GuestCPU, whose RDRAND is the guest's entropy
+// (a virtio-rng device, which the DHCP client needed before, cost some
+// 150 ms of virtio_pci's probe), serial console to a file, the NIC on
+// its tap device, the swap disk, no reboot on a panic.
 func (g Guest) QEMUArgs() []string {
-	args := []string{"-name", "ssi" + strconv.Itoa(g.Num), "-machine", "pc", "-accel", "tcg", "-m", strconv.Itoa(g.Memory),
+	args := []string{"-name", "ssi" + strconv.Itoa(g.Num), "-machine", "pc", "-accel", "tcg", "-cpu", GuestCPU, "-m", strconv.Itoa(g.Memory),
 		"-display", "none", "-monitor", "none", "-no-reboot", "-nodefaults",
 		"-serial", "file:" + g.Console,
 		"-kernel", g.Kernel, "-initrd", g.Initrd,
-		"-append", "console=ttyS0 panic=-1 quiet " + g.Cmdline,
+		"-append", GuestKernelArgs + " " + g.Cmdline,
 		"-netdev", "tap,id=net0,ifname=" + g.Tap + ",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=net0,romfile=,mac=" + g.MAC,
-		"-device", "virtio-rng-pci"}
+		"-device", "virtio-net-pci,netdev=net0,romfile=,mac=" + g.MAC}
 	if g.Swap != "" {
 		args = append(args, "-drive", "file="+strings.ReplaceAll(g.Swap, ",", ",,")+",format=raw,if=virtio")
 	}
