@@ -286,29 +286,6 @@ func TestMigrateRefusals(t *testing.T) {
 	l := logLines(c, 2, holder)
 	checkSequence(t, l, len(l))
 
-	// A job attached to a CLI on its own node (the CLI's descriptors are
-	// the job's) cannot follow a move in this version.
-	localMarker := fmt.Sprintf("ssi-local-%d", rand.IntN(1<<30))
-	local := exec.Command(ssiBin, "2", "sh", "-c", "sleep 60; : "+localMarker)
-	local.Args[0] = "onnode"
-	local.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(2))
-	if err := local.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = local.Process.Kill(); _ = local.Wait() })
-	var localCPID string
-	Eventually(t, 10*time.Second, func() string {
-		for _, l := range strings.Split(c.MustCLI(1, "ssi", "ps"), "\n") {
-			if strings.Contains(l, localMarker) && !strings.Contains(l, `\_`) {
-				localCPID = strings.Fields(l)[0]
-				return ""
-			}
-		}
-		return "the local job is not in ps yet"
-	})
-	refused("cannot follow", localCPID, "3")
-	stillOn(localCPID, "2")
-
 	refused("no such process", "2000999", "3")
 	for _, args := range [][]string{{holder}, {holder, "x"}, {holder, "0"}, {"abc", "3"}} {
 		if r := c.CLI(1, "migrate", args...); r.Code != 2 {
@@ -321,7 +298,7 @@ func TestMigrateRefusals(t *testing.T) {
 	if r := c.CLI(1, "migrate", holder, "2"); r.Code != 1 || !strings.Contains(r.Stderr, "already runs on node 2") {
 		t.Errorf("migrate to its own node: %v", r)
 	}
-	for _, cpid := range []string{pinned, listener, holder, localCPID} {
+	for _, cpid := range []string{pinned, listener, holder} {
 		c.MustCLI(1, "ssi", "kill", "-9", cpid)
 	}
 }
