@@ -105,7 +105,7 @@ func TestMigrateLocalCLI(t *testing.T) {
 	answered := func(want string) {
 		t.Helper()
 		Eventually(t, 15*time.Second, func() string {
-			if !strings.Contains(out.String(), "\n"+want+"\n") {
+			if !strings.Contains("\n"+out.String(), "\n"+want+"\n") {
 				return fmt.Sprintf("the job has not printed %q yet; stderr %q; last output %q", want, errb.String(), tail(out.String()))
 			}
 			return ""
