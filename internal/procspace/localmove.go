@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ssi-cluster/ssi/internal/api/ssiv1"
 	"github.com/ssi-cluster/ssi/internal/procs"
@@ -493,3 +494,97 @@ type relayedCLI struct {
 
 func (r relayedCLI) Receive() (*ssiv1.ExecInput, error) { return r.p.Receive() }
 func (r relayedCLI) Send(m *ssiv1.ExecOutput) error    { return r.st.Send(m) }
+
+// localExec is an exec stream to this node itself, in memory: the relay
+// of a terminal job whose CLI runs here (so that it can follow the job
+// when it moves), and a relayed stream that follows its job back to the
+// relay's node. The server side is serveExec, as for a peer.
+type localExec struct {
+	in         chan *ssiv1.ExecInput  // relay → job's side
+	out        chan *ssiv1.ExecOutput // job's side → relay
+	reqClosed  chan struct{}
+	respClosed chan struct{}
+	served     chan struct{} // serveExec returned
+	reqOnce    sync.Once
+	respOnce   sync.Once
+}
+
+// openLocal starts serving an exec stream to this node in memory.
+func (s *Space) openLocal(ctx context.Context) remoteStream {
+	l := &localExec{in: make(chan *ssiv1.ExecInput), out: make(chan *ssiv1.ExecOutput),
+		reqClosed: make(chan struct{}), respClosed: make(chan struct{}), served: make(chan struct{})}
+	go func() {
+		defer close(l.served)
+		srv := localServer{l}
+		first, err := srv.Receive()
+		if err != nil {
+			return
+		}
+		if err := s.serveExec(ctx, first, srv); err != nil {
+			s.log.Debug("a stream to this node itself ended", "err", err)
+		}
+	}()
+	return l
+}
+
+var errLocalClosed = errors.New("the stream is closed")
+
+func (l *localExec) Send(m *ssiv1.ExecInput) error {
+	select {
+	case l.in <- m:
+		return nil
+	case <-l.reqClosed:
+		return errLocalClosed
+	case <-l.respClosed:
+		return errLocalClosed
+	case <-l.served:
+		return io.EOF
+	}
+}
+
+func (l *localExec) Receive() (*ssiv1.ExecOutput, error) {
+	select {
+	case m := <-l.out:
+		return m, nil
+	case <-l.respClosed:
+		return nil, errLocalClosed
+	case <-l.served:
+		return nil, io.EOF
+	}
+}
+
+func (l *localExec) CloseRequest() error {
+	l.reqOnce.Do(func() { close(l.reqClosed) })
+	return nil
+}
+
+func (l *localExec) CloseResponse() error {
+	l.respOnce.Do(func() { close(l.respClosed) })
+	return nil
+}
+
+// localServer is the job's side of a localExec.
+type localServer struct{ l *localExec }
+
+func (s localServer) Receive() (*ssiv1.ExecInput, error) {
+	select {
+	case m := <-s.l.in:
+		return m, nil
+	case <-s.l.reqClosed:
+		return nil, io.EOF
+	case <-s.l.respClosed:
+		return nil, errLocalClosed
+	}
+}
+
+// Send copies m: a sender reuses its output buffers once Send returns
+// (execStream), as a network stream has marshalled them by then.
+func (s localServer) Send(m *ssiv1.ExecOutput) error {
+	c := proto.Clone(m).(*ssiv1.ExecOutput)
+	select {
+	case s.l.out <- c:
+		return nil
+	case <-s.l.respClosed:
+		return errLocalClosed
+	}
+}

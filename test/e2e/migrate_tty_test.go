@@ -83,7 +83,15 @@ while True:
 // moved with it), a resize after each move reaches it as SIGWINCH with
 // the new size, ^C after the move is a SIGINT from its terminal, and
 // onnode exits with the job's status.
-func TestMigrateTerminal(t *testing.T) {
+func TestMigrateTerminal(t *testing.T) { migrateTerminal(t, 1) }
+
+// The same with onnode typed on node 2, the job's own node: its stream is
+// relayed there, through a stream to node 2 itself, and follows the job to
+// node 3 and back (localmove.go).
+func TestMigrateTerminalLocalCLI(t *testing.T) { migrateTerminal(t, 2) }
+
+// migrateTerminal runs TestMigrateTerminal with onnode typed on node cli.
+func migrateTerminal(t *testing.T, cli int) {
 	c := migrateCluster(t)
 	dir := t.TempDir()
 	if err := os.Chmod(dir, 0o755); err != nil {
@@ -105,7 +113,7 @@ func TestMigrateTerminal(t *testing.T) {
 	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", private).Run() })
 	resume := filepath.Join(dir, "resume")
 	marker := fmt.Sprintf("ssi-tty-%d", rand.IntN(1<<30))
-	cmd := c.cliCmd(1, "onnode", "-t", "2", "/usr/bin/python3", prog, resume, private+"/f", marker)
+	cmd := c.cliCmd(cli, "onnode", "-t", "2", "/usr/bin/python3", prog, resume, private+"/f", marker)
 	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
 	if err != nil {
 		t.Fatal(err)
