@@ -93,16 +93,7 @@ func (s *Space) pumpPassed(st execStream, out *sender, j *procs.Job, pipes []*os
 		return 0, nil, out.Send(execError(255, "node %d (%s): %v", s.cfg.Self, s.cfg.Name, err))
 	}
 	if movable {
-		s.movMu.Lock()
-		s.passed[j.CPID] = p
-		s.movMu.Unlock()
-		defer func() {
-			s.movMu.Lock()
-			if s.passed[j.CPID] == p {
-				delete(s.passed, j.CPID)
-			}
-			s.movMu.Unlock()
-		}()
+		defer register(&s.movMu, s.passed, j.CPID, p)()
 	}
 	select {
 	case to := <-p.to:
@@ -493,7 +484,7 @@ type relayedCLI struct {
 }
 
 func (r relayedCLI) Receive() (*ssiv1.ExecInput, error) { return r.p.Receive() }
-func (r relayedCLI) Send(m *ssiv1.ExecOutput) error    { return r.st.Send(m) }
+func (r relayedCLI) Send(m *ssiv1.ExecOutput) error     { return r.st.Send(m) }
 
 // localExec is an exec stream to this node itself, in memory: the relay
 // of a terminal job whose CLI runs here (so that it can follow the job

@@ -79,6 +79,21 @@ type movable struct {
 
 func (m *movable) end() { m.endOnce.Do(func() { close(m.ended) }) }
 
+// register puts v in m under cpid (mu held) until the returned function
+// is called.
+func register[T comparable](mu *sync.Mutex, m map[vproc.CPID]T, cpid vproc.CPID, v T) func() {
+	mu.Lock()
+	m[cpid] = v
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if m[cpid] == v {
+			delete(m, cpid)
+		}
+	}
+}
+
 // movableOf is the movable stream of cpid here, or nil.
 func (s *Space) movableOf(cpid vproc.CPID) *movable {
 	s.movMu.Lock()
@@ -148,16 +163,7 @@ func (s *Space) serveMovable(ctx context.Context, st execStream, out *sender, j 
 		return out.Send(execError(255, "node %d: %v", s.cfg.Self, err))
 	}
 	// Quiesce finds it once it runs.
-	s.movMu.Lock()
-	s.movables[j.CPID] = m
-	s.movMu.Unlock()
-	defer func() {
-		s.movMu.Lock()
-		if s.movables[j.CPID] == m {
-			delete(s.movables, j.CPID)
-		}
-		s.movMu.Unlock()
-	}()
+	defer register(&s.movMu, s.movables, j.CPID, m)()
 	defer m.closePhase()
 	// Ends when both output pipes reached EOF and the job ended, or at
 	// Commit. A client that goes away hangs the job up (above), which

@@ -77,8 +77,8 @@ type Space struct {
 	refused refusals     // nodes that do not take an exec stream of their own
 
 	movMu    sync.Mutex
-	movables map[vproc.CPID]*movable // attached streams that can follow a move (move.go)
-	arrivals map[vproc.CPID]*arrival // jobs that moved here, waiting for their stream
+	movables map[vproc.CPID]*movable    // attached streams that can follow a move (move.go)
+	arrivals map[vproc.CPID]*arrival    // jobs that moved here, waiting for their stream
 	passed   map[vproc.CPID]*passedMove // jobs spliced to a CLI's own stdio here that can move (localmove.go)
 }
 

@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -62,38 +60,11 @@ while True:
 // exits with the job's status.
 func TestMigrateLocalCLI(t *testing.T) {
 	c := migrateCluster(t)
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	prog := filepath.Join(dir, "localprog.py")
-	if err := os.WriteFile(prog, []byte(localProg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	private := filepath.Join(dir, "private")
-	if err := os.Mkdir(private, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	node2 := strconv.Itoa(c.PID(2))
-	if out, err := exec.Command("nsenter", "-t", node2, "-m", "sh", "-c", "mount -t tmpfs none "+private+" && echo x > "+private+"/f").CombinedOutput(); err != nil {
-		t.Fatalf("mounting a tmpfs in node 2's namespace: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", private).Run() })
+	_, prog, private := progAndPrivateDir(t, c, "localprog.py", localProg)
 	marker := fmt.Sprintf("ssi-localcli-%d", rand.IntN(1<<30))
 	cmd := c.cliCmd(2, "onnode", "2", "/usr/bin/python3", prog, private+"/f", marker)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out, errb syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
-
+	stdin, out, errb, waited := startAttached(t, cmd)
+	var err error
 	var sent []string
 	typeLine := func(l string) {
 		t.Helper()
@@ -123,15 +94,7 @@ func TestMigrateLocalCLI(t *testing.T) {
 	}
 	typeLine("a1")
 	answered("got a1")
-	var cpid string
-	for _, l := range strings.Split(c.MustCLI(1, "ssi", "ps"), "\n") {
-		if strings.Contains(l, marker) && !strings.Contains(l, `\_`) {
-			cpid = strings.Fields(l)[0]
-		}
-	}
-	if cpid == "" {
-		t.Fatalf("the job is not in ps:\n%s", c.MustCLI(1, "ssi", "ps"))
-	}
+	cpid := cpidOf(t, c, marker)
 	where := func(want string) {
 		t.Helper()
 		if got := strings.TrimSpace(c.MustCLI(1, "where_pid", cpid)); got != want {
@@ -172,21 +135,16 @@ func TestMigrateLocalCLI(t *testing.T) {
 	typeLine("close")
 	answered("closed")
 
-	wait = typing("m")
-	c.MustCLI(1, "migrate", cpid, "3")
-	wait()
-	where("3")
-	typeLine("b1")
-	answered("got b1")
-	ticking()
-
-	wait = typing("n")
-	c.MustCLI(1, "migrate", cpid, "1")
-	wait()
-	where("1")
-	typeLine("c1")
-	answered("got c1")
-	ticking()
+	// To node 3, then on to node 1: lines typed during and after each move.
+	for _, to := range []string{"3", "1"} {
+		wait = typing("m" + to + "-")
+		c.MustCLI(1, "migrate", cpid, to)
+		wait()
+		where(to)
+		typeLine("after" + to)
+		answered("got after" + to)
+		ticking()
+	}
 
 	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
 		t.Fatal(err)

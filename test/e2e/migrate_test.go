@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -303,6 +304,26 @@ func TestMigrateRefusals(t *testing.T) {
 	}
 }
 
+// startAttached starts cmd (an onnode) with a pipe as its stdin and
+// buffers as its stdout and stderr. One Wait, in a goroutine, sends to
+// waited (a reader puts the result back for the cleanup, which only kills).
+func startAttached(t *testing.T, cmd *exec.Cmd) (stdin io.WriteCloser, out, errb *syncBuffer, waited chan error) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errb = new(syncBuffer), new(syncBuffer)
+	cmd.Stdout, cmd.Stderr = out, errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited = make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
+	return stdin, out, errb, waited
+}
+
 // procsMatching lists the host PIDs whose command line contains s.
 func procsMatching(s string) []int {
 	ents, _ := os.ReadDir("/proc")
@@ -357,19 +378,8 @@ func TestMigrateAttached(t *testing.T) {
 	cmd := exec.Command(ssiBin, "2", "sh", "-c", `while read l; do echo "got $l"; done; echo end; exit 4; : `+marker)
 	cmd.Args[0] = "onnode"
 	cmd.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(1))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out, errb syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// One Wait, here; the cleanup only kills.
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
+	stdin, out, errb, waited := startAttached(t, cmd)
+	var err error
 	line := 0
 	send := func(n int) {
 		t.Helper()
