@@ -144,12 +144,12 @@ func (c *Control) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 	if cl.IsBlocked(target) {
 		return st.Send(execError(1, "node %d (%s) is blocked: it takes no new jobs (ssi node unblock %d)", target, n.Name, target))
 	}
-	if target == s.cfg.Self && (!spec.Tty || spec.Detach || spec.Pin) {
+	if target == s.cfg.Self && (stdio != nil || spec.Detach || spec.Pin) {
 		return s.runLocal(ctx, spec, st, false, stdio)
 	}
-	// A job elsewhere, or a terminal job here, which is relayed through a
-	// stream to this node itself so that it can follow a move
-	// (localmove.go).
+	// A job elsewhere, or an attached job here whose CLI streams its stdio
+	// (a terminal, SSI_STREAM_STDIO), which is relayed through a stream to
+	// this node itself so that it can follow a move (localmove.go).
 	return s.relay(ctx, spec, st, n, stdio)
 }
 

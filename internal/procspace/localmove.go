@@ -117,7 +117,9 @@ func (s *Space) pumpPassed(st execStream, out *sender, j *procs.Job, pipes []*os
 		}
 	}
 	p.mu.Lock()
-	p.phase.stop() // the stdin splice ends with the job
+	if p.phase != nil {
+		p.phase.stop() // the stdin splice ends with the job
+	}
 	p.mu.Unlock()
 	p.running.Wait()
 	p.closePhase()

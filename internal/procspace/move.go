@@ -318,7 +318,7 @@ func (s *Space) Quiesce(cpid vproc.CPID) (*MoveState, error) {
 	}
 	m := s.movableOf(cpid)
 	if m == nil {
-		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (a CLI on node %d itself); this version moves detached jobs and jobs started from another node", cpid, s.cfg.Self)
+		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (node %d serves it without a relay: a pinned or unmovable job)", cpid, s.cfg.Self)
 	}
 	m.mu.Lock()
 	if m.frozen || m.moved {

@@ -58,11 +58,21 @@ while True:
 // typed (before, during and after each move) reaches it once and in
 // order, a SIGINT to onnode after the moves reaches it once, and onnode
 // exits with the job's status.
-func TestMigrateLocalCLI(t *testing.T) {
+func TestMigrateLocalCLI(t *testing.T) { migrateLocalCLI(t, false) }
+
+// The same with SSI_STREAM_STDIO set: the CLI streams its stdio instead of
+// passing it, and node 2 relays the stream through a stream to itself
+// from the start (localmove.go).
+func TestMigrateLocalCLIStreamed(t *testing.T) { migrateLocalCLI(t, true) }
+
+func migrateLocalCLI(t *testing.T, streamed bool) {
 	c := migrateCluster(t)
 	_, prog, private := progAndPrivateDir(t, c, "localprog.py", localProg)
 	marker := fmt.Sprintf("ssi-localcli-%d", rand.IntN(1<<30))
 	cmd := c.cliCmd(2, "onnode", "2", "/usr/bin/python3", prog, private+"/f", marker)
+	if streamed {
+		cmd.Env = append(cmd.Env, "SSI_STREAM_STDIO=1")
+	}
 	stdin, out, errb, waited := startAttached(t, cmd)
 	var err error
 	var sent []string
