@@ -166,9 +166,13 @@ func (p *passedMove) receive(st execStream) {
 		case p.frozen:
 			p.held = append(p.held, m)
 		case err != nil:
+			// Nothing more goes to or comes from the CLI's descriptors.
+			p.stdio.stop.stop()
+			if p.phase != nil {
+				p.phase.stop()
+			}
 			p.mu.Unlock()
 			p.s.hangUp(p.j, err)
-			p.stdio.stop.stop()
 			return
 		default:
 			p.deliver(m)
