@@ -144,9 +144,12 @@ func (c *Control) Exec(ctx context.Context, st *connect.BidiStream[ssiv1.ExecInp
 	if cl.IsBlocked(target) {
 		return st.Send(execError(1, "node %d (%s) is blocked: it takes no new jobs (ssi node unblock %d)", target, n.Name, target))
 	}
-	if target == s.cfg.Self {
+	if target == s.cfg.Self && (stdio != nil || spec.Detach || spec.Pin) {
 		return s.runLocal(ctx, spec, st, false, stdio)
 	}
+	// A job elsewhere, or an attached job here whose CLI streams its stdio
+	// (a terminal, SSI_STREAM_STDIO), which is relayed through a stream to
+	// this node itself so that it can follow a move (localmove.go).
 	return s.relay(ctx, spec, st, n, stdio)
 }
 
@@ -211,7 +214,8 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 		s.log.Info("detached job started", "cpid", j.CPID, "uid", spec.Uid, "cmd", spec.Argv[0])
 		return nil
 	}
-	defer s.cfg.Jobs.Finish(j)
+	finish := sync.OnceFunc(func() { s.cfg.Jobs.Finish(j) })
+	defer finish()
 	// Bigger pipes mean fewer, larger reads and messages on a busy stream.
 	for _, f := range []any{rj.Stdin(), rj.Stdout(), rj.Stderr()} {
 		if pf, ok := f.(interface{ Fd() uintptr }); ok {
@@ -219,7 +223,15 @@ func (s *Space) runLocal(ctx context.Context, spec *ssiv1.ExecSpec, st execStrea
 		}
 	}
 	if stdio != nil {
-		return s.pumpPassed(spec, st, out, j, pipes, stdio)
+		to, p, err := s.pumpPassed(st, out, j, pipes, stdio, rj.Migratable() && !spec.Pin)
+		if to == 0 {
+			return err
+		}
+		// It moved: this node relays its stream now (localmove.go); the
+		// copy that was here ends, and its record with it.
+		go finish()
+		out.close()
+		return s.relayMoved(ctx, spec, st, p, to)
 	}
 	if ack && rj.Migratable() && !spec.Pin {
 		// Relayed by a client's daemon: the stream can follow the job
@@ -443,78 +455,4 @@ func jobPipes(in io.WriteCloser, stdout, stderr io.Reader) []*os.File {
 		fs = append(fs, f)
 	}
 	return fs
-}
-
-// pumpPassed runs a job on this node whose stdio is the CLI's own: it
-// splices the CLI's stdin into the job's and the job's stdout and stderr
-// into the CLI's, and sends on the stream only the end. The stream's
-// receiving side still tells when the client is gone (SIGHUP, as ssh),
-// and then nothing more is written to the CLI's descriptors: the job's
-// output is drained and dropped.
-func (s *Space) pumpPassed(spec *ssiv1.ExecSpec, st execStream, out *sender, j *procs.Job, pipes []*os.File, stdio *passedStdio) error {
-	rj := j.Process()
-	inStop, err := newStopper() // stdin ends with the job, too
-	if err != nil {
-		_ = rj.Signal(syscall.SIGHUP)
-		<-j.Done()
-		return out.Send(execError(255, "node %d (%s): %v", s.cfg.Self, s.cfg.Name, err))
-	}
-	defer inStop.close()
-	gone := func() { stdio.stop.stop(); inStop.stop() }
-	go func() {
-		for {
-			m, err := st.Receive()
-			if err != nil {
-				s.hangUp(j, err)
-				gone()
-				return
-			}
-			switch v := m.Msg.(type) {
-			case *ssiv1.ExecInput_Signal:
-				_ = rj.Signal(syscall.Signal(v.Signal))
-			case *ssiv1.ExecInput_Resize:
-				_ = rj.Resize(uint16(v.Resize.Rows), uint16(v.Resize.Cols))
-			}
-		}
-	}()
-	var inDone sync.WaitGroup
-	inDone.Add(1)
-	go func() {
-		defer inDone.Done()
-		// A stdin the job closed or that ended gives the job EOF; the
-		// rest of the CLI's stdin stays unread, as with a local pipe.
-		defer pipes[0].Close()
-		_, _ = copyFD(rawFD(pipes[0]), rawFD(stdio.in), inStop.fd, make([]byte, 64<<10))
-	}()
-	var wg sync.WaitGroup
-	pump := func(src, dst *os.File) {
-		defer wg.Done()
-		buf := make([]byte, 64<<10)
-		rerr, werr := copyFD(rawFD(dst), rawFD(src), stdio.stop.fd, buf)
-		switch {
-		case errors.Is(werr, unix.EPIPE):
-			_ = rj.Signal(syscall.SIGPIPE) // as a local job writing into a closed pipe
-		case werr != nil:
-			s.log.Debug("cannot write the output to the CLI; sending SIGHUP", "cpid", j.CPID, "err", werr)
-			_ = rj.Signal(syscall.SIGHUP)
-		case rerr != nil && !errors.Is(rerr, errStopped):
-			s.log.Debug("cannot read the output", "cpid", j.CPID, "err", rerr)
-		}
-		if werr != nil || rerr != nil {
-			drain(rawFD(src), buf)
-		}
-	}
-	wg.Add(2)
-	go pump(pipes[1], stdio.out)
-	go pump(pipes[2], stdio.err)
-	wg.Wait()
-	<-j.Done()
-	inStop.stop()
-	inDone.Wait()
-	status, werr := j.Status()
-	if werr != nil {
-		return out.Send(execError(255, "node %d: waiting for %d: %v", s.cfg.Self, j.CPID, werr))
-	}
-	return out.Send(&ssiv1.ExecOutput{Msg: &ssiv1.ExecOutput_Exit{Exit: &ssiv1.ExecExit{
-		Code: int32(status.ExitCode()), Signal: int32(status.Signal), Core: status.Core}}})
 }

@@ -417,6 +417,9 @@ func (r *refusals) refuse(num uint32) {
 // this node is configured so (Config.OwnStreams), the network opens them
 // and the node speaks the protocol, else the Connect stream. Either ends when ctx does.
 func (s *Space) openExec(ctx context.Context, num uint32) (remoteStream, error) {
+	if num == s.cfg.Self {
+		return s.openLocal(ctx), nil // localmove.go
+	}
 	if d, ok := s.cfg.Net.(peer.Dialer); ok && s.cfg.OwnStreams && !s.refused.refused(num) {
 		c, err := d.Dial(ctx, num, transport.ProtoExec)
 		if err == nil {

@@ -25,8 +25,10 @@ import (
 // from where this node stopped, and sends again the stdin, signals and
 // resizes not yet acknowledged, which the new node delivers unless it
 // knows they were (at most once). A job on a terminal (onnode -t) moves the
-// same way, its terminal re-created on the new node (ttymove.go). Streams
-// of a CLI on this node itself do not move in this version.
+// same way, its terminal re-created on the new node (ttymove.go). A job
+// whose CLI runs on this node itself and passed its stdio moves too
+// (localmove.go): at the commit this node becomes the client's daemon,
+// relaying between the CLI's descriptors and the new node.
 
 // MoveState is what of a stream is in flight when its job is frozen for a
 // move.
@@ -76,6 +78,21 @@ type movable struct {
 }
 
 func (m *movable) end() { m.endOnce.Do(func() { close(m.ended) }) }
+
+// register puts v in m under cpid (mu held) until the returned function
+// is called.
+func register[T comparable](mu *sync.Mutex, m map[vproc.CPID]T, cpid vproc.CPID, v T) func() {
+	mu.Lock()
+	m[cpid] = v
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if m[cpid] == v {
+			delete(m, cpid)
+		}
+	}
+}
 
 // movableOf is the movable stream of cpid here, or nil.
 func (s *Space) movableOf(cpid vproc.CPID) *movable {
@@ -146,16 +163,7 @@ func (s *Space) serveMovable(ctx context.Context, st execStream, out *sender, j 
 		return out.Send(execError(255, "node %d: %v", s.cfg.Self, err))
 	}
 	// Quiesce finds it once it runs.
-	s.movMu.Lock()
-	s.movables[j.CPID] = m
-	s.movMu.Unlock()
-	defer func() {
-		s.movMu.Lock()
-		if s.movables[j.CPID] == m {
-			delete(s.movables, j.CPID)
-		}
-		s.movMu.Unlock()
-	}()
+	defer register(&s.movMu, s.movables, j.CPID, m)()
 	defer m.closePhase()
 	// Ends when both output pipes reached EOF and the job ended, or at
 	// Commit. A client that goes away hangs the job up (above), which
@@ -305,9 +313,12 @@ func (m *movable) sendAck(seq uint64) {
 // stop, what the job wrote is sent, and what it has not read of its stdin
 // is taken back out of the pipe.
 func (s *Space) Quiesce(cpid vproc.CPID) (*MoveState, error) {
+	if p := s.passedOf(cpid); p != nil {
+		return p.quiesce()
+	}
 	m := s.movableOf(cpid)
 	if m == nil {
-		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (a CLI on node %d itself); this version moves detached jobs and jobs started from another node", cpid, s.cfg.Self)
+		return nil, fmt.Errorf("process %d is attached to a stream that cannot follow it (node %d serves it without a relay: a pinned or unmovable job)", cpid, s.cfg.Self)
 	}
 	m.mu.Lock()
 	if m.frozen || m.moved {
@@ -371,19 +382,24 @@ func (m *movable) takeBackPipes(st *MoveState) error {
 	if closed {
 		return nil
 	}
-	// A read end of the job's stdin pipe, opened through our write end,
-	// takes back what the job has not read.
-	r, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", rawFD(m.pipes[0])), os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	pending, err := takeBackStdin(m.pipes[0])
+	st.StdinPending = pending
+	return err
+}
+
+// takeBackStdin reads out of a frozen job's stdin pipe what the job has
+// not read, through a read end opened by way of w, the daemon's write end.
+func takeBackStdin(w *os.File) ([]byte, error) {
+	r, err := os.OpenFile(fmt.Sprintf("/proc/self/fd/%d", rawFD(w)), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return fmt.Errorf("taking back its unread stdin: %w", err)
+		return nil, fmt.Errorf("taking back its unread stdin: %w", err)
 	}
 	pending, err := io.ReadAll(nonBlocking{r})
 	r.Close()
-	st.StdinPending = pending
 	if err != nil {
-		return fmt.Errorf("taking back its unread stdin: %w", err)
+		return pending, fmt.Errorf("taking back its unread stdin: %w", err)
 	}
-	return nil
+	return pending, nil
 }
 
 // nonBlocking reads until the pipe is empty.
@@ -403,6 +419,9 @@ func (r nonBlocking) Read(b []byte) (int, error) {
 // Resume undoes Quiesce (the move failed): the unread stdin goes back into
 // the pipe, and the pumps go on.
 func (s *Space) Resume(cpid vproc.CPID, st *MoveState) error {
+	if p := s.passedOf(cpid); p != nil {
+		return p.resumeFrom(st)
+	}
 	m := s.movableOf(cpid)
 	if m == nil {
 		return fmt.Errorf("process %d: its stream is gone", cpid)
@@ -448,13 +467,16 @@ func (m *movable) settle() {
 // stream (Control.Signal) is delivered once that is known, where the job
 // runs, instead of into a frozen copy that may be about to end.
 func (s *Space) AwaitMove(ctx context.Context, cpid vproc.CPID) {
-	m := s.movableOf(cpid)
-	if m == nil {
-		return
+	var ch chan struct{}
+	if p := s.passedOf(cpid); p != nil {
+		p.mu.Lock()
+		ch = p.settled
+		p.mu.Unlock()
+	} else if m := s.movableOf(cpid); m != nil {
+		m.mu.Lock()
+		ch = m.settled
+		m.mu.Unlock()
 	}
-	m.mu.Lock()
-	ch := m.settled
-	m.mu.Unlock()
 	if ch == nil {
 		return
 	}
@@ -538,6 +560,10 @@ func writeAll(f *os.File, b []byte) error {
 // Commit ends the stream of a job that now runs on node: the client's
 // daemon attaches there.
 func (s *Space) Commit(cpid vproc.CPID, node uint32, st *MoveState) {
+	if p := s.passedOf(cpid); p != nil {
+		p.commit(node)
+		return
+	}
 	m := s.movableOf(cpid)
 	if m == nil {
 		return

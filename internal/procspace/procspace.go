@@ -77,14 +77,15 @@ type Space struct {
 	refused refusals     // nodes that do not take an exec stream of their own
 
 	movMu    sync.Mutex
-	movables map[vproc.CPID]*movable // attached streams that can follow a move (move.go)
-	arrivals map[vproc.CPID]*arrival // jobs that moved here, waiting for their stream
+	movables map[vproc.CPID]*movable    // attached streams that can follow a move (move.go)
+	arrivals map[vproc.CPID]*arrival    // jobs that moved here, waiting for their stream
+	passed   map[vproc.CPID]*passedMove // jobs spliced to a CLI's own stdio here that can move (localmove.go)
 }
 
 // New returns the node's process space.
 func New(cfg Config) *Space {
 	return &Space{cfg: cfg, log: cfg.Log, clients: peer.NewClients(cfg.Net, ssiv1connect.NewProcessClient),
-		movables: map[vproc.CPID]*movable{}, arrivals: map[vproc.CPID]*arrival{}}
+		movables: map[vproc.CPID]*movable{}, arrivals: map[vproc.CPID]*arrival{}, passed: map[vproc.CPID]*passedMove{}}
 }
 
 // Run serves the exec streams' own connections (Config.Conns) until ctx

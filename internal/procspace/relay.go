@@ -52,6 +52,22 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		remote.CloseResponse()
 		return st.Send(execError(255, "node %d (%s): %v", n.Num, n.Name, unwrapEOF(remote, err)))
 	}
+	return s.relayOn(ctx, cancel, spec, st, n, stdio, remote, relayFrom{readStdin: true})
+}
+
+// relayFrom is where relayOn starts: for a new job, nothing (the node
+// sends started); for a job that moved from this node with its CLI's
+// stdio here (localmove.go), its cpid, and whether the CLI's stdin is
+// still to be read.
+type relayFrom struct {
+	cpid      int64
+	readStdin bool
+}
+
+// relayOn relays between st (and stdio) and remote, the stream to node n
+// (see relay); cancel cancels ctx.
+func (s *Space) relayOn(ctx context.Context, cancel context.CancelCauseFunc, spec *ssiv1.ExecSpec, st execStream, n *state.Node, stdio *passedStdio,
+	remote remoteStream, from relayFrom) error {
 	// The stream to the node that runs the process; after a migration, to
 	// its new node (see the ExecMoved case below).
 	var sendMu sync.Mutex // the client's stream and the stdin reader both send
@@ -154,8 +170,10 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		// A client gone or a target DOWN also stops a write into a full
 		// fd 1 that nobody reads any more.
 		defer context.AfterFunc(ctx, stdio.stop.stop)()
-		readers.Add(1)
-		go func() { defer readers.Done(); s.relayStdin(stdio, forward) }()
+		if from.readStdin {
+			readers.Add(1)
+			go func() { defer readers.Done(); s.relayStdin(stdio, forward) }()
+		}
 	}
 	// sink writes an output chunk into the CLI's descriptor *f.
 	sink := func(f **fdWriter, b []byte) {
@@ -175,7 +193,7 @@ func (s *Space) relay(ctx context.Context, spec *ssiv1.ExecSpec, st execStream, 
 		*f = nil
 	}
 	var delivered uint64 // the last output seq handed to the client
-	var cpid int64
+	cpid := from.cpid
 	for {
 		m, err := current().Receive()
 		if err != nil {

@@ -214,6 +214,14 @@ const spliceMax = pipeSize
 // ends that cannot splice (a terminal, say) it copies through buf. The
 // amount in flight is what the pipes hold: never more than one buf.
 func copyFD(dst, src, stop int, buf []byte) (rerr, werr error) {
+	return copyFDUntil(dst, src, stop, stop, buf)
+}
+
+// copyFDUntil is copyFD with two stops: soft ends the copy only once src
+// holds nothing (a frozen job's output pipe is then empty: all of it went
+// to dst), hard at once.
+func copyFDUntil(dst, src, soft, hard int, buf []byte) (rerr, werr error) {
+	stop := hard
 	canSplice := true
 	var fw *fdWriter // for the buffer copy
 	defer func() {
@@ -222,8 +230,10 @@ func copyFD(dst, src, stop int, buf []byte) (rerr, werr error) {
 		}
 	}()
 	for {
-		if err := waitFD(src, unix.POLLIN, stop); err != nil {
-			return err, nil
+		if err := waitFD(src, unix.POLLIN, soft); err != nil {
+			if !errors.Is(err, errStopped) || soft == hard || inq(src) == 0 {
+				return err, nil
+			}
 		}
 		if canSplice {
 			if err := waitFD(dst, unix.POLLOUT, stop); err != nil {
@@ -264,6 +274,15 @@ func copyFD(dst, src, stop int, buf []byte) (rerr, werr error) {
 			return nil, err
 		}
 	}
+}
+
+// inq is how many bytes src (a pipe) holds unread; 0 when unknown.
+func inq(src int) int {
+	n, err := unix.IoctlGetInt(src, unix.TIOCINQ) // FIONREAD
+	if err != nil {
+		return 0
+	}
+	return n
 }
 
 // drain reads src to the end and drops it: a job whose output nobody takes

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -286,29 +287,6 @@ func TestMigrateRefusals(t *testing.T) {
 	l := logLines(c, 2, holder)
 	checkSequence(t, l, len(l))
 
-	// A job attached to a CLI on its own node (the CLI's descriptors are
-	// the job's) cannot follow a move in this version.
-	localMarker := fmt.Sprintf("ssi-local-%d", rand.IntN(1<<30))
-	local := exec.Command(ssiBin, "2", "sh", "-c", "sleep 60; : "+localMarker)
-	local.Args[0] = "onnode"
-	local.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(2))
-	if err := local.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = local.Process.Kill(); _ = local.Wait() })
-	var localCPID string
-	Eventually(t, 10*time.Second, func() string {
-		for _, l := range strings.Split(c.MustCLI(1, "ssi", "ps"), "\n") {
-			if strings.Contains(l, localMarker) && !strings.Contains(l, `\_`) {
-				localCPID = strings.Fields(l)[0]
-				return ""
-			}
-		}
-		return "the local job is not in ps yet"
-	})
-	refused("cannot follow", localCPID, "3")
-	stillOn(localCPID, "2")
-
 	refused("no such process", "2000999", "3")
 	for _, args := range [][]string{{holder}, {holder, "x"}, {holder, "0"}, {"abc", "3"}} {
 		if r := c.CLI(1, "migrate", args...); r.Code != 2 {
@@ -321,9 +299,29 @@ func TestMigrateRefusals(t *testing.T) {
 	if r := c.CLI(1, "migrate", holder, "2"); r.Code != 1 || !strings.Contains(r.Stderr, "already runs on node 2") {
 		t.Errorf("migrate to its own node: %v", r)
 	}
-	for _, cpid := range []string{pinned, listener, holder, localCPID} {
+	for _, cpid := range []string{pinned, listener, holder} {
 		c.MustCLI(1, "ssi", "kill", "-9", cpid)
 	}
+}
+
+// startAttached starts cmd (an onnode) with a pipe as its stdin and
+// buffers as its stdout and stderr. One Wait, in a goroutine, sends to
+// waited (a reader puts the result back for the cleanup, which only kills).
+func startAttached(t *testing.T, cmd *exec.Cmd) (stdin io.WriteCloser, out, errb *syncBuffer, waited chan error) {
+	t.Helper()
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errb = new(syncBuffer), new(syncBuffer)
+	cmd.Stdout, cmd.Stderr = out, errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waited = make(chan error, 1)
+	go func() { waited <- cmd.Wait() }()
+	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
+	return stdin, out, errb, waited
 }
 
 // procsMatching lists the host PIDs whose command line contains s.
@@ -380,19 +378,8 @@ func TestMigrateAttached(t *testing.T) {
 	cmd := exec.Command(ssiBin, "2", "sh", "-c", `while read l; do echo "got $l"; done; echo end; exit 4; : `+marker)
 	cmd.Args[0] = "onnode"
 	cmd.Env = append(os.Environ(), "SSI_SOCKET="+c.Socket(1))
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out, errb syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	// One Wait, here; the cleanup only kills.
-	waited := make(chan error, 1)
-	go func() { waited <- cmd.Wait() }()
-	t.Cleanup(func() { _ = cmd.Process.Kill(); <-waited })
+	stdin, out, errb, waited := startAttached(t, cmd)
+	var err error
 	line := 0
 	send := func(n int) {
 		t.Helper()

@@ -83,29 +83,20 @@ while True:
 // moved with it), a resize after each move reaches it as SIGWINCH with
 // the new size, ^C after the move is a SIGINT from its terminal, and
 // onnode exits with the job's status.
-func TestMigrateTerminal(t *testing.T) {
+func TestMigrateTerminal(t *testing.T) { migrateTerminal(t, 1) }
+
+// The same with onnode typed on node 2, the job's own node: its stream is
+// relayed there, through a stream to node 2 itself, and follows the job to
+// node 3 and back (localmove.go).
+func TestMigrateTerminalLocalCLI(t *testing.T) { migrateTerminal(t, 2) }
+
+// migrateTerminal runs TestMigrateTerminal with onnode typed on node cli.
+func migrateTerminal(t *testing.T, cli int) {
 	c := migrateCluster(t)
-	dir := t.TempDir()
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	prog := filepath.Join(dir, "ttyprog.py")
-	if err := os.WriteFile(prog, []byte(ttyProg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// A file in node 2's mount namespace only (a tmpfs there).
-	private := filepath.Join(dir, "private")
-	if err := os.Mkdir(private, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	node2 := strconv.Itoa(c.PID(2))
-	if out, err := exec.Command("nsenter", "-t", node2, "-m", "sh", "-c", "mount -t tmpfs none "+private+" && echo x > "+private+"/f").CombinedOutput(); err != nil {
-		t.Fatalf("mounting a tmpfs in node 2's namespace: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", private).Run() })
+	dir, prog, private := progAndPrivateDir(t, c, "ttyprog.py", ttyProg)
 	resume := filepath.Join(dir, "resume")
 	marker := fmt.Sprintf("ssi-tty-%d", rand.IntN(1<<30))
-	cmd := c.cliCmd(1, "onnode", "-t", "2", "/usr/bin/python3", prog, resume, private+"/f", marker)
+	cmd := c.cliCmd(cli, "onnode", "-t", "2", "/usr/bin/python3", prog, resume, private+"/f", marker)
 	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
 	if err != nil {
 		t.Fatal(err)
@@ -292,6 +283,32 @@ func TestMigrateTerminal(t *testing.T) {
 	if strings.Join(got, "|") != strings.Join(want, "|") {
 		t.Errorf("the job printed, besides its ticks:\n%q\nwant:\n%q", got, want)
 	}
+}
+
+// progAndPrivateDir writes the program text as name in a new directory
+// dir, and mounts a tmpfs on dir/private in node 2's mount namespace only,
+// with a file f in it (a job holding private/f cannot be restored
+// elsewhere).
+func progAndPrivateDir(t *testing.T, c *Cluster, name, text string) (dir, prog, private string) {
+	t.Helper()
+	dir = t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	prog = filepath.Join(dir, name)
+	if err := os.WriteFile(prog, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	private = filepath.Join(dir, "private")
+	if err := os.Mkdir(private, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	node2 := strconv.Itoa(c.PID(2))
+	if out, err := exec.Command("nsenter", "-t", node2, "-m", "sh", "-c", "mount -t tmpfs none "+private+" && echo x > "+private+"/f").CombinedOutput(); err != nil {
+		t.Fatalf("mounting a tmpfs in node 2's namespace: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("nsenter", "-t", node2, "-m", "umount", "-l", private).Run() })
+	return dir, prog, private
 }
 
 // cpidOf is the cluster PID of the job whose command line holds marker.
