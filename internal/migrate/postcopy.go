@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -329,6 +330,15 @@ func (t *postCopyTarget) wait() error {
 		}
 		err = t.lostErr
 		t.mu.Unlock()
+	} else if why, ok := t.endedByItself(); ok {
+		// The job ended (a signal, its own exit) while its pages were
+		// still coming, and the daemon then lost the process it served:
+		// the move is complete, and the job's end is its own.
+		t.m.log.Info("a post-copy job ended before all its pages came; its end stands", "cpid", t.cpid, "how", why, "daemon", err)
+		t.mu.Lock()
+		t.ok = true
+		t.mu.Unlock()
+		err = nil
 	} else {
 		err = fmt.Errorf("CRIU's lazy-pages daemon failed: %w%s", err, logTail(t.lp.log))
 		t.lost(err)
@@ -338,6 +348,29 @@ func (t *postCopyTarget) wait() error {
 		t.m.log.Warn("the page stream ended with an error after the last page", "cpid", t.cpid, "err", rerr)
 	}
 	return err
+}
+
+// endedByItself says whether the restored job has ended, other than by a
+// fault (SIGSEGV, SIGBUS: what a page that cannot come would cause),
+// within a moment of the lazy-pages daemon's failure (the daemon fails
+// when the process it serves is gone, before this node has reaped it).
+func (t *postCopyTarget) endedByItself() (string, bool) {
+	t.mu.Lock()
+	pj := t.job
+	t.mu.Unlock()
+	if pj == nil {
+		return "", false
+	}
+	select {
+	case <-pj.Done():
+	case <-time.After(2 * time.Second):
+		return "", false
+	}
+	st, _ := pj.Status()
+	if st.Signal == syscall.SIGSEGV || st.Signal == syscall.SIGBUS {
+		return "", false
+	}
+	return st.String(), true
 }
 
 // finish is wait, told to the source.
